@@ -1,0 +1,284 @@
+package wire
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/vmihailenco/msgpack/v5"
+	"github.com/vmihailenco/msgpack/v5/msgpcode"
+)
+
+// MalformedKind classifies why a frame could not be decoded. The values are
+// stable: they are used as a metrics label.
+type MalformedKind string
+
+// Kinds of malformed frame.
+const (
+	MalformedEmpty     MalformedKind = "empty"
+	MalformedNotMap    MalformedKind = "not_map"
+	MalformedTruncated MalformedKind = "truncated"
+	MalformedSyntax    MalformedKind = "invalid_msgpack"
+	MalformedNoHeader  MalformedKind = "missing_header"
+	MalformedWrongType MalformedKind = "wrong_type"
+	MalformedOversized MalformedKind = "oversized"
+	MalformedFrameType MalformedKind = "frame_type"
+)
+
+// DecodeError reports a frame that is not a valid ProtoMsg. Partial holds
+// whatever header fields were read before the problem, so the caller can
+// still address an error reply to the session.
+type DecodeError struct {
+	Kind    MalformedKind
+	Partial Header
+	Err     error
+}
+
+func (e *DecodeError) Error() string {
+	return fmt.Sprintf("malformed frame (%s): %v", e.Kind, e.Err)
+}
+
+func (e *DecodeError) Unwrap() error { return e.Err }
+
+// Unmarshal decodes one ProtoMsg leniently, as the server's peers produce
+// them: unknown keys are skipped, the body may be bin or str, integers may
+// use any width.
+func Unmarshal(b []byte) (*ProtoMsg, error) {
+	m := &ProtoMsg{}
+	if len(b) == 0 {
+		return nil, &DecodeError{Kind: MalformedEmpty, Err: errors.New("empty frame")}
+	}
+	d := msgpack.NewDecoder(bytes.NewReader(b))
+	fail := func(kind MalformedKind, err error) (*ProtoMsg, error) {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			kind = MalformedTruncated
+		}
+		return nil, &DecodeError{Kind: kind, Partial: m.Header, Err: err}
+	}
+	c, err := d.PeekCode()
+	if err != nil {
+		return fail(MalformedSyntax, err)
+	}
+	if !isMap(c) {
+		return fail(MalformedNotMap, fmt.Errorf("top level is msgpack code 0x%02x, not a map", c))
+	}
+	n, err := d.DecodeMapLen()
+	if err != nil {
+		return fail(MalformedSyntax, err)
+	}
+	// A field of the wrong type is remembered and skipped, so the rest of the
+	// header (above all the sid) is still read for the error reply.
+	var typeErr error
+	haveHeader := false
+	for i := 0; i < n; i++ {
+		key, kerr, err := decodeString(d)
+		if err != nil {
+			return fail(MalformedSyntax, fmt.Errorf("message key: %w", err))
+		}
+		if kerr != nil {
+			if typeErr == nil {
+				typeErr = fmt.Errorf("message key: %w", kerr)
+			}
+			if err := d.Skip(); err != nil {
+				return fail(MalformedSyntax, err)
+			}
+			continue
+		}
+		switch key {
+		case "hdr":
+			herr, err := decodeHeader(d, &m.Header)
+			if err != nil {
+				return fail(MalformedSyntax, fmt.Errorf("hdr: %w", err))
+			}
+			if herr != nil && typeErr == nil {
+				typeErr = fmt.Errorf("hdr: %w", herr)
+			}
+			haveHeader = herr == nil
+		case "body":
+			body, terr, err := decodeBytes(d)
+			if err != nil {
+				return fail(MalformedSyntax, fmt.Errorf("body: %w", err))
+			}
+			if terr != nil && typeErr == nil {
+				typeErr = fmt.Errorf("body: %w", terr)
+			}
+			m.Body = body
+		default:
+			if err := d.Skip(); err != nil {
+				return fail(MalformedSyntax, fmt.Errorf("value of %q: %w", key, err))
+			}
+		}
+	}
+	if typeErr != nil {
+		return fail(MalformedWrongType, typeErr)
+	}
+	if !haveHeader {
+		return fail(MalformedNoHeader, errors.New("no hdr"))
+	}
+	return m, nil
+}
+
+// decodeHeader fills h. A value of the wrong type is skipped and reported as
+// typeErr (the first one); err is a msgpack syntax or EOF error that ends
+// decoding.
+func decodeHeader(d *msgpack.Decoder, h *Header) (typeErr, err error) {
+	c, err := d.PeekCode()
+	if err != nil {
+		return nil, err
+	}
+	if c == msgpcode.Nil {
+		return errors.New("nil"), d.DecodeNil()
+	}
+	if !isMap(c) {
+		return fmt.Errorf("msgpack code 0x%02x, not a map", c), d.Skip()
+	}
+	n, err := d.DecodeMapLen()
+	if err != nil {
+		return nil, err
+	}
+	note := func(field string, e error) {
+		if e != nil && typeErr == nil {
+			typeErr = fmt.Errorf("%s: %w", field, e)
+		}
+	}
+	for i := 0; i < n; i++ {
+		key, kerr, err := decodeString(d)
+		if err != nil {
+			return typeErr, err
+		}
+		if kerr != nil {
+			note("key", kerr)
+			if err := d.Skip(); err != nil {
+				return typeErr, err
+			}
+			continue
+		}
+		switch key {
+		case "proto":
+			v, err := d.DecodeInterfaceLoose()
+			if err != nil {
+				return typeErr, err
+			}
+			p, ok := toProto(v)
+			if !ok {
+				note(key, fmt.Errorf("%T %v is not a protocol number", v, v))
+			}
+			h.Proto = p
+		case "typ":
+			s, terr, err := decodeString(d)
+			if err != nil {
+				return typeErr, err
+			}
+			note(key, terr)
+			h.MsgType = s
+		case "sid":
+			s, terr, err := decodeString(d)
+			if err != nil {
+				return typeErr, err
+			}
+			note(key, terr)
+			h.SessionID = s
+		case "props":
+			p, terr, err := decodeProps(d)
+			if err != nil {
+				return typeErr, err
+			}
+			note(key, terr)
+			h.Properties = p
+		default:
+			if err := d.Skip(); err != nil {
+				return typeErr, err
+			}
+		}
+	}
+	return typeErr, nil
+}
+
+func isMap(c byte) bool {
+	return msgpcode.IsFixedMap(c) || c == msgpcode.Map16 || c == msgpcode.Map32
+}
+
+func toProto(v interface{}) (uint16, bool) {
+	switch n := v.(type) {
+	case int64:
+		if n >= 0 && n <= 0xFFFF {
+			return uint16(n), true
+		}
+	case uint64:
+		if n <= 0xFFFF {
+			return uint16(n), true
+		}
+	}
+	return 0, false
+}
+
+// decodeString reads a str, bin or nil value. A value of another type is
+// skipped and reported as typeErr.
+func decodeString(d *msgpack.Decoder) (s string, typeErr, err error) {
+	c, err := d.PeekCode()
+	if err != nil {
+		return "", nil, err
+	}
+	switch {
+	case c == msgpcode.Nil:
+		return "", nil, d.DecodeNil()
+	case msgpcode.IsString(c), msgpcode.IsBin(c):
+		s, err := d.DecodeString()
+		return s, nil, err
+	}
+	return "", fmt.Errorf("msgpack code 0x%02x, not a string", c), d.Skip()
+}
+
+// decodeBytes reads a bin, str or nil value: peers send terminal input as
+// str (the JS UI) or bin (Go clients).
+func decodeBytes(d *msgpack.Decoder) (b []byte, typeErr, err error) {
+	c, err := d.PeekCode()
+	if err != nil {
+		return nil, nil, err
+	}
+	switch {
+	case c == msgpcode.Nil:
+		return nil, nil, d.DecodeNil()
+	case msgpcode.IsString(c), msgpcode.IsBin(c):
+		b, err := d.DecodeBytes()
+		return b, nil, err
+	}
+	return nil, fmt.Errorf("msgpack code 0x%02x, not bin or str", c), d.Skip()
+}
+
+func decodeProps(d *msgpack.Decoder) (props map[string]interface{}, typeErr, err error) {
+	c, err := d.PeekCode()
+	if err != nil {
+		return nil, nil, err
+	}
+	if c == msgpcode.Nil {
+		return nil, nil, d.DecodeNil()
+	}
+	if !isMap(c) {
+		return nil, fmt.Errorf("msgpack code 0x%02x, not a map", c), d.Skip()
+	}
+	n, err := d.DecodeMapLen()
+	if err != nil {
+		return nil, nil, err
+	}
+	props = make(map[string]interface{}, n)
+	for i := 0; i < n; i++ {
+		k, kerr, err := decodeString(d)
+		if err != nil {
+			return nil, typeErr, err
+		}
+		v, err := d.DecodeInterface()
+		if err != nil {
+			return nil, typeErr, fmt.Errorf("%q: %w", k, err)
+		}
+		if kerr != nil {
+			if typeErr == nil {
+				typeErr = fmt.Errorf("key: %w", kerr)
+			}
+			continue
+		}
+		props[k] = v
+	}
+	return props, typeErr, nil
+}

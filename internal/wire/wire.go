@@ -1,0 +1,154 @@
+// Package wire is the ProtoMsg envelope spoken on the device websocket:
+// protocol numbers, message types, property keys and bodies, encoded with
+// vmihailenco/msgpack/v5 so the bytes match what the Mender server's own Go
+// code produces and expects (PROTOCOL.md 2.1).
+package wire
+
+import (
+	"fmt"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Protocol numbers carried in Header.Proto.
+const (
+	ProtoInvalid      uint16 = 0
+	ProtoShell        uint16 = 1
+	ProtoFileTransfer uint16 = 2
+	ProtoPortForward  uint16 = 3
+	ProtoMenderClient uint16 = 4
+	ProtoControl      uint16 = 0xFFFF
+)
+
+// ProtocolVersion is the only control-handshake version there is.
+const ProtocolVersion = 1
+
+// Control message types (proto 0xFFFF).
+const (
+	TypePing   = "ping"
+	TypePong   = "pong"
+	TypeOpen   = "open"
+	TypeAccept = "accept"
+	TypeClose  = "close"
+	TypeError  = "error"
+)
+
+// Shell message types (proto 1).
+const (
+	ShellNew    = "new"
+	ShellData   = "shell"
+	ShellResize = "resize"
+	ShellStop   = "stop"
+	ShellPing   = "ping"
+	ShellPong   = "pong"
+)
+
+// Property keys.
+const (
+	PropStatus         = "status"
+	PropUserID         = "user_id"
+	PropTerminalWidth  = "terminal_width"
+	PropTerminalHeight = "terminal_height"
+	PropTimeout        = "timeout"
+	PropOffset         = "offset"
+	PropConnectionID   = "connection_id"
+	PropMsgID          = "msgid"
+)
+
+// Status values of the "status" property.
+const (
+	StatusNormal  = 1
+	StatusError   = 2
+	StatusControl = 3
+)
+
+// Header is the "hdr" map of a ProtoMsg. Field order and tags match the
+// server's struct so encoding yields the same bytes.
+type Header struct {
+	Proto      uint16                 `msgpack:"proto"`
+	MsgType    string                 `msgpack:"typ,omitempty"`
+	SessionID  string                 `msgpack:"sid,omitempty"`
+	Properties map[string]interface{} `msgpack:"props,omitempty"`
+}
+
+// ProtoMsg is one websocket message.
+type ProtoMsg struct {
+	Header Header `msgpack:"hdr"`
+	Body   []byte `msgpack:"body,omitempty"`
+}
+
+// Marshal encodes m exactly as the upstream Go library does.
+func Marshal(m *ProtoMsg) ([]byte, error) {
+	b, err := msgpack.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("encode protomsg proto=%d typ=%q: %w", m.Header.Proto, m.Header.MsgType, err)
+	}
+	return b, nil
+}
+
+// ProtoName names a protocol number for logs and metrics labels.
+func ProtoName(p uint16) string {
+	switch p {
+	case ProtoShell:
+		return "shell"
+	case ProtoFileTransfer:
+		return "filetransfer"
+	case ProtoPortForward:
+		return "portforward"
+	case ProtoMenderClient:
+		return "menderclient"
+	case ProtoControl:
+		return "control"
+	default:
+		return fmt.Sprintf("0x%04X", p)
+	}
+}
+
+// IntProp reads an integer property whatever msgpack integer width it was
+// sent with (the server re-encodes JS fixints as int8, PROTOCOL.md 2.1).
+func (h *Header) IntProp(key string) (int64, bool) {
+	v, ok := h.Properties[key]
+	if !ok {
+		return 0, false
+	}
+	switch n := v.(type) {
+	case int8:
+		return int64(n), true
+	case int16:
+		return int64(n), true
+	case int32:
+		return int64(n), true
+	case int64:
+		return n, true
+	case int:
+		return int64(n), true
+	case uint8:
+		return int64(n), true
+	case uint16:
+		return int64(n), true
+	case uint32:
+		return int64(n), true
+	case uint64:
+		if n > 1<<63-1 {
+			return 0, false
+		}
+		return int64(n), true
+	case uint:
+		return int64(n), true
+	case float64:
+		if n == float64(int64(n)) {
+			return int64(n), true
+		}
+	case float32:
+		if n == float32(int64(n)) {
+			return int64(n), true
+		}
+	}
+	return 0, false
+}
+
+// StringProp reads a string property; a missing or non-string one is "".
+func (h *Header) StringProp(key string) string {
+	s, _ := h.Properties[key].(string)
+	return s
+}
