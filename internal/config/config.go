@@ -1,0 +1,300 @@
+// Package config holds tether's configuration: a JSON file format that is a
+// superset of mender-connect.conf (keys matched case-insensitively), an
+// environment overlay with the prefix TETHER_, defaults, normalisation and
+// validation with messages that name the offending key.
+package config
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Default file locations. The fallback is read first, the main file on top.
+const (
+	DefaultPath         = "/etc/tether/tether.conf"
+	DefaultFallbackPath = "/var/lib/tether/tether.conf"
+	// DefaultShellsFile lists the shells ShellCommand may name.
+	DefaultShellsFile = "/etc/shells"
+	// EnvPrefix is the envconfig prefix: TETHER_USER, TETHER_SESSIONS_MAXTOTAL, ...
+	EnvPrefix = "TETHER"
+)
+
+// Values Auth.Source accepts.
+const (
+	AuthSourceDBus   = "dbus"
+	AuthSourceStatic = "static"
+)
+
+// Defaults that normalisation or callers refer to.
+const (
+	DefaultShellCommand    = "/bin/sh"
+	DefaultLang            = "C.UTF-8"
+	DefaultTerminalWidth   = 80
+	DefaultTerminalHeight  = 40
+	DefaultExpireAfterIdle = 600 // seconds, when StopExpired and no timeout is set
+	DefaultMaxPerUser      = 1
+	DefaultMaxTotal        = 16
+	DefaultMaxMessageSize  = 1 << 20
+)
+
+// redactedToken replaces a non-empty Auth.Token in Redacted output.
+const redactedToken = "<redacted>"
+
+// Config is the effective configuration. JSON key names are the Go field
+// names; encoding/json matches them case-insensitively.
+type Config struct {
+	// ShellCommand is the absolute path of the login shell; it must be
+	// listed in /etc/shells.
+	ShellCommand string
+	// ShellArguments defaults to ["--login"] when absent or null; an empty
+	// array means no arguments.
+	ShellArguments []string
+	// User is the account shells run as (required).
+	User string
+	// Lang is exported to shells as LANG; empty means LANG is not set.
+	Lang string
+
+	Terminal TerminalConfig
+	Sessions SessionsConfig
+
+	// ServerURL is the server to dial when Auth.Source is static.
+	ServerURL string
+	// ServerCertificate is an optional PEM CA file added to the system pool
+	// for wss connections.
+	ServerCertificate string
+	// SkipVerify disables TLS certificate verification (testing only).
+	SkipVerify bool
+
+	Auth      AuthConfig
+	Reconnect ReconnectConfig
+	Link      LinkConfig
+	Metrics   MetricsConfig
+	Log       LogConfig
+
+	// Upstream feature switches; the features are not implemented yet but
+	// the keys are accepted so upstream files load unchanged.
+	FileTransfer FeatureConfig
+	PortForward  FeatureConfig
+	MenderClient FeatureConfig
+
+	// Limits is upstream's file-transfer limits tree, parsed as-is.
+	Limits LimitsConfig
+}
+
+// TerminalConfig is the default terminal size and the proto 1 switch.
+type TerminalConfig struct {
+	Width   uint16 // columns; 0 → 80
+	Height  uint16 // rows; 0 → 40
+	Disable bool
+}
+
+// SessionsConfig controls shell session limits, expiry and health checks.
+type SessionsConfig struct {
+	// StopExpired enables expiry. When false both timeouts are forced to 0;
+	// when true and both are 0, ExpireAfterIdle becomes 600.
+	StopExpired bool
+	// ExpireAfter is the absolute lifetime in seconds (0 = none).
+	ExpireAfter uint32
+	// ExpireAfterIdle is the lifetime since the last input in seconds (0 =
+	// none). Unlike upstream both timeouts are enforced together.
+	ExpireAfterIdle uint32
+	// MaxPerUser limits sessions per user_id; 0 → 1. Must be ≤ MaxTotal.
+	MaxPerUser uint32
+	// MaxTotal limits running shells on the device (1..1024).
+	MaxTotal uint32
+	// EvictOldest makes a new session replace the user's oldest one when
+	// MaxPerUser is reached, instead of refusing it.
+	EvictOldest bool
+	// StopGrace is the wait between SIGHUP, SIGTERM and SIGKILL.
+	StopGrace Duration
+	// PingInterval is the period of shell health-check pings.
+	PingInterval Duration
+	// PongTimeout ends a shell whose peer has not answered for this long.
+	PongTimeout Duration
+}
+
+// AuthConfig selects where the device token and server URL come from.
+type AuthConfig struct {
+	// Source is "dbus" (mender-auth on the system bus) or "static"
+	// (ServerURL plus Token or TokenFile).
+	Source string
+	// TokenFile holds the device JWT for the static source.
+	TokenFile string
+	// Token is the device JWT for the static source; normally from
+	// TETHER_AUTH_TOKEN. Never log it.
+	Token string
+	// DBusAddress overrides the bus address; empty means the system bus
+	// (which honours DBUS_SYSTEM_BUS_ADDRESS).
+	DBusAddress string
+}
+
+// ReconnectConfig is the exponential backoff (with jitter) between dials.
+type ReconnectConfig struct {
+	BackoffBase Duration
+	BackoffMax  Duration
+}
+
+// LinkConfig tunes the websocket.
+type LinkConfig struct {
+	// PingInterval is how often tether pings the server.
+	PingInterval Duration
+	// ReadTimeout ends a link that received nothing for this long; it must
+	// exceed PingInterval.
+	ReadTimeout Duration
+	// WriteTimeout bounds every frame write.
+	WriteTimeout Duration
+	// MaxMessageSize is the largest inbound websocket message in bytes.
+	MaxMessageSize int
+}
+
+// MetricsConfig is the Prometheus endpoint.
+type MetricsConfig struct {
+	// Listen is host:port; empty disables the endpoint.
+	Listen string
+	// AllowNonLoopback permits a Listen host other than a loopback address.
+	AllowNonLoopback bool
+}
+
+// LogConfig selects the log level and the stderr format.
+type LogConfig struct {
+	Level  string // error, warn, info (default), debug, trace
+	Format string // text (default) or json
+}
+
+// FeatureConfig is an upstream per-protocol switch.
+type FeatureConfig struct {
+	Disable bool
+}
+
+// LimitsConfig is upstream's Limits tree (file-transfer restrictions).
+type LimitsConfig struct {
+	Enabled      bool
+	FileTransfer FileTransferLimits
+}
+
+// FileTransferLimits mirrors upstream's Limits.FileTransfer keys.
+type FileTransferLimits struct {
+	Chroot           string
+	FollowSymLinks   bool
+	AllowOverwrite   bool
+	OwnerPut         string
+	GroupPut         string
+	OwnerGet         []string
+	GroupGet         []string
+	Umask            string // octal text
+	MaxFileSize      uint64 // bytes, 0 = unlimited
+	Counters         RateLimits
+	AllowSuid        bool
+	RegularFilesOnly bool
+	// Upstream forces these to true regardless of the file; tether keeps
+	// what the file says and leaves the policy to the feature's owner.
+	PreserveMode  bool
+	PreserveOwner bool
+}
+
+// RateLimits mirrors upstream's Limits.FileTransfer.Counters.
+type RateLimits struct {
+	MaxBytesTxPerMinute uint64
+	MaxBytesRxPerMinute uint64
+}
+
+// Default returns the built-in defaults: everything but User, which has no
+// default. Load starts from this before reading any file.
+func Default() *Config {
+	return &Config{
+		ShellCommand:   DefaultShellCommand,
+		ShellArguments: []string{"--login"},
+		Lang:           DefaultLang,
+		Terminal: TerminalConfig{
+			Width:  DefaultTerminalWidth,
+			Height: DefaultTerminalHeight,
+		},
+		Sessions: SessionsConfig{
+			// ExpireAfterIdle stays 0 here: the 600 s default applies only
+			// when the files leave ExpireAfter at 0 as well (normalize).
+			StopExpired:  true,
+			MaxPerUser:   DefaultMaxPerUser,
+			MaxTotal:     DefaultMaxTotal,
+			StopGrace:    Duration(2 * time.Second),
+			PingInterval: Duration(60 * time.Second),
+			PongTimeout:  Duration(130 * time.Second),
+		},
+		Auth: AuthConfig{Source: AuthSourceDBus},
+		Reconnect: ReconnectConfig{
+			BackoffBase: Duration(time.Second),
+			BackoffMax:  Duration(5 * time.Minute),
+		},
+		Link: LinkConfig{
+			PingInterval:   Duration(50 * time.Second),
+			ReadTimeout:    Duration(75 * time.Second),
+			WriteTimeout:   Duration(10 * time.Second),
+			MaxMessageSize: DefaultMaxMessageSize,
+		},
+		Log: LogConfig{Level: "info", Format: "text"},
+	}
+}
+
+// IdleTimeout is the session idle limit; 0 means off. It applies the
+// StopExpired rules itself, so it is right even on an unnormalised Config.
+func (c *Config) IdleTimeout() time.Duration {
+	s := c.Sessions
+	if !s.StopExpired {
+		return 0
+	}
+	idle := s.ExpireAfterIdle
+	if idle == 0 && s.ExpireAfter == 0 {
+		idle = DefaultExpireAfterIdle
+	}
+	return time.Duration(idle) * time.Second
+}
+
+// AbsoluteTimeout is the session lifetime limit; 0 means off.
+func (c *Config) AbsoluteTimeout() time.Duration {
+	if !c.Sessions.StopExpired {
+		return 0
+	}
+	return time.Duration(c.Sessions.ExpireAfter) * time.Second
+}
+
+// Redacted is the effective configuration as indented JSON with a non-empty
+// Auth.Token replaced by "<redacted>", for `tether check-config`.
+func (c *Config) Redacted() ([]byte, error) {
+	cp := *c
+	if cp.Auth.Token != "" {
+		cp.Auth.Token = redactedToken
+	}
+	b, err := json.MarshalIndent(&cp, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("rendering configuration: %w", err)
+	}
+	return append(b, '\n'), nil
+}
+
+// normalize applies the upstream "0 means default" rules and the expiry
+// rules of spec 3.6, and lower-cases enumerated values.
+func (c *Config) normalize() {
+	if c.ShellArguments == nil {
+		c.ShellArguments = []string{"--login"}
+	}
+	if c.Terminal.Width == 0 {
+		c.Terminal.Width = DefaultTerminalWidth
+	}
+	if c.Terminal.Height == 0 {
+		c.Terminal.Height = DefaultTerminalHeight
+	}
+	if c.Sessions.MaxPerUser == 0 {
+		c.Sessions.MaxPerUser = DefaultMaxPerUser
+	}
+	s := &c.Sessions
+	switch {
+	case !s.StopExpired:
+		s.ExpireAfter, s.ExpireAfterIdle = 0, 0
+	case s.ExpireAfter == 0 && s.ExpireAfterIdle == 0:
+		s.ExpireAfterIdle = DefaultExpireAfterIdle
+	}
+	c.Auth.Source = strings.ToLower(c.Auth.Source)
+	c.Log.Level = strings.ToLower(c.Log.Level)
+	c.Log.Format = strings.ToLower(c.Log.Format)
+}
