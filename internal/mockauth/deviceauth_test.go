@@ -1,6 +1,7 @@
 package mockauth
 
 import (
+	"crypto"
 	"crypto/x509"
 	"encoding/pem"
 	"path/filepath"
@@ -65,7 +66,7 @@ func TestLoadOrCreateKey(t *testing.T) {
 	if err != nil {
 		t.Fatalf("load: %v", err)
 	}
-	if !k2.Public().(interface{ Equal(any) bool }).Equal(k1.Public()) {
+	if !k2.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(k1.Public()) {
 		t.Fatal("reloaded key differs from the stored one")
 	}
 	if _, err := GenerateKey("dsa"); err == nil {
