@@ -23,6 +23,17 @@ type LoadOptions struct {
 	ShellsFile   string // "" = /etc/shells
 }
 
+func (o LoadOptions) paths() (mainPath, fallbackPath string) {
+	mainPath, fallbackPath = o.Path, o.FallbackPath
+	if mainPath == "" {
+		mainPath = DefaultPath
+	}
+	if fallbackPath == "" {
+		fallbackPath = DefaultFallbackPath
+	}
+	return mainPath, fallbackPath
+}
+
 // deprecatedKeys are upstream top-level keys that no longer do anything.
 // ServerURL, ServerCertificate and SkipVerify are deprecated upstream but are
 // live keys in tether (static auth source, TLS options).
@@ -37,15 +48,7 @@ var durationType = reflect.TypeOf(Duration(0))
 // returned along with the error so callers can show it; on any other error
 // cfg is nil.
 func Load(opts LoadOptions) (cfg *Config, warnings []string, err error) {
-	mainPath := opts.Path
-	if mainPath == "" {
-		mainPath = DefaultPath
-	}
-	fallbackPath := opts.FallbackPath
-	if fallbackPath == "" {
-		fallbackPath = DefaultFallbackPath
-	}
-
+	mainPath, fallbackPath := opts.paths()
 	cfg = Default()
 	fallbackFound, err := loadFile(cfg, fallbackPath, &warnings)
 	if err != nil {

@@ -51,7 +51,7 @@ func fakeShell(t *testing.T) string {
 
 // loadFiles writes main and fallback (an empty string means the file does
 // not exist) and loads them.
-func loadFiles(t *testing.T, mainContent, fallbackContent, shells string) (*Config, []string, error, LoadOptions) {
+func loadFiles(t *testing.T, mainContent, fallbackContent, shells string) (*Config, []string, LoadOptions, error) {
 	t.Helper()
 	dir := t.TempDir()
 	opts := LoadOptions{
@@ -66,7 +66,7 @@ func loadFiles(t *testing.T, mainContent, fallbackContent, shells string) (*Conf
 		writeFile(t, dir, "fallback.conf", fallbackContent)
 	}
 	cfg, warnings, err := Load(opts)
-	return cfg, warnings, err, opts
+	return cfg, warnings, opts, err
 }
 
 func TestLoadSources(t *testing.T) {
@@ -185,7 +185,7 @@ func TestLoadSources(t *testing.T) {
 			for k, v := range tt.env {
 				t.Setenv(k, v)
 			}
-			cfg, warnings, err, _ := loadFiles(t, tt.main, tt.fallback, shellsFile(t))
+			cfg, warnings, _, err := loadFiles(t, tt.main, tt.fallback, shellsFile(t))
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
@@ -218,7 +218,7 @@ func TestLoadNoConfiguration(t *testing.T) {
 		for k, v := range env {
 			t.Setenv(k, v)
 		}
-		cfg, _, err, opts := loadFiles(t, "", "", shellsFile(t))
+		cfg, _, opts, err := loadFiles(t, "", "", shellsFile(t))
 		if err == nil {
 			t.Fatalf("env %v: Load succeeded: %+v", env, cfg)
 		}
@@ -235,25 +235,20 @@ func TestLoadNoConfiguration(t *testing.T) {
 
 func TestLoadFallbackWithoutUser(t *testing.T) {
 	clearEnv(t)
-	_, _, err, _ := loadFiles(t, "", `{"ShellCommand": "/bin/sh"}`, shellsFile(t))
+	_, _, _, err := loadFiles(t, "", `{"ShellCommand": "/bin/sh"}`, shellsFile(t))
 	if err == nil || !strings.Contains(err.Error(), "User: required") {
 		t.Fatalf("Load error = %v, want User: required", err)
 	}
 }
 
-func TestLoadDefaultPaths(t *testing.T) {
-	// Whatever this machine has in /etc/tether, with the empty options Load
-	// must at least look at the default paths (the error names them).
-	clearEnv(t)
-	for _, p := range []string{DefaultPath, DefaultFallbackPath} {
-		if _, err := os.Stat(p); err == nil {
-			t.Fatalf("%s exists on this machine; this test needs it absent", p)
-		}
-	}
-	_, _, err := Load(LoadOptions{})
-	if err == nil || !strings.Contains(err.Error(), DefaultPath) || !strings.Contains(err.Error(), DefaultFallbackPath) {
-		t.Fatalf("Load error = %v, want one naming both default paths", err)
-	}
+func TestLoadOptionsDefaultPaths(t *testing.T) {
+	t.Parallel()
+	m, f := LoadOptions{}.paths()
+	eq(t, "main", m, "/etc/tether/tether.conf")
+	eq(t, "fallback", f, "/var/lib/tether/tether.conf")
+	m, f = LoadOptions{Path: "/a", FallbackPath: "/b"}.paths()
+	eq(t, "main", m, "/a")
+	eq(t, "fallback", f, "/b")
 }
 
 func TestLoadSamePathOnce(t *testing.T) {
@@ -317,7 +312,6 @@ func TestEnvOverridesFile(t *testing.T) {
 				"TETHER_METRICS_LISTEN":       "[::1]:9200",
 				"TETHER_LOG_LEVEL":            "trace",
 				"TETHER_AUTH_TOKEN":           "secret-token",
-				"TETHER_LIMITS_FILETRANSFER_COUNTERS_MAXBYTESTXPERMINUTE": "1000",
 			},
 			check: func(t *testing.T, c *Config) {
 				eq(t, "User", c.User, "nobody")
@@ -334,7 +328,14 @@ func TestEnvOverridesFile(t *testing.T) {
 				eq(t, "Listen", c.Metrics.Listen, "[::1]:9200")
 				eq(t, "Level", c.Log.Level, "trace")
 				eq(t, "Token", c.Auth.Token, "secret-token")
+			},
+		},
+		{
+			name: "deeply nested key",
+			env:  map[string]string{"TETHER_LIMITS_FILETRANSFER_COUNTERS_MAXBYTESTXPERMINUTE": "1000"},
+			check: func(t *testing.T, c *Config) {
 				eq(t, "MaxBytesTxPerMinute", c.Limits.FileTransfer.Counters.MaxBytesTxPerMinute, uint64(1000))
+				eq(t, "MaxTotal", c.Sessions.MaxTotal, uint32(8))
 			},
 		},
 		{
@@ -358,7 +359,7 @@ func TestEnvOverridesFile(t *testing.T) {
 			for k, v := range tt.env {
 				t.Setenv(k, v)
 			}
-			cfg, warnings, err, _ := loadFiles(t, file, "", shells)
+			cfg, warnings, _, err := loadFiles(t, file, "", shells)
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
@@ -384,7 +385,7 @@ func TestEnvErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			clearEnv(t)
 			t.Setenv(tt.key, tt.value)
-			_, _, err, _ := loadFiles(t, `{"User": "nobody"}`, "", shellsFile(t))
+			_, _, _, err := loadFiles(t, `{"User": "nobody"}`, "", shellsFile(t))
 			if err == nil || !strings.Contains(err.Error(), tt.key) {
 				t.Fatalf("Load error = %v, want one naming %s", err, tt.key)
 			}
@@ -396,7 +397,7 @@ func TestUnknownEnvironmentVariable(t *testing.T) {
 	clearEnv(t)
 	t.Setenv("TETHER_SESIONS_MAXPERUSER", "2")
 	t.Setenv("TETHER_USER", "nobody")
-	_, warnings, err, _ := loadFiles(t, "", "", shellsFile(t))
+	_, warnings, _, err := loadFiles(t, "", "", shellsFile(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -420,7 +421,7 @@ func TestEnvKeysMatchEnvconfig(t *testing.T) {
 	for k := range keys {
 		t.Setenv(k, "x-marker")
 	}
-	_, _, err, _ := loadFiles(t, `{"User": "nobody"}`, "", shellsFile(t))
+	_, _, _, err := loadFiles(t, `{"User": "nobody"}`, "", shellsFile(t))
 	if err == nil {
 		t.Fatal("Load accepted x-marker for every variable")
 	}
@@ -432,7 +433,7 @@ func TestUpstreamConfigFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, warnings, err, opts := loadFiles(t, string(data), "", shellsFile(t))
+	cfg, warnings, opts, err := loadFiles(t, string(data), "", shellsFile(t))
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
@@ -487,7 +488,7 @@ func TestUnknownKeyWarnings(t *testing.T) {
 		"user": "nobody",
 		"servers": "not even the right type"
 	}`
-	cfg, warnings, err, opts := loadFiles(t, main, fallback, shellsFile(t))
+	cfg, warnings, opts, err := loadFiles(t, main, fallback, shellsFile(t))
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
@@ -643,7 +644,7 @@ func TestUnreadableFile(t *testing.T) {
 
 func TestLoadReturnsConfigOnValidationError(t *testing.T) {
 	clearEnv(t)
-	cfg, _, err, _ := loadFiles(t, `{"User": "nobody", "Sessions": {"MaxTotal": 0}}`, "", shellsFile(t))
+	cfg, _, _, err := loadFiles(t, `{"User": "nobody", "Sessions": {"MaxTotal": 0}}`, "", shellsFile(t))
 	if err == nil || !strings.Contains(err.Error(), "Sessions.MaxTotal: 0 is out of range (allowed 1..1024)") {
 		t.Fatalf("Load error = %v", err)
 	}
@@ -670,7 +671,7 @@ func TestStopExpiredNormalisation(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.sessions, func(t *testing.T) {
 			clearEnv(t)
-			cfg, warnings, err, _ := loadFiles(t, `{"User": "nobody", "Sessions": `+tt.sessions+`}`, "", shellsFile(t))
+			cfg, warnings, _, err := loadFiles(t, `{"User": "nobody", "Sessions": `+tt.sessions+`}`, "", shellsFile(t))
 			if err != nil {
 				t.Fatal(err)
 			}

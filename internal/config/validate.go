@@ -27,29 +27,30 @@ func (c *Config) Validate(shellsFile string) error {
 	add := func(key, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
 	}
+	addErr := func(key string, err error) { errs = append(errs, fmt.Errorf("%s: %w", key, err)) }
 
 	if err := checkShell(c.ShellCommand, shellsFile); err != nil {
-		errs = append(errs, fmt.Errorf("ShellCommand: %w", err))
+		addErr("ShellCommand", err)
 	}
 	if c.User == "" {
 		add("User", "required (set it in the configuration file or %s_USER)", EnvPrefix)
 	} else if _, err := user.Lookup(c.User); err != nil {
-		errs = append(errs, fmt.Errorf("User: %w", err))
+		addErr("User", err)
 	}
 	if strings.ContainsFunc(c.Lang, func(r rune) bool { return r < ' ' || r == '=' || r == 0x7f }) {
 		add("Lang", "%q contains '=' or a control character", c.Lang)
 	}
 
 	s := c.Sessions
-	checkUint(add, "Sessions.MaxTotal", s.MaxTotal, 1, 1024)
-	if s.MaxPerUser > s.MaxTotal {
+	// Comparing with an out-of-range MaxTotal would only repeat that error.
+	if checkUint(add, "Sessions.MaxTotal", s.MaxTotal, 1, 1024) && s.MaxPerUser > s.MaxTotal {
 		add("Sessions.MaxPerUser", "%d is larger than Sessions.MaxTotal (%d)", s.MaxPerUser, s.MaxTotal)
 	}
 	checkDuration(add, "Sessions.StopGrace", s.StopGrace, 10*time.Millisecond, time.Minute)
 	checkDuration(add, "Sessions.PingInterval", s.PingInterval, 100*time.Millisecond, time.Hour)
 	checkDurationAbove(add, "Sessions.PongTimeout", s.PongTimeout, "Sessions.PingInterval", s.PingInterval, 24*time.Hour)
 
-	c.validateServer(add, &errs)
+	c.validateServer(add, addErr)
 	c.validateAuth(add)
 
 	r := c.Reconnect
@@ -71,7 +72,7 @@ func (c *Config) Validate(shellsFile string) error {
 
 	if c.Metrics.Listen != "" {
 		if err := checkListen(c.Metrics.Listen, c.Metrics.AllowNonLoopback); err != nil {
-			errs = append(errs, fmt.Errorf("Metrics.Listen: %w", err))
+			addErr("Metrics.Listen", err)
 		}
 	}
 
@@ -88,7 +89,7 @@ func (c *Config) Validate(shellsFile string) error {
 	return errors.Join(errs...)
 }
 
-func (c *Config) validateServer(add func(key, format string, args ...any), errs *[]error) {
+func (c *Config) validateServer(add func(key, format string, args ...any), addErr func(key string, err error)) {
 	if c.ServerURL != "" {
 		u, err := url.Parse(c.ServerURL)
 		switch {
@@ -101,7 +102,7 @@ func (c *Config) validateServer(add func(key, format string, args ...any), errs 
 	if c.ServerCertificate != "" {
 		pem, err := os.ReadFile(c.ServerCertificate)
 		if err != nil {
-			*errs = append(*errs, fmt.Errorf("ServerCertificate: %w", err))
+			addErr("ServerCertificate", err)
 		} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
 			add("ServerCertificate", "%s contains no PEM certificate", c.ServerCertificate)
 		}
@@ -142,10 +143,12 @@ func isServerScheme(s string) bool {
 	return false
 }
 
-func checkUint(add func(key, format string, args ...any), key string, v, lo, hi uint32) {
+func checkUint(add func(key, format string, args ...any), key string, v, lo, hi uint32) bool {
 	if v < lo || v > hi {
 		add(key, "%d is out of range (allowed %d..%d)", v, lo, hi)
+		return false
 	}
+	return true
 }
 
 func checkDuration(add func(key, format string, args ...any), key string, d Duration, lo, hi time.Duration) {
