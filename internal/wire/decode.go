@@ -49,7 +49,9 @@ func Unmarshal(b []byte) (*ProtoMsg, error) {
 	if len(b) == 0 {
 		return nil, &DecodeError{Kind: MalformedEmpty, Err: errors.New("empty frame")}
 	}
-	d := msgpack.NewDecoder(bytes.NewReader(b))
+	r := bytes.NewReader(b)
+	d := msgpack.NewDecoder(r)
+	v := valueReader{d: d, r: r}
 	fail := func(kind MalformedKind, err error) (*ProtoMsg, error) {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			kind = MalformedTruncated
@@ -80,14 +82,14 @@ func Unmarshal(b []byte) (*ProtoMsg, error) {
 			if typeErr == nil {
 				typeErr = fmt.Errorf("message key: %w", kerr)
 			}
-			if err := d.Skip(); err != nil {
+			if _, err := v.value(0, false); err != nil {
 				return fail(MalformedSyntax, err)
 			}
 			continue
 		}
 		switch key {
 		case "hdr":
-			herr, err := decodeHeader(d, &m.Header)
+			herr, err := decodeHeader(v, &m.Header)
 			if err != nil {
 				return fail(MalformedSyntax, fmt.Errorf("hdr: %w", err))
 			}
@@ -105,7 +107,7 @@ func Unmarshal(b []byte) (*ProtoMsg, error) {
 			}
 			m.Body = body
 		default:
-			if err := d.Skip(); err != nil {
+			if _, err := v.value(0, false); err != nil {
 				return fail(MalformedSyntax, fmt.Errorf("value of %q: %w", key, err))
 			}
 		}
@@ -122,7 +124,8 @@ func Unmarshal(b []byte) (*ProtoMsg, error) {
 // decodeHeader fills h. A value of the wrong type is skipped and reported as
 // typeErr (the first one); err is a msgpack syntax or EOF error that ends
 // decoding.
-func decodeHeader(d *msgpack.Decoder, h *Header) (typeErr, err error) {
+func decodeHeader(v valueReader, h *Header) (typeErr, err error) {
+	d := v.d
 	c, err := d.PeekCode()
 	if err != nil {
 		return nil, err
@@ -131,9 +134,10 @@ func decodeHeader(d *msgpack.Decoder, h *Header) (typeErr, err error) {
 		return errors.New("nil"), d.DecodeNil()
 	}
 	if !isMap(c) {
-		return fmt.Errorf("msgpack code 0x%02x, not a map", c), d.Skip()
+		_, err := v.value(0, false)
+		return fmt.Errorf("msgpack code 0x%02x, not a map", c), err
 	}
-	n, err := d.DecodeMapLen()
+	n, err := v.mapLen()
 	if err != nil {
 		return nil, err
 	}
@@ -149,20 +153,31 @@ func decodeHeader(d *msgpack.Decoder, h *Header) (typeErr, err error) {
 		}
 		if kerr != nil {
 			note("key", kerr)
-			if err := d.Skip(); err != nil {
+			if _, err := v.value(0, false); err != nil {
 				return typeErr, err
 			}
 			continue
 		}
 		switch key {
 		case "proto":
-			v, err := d.DecodeInterfaceLoose()
+			c, err := d.PeekCode()
 			if err != nil {
 				return typeErr, err
 			}
-			p, ok := toProto(v)
+			if !isInt(c) {
+				if _, err := v.value(0, false); err != nil {
+					return typeErr, err
+				}
+				note(key, fmt.Errorf("msgpack code 0x%02x, not an integer", c))
+				continue
+			}
+			n, err := d.DecodeInterfaceLoose()
+			if err != nil {
+				return typeErr, err
+			}
+			p, ok := toProto(n)
 			if !ok {
-				note(key, fmt.Errorf("%T %v is not a protocol number", v, v))
+				note(key, fmt.Errorf("%v is not a protocol number", n))
 			}
 			h.Proto = p
 		case "typ":
@@ -180,19 +195,23 @@ func decodeHeader(d *msgpack.Decoder, h *Header) (typeErr, err error) {
 			note(key, terr)
 			h.SessionID = s
 		case "props":
-			p, terr, err := decodeProps(d)
+			p, terr, err := decodeProps(v)
 			if err != nil {
 				return typeErr, err
 			}
 			note(key, terr)
 			h.Properties = p
 		default:
-			if err := d.Skip(); err != nil {
+			if _, err := v.value(0, false); err != nil {
 				return typeErr, err
 			}
 		}
 	}
 	return typeErr, nil
+}
+
+func isInt(c byte) bool {
+	return msgpcode.IsFixedNum(c) || (c >= msgpcode.Uint8 && c <= msgpcode.Int64)
 }
 
 func isMap(c byte) bool {
@@ -247,7 +266,8 @@ func decodeBytes(d *msgpack.Decoder) (b []byte, typeErr, err error) {
 	return nil, fmt.Errorf("msgpack code 0x%02x, not bin or str", c), d.Skip()
 }
 
-func decodeProps(d *msgpack.Decoder) (props map[string]interface{}, typeErr, err error) {
+func decodeProps(v valueReader) (props map[string]interface{}, typeErr, err error) {
+	d := v.d
 	c, err := d.PeekCode()
 	if err != nil {
 		return nil, nil, err
@@ -256,9 +276,10 @@ func decodeProps(d *msgpack.Decoder) (props map[string]interface{}, typeErr, err
 		return nil, nil, d.DecodeNil()
 	}
 	if !isMap(c) {
-		return nil, fmt.Errorf("msgpack code 0x%02x, not a map", c), d.Skip()
+		_, err := v.value(0, false)
+		return nil, fmt.Errorf("msgpack code 0x%02x, not a map", c), err
 	}
-	n, err := d.DecodeMapLen()
+	n, err := v.mapLen()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -268,7 +289,7 @@ func decodeProps(d *msgpack.Decoder) (props map[string]interface{}, typeErr, err
 		if err != nil {
 			return nil, typeErr, err
 		}
-		v, err := d.DecodeInterface()
+		val, err := v.value(0, true)
 		if err != nil {
 			return nil, typeErr, fmt.Errorf("%q: %w", k, err)
 		}
@@ -278,7 +299,114 @@ func decodeProps(d *msgpack.Decoder) (props map[string]interface{}, typeErr, err
 			}
 			continue
 		}
-		props[k] = v
+		props[k] = val
 	}
 	return props, typeErr, nil
+}
+
+// maxDepth bounds nesting inside property values and skipped fields. Real
+// peers send flat properties; a deeply nested frame would otherwise cost
+// seconds of recursion on the read path.
+const maxDepth = 8
+
+var errTooDeep = errors.New("values nested too deeply")
+
+// valueReader decodes or skips arbitrary values with bounded depth and with
+// container lengths checked against the bytes left, so a frame cannot make
+// the decoder allocate more than the frame could hold.
+type valueReader struct {
+	d *msgpack.Decoder
+	r *bytes.Reader
+}
+
+func (v valueReader) mapLen() (int, error) {
+	n, err := v.d.DecodeMapLen()
+	if err != nil {
+		return 0, err
+	}
+	if n > v.r.Len() { // every entry takes at least two bytes
+		return 0, io.ErrUnexpectedEOF
+	}
+	return n, nil
+}
+
+// value reads one value; with keep it returns it (maps as
+// map[string]interface{}), otherwise it only skips it.
+func (v valueReader) value(depth int, keep bool) (interface{}, error) {
+	if depth > maxDepth {
+		return nil, errTooDeep
+	}
+	c, err := v.d.PeekCode()
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case isMap(c):
+		n, err := v.mapLen()
+		if err != nil {
+			return nil, err
+		}
+		var m map[string]interface{}
+		if keep {
+			m = make(map[string]interface{}, n)
+		}
+		for i := 0; i < n; i++ {
+			k, err := v.value(depth+1, keep)
+			if err != nil {
+				return nil, err
+			}
+			val, err := v.value(depth+1, keep)
+			if err != nil {
+				return nil, err
+			}
+			if keep {
+				m[fmt.Sprint(k)] = val
+			}
+		}
+		if keep {
+			return m, nil
+		}
+		return nil, nil
+	case msgpcode.IsFixedArray(c) || c == msgpcode.Array16 || c == msgpcode.Array32:
+		n, err := v.d.DecodeArrayLen()
+		if err != nil {
+			return nil, err
+		}
+		if n > v.r.Len() {
+			return nil, io.ErrUnexpectedEOF
+		}
+		var a []interface{}
+		if keep {
+			a = make([]interface{}, 0, n)
+		}
+		for i := 0; i < n; i++ {
+			val, err := v.value(depth+1, keep)
+			if err != nil {
+				return nil, err
+			}
+			if keep {
+				a = append(a, val)
+			}
+		}
+		if keep {
+			return a, nil
+		}
+		return nil, nil
+	case msgpcode.IsExt(c):
+		// Extensions (timestamps) never matter in headers; skip them
+		// after checking the claimed length against what is left.
+		_, n, err := v.d.DecodeExtHeader()
+		if err != nil {
+			return nil, err
+		}
+		if n > v.r.Len() {
+			return nil, io.ErrUnexpectedEOF
+		}
+		_, err = v.r.Seek(int64(n), io.SeekCurrent)
+		return nil, err
+	case keep:
+		return v.d.DecodeInterface()
+	default:
+		return nil, v.d.Skip()
+	}
 }

@@ -193,6 +193,11 @@ func TestUnmarshalMalformed(t *testing.T) {
 		{"props is an array", enc(map[string]interface{}{"hdr": map[string]interface{}{"proto": 1, "props": []int{1}}}), MalformedWrongType, ""},
 		{"body is an int", enc(hdrFirst{Hdr: map[string]interface{}{"proto": 1, "sid": "s7"}, Body: 7}), MalformedWrongType, "s7"},
 		{"key is an int", enc(map[int]int{1: 2}), MalformedWrongType, ""},
+		{"deeply nested props", append(append([]byte("\x81\xa3hdr\x83\xa3sid\xa2s6\xa5proto\x01\xa5props\x81\xa1a"), bytes.Repeat([]byte{0x91}, 1<<20)...), 1), MalformedSyntax, "s6"},
+		{"deeply nested unknown key", append(append([]byte("\x82\xa3hdr\x81\xa5proto\x01\xa1x"), bytes.Repeat([]byte{0x81, 0xa1, 'k'}, 1<<16)...), 1), MalformedSyntax, ""},
+		{"huge array claim", []byte("\x81\xa3hdr\x82\xa5proto\x01\xa5props\x81\xa1a\xdd\x30\x30\x30\x30"), MalformedTruncated, ""},
+		{"huge str claim", []byte("\x81\xa3hdr\x82\xa5proto\x01\xa3typ\xdb\x7f\xff\xff\xff"), MalformedTruncated, ""},
+		{"huge body claim", []byte("\x81\xa4body\xc6\x7f\xff\xff\xff"), MalformedTruncated, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
