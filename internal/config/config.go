@@ -5,6 +5,7 @@
 package config
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -265,11 +266,14 @@ func (c *Config) Redacted() ([]byte, error) {
 	if cp.Auth.Token != "" {
 		cp.Auth.Token = redactedToken
 	}
-	b, err := json.MarshalIndent(&cp, "", "  ")
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false) // keep "<redacted>" readable
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(&cp); err != nil {
 		return nil, fmt.Errorf("rendering configuration: %w", err)
 	}
-	return append(b, '\n'), nil
+	return buf.Bytes(), nil
 }
 
 // normalize applies the upstream "0 means default" rules and the expiry
