@@ -34,13 +34,6 @@ func (o LoadOptions) paths() (mainPath, fallbackPath string) {
 	return mainPath, fallbackPath
 }
 
-// deprecatedKeys are upstream top-level keys that no longer do anything.
-// ServerURL, ServerCertificate and SkipVerify are deprecated upstream but are
-// live keys in tether (static auth source, TLS options).
-var deprecatedKeys = [...]string{"Servers", "ClientProtocol", "HttpsClient", "ReconnectIntervalSeconds"}
-
-var durationType = reflect.TypeOf(Duration(0))
-
 // Load builds the effective configuration: defaults, then the fallback file,
 // then the main file, then TETHER_* environment variables, then
 // normalisation and Validate. Warnings (unknown or deprecated keys) do not
@@ -207,7 +200,7 @@ func (w *walker) value(path string, t reflect.Type) error {
 		return nil
 	}
 
-	if t == durationType {
+	if t == reflect.TypeFor[Duration]() {
 		var perr error
 		switch v := tok.(type) {
 		case json.Number:
@@ -334,11 +327,14 @@ func fieldByFold(t reflect.Type, key string) (reflect.StructField, bool) {
 	return reflect.StructField{}, false
 }
 
+// deprecated reports whether key is an upstream top-level key that no longer
+// does anything. ServerURL, ServerCertificate and SkipVerify are deprecated
+// upstream but are live keys in tether (static auth source, TLS options).
 func deprecated(path, key string) (string, bool) {
 	if path != "" {
 		return "", false
 	}
-	for _, d := range deprecatedKeys {
+	for _, d := range [...]string{"Servers", "ClientProtocol", "HttpsClient", "ReconnectIntervalSeconds"} {
 		if strings.EqualFold(d, key) {
 			return d, true
 		}
@@ -398,7 +394,7 @@ func envKeys() map[string]bool {
 				continue
 			}
 			key := prefix + "_" + strings.ToUpper(f.Name)
-			if f.Type.Kind() == reflect.Struct && f.Type != durationType {
+			if f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeFor[Duration]() {
 				walk(key, f.Type)
 				continue
 			}
