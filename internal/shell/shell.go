@@ -1,0 +1,180 @@
+// Package shell runs a login shell on a pty as a given account and tears
+// it down completely: the whole terminal session, not just the shell's pid.
+package shell
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/creack/pty"
+)
+
+// DefaultPath is PATH for shells; a login shell's profile may replace it.
+const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// Spec describes one shell.
+type Spec struct {
+	Command string   // absolute path; also argv[0]
+	Args    []string // arguments after argv[0]
+	Account *Account
+	Lang    string // "" = no LANG
+	Cols    uint16
+	Rows    uint16
+}
+
+// Process is a running shell with its pty master. Read and Write go to the
+// pty; Done is closed once the shell has been reaped.
+type Process struct {
+	pty  *os.File
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error // exit status, valid after done
+
+	stopOnce sync.Once
+	stopped  chan struct{} // closed when Stop has finished its teardown
+}
+
+// Start spawns the shell. The window size is set before the child runs, so
+// the shell never sees a 0x0 terminal.
+func Start(s Spec) (*Process, error) {
+	if s.Account == nil {
+		return nil, errors.New("start shell: no account")
+	}
+	cmd := &exec.Cmd{
+		Path: s.Command,
+		Args: append([]string{s.Command}, s.Args...),
+		Dir:  s.Account.workDir(),
+		Env:  environment(s),
+		SysProcAttr: &syscall.SysProcAttr{
+			Setsid:     true,
+			Setctty:    true,
+			Credential: s.Account.credential(),
+		},
+	}
+	ws := &pty.Winsize{Cols: s.Cols, Rows: s.Rows}
+	f, err := pty.StartWithAttrs(cmd, ws, cmd.SysProcAttr)
+	if err != nil {
+		return nil, fmt.Errorf("start %s as %s: %w", s.Command, s.Account.Name, err)
+	}
+	p := &Process{pty: f, cmd: cmd, done: make(chan struct{}), stopped: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+func environment(s Spec) []string {
+	env := []string{
+		"HOME=" + s.Account.workDir(),
+		"TERM=xterm-256color",
+		"USER=" + s.Account.Name,
+		"LOGNAME=" + s.Account.Name,
+		"SHELL=" + s.Command,
+		"PATH=" + DefaultPath,
+	}
+	if s.Account.Home != "" {
+		env[0] = "HOME=" + s.Account.Home
+	}
+	if s.Lang != "" {
+		env = append(env, "LANG="+s.Lang)
+	}
+	return env
+}
+
+// Pid is the shell's process id, which is also its terminal session id.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// Read reads shell output from the pty master. After the shell and every
+// process holding the terminal have gone it returns an error (EIO).
+func (p *Process) Read(b []byte) (int, error) { return p.pty.Read(b) }
+
+// Write writes input to the pty master.
+func (p *Process) Write(b []byte) (int, error) { return p.pty.Write(b) }
+
+// Resize sets the terminal size; zero values are ignored as upstream does.
+func (p *Process) Resize(cols, rows uint16) error {
+	if cols == 0 || rows == 0 {
+		return nil
+	}
+	if err := pty.Setsize(p.pty, &pty.Winsize{Cols: cols, Rows: rows}); err != nil {
+		return fmt.Errorf("resize pty to %dx%d: %w", cols, rows, err)
+	}
+	return nil
+}
+
+// Done is closed when the shell process has been reaped.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// ExitErr is the shell's exit status; valid once Done is closed.
+func (p *Process) ExitErr() error {
+	<-p.done
+	return p.err
+}
+
+// Stop tears the whole terminal session down: SIGHUP, then SIGTERM after
+// grace, then SIGKILL after another grace, to every process of the session
+// (background jobs in their own process groups included), and closes the
+// pty master. It returns at once; Stopped is closed when the shell has been
+// reaped and no process of the session is left. Calling it again is a no-op.
+func (p *Process) Stop(grace time.Duration) {
+	p.stopOnce.Do(func() { go p.teardown(grace) })
+}
+
+// Stopped is closed when a Stop has completed.
+func (p *Process) Stopped() <-chan struct{} { return p.stopped }
+
+func (p *Process) teardown(grace time.Duration) {
+	defer close(p.stopped)
+	sid := p.Pid()
+	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGTERM, syscall.SIGKILL} {
+		signalSession(sid, sig)
+		if sig == syscall.SIGHUP {
+			// The hangup the kernel sends when the master closes reaches
+			// the foreground job even if it was not found by the scan.
+			_ = p.pty.Close()
+		}
+		if p.waitGone(sid, grace) {
+			return
+		}
+	}
+	// After SIGKILL only uninterruptible sleepers can remain; wait for the
+	// shell itself, which cannot block on anything but its own exit now.
+	<-p.done
+}
+
+// waitGone waits up to d for the shell to be reaped and its session to be
+// empty.
+func (p *Process) waitGone(sid int, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-p.done:
+			if len(SessionMembers(sid)) == 0 {
+				return true
+			}
+		default:
+		}
+		if !time.Now().Before(deadline) {
+			return false
+		}
+		<-tick.C
+	}
+}
+
+// Close releases the pty master. Use Stop to end the shell; Close alone is
+// for a shell that has already exited.
+func (p *Process) Close() error {
+	err := p.pty.Close()
+	if errors.Is(err, os.ErrClosed) {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,197 @@
+package shell
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// testAccount is nobody when the test runs as root (CI), so the identity
+// switch is exercised; otherwise the current user.
+func testAccount(t *testing.T) *Account {
+	t.Helper()
+	name := "nobody"
+	if os.Geteuid() != 0 {
+		name = os.Getenv("USER")
+	}
+	a, err := LookupAccount(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+type reader struct {
+	t   *testing.T
+	out chan []byte
+	buf bytes.Buffer
+}
+
+func startReader(t *testing.T, p *Process) *reader {
+	r := &reader{t: t, out: make(chan []byte, 64)}
+	go func() {
+		defer close(r.out)
+		for {
+			b := make([]byte, 32<<10)
+			n, err := p.Read(b)
+			if n > 0 {
+				r.out <- b[:n]
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return r
+}
+
+// expect reads until the accumulated output contains s.
+func (r *reader) expect(s string) string {
+	r.t.Helper()
+	timeout := time.After(10 * time.Second)
+	for !strings.Contains(r.buf.String(), s) {
+		select {
+		case b, ok := <-r.out:
+			if !ok {
+				r.t.Fatalf("pty closed before %q; got %q", s, r.buf.String())
+			}
+			r.buf.Write(b)
+		case <-timeout:
+			r.t.Fatalf("timeout waiting for %q; got %q", s, r.buf.String())
+		}
+	}
+	out := r.buf.String()
+	r.buf.Reset()
+	return out
+}
+
+func start(t *testing.T, cols, rows uint16) (*Process, *reader) {
+	t.Helper()
+	p, err := Start(Spec{Command: "/bin/sh", Args: []string{"-i"}, Account: testAccount(t), Lang: "C.UTF-8", Cols: cols, Rows: rows})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.Stop(100 * time.Millisecond)
+		<-p.Stopped()
+	})
+	return p, startReader(t, p)
+}
+
+func TestShellIdentityEnvironmentAndSize(t *testing.T) {
+	acct := testAccount(t)
+	p, r := start(t, 132, 43)
+	fmt.Fprintf(p, "stty size; echo M1; id -u; id -g; id -G; echo M2; env | sort; echo M$((2+1))\n")
+	if out := r.expect("M1\r\n"); !strings.Contains(out, "43 132") {
+		t.Fatalf("initial size not applied before start: %q", out)
+	}
+	ids := strings.Fields(strings.ReplaceAll(r.expect("M2\r\n"), "M2", ""))
+	want := []string{fmt.Sprint(acct.UID), fmt.Sprint(acct.GID)}
+	if len(ids) < 3 || ids[0] != want[0] || ids[1] != want[1] {
+		t.Fatalf("ids %q, want uid/gid %v", ids, want)
+	}
+	if os.Geteuid() == 0 {
+		var groups []string
+		for _, g := range acct.Groups {
+			groups = append(groups, fmt.Sprint(g))
+		}
+		if got := strings.Join(ids[2:], " "); got != strings.Join(groups, " ") {
+			t.Fatalf("supplementary groups %q, want %q", got, groups)
+		}
+	}
+	env := r.expect("M3\r\n")
+	for _, kv := range []string{"TERM=xterm-256color", "USER=" + acct.Name, "LOGNAME=" + acct.Name, "SHELL=/bin/sh", "LANG=C.UTF-8", "HOME=" + acct.Home, "PATH="} {
+		if !strings.Contains(env, kv) {
+			t.Errorf("environment lacks %s:\n%s", kv, env)
+		}
+	}
+	if err := p.Resize(200, 50); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(p, "stty size; echo M$((2+2))\n")
+	if out := r.expect("M4\r\n"); !strings.Contains(out, "50 200") {
+		t.Fatalf("resize not reflected: %q", out)
+	}
+}
+
+func TestStopEndsWholeSession(t *testing.T) {
+	p, r := start(t, 80, 24)
+	// A background job in its own process group that ignores HUP and TERM
+	// survives anything but a session-wide SIGKILL.
+	fmt.Fprintf(p, "(trap '' HUP TERM; exec sleep 301) & echo started\n")
+	r.expect("started")
+	deadline := time.Now().Add(5 * time.Second)
+	for len(SessionMembers(p.Pid())) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("background job did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	begin := time.Now()
+	p.Stop(50 * time.Millisecond)
+	select {
+	case <-p.Stopped():
+	case <-time.After(5 * time.Second):
+		t.Fatalf("stop did not finish; session members %v", SessionMembers(p.Pid()))
+	}
+	if left := SessionMembers(p.Pid()); len(left) != 0 {
+		t.Fatalf("processes left in the session: %v", left)
+	}
+	select {
+	case <-p.Done():
+	default:
+		t.Fatal("shell not reaped")
+	}
+	if d := time.Since(begin); d > 2*time.Second {
+		t.Fatalf("stop took %v", d)
+	}
+}
+
+func TestShellExitIsReaped(t *testing.T) {
+	p, r := start(t, 80, 24)
+	fmt.Fprintf(p, "exit 3\n")
+	select {
+	case <-p.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("shell exit not noticed")
+	}
+	if err := p.ExitErr(); err == nil || !strings.Contains(err.Error(), "exit status 3") {
+		t.Fatalf("exit err %v", err)
+	}
+	for range r.out {
+	} // the reader ends with an error once the slave side is gone
+}
+
+func TestParseStat(t *testing.T) {
+	tests := []struct {
+		in   string
+		want procEntry
+		ok   bool
+	}{
+		{"42 (sh) S 1 42 42 34816 42 4194560", procEntry{pid: 42, ppid: 1, session: 42}, true},
+		{"7 (a b) c)) Z 3 7 9 0", procEntry{pid: 7, ppid: 3, session: 9, zombie: true}, true},
+		{"garbage", procEntry{}, false},
+		{"1 (x) S", procEntry{}, false},
+	}
+	for _, tt := range tests {
+		got, ok := parseStat([]byte(tt.in))
+		if ok != tt.ok || got != tt.want {
+			t.Errorf("parseStat(%q) = %+v, %v", tt.in, got, ok)
+		}
+	}
+}
+
+func TestLookupAccountErrors(t *testing.T) {
+	if _, err := LookupAccount("no-such-user-tether"); err == nil {
+		t.Fatal("bogus user resolved")
+	}
+	if _, err := Start(Spec{Command: "/bin/sh"}); err == nil {
+		t.Fatal("start without account succeeded")
+	}
+	if _, err := Start(Spec{Command: "/nonexistent/sh", Account: testAccount(t), Cols: 80, Rows: 24}); err == nil {
+		t.Fatal("start of a missing binary succeeded")
+	}
+}
