@@ -1,0 +1,503 @@
+// Package link owns the device's one websocket to the server: it dials with
+// the current credentials, reads and decodes frames for the router, writes
+// every session's frames fairly through one writer, keeps the connection
+// alive, and reconnects with exponential backoff and full jitter.
+package link
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/tether-agent/tether/internal/auth"
+	"github.com/tether-agent/tether/internal/wire"
+)
+
+// DevicePath is the device websocket endpoint (PROTOCOL.md 1.1).
+const DevicePath = "/api/devices/v1/deviceconnect/connect"
+
+// Handler receives what the link reads. Its methods are called from the
+// read loop and must not block.
+type Handler interface {
+	HandleMessage(m *wire.ProtoMsg)
+	HandleMalformed(err *wire.DecodeError)
+	// LinkDown is called after a connection ended; TokenCleared when the
+	// auth service withdrew the credentials (all shells must stop).
+	LinkDown()
+	TokenCleared()
+}
+
+// Observer is told about traffic and state for metrics; it never steers.
+type Observer interface {
+	FrameIn()
+	FrameOut()
+	MalformedFrame(kind string)
+	LinkUp()
+	LinkDown()
+	LinkReconnect()
+}
+
+// Beater is a health loop handle (internal/health.Loop).
+type Beater interface {
+	Beat()
+	Park()
+	Unpark()
+}
+
+// Options configure the link.
+type Options struct {
+	Log            *slog.Logger
+	CAFile         string // extra PEM CAs on top of the system pool
+	SkipVerify     bool
+	PingInterval   time.Duration
+	ReadTimeout    time.Duration
+	WriteTimeout   time.Duration
+	MaxMessageSize int
+	BackoffBase    time.Duration
+	BackoffMax     time.Duration
+	// Refresh asks the auth service for a new token (after a 401).
+	Refresh func()
+	// Reader and Writer are health handles for the two loops; optional.
+	Reader, Writer Beater
+	Observer       Observer
+	// State is told every state change in words, for sd_notify STATUS.
+	State func(up bool, detail string)
+}
+
+// Link is the connection manager.
+type Link struct {
+	opts    Options
+	log     *slog.Logger
+	handler Handler
+	mux     *Mux
+	dialer  *websocket.Dialer
+
+	mu        sync.Mutex
+	connected bool
+	lastUp    time.Time
+}
+
+// New builds a link; frames to send come from mux.
+func New(opts Options, h Handler, mux *Mux) (*Link, error) {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	tlsConf, err := tlsConfig(opts.CAFile, opts.SkipVerify)
+	if err != nil {
+		return nil, err
+	}
+	d := &websocket.Dialer{
+		Proxy:            http.ProxyFromEnvironment,
+		HandshakeTimeout: 30 * time.Second,
+		TLSClientConfig:  tlsConf,
+		ReadBufferSize:   64 << 10,
+		WriteBufferSize:  64 << 10,
+	}
+	if opts.Observer == nil {
+		opts.Observer = nopObserver{}
+	}
+	if opts.Refresh == nil {
+		opts.Refresh = func() {}
+	}
+	if opts.State == nil {
+		opts.State = func(bool, string) {}
+	}
+	return &Link{opts: opts, log: opts.Log, handler: h, mux: mux, dialer: d}, nil
+}
+
+func tlsConfig(caFile string, skip bool) (*tls.Config, error) {
+	c := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: skip} //nolint:gosec // off unless configured
+	if caFile == "" {
+		return c, nil
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("read server certificate %s: %w", caFile, err)
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("server certificate %s: no PEM certificate found", caFile)
+	}
+	c.RootCAs = pool
+	return c, nil
+}
+
+// DeviceURL maps the server URL from the auth service to the websocket URL:
+// https→wss, http→ws, the endpoint path appended. Unlike upstream, a path
+// prefix (a server behind a reverse proxy path) is kept.
+func DeviceURL(server string) (string, error) {
+	u, err := url.Parse(server)
+	if err != nil {
+		return "", fmt.Errorf("server URL: %w", err)
+	}
+	if u.Host == "" {
+		return "", fmt.Errorf("server URL %q has no host", server)
+	}
+	switch u.Scheme {
+	case "https":
+		u.Scheme = "wss"
+	case "http":
+		u.Scheme = "ws"
+	}
+	u.Path = strings.TrimRight(u.Path, "/") + DevicePath
+	u.RawPath, u.RawQuery, u.Fragment, u.User = "", "", "", nil
+	return u.String(), nil
+}
+
+// Connected reports whether a connection is up, and when the last one came up.
+func (l *Link) Connected() (bool, time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.connected, l.lastUp
+}
+
+// stableAfter is how long a connection must have lasted for the next
+// reconnect to go out at once; a server that accepts and drops at once is
+// backed off like one that refuses.
+const stableAfter = 10 * time.Second
+
+// Run keeps the link up with the newest credentials until ctx ends.
+func (l *Link) Run(ctx context.Context, creds <-chan auth.Credentials) error {
+	l.parkLoops()
+	var cur auth.Credentials
+	attempt, dials := 0, 0
+	for {
+		if !cur.Authorized() {
+			l.opts.State(false, "waiting for authorization")
+			select {
+			case <-ctx.Done():
+				return nil
+			case c := <-creds:
+				cur = l.adopt(cur, c)
+				continue
+			}
+		}
+		attempt++
+		if dials++; dials > 1 {
+			l.opts.Observer.LinkReconnect()
+		}
+		connCtx, cancel := context.WithCancel(ctx)
+		var next *auth.Credentials
+		watcherDone := make(chan struct{})
+		go func() {
+			// New credentials end the connection or the backoff wait.
+			defer close(watcherDone)
+			select {
+			case c := <-creds:
+				next = &c
+				cancel()
+			case <-connCtx.Done():
+			}
+		}()
+		uptime, err := l.connectAndServe(connCtx, cur)
+		if uptime >= stableAfter {
+			attempt = 0
+		}
+		if connCtx.Err() == nil {
+			if err != nil {
+				l.log.Warn("server connection failed", "error", err, "attempt", attempt)
+				if isUnauthorized(err) {
+					l.opts.Refresh()
+				}
+			}
+			if attempt > 0 {
+				wait := backoff(attempt, l.opts.BackoffBase, l.opts.BackoffMax)
+				l.opts.State(false, fmt.Sprintf("reconnecting in %s", wait.Round(time.Millisecond)))
+				t := time.NewTimer(wait)
+				select {
+				case <-t.C:
+				case <-connCtx.Done():
+				}
+				t.Stop()
+			}
+		}
+		cancel()
+		<-watcherDone
+		if next != nil {
+			cur = l.adopt(cur, *next)
+			attempt = 0
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+// adopt switches to new credentials; an empty token stops every shell, as
+// the auth service's withdrawal means the device lost its authorization.
+func (l *Link) adopt(old, c auth.Credentials) auth.Credentials {
+	if !c.Authorized() {
+		if old.Authorized() {
+			l.log.Warn("authorization withdrawn by the auth service; stopping all sessions", "event", "token_change")
+		}
+		l.handler.TokenCleared()
+		return c
+	}
+	if old != c {
+		l.log.Info("new credentials from the auth service", "event", "token_change", "server_url", c.ServerURL)
+	}
+	return c
+}
+
+type statusError struct {
+	code int
+	err  error
+}
+
+func (e *statusError) Error() string { return e.err.Error() }
+func (e *statusError) Unwrap() error { return e.err }
+
+func isUnauthorized(err error) bool {
+	var se *statusError
+	return errors.As(err, &se) && se.code == http.StatusUnauthorized
+}
+
+// backoff is full jitter after the attempt-th consecutive failure:
+// uniform in [0, min(max, base·2^(attempt-1))).
+func backoff(attempt int, base, max time.Duration) time.Duration {
+	ceil := base
+	for i := 1; i < attempt && ceil < max; i++ {
+		ceil *= 2
+	}
+	if ceil > max {
+		ceil = max
+	}
+	if ceil <= 0 {
+		return 0
+	}
+	return time.Duration(rand.Int64N(int64(ceil)))
+}
+
+// connectAndServe dials and serves one connection. It returns how long the
+// connection was up, and the dial error if there was no connection.
+func (l *Link) connectAndServe(ctx context.Context, c auth.Credentials) (time.Duration, error) {
+	target, err := DeviceURL(c.ServerURL)
+	if err != nil {
+		return 0, err
+	}
+	hdr := http.Header{"Authorization": []string{"Bearer " + c.Token}}
+	conn, resp, err := l.dialer.DialContext(ctx, target, hdr)
+	if err != nil {
+		if resp != nil {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+			resp.Body.Close()
+			return 0, &statusError{code: resp.StatusCode, err: fmt.Errorf("dial %s: %s: %s", target, resp.Status, bytes.TrimSpace(body))}
+		}
+		return 0, fmt.Errorf("dial %s: %w", target, err)
+	}
+	start := time.Now()
+	l.serve(ctx, conn, target)
+	return time.Since(start), nil
+}
+
+func (l *Link) serve(ctx context.Context, conn *websocket.Conn, target string) {
+	l.mu.Lock()
+	l.connected, l.lastUp = true, time.Now()
+	l.mu.Unlock()
+	l.log.Info("connected to server", "event", "link_up", "url", target)
+	l.opts.Observer.LinkUp()
+	l.opts.State(true, "connected to "+target)
+	l.mux.setUp(true)
+
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	var readErr, writeErr error
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		readErr = l.readLoop(conn)
+		closeOnce(done)
+	}()
+	go func() {
+		defer wg.Done()
+		writeErr = l.writeLoop(conn, done)
+		closeOnce(done)
+	}()
+	select {
+	case <-ctx.Done():
+		// Unlike upstream, say goodbye properly before closing.
+		_ = conn.WriteControl(websocket.CloseMessage,
+			websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
+		closeOnce(done)
+	case <-done:
+	}
+	conn.Close() // unblocks the reader
+	wg.Wait()
+	l.mux.setUp(false)
+	l.parkLoops()
+	l.mu.Lock()
+	l.connected = false
+	l.mu.Unlock()
+	reason := firstErr(readErr, writeErr, ctx.Err())
+	l.log.Info("disconnected from server", "event", "link_down", "reason", reason)
+	l.opts.Observer.LinkDown()
+	l.handler.LinkDown()
+}
+
+func firstErr(errs ...error) string {
+	for _, e := range errs {
+		if e != nil {
+			return e.Error()
+		}
+	}
+	return "closed"
+}
+
+func (l *Link) parkLoops() {
+	if l.opts.Reader != nil {
+		l.opts.Reader.Park()
+	}
+	if l.opts.Writer != nil {
+		l.opts.Writer.Park()
+	}
+}
+
+func closeOnce(c chan struct{}) {
+	select {
+	case <-c:
+	default:
+		close(c)
+	}
+}
+
+func (l *Link) beat(b Beater) {
+	if b != nil {
+		b.Beat()
+	}
+}
+
+// readLoop reads frames until the connection fails. Any frame, data or
+// control, refreshes the read deadline (upstream only counted ping/pong).
+func (l *Link) readLoop(conn *websocket.Conn) error {
+	if l.opts.Reader != nil {
+		l.opts.Reader.Unpark()
+	}
+	refresh := func() {
+		_ = conn.SetReadDeadline(time.Now().Add(l.opts.ReadTimeout))
+		l.beat(l.opts.Reader)
+	}
+	refresh()
+	conn.SetPingHandler(func(data string) error {
+		refresh()
+		err := conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(l.opts.WriteTimeout))
+		if errors.Is(err, websocket.ErrCloseSent) {
+			return nil
+		}
+		return err
+	})
+	conn.SetPongHandler(func(string) error { refresh(); return nil })
+	limit := int64(l.opts.MaxMessageSize)
+	buf := make([]byte, 0, 4096)
+	for {
+		typ, r, err := conn.NextReader()
+		if err != nil {
+			return fmt.Errorf("read: %w", err)
+		}
+		refresh()
+		// Read at most limit+1 bytes: an oversized message is discarded
+		// and reported, and the link stays up (upstream dropped it).
+		buf = buf[:0]
+		w := bytes.NewBuffer(buf)
+		n, err := io.Copy(w, io.LimitReader(r, limit+1))
+		if err != nil {
+			return fmt.Errorf("read message: %w", err)
+		}
+		buf = w.Bytes()
+		if n > limit {
+			skipped, err := io.Copy(io.Discard, r)
+			if err != nil {
+				return fmt.Errorf("discard oversized message: %w", err)
+			}
+			l.opts.Observer.FrameIn()
+			l.malformed(&wire.DecodeError{Kind: wire.MalformedOversized,
+				Err: fmt.Errorf("message of %d bytes exceeds the %d byte limit", n+skipped, limit)})
+			buf = make([]byte, 0, 4096) // do not keep an oversized buffer
+			continue
+		}
+		l.opts.Observer.FrameIn()
+		if typ != websocket.BinaryMessage && typ != websocket.TextMessage {
+			continue
+		}
+		// The router keeps parts of the message (the body) beyond this
+		// iteration, so decode from a private copy.
+		msg, err := wire.Unmarshal(bytes.Clone(buf))
+		if err != nil {
+			var de *wire.DecodeError
+			if !errors.As(err, &de) {
+				de = &wire.DecodeError{Kind: wire.MalformedSyntax, Err: err}
+			}
+			l.malformed(de)
+			continue
+		}
+		l.handler.HandleMessage(msg)
+	}
+}
+
+func (l *Link) malformed(de *wire.DecodeError) {
+	l.opts.Observer.MalformedFrame(string(de.Kind))
+	l.handler.HandleMalformed(de)
+}
+
+// writeLoop is the only writer of data frames. It sends frames from the mux
+// in round-robin order and a keep-alive ping every PingInterval.
+func (l *Link) writeLoop(conn *websocket.Conn, done <-chan struct{}) error {
+	if l.opts.Writer != nil {
+		l.opts.Writer.Unpark()
+	}
+	ping := time.NewTicker(l.opts.PingInterval)
+	defer ping.Stop()
+	beat := time.NewTicker(time.Second)
+	defer beat.Stop()
+	for {
+		l.beat(l.opts.Writer)
+		for f := l.mux.next(); f != nil; f = l.mux.next() {
+			_ = conn.SetWriteDeadline(time.Now().Add(l.opts.WriteTimeout))
+			if err := conn.WriteMessage(websocket.BinaryMessage, f); err != nil {
+				return fmt.Errorf("write: %w", err)
+			}
+			l.opts.Observer.FrameOut()
+			l.beat(l.opts.Writer)
+			select {
+			case <-done:
+				return nil
+			default:
+			}
+		}
+		select {
+		case <-done:
+			return nil
+		case <-l.mux.wake:
+		case <-beat.C:
+		case <-ping.C:
+			if err := conn.WriteControl(websocket.PingMessage, []byte("60"), time.Now().Add(l.opts.WriteTimeout)); err != nil {
+				return fmt.Errorf("ping: %w", err)
+			}
+		}
+	}
+}
+
+type nopObserver struct{}
+
+func (nopObserver) FrameIn()              {}
+func (nopObserver) FrameOut()             {}
+func (nopObserver) MalformedFrame(string) {}
+func (nopObserver) LinkUp()               {}
+func (nopObserver) LinkDown()             {}
+func (nopObserver) LinkReconnect()        {}

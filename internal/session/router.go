@@ -1,0 +1,366 @@
+// Package session routes the device's inbound messages by protocol and
+// session id, runs shell sessions with their limits and expiry, and answers
+// the control protocol. The router owns the session table; every shell
+// session owns its pty and process. Nothing here blocks the link's read
+// loop: slow work happens in each session's goroutines behind bounded
+// queues.
+package session
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/tether-agent/tether/internal/link"
+	"github.com/tether-agent/tether/internal/shell"
+	"github.com/tether-agent/tether/internal/wire"
+)
+
+// Reasons a session ends; they are the metrics label values too.
+const (
+	ReasonUser            = "user"
+	ReasonStop            = "stop"
+	ReasonIdleExpired     = "idle_expired"
+	ReasonAbsoluteExpired = "absolute_expired"
+	ReasonShellExit       = "shell_exit"
+	ReasonHealthTimeout   = "health_timeout"
+	ReasonTokenCleared    = "token_cleared"
+	ReasonShutdown        = "shutdown"
+	ReasonEvicted         = "evicted"
+	ReasonStartFailed     = "start_failed"
+)
+
+// Upstream's reply texts (PROTOCOL.md 2.4); peers and people match them.
+const (
+	msgShellStarted   = "Shell started"
+	msgTooManyShells  = "too many shells spawned"
+	msgTooManyForUser = "user has too many open sessions"
+	msgAlreadyRunning = "failed to start shell: shell is already running"
+	msgNoSession      = "session not found"
+)
+
+// Recorder is told what happens, for metrics.
+type Recorder interface {
+	SessionOpened(proto string)
+	SessionClosed(proto, reason string, d time.Duration)
+	LimitRejected(limit string)
+	TerminalBytesIn(n int)
+	TerminalBytesOut(n int)
+}
+
+// Beater is a health loop handle.
+type Beater interface{ Beat() }
+
+// Options configure the router.
+type Options struct {
+	Log *slog.Logger
+
+	ShellCommand string
+	ShellArgs    []string
+	Account      *shell.Account
+	Lang         string
+	DefaultCols  uint16
+	DefaultRows  uint16
+
+	TerminalDisabled bool
+	MaxPerUser       int
+	MaxTotal         int
+	EvictOldest      bool
+	IdleTimeout      time.Duration // 0 = off
+	AbsoluteTimeout  time.Duration // 0 = off
+	StopGrace        time.Duration
+	PingInterval     time.Duration
+	PongTimeout      time.Duration
+
+	// QueueLimit bounds each session's outbound bytes (back-pressure).
+	QueueLimit int
+	// ReadBuffer is the pty read size; a busy shell fills it by itself.
+	ReadBuffer int
+	// ReapOrphans makes the janitor reap zombie children it does not own
+	// (the daemon is a child subreaper).
+	ReapOrphans bool
+
+	Recorder Recorder
+	Janitor  Beater
+}
+
+// Router is the session table and message dispatcher.
+type Router struct {
+	opts Options
+	log  *slog.Logger
+	mux  *link.Mux
+	ctl  *link.Queue // replies that belong to no live shell session
+
+	mu     sync.Mutex
+	shells map[string]*shellSession
+	ctrl   map[string]*ctrlSession
+	closed bool
+
+	wg sync.WaitGroup // every shell session's goroutines
+
+	malformedLog rateLimit
+}
+
+// New builds a router that sends through mux.
+func New(opts Options, mux *link.Mux) *Router {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if opts.Recorder == nil {
+		opts.Recorder = nopRecorder{}
+	}
+	if opts.QueueLimit <= 0 {
+		opts.QueueLimit = 256 << 10
+	}
+	if opts.ReadBuffer <= 0 {
+		opts.ReadBuffer = 32 << 10
+	}
+	return &Router{
+		opts:   opts,
+		log:    opts.Log,
+		mux:    mux,
+		ctl:    mux.NewQueue(256 << 10),
+		shells: make(map[string]*shellSession),
+		ctrl:   make(map[string]*ctrlSession),
+	}
+}
+
+// Counts reports the live shell sessions and distinct users.
+func (r *Router) Counts() (shells, users int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	seen := make(map[string]bool)
+	for _, s := range r.shells {
+		seen[s.userID] = true
+	}
+	return len(r.shells), len(seen)
+}
+
+// Protocols lists the enabled protocols for the control "accept".
+func (r *Router) Protocols() []uint16 {
+	if r.opts.TerminalDisabled {
+		return []uint16{}
+	}
+	return []uint16{wire.ProtoShell}
+}
+
+// HandleMessage dispatches one inbound message. Called by the link's read
+// loop: it never blocks.
+func (r *Router) HandleMessage(m *wire.ProtoMsg) {
+	switch m.Header.Proto {
+	case wire.ProtoShell:
+		if r.opts.TerminalDisabled {
+			r.unknownShellMessage(m)
+			return
+		}
+		r.handleShell(m)
+	case wire.ProtoControl:
+		r.handleControl(m)
+	default:
+		r.touchCtrl(m.Header.SessionID)
+		r.sendControlError(m.Header.SessionID, fmt.Sprintf("no handler registered for protocol: 0x%04X", m.Header.Proto), false, &m.Header)
+	}
+}
+
+// HandleMalformed answers a frame that could not be decoded: a control
+// error to its session if a session id could be read, and a log line
+// (rate-limited, so a hostile peer cannot flood the journal).
+func (r *Router) HandleMalformed(de *wire.DecodeError) {
+	if r.malformedLog.allow(time.Now()) {
+		r.log.Warn("malformed frame from server", "kind", string(de.Kind), "error", de.Err,
+			"session_id", de.Partial.SessionID, "suppressed", r.malformedLog.takeSuppressed())
+	}
+	if de.Partial.SessionID != "" {
+		h := de.Partial
+		r.sendControlError(h.SessionID, "malformed message: "+de.Err.Error(), false, &h)
+	}
+}
+
+// LinkDown keeps every session: the shells live on, as upstream; sessions
+// whose peers are gone end by health check or expiry.
+func (r *Router) LinkDown() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	// Router (control) sessions cannot survive a reconnect: the server
+	// gives every connection new ids.
+	r.ctrl = make(map[string]*ctrlSession)
+}
+
+// TokenCleared stops every shell: the device lost its authorization.
+func (r *Router) TokenCleared() {
+	r.stopAll(ReasonTokenCleared, "")
+}
+
+// Shutdown tells every peer its session stops and tears all shells down
+// with grace, then waits for them (or for ctx).
+func (r *Router) Shutdown(ctx context.Context, grace time.Duration) {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+	r.stopAllGrace(ReasonShutdown, "device agent shutting down", grace)
+	done := make(chan struct{})
+	go func() {
+		r.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		r.log.Warn("shutdown: shells still tearing down", "error", ctx.Err())
+	}
+}
+
+// Wait waits for every session goroutine to end.
+func (r *Router) Wait() { r.wg.Wait() }
+
+func (r *Router) stopAll(reason, notice string) {
+	r.stopAllGrace(reason, notice, r.opts.StopGrace)
+}
+
+func (r *Router) stopAllGrace(reason, notice string, grace time.Duration) {
+	r.mu.Lock()
+	all := make([]*shellSession, 0, len(r.shells))
+	for _, s := range r.shells {
+		all = append(all, s)
+	}
+	r.mu.Unlock()
+	for _, s := range all {
+		s.requestStop(reason, notice, grace)
+	}
+}
+
+// Run is the janitor: expiry, shell health pings, pong timeouts, control
+// session supervision and orphan reaping. It ends with ctx.
+func (r *Router) Run(ctx context.Context) {
+	tick := time.Second
+	for _, d := range []time.Duration{r.opts.PingInterval / 4, r.opts.IdleTimeout / 4, r.opts.AbsoluteTimeout / 4} {
+		if d > 0 && d < tick {
+			tick = d
+		}
+	}
+	if tick < 10*time.Millisecond {
+		tick = 10 * time.Millisecond
+	}
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		if r.opts.Janitor != nil {
+			r.opts.Janitor.Beat()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			r.sweep(now)
+		}
+	}
+}
+
+func (r *Router) sweep(now time.Time) {
+	r.mu.Lock()
+	all := make([]*shellSession, 0, len(r.shells))
+	for _, s := range r.shells {
+		all = append(all, s)
+	}
+	r.mu.Unlock()
+	for _, s := range all {
+		s.supervise(now)
+	}
+	r.superviseCtrl(now)
+	if r.opts.ReapOrphans {
+		shell.ReapOrphans(r.isShellPid)
+	}
+}
+
+func (r *Router) isShellPid(pid int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.shells {
+		if s.pid() == pid {
+			return true
+		}
+	}
+	return false
+}
+
+// send queues a frame that belongs to no shell session (or whose session
+// queue is full). It never blocks; a frame that does not fit is dropped
+// and logged.
+func (r *Router) send(m *wire.ProtoMsg) {
+	b, err := wire.Marshal(m)
+	if err != nil {
+		r.log.Error("encode reply", "error", err)
+		return
+	}
+	if !r.ctl.TryPut(b) {
+		r.log.Debug("reply dropped: link down or reply queue full", "proto", wire.ProtoName(m.Header.Proto), "type", m.Header.MsgType)
+	}
+}
+
+func (r *Router) sendControlError(sid, text string, closeSession bool, about *wire.Header) {
+	body := wire.ErrorBody{Error: text, Close: closeSession}
+	if about != nil {
+		body.MessageProto = about.Proto
+		body.MessageType = about.MsgType
+		body.MessageID = about.StringProp(wire.PropMsgID)
+	}
+	b, err := wire.EncodeBody(body)
+	if err != nil {
+		r.log.Error("encode control error", "error", err)
+		return
+	}
+	r.send(&wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoControl, MsgType: wire.TypeError, SessionID: sid}, Body: b})
+}
+
+// sortedByAge lists sessions oldest first by last input.
+func sortedByIdle(ss []*shellSession) {
+	sort.Slice(ss, func(i, j int) bool { return ss[i].lastInputNano.Load() < ss[j].lastInputNano.Load() })
+}
+
+type nopRecorder struct{}
+
+func (nopRecorder) SessionOpened(string)                        {}
+func (nopRecorder) SessionClosed(string, string, time.Duration) {}
+func (nopRecorder) LimitRejected(string)                        {}
+func (nopRecorder) TerminalBytesIn(int)                         {}
+func (nopRecorder) TerminalBytesOut(int)                        {}
+
+// rateLimit lets a burst of log lines through, then one per interval, and
+// counts what it held back.
+type rateLimit struct {
+	mu         sync.Mutex
+	last       time.Time
+	tokens     int
+	suppressed int
+}
+
+func (l *rateLimit) allow(now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	const burst, every = 10, time.Second
+	if l.last.IsZero() {
+		l.tokens, l.last = burst, now
+	}
+	if add := int(now.Sub(l.last) / every); add > 0 {
+		l.tokens = min(burst, l.tokens+add)
+		l.last = l.last.Add(time.Duration(add) * every)
+	}
+	if l.tokens == 0 {
+		l.suppressed++
+		return false
+	}
+	l.tokens--
+	return true
+}
+
+func (l *rateLimit) takeSuppressed() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := l.suppressed
+	l.suppressed = 0
+	return n
+}

@@ -1,0 +1,434 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tether-agent/tether/internal/link"
+	"github.com/tether-agent/tether/internal/shell"
+	"github.com/tether-agent/tether/internal/wire"
+)
+
+// inputQueue bounds pending terminal input per session, in messages.
+const inputQueue = 256
+
+type stopRequest struct {
+	reason string
+	notice string // sent to the peer as a status-2 stop; "" = none
+	grace  time.Duration
+}
+
+// shellSession is one terminal: it owns its pty, process and queue.
+type shellSession struct {
+	r       *Router
+	sid     string
+	userID  string
+	created time.Time
+	q       *link.Queue
+	input   chan []byte
+
+	lastInputNano atomic.Int64
+	lastPongNano  atomic.Int64
+	lastPingNano  atomic.Int64
+
+	mu         sync.Mutex
+	proc       *shell.Process
+	cols, rows uint16
+
+	stopOnce sync.Once
+	stopCh   chan stopRequest // capacity 1: the first request wins
+	ctx      context.Context  // ends when the session is stopping
+	cancel   context.CancelFunc
+}
+
+func (s *shellSession) pid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		return 0
+	}
+	return s.proc.Pid()
+}
+
+func (r *Router) handleShell(m *wire.ProtoMsg) {
+	h := &m.Header
+	switch h.MsgType {
+	case wire.ShellNew:
+		r.newShell(h)
+	case wire.ShellData:
+		s := r.lookup(h.SessionID)
+		if s == nil {
+			r.replyShell(h.SessionID, wire.ShellData, wire.StatusError, msgNoSession)
+			return
+		}
+		s.lastInputNano.Store(time.Now().UnixNano())
+		if len(m.Body) == 0 {
+			return
+		}
+		select {
+		case s.input <- m.Body:
+		default:
+			// The shell has not read its terminal for a long time; say
+			// so rather than stall every other session.
+			r.replyShell(h.SessionID, wire.ShellData, wire.StatusError, "terminal input queue full: input dropped")
+		}
+	case wire.ShellResize:
+		s := r.lookup(h.SessionID)
+		if s == nil {
+			r.log.Debug("resize for unknown session", "session_id", h.SessionID)
+			return
+		}
+		w, okw := h.IntProp(wire.PropTerminalWidth)
+		ht, okh := h.IntProp(wire.PropTerminalHeight)
+		if okw && okh {
+			s.resize(uint16(w), uint16(ht))
+		}
+	case wire.ShellStop:
+		r.stopShell(h, m.Body)
+	case wire.ShellPong:
+		if s := r.lookup(h.SessionID); s != nil {
+			s.lastPongNano.Store(time.Now().UnixNano())
+		}
+	default:
+		r.unknownShellMessage(m)
+	}
+}
+
+func (r *Router) unknownShellMessage(m *wire.ProtoMsg) {
+	r.replyShell(m.Header.SessionID, m.Header.MsgType, wire.StatusError,
+		fmt.Sprintf("unknown message protocol and type: %d/%s", m.Header.Proto, m.Header.MsgType))
+}
+
+func shellMsg(sid, typ string, status int, body string) *wire.ProtoMsg {
+	m := &wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoShell, MsgType: typ, SessionID: sid,
+		Properties: map[string]interface{}{wire.PropStatus: status}}}
+	if body != "" {
+		m.Body = []byte(body)
+	}
+	return m
+}
+
+func (r *Router) replyShell(sid, typ string, status int, body string) {
+	r.send(shellMsg(sid, typ, status, body))
+}
+
+func (r *Router) lookup(sid string) *shellSession {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.shells[sid]
+}
+
+func (r *Router) newShell(h *wire.Header) {
+	sid, user := h.SessionID, h.StringProp(wire.PropUserID)
+	cols, rows := r.opts.DefaultCols, r.opts.DefaultRows
+	w, okw := h.IntProp(wire.PropTerminalWidth)
+	ht, okh := h.IntProp(wire.PropTerminalHeight)
+	if okw && okh && w > 0 && ht > 0 {
+		cols, rows = uint16(w), uint16(ht)
+	}
+
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		r.replyShell(sid, wire.ShellNew, wire.StatusError, "failed to start shell: device agent shutting down")
+		return
+	}
+	if _, ok := r.shells[sid]; ok {
+		r.mu.Unlock()
+		r.replyShell(sid, wire.ShellNew, wire.StatusError, msgAlreadyRunning)
+		return
+	}
+	var mine []*shellSession
+	for _, s := range r.shells {
+		if s.userID == user {
+			mine = append(mine, s)
+		}
+	}
+	var evict *shellSession
+	if len(mine) >= r.opts.MaxPerUser {
+		if !r.opts.EvictOldest || len(mine) == 0 {
+			r.mu.Unlock()
+			r.reject(sid, user, "per_user", msgTooManyForUser)
+			return
+		}
+		sortedByIdle(mine)
+		evict = mine[0]
+		delete(r.shells, evict.sid) // its slot goes to the new session now
+	}
+	if len(r.shells) >= r.opts.MaxTotal {
+		if evict != nil {
+			r.shells[evict.sid] = evict
+		}
+		r.mu.Unlock()
+		r.reject(sid, user, "total", msgTooManyShells)
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &shellSession{
+		r: r, sid: sid, userID: user, created: time.Now(),
+		q:     r.mux.NewQueue(r.opts.QueueLimit),
+		input: make(chan []byte, inputQueue),
+		cols:  cols, rows: rows,
+		stopCh: make(chan stopRequest, 1),
+		ctx:    ctx, cancel: cancel,
+	}
+	now := s.created.UnixNano()
+	s.lastInputNano.Store(now)
+	s.lastPongNano.Store(now)
+	s.lastPingNano.Store(now)
+	r.shells[sid] = s
+	r.wg.Add(1)
+	r.mu.Unlock()
+
+	if evict != nil {
+		r.log.Info("evicting the user's oldest idle session for a new one", "event", "session_evict",
+			"session_id", evict.sid, "user_id", user, "new_session_id", sid)
+		evict.requestStop(ReasonEvicted, "session replaced by a newer session of the same user", r.opts.StopGrace)
+	}
+	go s.run()
+}
+
+func (r *Router) reject(sid, user, limit, text string) {
+	r.log.Warn("session refused: limit reached", "event", "limit_reject", "limit", limit,
+		"session_id", sid, "user_id", user)
+	r.opts.Recorder.LimitRejected(limit)
+	r.replyShell(sid, wire.ShellNew, wire.StatusError, text)
+}
+
+// remove takes s out of the table if it is still there.
+func (r *Router) remove(s *shellSession) {
+	r.mu.Lock()
+	if r.shells[s.sid] == s {
+		delete(r.shells, s.sid)
+	}
+	r.mu.Unlock()
+}
+
+func (r *Router) stopShell(h *wire.Header, body []byte) {
+	sid, user := h.SessionID, h.StringProp(wire.PropUserID)
+	reason := ReasonStop
+	if string(body) == "user disconnected" {
+		reason = ReasonUser
+	}
+	if sid == "" {
+		if user == "" {
+			r.replyShell("", wire.ShellStop, wire.StatusError, "StopShellMessage: sessionId not given and userId empty")
+			return
+		}
+		r.mu.Lock()
+		var mine []*shellSession
+		for _, s := range r.shells {
+			if s.userID == user {
+				mine = append(mine, s)
+			}
+		}
+		r.mu.Unlock()
+		for _, s := range mine {
+			s.requestStop(reason, "", r.opts.StopGrace)
+		}
+		r.replyShell("", wire.ShellStop, wire.StatusNormal, "")
+		return
+	}
+	s := r.lookup(sid)
+	if s == nil {
+		r.replyShell(sid, wire.ShellStop, wire.StatusError, "routeMessage: StopShellMessage: session not found for id "+sid)
+		return
+	}
+	s.requestStop(reason, "", r.opts.StopGrace)
+	r.replyShell(sid, wire.ShellStop, wire.StatusNormal, "")
+}
+
+// requestStop frees the session's slot at once and hands the teardown to
+// the session's own goroutine; the caller never waits for the shell.
+func (s *shellSession) requestStop(reason, notice string, grace time.Duration) {
+	s.stopOnce.Do(func() {
+		s.r.remove(s)
+		s.stopCh <- stopRequest{reason: reason, notice: notice, grace: grace}
+		s.cancel()
+	})
+}
+
+func (s *shellSession) resize(cols, rows uint16) {
+	if cols == 0 || rows == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cols, s.rows = cols, rows
+	if s.proc != nil {
+		if err := s.proc.Resize(cols, rows); err != nil {
+			s.r.log.Warn("resize failed", "session_id", s.sid, "error", err)
+		}
+	}
+}
+
+// supervise runs on every janitor tick: expiry, pings, pong timeout.
+func (s *shellSession) supervise(now time.Time) {
+	o := &s.r.opts
+	n := now.UnixNano()
+	switch {
+	case o.AbsoluteTimeout > 0 && now.Sub(s.created) >= o.AbsoluteTimeout:
+		s.requestStop(ReasonAbsoluteExpired, fmt.Sprintf("session expired: open for %s", o.AbsoluteTimeout), o.StopGrace)
+	case o.IdleTimeout > 0 && time.Duration(n-s.lastInputNano.Load()) >= o.IdleTimeout:
+		s.requestStop(ReasonIdleExpired, fmt.Sprintf("session expired: idle for %s", o.IdleTimeout), o.StopGrace)
+	case o.PongTimeout > 0 && time.Duration(n-s.lastPongNano.Load()) >= o.PongTimeout:
+		s.requestStop(ReasonHealthTimeout, fmt.Sprintf("health check failed: no pong for %s", o.PongTimeout), o.StopGrace)
+	case o.PingInterval > 0 && time.Duration(n-s.lastPingNano.Load()) >= o.PingInterval:
+		s.lastPingNano.Store(n)
+		m := shellMsg(s.sid, wire.ShellPing, wire.StatusControl, "")
+		// The peer re-arms its own health timer with this; give it a
+		// little more than our interval, as upstream does (60 s → 65).
+		m.Header.Properties[wire.PropTimeout] = int((o.PingInterval + 5*time.Second) / time.Second)
+		s.sendNow(m)
+	}
+}
+
+// sendNow queues a frame without waiting: on the session's queue so it
+// keeps its place after earlier output, else on the router's.
+func (s *shellSession) sendNow(m *wire.ProtoMsg) {
+	b, err := wire.Marshal(m)
+	if err != nil {
+		s.r.log.Error("encode", "error", err)
+		return
+	}
+	if !s.q.TryPut(b) {
+		s.r.send(m)
+	}
+}
+
+// sendWait queues a frame behind the session's output, waiting up to d for
+// room.
+func (s *shellSession) sendWait(m *wire.ProtoMsg, d time.Duration) {
+	b, err := wire.Marshal(m)
+	if err != nil {
+		s.r.log.Error("encode", "error", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	if err := s.q.Put(ctx, b); err != nil && !errors.Is(err, link.ErrDown) {
+		s.r.send(m)
+	}
+}
+
+// run is the session's supervisor goroutine: start the shell, pump its
+// output and input, and tear everything down on exit or stop.
+func (s *shellSession) run() {
+	r := s.r
+	defer r.wg.Done()
+	defer s.q.Close()
+	defer s.cancel()
+
+	s.mu.Lock()
+	cols, rows := s.cols, s.rows
+	s.mu.Unlock()
+	proc, err := shell.Start(shell.Spec{Command: r.opts.ShellCommand, Args: r.opts.ShellArgs,
+		Account: r.opts.Account, Lang: r.opts.Lang, Cols: cols, Rows: rows})
+	if err != nil {
+		r.remove(s)
+		r.log.Error("shell failed to start", "event", "session_start_failed", "session_id", s.sid, "user_id", s.userID, "error", err)
+		s.sendWait(shellMsg(s.sid, wire.ShellNew, wire.StatusError, "failed to start shell: "+err.Error()), time.Second)
+		return
+	}
+	s.mu.Lock()
+	s.proc = proc
+	if s.cols != cols || s.rows != rows { // a resize raced the start
+		_ = proc.Resize(s.cols, s.rows)
+	}
+	s.mu.Unlock()
+
+	s.sendWait(shellMsg(s.sid, wire.ShellNew, wire.StatusNormal, msgShellStarted), time.Second)
+	r.log.Info("session opened", "event", "session_open", "session_id", s.sid, "user_id", s.userID,
+		"proto", "shell", "pid", proc.Pid(), "cols", cols, "rows", rows)
+	r.opts.Recorder.SessionOpened("shell")
+
+	pumpDone := make(chan struct{})
+	go func() {
+		defer close(pumpDone)
+		s.pumpOutput(proc)
+	}()
+	inputDone := make(chan struct{})
+	go func() {
+		defer close(inputDone)
+		s.pumpInput(proc)
+	}()
+
+	var req stopRequest
+	select {
+	case req = <-s.stopCh:
+		// Tell the peer first, behind the output it already has, so the
+		// notice is not held up by the teardown.
+		if req.notice != "" {
+			s.sendNow(shellMsg(s.sid, wire.ShellStop, wire.StatusError, req.notice))
+			req.notice = ""
+		}
+		proc.Stop(req.grace)
+	case <-proc.Done():
+		// The shell exited by itself: end what it left behind, let the
+		// pump deliver its last output, then tell the peer.
+		req = stopRequest{reason: ReasonShellExit, notice: exitNotice(proc.ExitErr()), grace: r.opts.StopGrace}
+		r.remove(s)
+		s.stopOnce.Do(func() {}) // later stop requests are moot
+		proc.Stop(req.grace)
+		<-pumpDone
+	}
+	s.cancel() // unblocks a pump waiting for queue room and the input pump
+	<-proc.Stopped()
+	<-pumpDone
+	<-inputDone
+	if req.notice != "" {
+		s.sendWait(shellMsg(s.sid, wire.ShellStop, wire.StatusError, req.notice), time.Second)
+	}
+	d := time.Since(s.created)
+	r.log.Info("session closed", "event", "session_close", "session_id", s.sid, "user_id", s.userID,
+		"proto", "shell", "reason", req.reason, "duration", d.Round(time.Millisecond).String())
+	r.opts.Recorder.SessionClosed("shell", req.reason, d)
+}
+
+func exitNotice(err error) string {
+	if err == nil {
+		return "shell exited: exit status 0"
+	}
+	return "shell exited: " + err.Error()
+}
+
+// pumpOutput sends pty output the moment a read returns: a busy shell fills
+// big frames by itself while an echo goes out at once. It blocks on a full
+// queue (back-pressure) and ends when the pty fails or the session stops.
+func (s *shellSession) pumpOutput(proc *shell.Process) {
+	buf := make([]byte, s.r.opts.ReadBuffer)
+	overhead := wire.ShellOutputOverhead(len(s.sid))
+	for {
+		n, err := proc.Read(buf)
+		if n > 0 {
+			frame := wire.AppendShellOutput(make([]byte, 0, n+overhead), s.sid, buf[:n])
+			if perr := s.q.Put(s.ctx, frame); perr == nil {
+				s.r.opts.Recorder.TerminalBytesOut(n)
+			} else if !errors.Is(perr, link.ErrDown) {
+				return // stopping
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (s *shellSession) pumpInput(proc *shell.Process) {
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case b := <-s.input:
+			if _, err := proc.Write(b); err != nil {
+				s.r.log.Debug("terminal write failed", "session_id", s.sid, "error", err)
+				return
+			}
+			s.r.opts.Recorder.TerminalBytesIn(len(b))
+		}
+	}
+}
