@@ -98,6 +98,14 @@ func run(args []string) error {
 		}
 	}
 
+	// Take over the control signals before the service becomes visible on
+	// the bus: whoever sees it may signal us at once.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer cancel()
+
 	var conn *dbus.Conn
 	if f.busAddress != "" {
 		conn, err = dbus.Connect(f.busAddress)
@@ -123,9 +131,6 @@ func run(args []string) error {
 	}
 	defer svc.Close()
 
-	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer cancel()
-
 	var wg sync.WaitGroup
 	defer func() {
 		cancel() // ends the control server and rotations before waiting
@@ -140,9 +145,6 @@ func run(args []string) error {
 		}()
 	}
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGHUP)
-	defer signal.Stop(sigs)
 	for {
 		select {
 		case <-ctx.Done():
