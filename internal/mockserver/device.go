@@ -1,0 +1,364 @@
+package mockserver
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/tether-agent/tether/internal/wire"
+)
+
+// SubscriptionBuffer is how many frames a Subscribe channel holds.
+const SubscriptionBuffer = 4096
+
+// Device is one live device websocket connection.
+type Device struct {
+	s     *Server
+	id    string
+	token string
+	conn  *websocket.Conn
+	log   *slog.Logger
+
+	writeMu   sync.Mutex
+	pingReset chan struct{}
+	malformed atomic.Int64
+	closeOnce sync.Once
+	done      chan struct{}
+
+	mu       sync.Mutex
+	closed   bool
+	subs     map[*subscription]struct{}
+	sessions map[string]*userSession
+}
+
+type subscription struct {
+	ch chan *wire.ProtoMsg
+}
+
+// ID is the device id (the token's sub claim).
+func (d *Device) ID() string { return d.id }
+
+// Token is the bearer token the device connected with.
+func (d *Device) Token() string { return d.token }
+
+// Done is closed when the connection has ended and been cleaned up.
+func (d *Device) Done() <-chan struct{} { return d.done }
+
+// Malformed counts frames from the device that did not decode.
+func (d *Device) Malformed() int { return int(d.malformed.Load()) }
+
+// Send writes one message to the device.
+func (d *Device) Send(m *wire.ProtoMsg) error {
+	b, err := wire.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return d.write(websocket.BinaryMessage, b)
+}
+
+// SendRaw writes any frame (websocket.TextMessage or BinaryMessage) to the
+// device, for tests with garbage input.
+func (d *Device) SendRaw(messageType int, data []byte) error {
+	return d.write(messageType, data)
+}
+
+func (d *Device) write(messageType int, data []byte) error {
+	d.writeMu.Lock()
+	defer d.writeMu.Unlock()
+	if err := d.conn.SetWriteDeadline(time.Now().Add(writeWait)); err != nil {
+		return fmt.Errorf("device %s: %w", d.id, err)
+	}
+	if err := d.conn.WriteMessage(messageType, data); err != nil {
+		return fmt.Errorf("write to device %s: %w", d.id, err)
+	}
+	// Like the real server, traffic to the device postpones the next ping.
+	select {
+	case d.pingReset <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Subscribe returns every frame the device sends from now on that decodes,
+// whether or not a user session receives it. The messages are shared: treat
+// them as read-only. The channel holds SubscriptionBuffer frames; a
+// subscriber that falls that far behind is cut off (its channel is closed
+// and a warning logged) rather than stalling the relay, so a test sees a
+// gap as an early end, never as silently missing frames. The channel is
+// also closed when the connection ends or cancel is called.
+func (d *Device) Subscribe() (frames <-chan *wire.ProtoMsg, cancel func()) {
+	sub := &subscription{ch: make(chan *wire.ProtoMsg, SubscriptionBuffer)}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		close(sub.ch)
+		return sub.ch, func() {}
+	}
+	d.subs[sub] = struct{}{}
+	return sub.ch, func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if _, ok := d.subs[sub]; ok {
+			delete(d.subs, sub)
+			close(sub.ch)
+		}
+	}
+}
+
+// Close drops the connection from the server side (close frame 1011, as
+// deviceconnect sends on shutdown) and waits until it is cleaned up.
+func (d *Device) Close() error {
+	d.closeOnce.Do(func() {
+		msg := websocket.FormatCloseMessage(websocket.CloseInternalServerErr, "connection closed by the server")
+		_ = d.conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(closeTimeout))
+		_ = d.conn.Close()
+	})
+	<-d.done
+	return nil
+}
+
+func (s *Server) handleDeviceConnect(w http.ResponseWriter, r *http.Request) {
+	if !allowMethod(w, r, http.MethodGet) {
+		return
+	}
+	c, ok := s.authenticate(w, r)
+	if !ok {
+		return
+	}
+	if !c.Device || c.Subject == "" {
+		writeError(w, http.StatusBadRequest, "missing or non-device identity in the authorization headers")
+		return
+	}
+	tok, _ := bearerToken(r)
+	s.mu.Lock()
+	revoked := s.revokedLocked(c)
+	s.mu.Unlock()
+	if revoked {
+		s.log.Info("device token revoked", "device_id", c.Subject, "token_sha256", tokenFingerprint(tok))
+		writeError(w, http.StatusUnauthorized, "Unauthorized: token revoked")
+		return
+	}
+	if !s.beginSocket() {
+		writeError(w, http.StatusServiceUnavailable, "server shutting down")
+		return
+	}
+	defer s.wg.Done()
+
+	// Counted before the 101 goes out, so that a client that sees its
+	// connection accepted also sees it counted.
+	s.mu.Lock()
+	s.connects[c.Subject]++
+	n := s.connects[c.Subject]
+	s.mu.Unlock()
+	conn, err := s.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		s.mu.Lock()
+		s.connects[c.Subject]--
+		s.mu.Unlock()
+		s.log.Info("device websocket upgrade failed", "device_id", c.Subject, "err", err)
+		return
+	}
+	conn.SetReadLimit(MessageSizeLimit)
+	d := &Device{
+		s:         s,
+		id:        c.Subject,
+		token:     tok,
+		conn:      conn,
+		log:       s.log.With("device_id", c.Subject),
+		pingReset: make(chan struct{}, 1),
+		done:      make(chan struct{}),
+		subs:      make(map[*subscription]struct{}),
+		sessions:  make(map[string]*userSession),
+	}
+
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		_ = conn.Close()
+		return
+	}
+	old := s.conns[d.id]
+	s.conns[d.id] = d
+	s.rememberDeviceLocked(d.id, "", "")
+	s.notifyLocked()
+	s.mu.Unlock()
+	if old != nil {
+		// One websocket per device: the newest wins, like the real
+		// server's connection version check.
+		d.log.Info("device reconnected; closing its previous connection")
+		_ = old.Close()
+	}
+	d.log.Info("device connected", "connection", n, "token_sha256", tokenFingerprint(tok))
+	d.serve()
+}
+
+// serve runs the read loop until the connection ends, then tears down.
+func (d *Device) serve() {
+	pingerDone := make(chan struct{})
+	stopPinger := make(chan struct{})
+	go func() {
+		defer close(pingerDone)
+		d.pinger(stopPinger)
+	}()
+
+	err := d.readLoop()
+	d.log.Info("device disconnected", "reason", err)
+
+	d.mu.Lock()
+	d.closed = true
+	sessions := d.sessions
+	d.sessions = nil
+	for sub := range d.subs {
+		close(sub.ch)
+	}
+	d.subs = nil
+	d.mu.Unlock()
+
+	_ = d.conn.Close()
+	close(stopPinger)
+	<-pingerDone
+	for _, us := range sessions {
+		us.deviceGone()
+	}
+
+	d.s.mu.Lock()
+	if d.s.conns[d.id] == d {
+		delete(d.s.conns, d.id)
+	}
+	d.s.notifyLocked()
+	d.s.mu.Unlock()
+	close(d.done)
+}
+
+func (d *Device) readLoop() error {
+	timeout := d.s.opts.ReadTimeout
+	refresh := func() error { return d.conn.SetReadDeadline(time.Now().Add(timeout)) }
+	d.conn.SetPingHandler(func(payload string) error {
+		d.resetPing()
+		if err := refresh(); err != nil {
+			return err
+		}
+		err := d.conn.WriteControl(websocket.PongMessage, []byte(payload), time.Now().Add(writeWait))
+		if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
+			return err
+		}
+		return nil
+	})
+	d.conn.SetPongHandler(func(string) error {
+		d.resetPing()
+		return refresh()
+	})
+	for {
+		if err := refresh(); err != nil {
+			return err
+		}
+		_, data, err := d.conn.ReadMessage()
+		if err != nil {
+			return err
+		}
+		m, err := wire.Unmarshal(data)
+		if err != nil {
+			d.malformed.Add(1)
+			d.log.Warn("malformed frame from device", "len", len(data), "err", err)
+			if d.s.opts.Strict {
+				return fmt.Errorf("strict mode: %w", err)
+			}
+			continue
+		}
+		if d.s.opts.Strict && m.Header.Proto == wire.ProtoShell && m.Header.SessionID == "" {
+			return errors.New("api: message missing required session ID")
+		}
+		d.route(m)
+		d.publish(m)
+	}
+}
+
+func (d *Device) resetPing() {
+	select {
+	case d.pingReset <- struct{}{}:
+	default:
+	}
+}
+
+// pinger sends websocket pings every DevicePingInterval of write silence.
+func (d *Device) pinger(stop <-chan struct{}) {
+	interval := d.s.opts.DevicePingInterval
+	t := time.NewTimer(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-d.pingReset:
+			if !t.Stop() {
+				select {
+				case <-t.C:
+				default:
+				}
+			}
+			t.Reset(interval)
+		case <-t.C:
+			err := d.conn.WriteControl(websocket.PingMessage, []byte(pingPayload), time.Now().Add(writeWait))
+			if err != nil {
+				d.log.Info("ping to device failed; closing", "err", err)
+				_ = d.conn.Close()
+				return
+			}
+			t.Reset(interval)
+		}
+	}
+}
+
+// route hands a device message to the user connection owning its sid; a
+// message for no live session is dropped, as the real server does.
+func (d *Device) route(m *wire.ProtoMsg) {
+	d.mu.Lock()
+	us := d.sessions[m.Header.SessionID]
+	d.mu.Unlock()
+	if us == nil {
+		d.log.Debug("dropping device message without a live user session",
+			"sid", m.Header.SessionID, "proto", wire.ProtoName(m.Header.Proto), "typ", m.Header.MsgType)
+		return
+	}
+	us.fromDevice(m)
+}
+
+// publish copies m to every subscriber without blocking.
+func (d *Device) publish(m *wire.ProtoMsg) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for sub := range d.subs {
+		select {
+		case sub.ch <- m:
+		default:
+			d.log.Warn("subscriber fell behind; closing its channel", "buffer", SubscriptionBuffer)
+			delete(d.subs, sub)
+			close(sub.ch)
+		}
+	}
+}
+
+// addSession registers a user connection; false if the device is gone.
+func (d *Device) addSession(us *userSession) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return false
+	}
+	d.sessions[us.sid] = us
+	return true
+}
+
+func (d *Device) removeSession(us *userSession) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.sessions[us.sid] == us {
+		delete(d.sessions, us.sid)
+	}
+}

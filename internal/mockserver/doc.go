@@ -1,0 +1,75 @@
+// Package mockserver is a mock Mender server for tests, demos and
+// benchmarks of the device daemon, plus the user-side client that talks to
+// it. It behaves like the real server as PROTOCOL.md (1, 2.9, 2.10)
+// describes; cmd/mock-mender wraps it in a program.
+//
+// # Server
+//
+// New(Options) builds a server; Start(addr) serves it on a listener (or mount
+// Handler() in an httptest.Server); Close() ends every websocket and waits
+// for all of its goroutines. Endpoints:
+//
+//   - POST /api/devices/v1/authentication/auth_requests: AuthRequest JSON
+//     signed in the X-MEN-Signature header (RSA PKCS #1 v1.5 SHA-256 or
+//     Ed25519). Devices are auto-accepted: 200, application/jwt, the device
+//     JWT. 400 for a bad body or key, 401 for a bad signature. The device id
+//     is DeviceID(id_data): stable across restarts.
+//   - GET /api/devices/v1/deviceconnect/connect: the device websocket. Token
+//     from "Authorization: Bearer" or the JWT cookie; 401 for a bad, expired
+//     or revoked token, 400 for a non-device token. A new connection of a
+//     device replaces its old one. The server pings every
+//     DevicePingInterval (payload "60"; postponed by every write to the
+//     device), answers pings, and drops the device after ReadTimeout
+//     without any frame.
+//   - POST /api/management/v1/useradm/auth/login (Basic auth): user JWT.
+//   - GET /api/management/v2/devauth/devices: [{"id","status":"accepted",
+//     "identity_data",...}], paged by page/per_page.
+//   - GET /api/management/v1/deviceconnect/devices/{id}:
+//     {"device_id","status":"connected"|"disconnected"}.
+//   - GET /api/management/v1/deviceconnect/devices/{id}/connect: the user
+//     websocket (401 bad token, 404 unknown device, 409 device not
+//     connected), relayed as in the real server: a fresh UUID sid per user
+//     connection is written into every user message and user_id added;
+//     device messages go to the user connection named by their sid and are
+//     dropped when there is none. When the user leaves after a shell `new`
+//     (and no `stop` of its own) the device gets shell stop, status 2,
+//     "user disconnected". When a user connection has received
+//     SessionByteLimit bytes of shell output, the next output message is
+//     not forwarded: the device gets stop "session byte limit exceeded" and
+//     the user a 1008 close (and then, since the user socket goes away, the
+//     device also gets "user disconnected", as from the real server). When
+//     the device goes away, users with a running shell get stop "device
+//     disconnected" and every user socket is closed (1001).
+//   - Errors everywhere are JSON {"error": "..."}.
+//
+// Every JWT is HS256 with sub, iss "Mender", iat, exp, jti and
+// mender.device or mender.user. RevokeDeviceTokens invalidates a device's
+// tokens issued so far (the live connection stays; Device.Close drops it).
+//
+// Device frames are decoded with wire.Unmarshal; undecodable ones are
+// counted (Device.Malformed) and skipped, unless Options.Strict, which ends
+// the connection like the real server. Undecodable user frames end the user
+// session, as in the real server.
+//
+// A device's read loop writes relayed messages straight to the user socket
+// (10 s write deadline): a user that does not read back-pressures that
+// device; after 10 s the user is dropped.
+//
+// # Observing and driving devices
+//
+// WaitDevice / WaitReconnect return the live *Device, which can Send or
+// SendRaw any frame, Subscribe to every decoded frame it sends (buffered;
+// a subscriber that falls SubscriptionBuffer frames behind is cut off, its
+// channel closed), count Malformed frames and Close the connection.
+// Devices and DeviceConnects report what the server knows.
+//
+// # User side
+//
+// Login, ListDevices and DeviceStatus call the management API. Dial opens
+// the management websocket; OpenTerminal also starts a shell like
+// mender-cli and returns a *Terminal (or a *ShellError carrying the
+// device's refusal text exactly). A Terminal answers shell pings with
+// pongs unless WithoutAutoPong is given, and offers Write, Resize, Stop,
+// Send, Messages, Expect, WaitStop and Close. Errors from HTTP calls wrap
+// an *HTTPError with the status code.
+package mockserver
