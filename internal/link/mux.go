@@ -103,12 +103,13 @@ func (q *Queue) TryPut(frame []byte) bool {
 	return true
 }
 
-// Close drops the queue's pending frames and wakes a blocked Put.
+// Close refuses further frames and wakes a blocked Put. Frames already
+// queued are still written (a session's last words, such as its stop
+// notice, must not be lost), unless the link goes down first.
 func (q *Queue) Close() {
 	m := q.m
 	m.mu.Lock()
 	q.closed = true
-	q.frames, q.bytes = nil, 0
 	m.mu.Unlock()
 	notify(q.space)
 }
@@ -148,7 +149,7 @@ func (m *Mux) next() []byte {
 	for len(m.ready) > 0 {
 		q := m.ready[0]
 		m.ready = m.ready[1:]
-		if q.closed || len(q.frames) == 0 {
+		if len(q.frames) == 0 {
 			q.inReady = false
 			continue
 		}
@@ -166,4 +167,11 @@ func (m *Mux) next() []byte {
 		return f
 	}
 	return nil
+}
+
+// Pending reports whether frames are waiting to be written.
+func (m *Mux) Pending() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.ready) > 0
 }

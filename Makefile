@@ -1,0 +1,54 @@
+# tether — see README.md. `make demo` runs the product, `make test` runs
+# everything CI runs.
+GO          ?= go
+PKG         := github.com/tether-agent/tether
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT      ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+BUILD_DATE  := $(shell date -u -d @$(SOURCE_DATE_EPOCH) +%Y-%m-%dT%H:%M:%SZ)
+LDFLAGS     := -s -w -buildid= \
+               -X $(PKG)/internal/version.Version=$(VERSION) \
+               -X $(PKG)/internal/version.Commit=$(COMMIT) \
+               -X $(PKG)/internal/version.Date=$(BUILD_DATE)
+GOBUILD     := CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)'
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.6.1
+FUZZTIME    ?= 20s
+
+.PHONY: all build setup lint unit fuzz check test demo bench clean
+
+all: build
+
+build:
+	$(GOBUILD) -o bin/tether ./cmd/tether
+	$(GOBUILD) -o bin/mock-mender ./cmd/mock-mender
+	$(GOBUILD) -o bin/mock-authd ./cmd/mock-authd
+
+setup:
+	@bash scripts/setup.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) vet -tags nometrics ./...
+	$(GO) run $(STATICCHECK) ./...
+
+unit:
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzUnmarshal -fuzztime $(FUZZTIME) ./internal/wire
+
+# check: everything but the QEMU guests; the day-to-day target.
+check: setup lint unit fuzz
+
+# test: the whole suite, as CI runs it.
+test: check
+
+demo: setup build
+	@bash scripts/demo.sh
+
+bench: setup build
+	$(GO) run ./internal/bench/tetherbench
+
+clean:
+	rm -rf bin dist build

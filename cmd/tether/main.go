@@ -1,0 +1,170 @@
+// Command tether is the device-side remote terminal agent: a drop-in
+// replacement for mender-connect with the same command line.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/tether-agent/tether/internal/config"
+	"github.com/tether-agent/tether/internal/daemon"
+	"github.com/tether-agent/tether/internal/version"
+)
+
+const usage = `usage: tether [global options] command
+
+commands:
+  daemon         run the agent
+  version        print the version
+  check-config   print the effective configuration (secrets redacted) or the errors
+  help           show this help
+
+global options (before the command, as with mender-connect):
+  -c, --config FILE            main configuration file (default %s)
+  -b, --fallback-config FILE   fallback configuration file (default %s)
+  -d, --debug                  log at debug level
+  -dd, --trace                 log at trace level
+  -v, --version                print the version
+  -h, --help                   show this help
+
+Every configuration key can also be set from the environment with the
+prefix TETHER_ (for example TETHER_USER, TETHER_SESSIONS_MAXPERUSER).
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("tether", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprintf(stderr, usage, config.DefaultPath, config.DefaultFallbackPath) }
+	var path, fallback string
+	var debug, trace, showVersion bool
+	for _, n := range []string{"config", "c"} {
+		fs.StringVar(&path, n, config.DefaultPath, "")
+	}
+	for _, n := range []string{"fallback-config", "b"} {
+		fs.StringVar(&fallback, n, config.DefaultFallbackPath, "")
+	}
+	for _, n := range []string{"debug", "d"} {
+		fs.BoolVar(&debug, n, false, "")
+	}
+	for _, n := range []string{"trace", "dd"} {
+		fs.BoolVar(&trace, n, false, "")
+	}
+	for _, n := range []string{"version", "v"} {
+		fs.BoolVar(&showVersion, n, false, "")
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 1
+	}
+	cmd := fs.Arg(0)
+	if showVersion {
+		cmd = "version"
+	}
+	switch cmd {
+	case "version":
+		fmt.Fprintf(stdout, "%s\truntime: %s\n", version.Version, version.GoVersion())
+		return 0
+	case "help", "h":
+		fs.Usage()
+		return 0
+	case "check-config":
+		return checkConfig(path, fallback, stdout, stderr)
+	case "daemon":
+		return runDaemon(path, fallback, debug, trace, stderr)
+	case "":
+		fs.Usage()
+		return 1
+	default:
+		fmt.Fprintf(stderr, "tether: unknown command %q (see tether help)\n", cmd)
+		return 1
+	}
+}
+
+func checkConfig(path, fallback string, stdout, stderr io.Writer) int {
+	cfg, warnings, err := config.Load(config.LoadOptions{Path: path, FallbackPath: fallback})
+	for _, w := range warnings {
+		fmt.Fprintln(stderr, "warning:", w)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "tether: configuration is invalid:\n%v\n", err)
+		return 1
+	}
+	b, err := cfg.Redacted()
+	if err != nil {
+		fmt.Fprintln(stderr, "tether:", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s\n", b)
+	return 0
+}
+
+func runDaemon(path, fallback string, debug, trace bool, stderr io.Writer) int {
+	cfg, warnings, err := config.Load(config.LoadOptions{Path: path, FallbackPath: fallback})
+	level := "info"
+	format := "text"
+	if cfg != nil {
+		level, format = cfg.Log.Level, cfg.Log.Format
+	}
+	if debug {
+		level = "debug"
+	}
+	if trace {
+		level = "trace"
+	}
+	log, lerr := newLogger(level, format, stderr)
+	if lerr != nil {
+		fmt.Fprintln(stderr, "tether: logging:", lerr)
+		return 1
+	}
+	for _, w := range warnings {
+		log.Warn(w)
+	}
+	if err != nil {
+		log.Error("configuration is invalid; not starting", "error", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := daemon.Run(ctx, daemon.Options{Config: cfg, Log: log, Version: version.Version, Subreaper: true}); err != nil {
+		log.Error("tether failed", "error", err)
+		return 1
+	}
+	return 0
+}
+
+// newLogger is the stderr logger until the journald-aware one is wired in.
+func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
+	var l slog.Level
+	switch level {
+	case "error":
+		l = slog.LevelError
+	case "warn":
+		l = slog.LevelWarn
+	case "info", "":
+		l = slog.LevelInfo
+	case "debug":
+		l = slog.LevelDebug
+	case "trace":
+		l = slog.LevelDebug - 4
+	default:
+		return nil, fmt.Errorf("unknown log level %q", level)
+	}
+	o := &slog.HandlerOptions{Level: l}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, o)), nil
+	}
+	return slog.New(slog.NewTextHandler(w, o)), nil
+}

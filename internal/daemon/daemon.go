@@ -1,0 +1,221 @@
+// Package daemon builds tether's parts from the configuration, runs them
+// and shuts them down in order. Read this file to see the whole daemon.
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/tether-agent/tether/internal/auth"
+	"github.com/tether-agent/tether/internal/config"
+	"github.com/tether-agent/tether/internal/health"
+	"github.com/tether-agent/tether/internal/link"
+	"github.com/tether-agent/tether/internal/session"
+	"github.com/tether-agent/tether/internal/shell"
+)
+
+// Options are what the command line hands the daemon.
+type Options struct {
+	Config  *config.Config
+	Log     *slog.Logger
+	Version string
+	// Subreaper makes the daemon adopt orphaned descendants of its shells
+	// so that none is left as a zombie of whatever PID 1 is.
+	Subreaper bool
+	// ShutdownTimeout bounds the whole shutdown (default 2 s).
+	ShutdownTimeout time.Duration
+}
+
+// Run runs the daemon until ctx ends, then shuts down cleanly.
+func Run(ctx context.Context, o Options) error {
+	cfg, log := o.Config, o.Log
+	if o.ShutdownTimeout <= 0 {
+		o.ShutdownTimeout = 2 * time.Second
+	}
+	acct, err := shell.LookupAccount(cfg.User)
+	if err != nil {
+		return fmt.Errorf("shell user: %w", err)
+	}
+	if o.Subreaper {
+		if err := setSubreaper(); err != nil {
+			log.Warn("cannot become a child subreaper; orphaned shell processes go to PID 1", "error", err)
+		}
+	}
+
+	src, err := authSource(cfg, log)
+	if err != nil {
+		return err
+	}
+
+	monitor := health.New(nil)
+	readerLoop := monitor.Register("link-reader", cfg.Link.ReadTimeout.Duration()+10*time.Second)
+	writerLoop := monitor.Register("link-writer", 30*time.Second)
+	janitorLoop := monitor.Register("janitor", 30*time.Second)
+	notifier := health.NewNotifier(log)
+	status := &statusLine{n: notifier, maxTotal: int(cfg.Sessions.MaxTotal), link: "starting"}
+
+	mux := link.NewMux()
+	router := session.New(session.Options{
+		Log:              log,
+		ShellCommand:     cfg.ShellCommand,
+		ShellArgs:        cfg.ShellArguments,
+		Account:          acct,
+		Lang:             cfg.Lang,
+		DefaultCols:      cfg.Terminal.Width,
+		DefaultRows:      cfg.Terminal.Height,
+		TerminalDisabled: cfg.Terminal.Disable,
+		MaxPerUser:       int(cfg.Sessions.MaxPerUser),
+		MaxTotal:         int(cfg.Sessions.MaxTotal),
+		EvictOldest:      cfg.Sessions.EvictOldest,
+		IdleTimeout:      cfg.IdleTimeout(),
+		AbsoluteTimeout:  cfg.AbsoluteTimeout(),
+		StopGrace:        cfg.Sessions.StopGrace.Duration(),
+		PingInterval:     cfg.Sessions.PingInterval.Duration(),
+		PongTimeout:      cfg.Sessions.PongTimeout.Duration(),
+		ReapOrphans:      o.Subreaper,
+		Janitor:          janitorLoop,
+	}, mux)
+	status.counts = router.Counts
+
+	lnk, err := link.New(link.Options{
+		Log:            log,
+		CAFile:         cfg.ServerCertificate,
+		SkipVerify:     cfg.SkipVerify,
+		PingInterval:   cfg.Link.PingInterval.Duration(),
+		ReadTimeout:    cfg.Link.ReadTimeout.Duration(),
+		WriteTimeout:   cfg.Link.WriteTimeout.Duration(),
+		MaxMessageSize: cfg.Link.MaxMessageSize,
+		BackoffBase:    cfg.Reconnect.BackoffBase.Duration(),
+		BackoffMax:     cfg.Reconnect.BackoffMax.Duration(),
+		Refresh:        src.Refresh,
+		Reader:         readerLoop,
+		Writer:         writerLoop,
+		State:          status.setLink,
+	}, router, mux)
+	if err != nil {
+		return err
+	}
+	if cfg.SkipVerify {
+		log.Warn("TLS certificate verification is off (SkipVerify); use only for testing")
+	}
+
+	// The link and auth source outlive ctx a little: shutdown first tells
+	// every peer that its session stops, which needs the link.
+	linkCtx, stopLink := context.WithCancel(context.Background())
+	defer stopLink()
+	var wg sync.WaitGroup
+	start := func(name string, f func(context.Context)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f(linkCtx)
+			log.Debug("stopped", "part", name)
+		}()
+	}
+	start("auth", func(c context.Context) {
+		if err := src.Run(c); err != nil {
+			log.Error("auth source failed", "error", err)
+		}
+	})
+	start("link", func(c context.Context) { _ = lnk.Run(c, src.Updates()) })
+	start("janitor", router.Run)
+	start("watchdog", func(c context.Context) { notifier.RunWatchdog(c, monitor) })
+	start("status", status.run)
+
+	log.Info("tether started", "version", o.Version, "user", acct.Name, "shell", cfg.ShellCommand,
+		"auth", cfg.Auth.Source, "max_per_user", cfg.Sessions.MaxPerUser, "max_total", cfg.Sessions.MaxTotal)
+	notifier.Ready()
+
+	<-ctx.Done()
+	log.Info("shutting down")
+	notifier.Stopping()
+	deadline, cancel := context.WithTimeout(context.Background(), o.ShutdownTimeout-200*time.Millisecond)
+	defer cancel()
+	// Grace per signal step: HUP, TERM, KILL must all fit in the budget.
+	router.Shutdown(deadline, o.ShutdownTimeout/8)
+	flush(deadline, mux)
+	stopLink()
+	wg.Wait()
+	log.Info("tether stopped")
+	return nil
+}
+
+// flush waits (briefly) for queued frames, such as the stop notices, to be
+// written before the link closes.
+func flush(ctx context.Context, mux *link.Mux) {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for mux.Pending() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func authSource(cfg *config.Config, log *slog.Logger) (auth.Source, error) {
+	switch cfg.Auth.Source {
+	case config.AuthSourceStatic:
+		return auth.NewStatic(log, auth.StaticOptions{ServerURL: cfg.ServerURL, Token: cfg.Auth.Token, TokenFile: cfg.Auth.TokenFile}), nil
+	case config.AuthSourceDBus, "":
+		return auth.NewDBus(log, auth.DBusOptions{Address: cfg.Auth.DBusAddress}), nil
+	}
+	return nil, fmt.Errorf("Auth.Source %q: want dbus or static", cfg.Auth.Source)
+}
+
+func setSubreaper() error {
+	const prSetChildSubreaper = 36
+	if _, _, e := syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0); e != 0 {
+		return fmt.Errorf("prctl(PR_SET_CHILD_SUBREAPER): %w", e)
+	}
+	return nil
+}
+
+// statusLine keeps systemd's STATUS= in words: link state and sessions.
+type statusLine struct {
+	n        *health.Notifier
+	maxTotal int
+	counts   func() (int, int)
+
+	mu   sync.Mutex
+	link string
+}
+
+func (s *statusLine) setLink(up bool, detail string) {
+	s.mu.Lock()
+	if up {
+		s.link = "connected"
+	} else {
+		s.link = detail
+	}
+	s.mu.Unlock()
+	s.publish()
+}
+
+func (s *statusLine) publish() {
+	s.mu.Lock()
+	l := s.link
+	s.mu.Unlock()
+	n, u := s.counts()
+	s.n.Status(health.Summary{Link: l, Sessions: n, Users: u, MaxTotal: s.maxTotal}.String())
+}
+
+// run refreshes the status every few seconds so session counts stay
+// current without the router having to know about systemd.
+func (s *statusLine) run(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.publish()
+		}
+	}
+}

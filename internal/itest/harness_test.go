@@ -1,0 +1,326 @@
+// Package itest runs the real tether binary against a real private
+// dbus-daemon, the simulated auth service and the mock Mender server, and
+// drives terminals over real websockets and ptys.
+package itest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/godbus/dbus/v5"
+
+	"github.com/tether-agent/tether/internal/dbustest"
+	"github.com/tether-agent/tether/internal/mockauth"
+	"github.com/tether-agent/tether/internal/mockserver"
+)
+
+var tetherBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "tether-itest-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	tetherBin = filepath.Join(dir, "tether")
+	cmd := exec.Command("go", "build", "-race", "-o", tetherBin, "github.com/tether-agent/tether/cmd/tether")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build tether:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+var signingKey = []byte("itest-signing-key-0123456789abcdef")
+
+const (
+	adminEmail = "admin@tether.local"
+	adminPass  = "tether"
+)
+
+var users = map[string]string{adminEmail: adminPass, "alice@tether.local": "alice", "bob@tether.local": "bob", "carol@tether.local": "carol"}
+
+// env is one device under test with everything around it.
+type env struct {
+	t        *testing.T
+	ctx      context.Context
+	bus      string
+	srv      *mockserver.Server
+	url      string
+	addr     string
+	auth     *mockauth.Service
+	deviceID string
+	cfg      map[string]interface{}
+	cfgPath  string
+	daemon   *exec.Cmd
+	exited   chan struct{}
+	log      *syncBuffer
+	jwts     map[string]string
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// shellUser is nobody when the tests run as root (CI), so the shells'
+// identity switch is exercised for real.
+func shellUser(t *testing.T) string {
+	if os.Geteuid() == 0 {
+		return "nobody"
+	}
+	u := os.Getenv("USER")
+	if u == "" {
+		t.Fatal("USER is not set")
+	}
+	return u
+}
+
+// newEnv starts bus, server, auth service and daemon. overrides are merged
+// into the config file (nested maps replace whole sections).
+func newEnv(t *testing.T, overrides map[string]interface{}) *env {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	e := &env{t: t, ctx: ctx, jwts: map[string]string{}, log: &syncBuffer{}}
+	e.bus = dbustest.Start(t)
+	e.startServer("127.0.0.1:0")
+	e.deviceID = "0f0e0d0c-0b0a-4908-8706-050403020100"
+
+	conn, err := dbus.Connect(e.bus)
+	if err != nil {
+		t.Fatalf("connect to test bus: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	e.auth, err = mockauth.New(slog.New(slog.NewTextHandler(io.Discard, nil)), conn,
+		mockauth.Options{Token: e.srv.IssueDeviceToken(e.deviceID), ServerURL: e.url})
+	if err != nil {
+		t.Fatalf("start simulated auth service: %v", err)
+	}
+	t.Cleanup(func() { e.auth.Close() })
+
+	e.cfg = map[string]interface{}{
+		"User":           shellUser(t),
+		"ShellCommand":   "/bin/sh",
+		"ShellArguments": []string{"-l"},
+		"Auth":           map[string]interface{}{"DBusAddress": e.bus},
+		"Reconnect":      map[string]interface{}{"BackoffBase": "50ms", "BackoffMax": "500ms"},
+		"Sessions":       map[string]interface{}{"StopGrace": "200ms"},
+	}
+	for k, v := range overrides {
+		e.cfg[k] = v
+	}
+	e.startDaemon()
+	return e
+}
+
+func (e *env) startServer(addr string) {
+	e.t.Helper()
+	e.srv = mockserver.New(mockserver.Options{SigningKey: signingKey, Users: users,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	url, err := e.srv.Start(addr)
+	if err != nil {
+		e.t.Fatalf("start mock server on %s: %v", addr, err)
+	}
+	e.url = url
+	e.addr = strings.TrimPrefix(url, "http://")
+	srv := e.srv
+	e.t.Cleanup(func() { srv.Close() })
+}
+
+func (e *env) startDaemon() {
+	t := e.t
+	t.Helper()
+	b, err := json.MarshalIndent(e.cfg, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.cfgPath = filepath.Join(t.TempDir(), "tether.conf")
+	if err := os.WriteFile(e.cfgPath, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(tetherBin, "--config", e.cfgPath, "--fallback-config", filepath.Join(t.TempDir(), "none.conf"), "--debug", "daemon")
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
+	cmd.Stdout, cmd.Stderr = e.log, e.log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.daemon = cmd
+	e.exited = make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(e.exited)
+	}()
+	t.Cleanup(func() {
+		e.stopDaemon()
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", e.log.String())
+		}
+	})
+}
+
+// stopDaemon sends SIGTERM and returns how long the exit took.
+func (e *env) stopDaemon() time.Duration {
+	select {
+	case <-e.exited:
+		return 0
+	default:
+	}
+	start := time.Now()
+	_ = e.daemon.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-e.exited:
+	case <-time.After(10 * time.Second):
+		_ = e.daemon.Process.Kill()
+		<-e.exited
+		e.t.Errorf("daemon did not exit within 10 s of SIGTERM")
+	}
+	return time.Since(start)
+}
+
+func (e *env) waitDevice() *mockserver.Device {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(e.ctx, 15*time.Second)
+	defer cancel()
+	d, err := e.srv.WaitDevice(ctx, e.deviceID)
+	if err != nil {
+		e.t.Fatalf("device did not connect: %v\n%s", err, e.log.String())
+	}
+	return d
+}
+
+func (e *env) jwt(email string) string {
+	e.t.Helper()
+	if j, ok := e.jwts[email]; ok {
+		return j
+	}
+	j, err := mockserver.Login(e.ctx, e.url, email, users[email])
+	if err != nil {
+		e.t.Fatalf("login %s: %v", email, err)
+	}
+	e.jwts[email] = j
+	return j
+}
+
+// open opens a terminal for email and fails the test if it cannot.
+func (e *env) open(email string, opts ...mockserver.TerminalOption) *mockserver.Terminal {
+	e.t.Helper()
+	term, err := e.tryOpen(email, opts...)
+	if err != nil {
+		e.t.Fatalf("open terminal for %s: %v", email, err)
+	}
+	return term
+}
+
+func (e *env) tryOpen(email string, opts ...mockserver.TerminalOption) (*mockserver.Terminal, error) {
+	ctx, cancel := context.WithTimeout(e.ctx, 15*time.Second)
+	defer cancel()
+	term, err := mockserver.OpenTerminal(ctx, e.url, e.jwt(email), e.deviceID, 80, 24, opts...)
+	if err == nil {
+		e.t.Cleanup(func() { term.Close() })
+	}
+	return term, err
+}
+
+func (e *env) expect(term *mockserver.Terminal, substr string) string {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(e.ctx, 15*time.Second)
+	defer cancel()
+	out, err := term.Expect(ctx, substr)
+	if err != nil {
+		e.t.Fatalf("waiting for %q: %v; output so far %q", substr, err, out)
+	}
+	return out
+}
+
+// run types a command and waits for a marker the command prints (built so
+// the marker is not in the echoed input).
+func (e *env) run(term *mockserver.Terminal, cmd string) string {
+	e.t.Helper()
+	marker := fmt.Sprintf("__done_%d__", time.Now().UnixNano())
+	half := len(marker) / 2
+	fmt.Fprintf(term, "%s\nprintf '%%s%%s\\n' '%s' '%s'\n", cmd, marker[:half], marker[half:])
+	out := e.expect(term, marker)
+	return out
+}
+
+func (e *env) waitStop(term *mockserver.Terminal) string {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(e.ctx, 15*time.Second)
+	defer cancel()
+	m, err := term.WaitStop(ctx)
+	if err != nil {
+		e.t.Fatalf("waiting for stop: %v", err)
+	}
+	return string(m.Body)
+}
+
+// children lists the daemon's live child processes and zombies.
+func (e *env) children() (live, zombies []int) {
+	pid := e.daemon.Process.Pid
+	// Each thread lists the children it forked.
+	files, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	var all []string
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		all = append(all, strings.Fields(string(b))...)
+	}
+	for _, f := range all {
+		c, _ := strconv.Atoi(f)
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c))
+		if err != nil {
+			continue
+		}
+		if i := bytes.LastIndexByte(st, ')'); i > 0 && len(st) > i+2 && st[i+2] == 'Z' {
+			zombies = append(zombies, c)
+		} else {
+			live = append(live, c)
+		}
+	}
+	return live, zombies
+}
+
+func (e *env) fdCount() int {
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", e.daemon.Process.Pid))
+	return len(ents)
+}
+
+// eventually polls cond until it holds or the timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

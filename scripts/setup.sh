@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what building and testing tether needs on a Debian machine with
+# Go, and nothing when it is already there. Safe to run again.
+set -euo pipefail
+
+need=()
+command -v dbus-daemon >/dev/null || need+=(dbus)
+command -v make >/dev/null || need+=(make)
+command -v ps >/dev/null || need+=(procps)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v tmux >/dev/null || need+=(tmux)
+for extra in "$@"; do
+  dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra")
+done
+
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "setup: need root or sudo to install: ${need[*]}" >&2; exit 1; }
+    sudo=sudo
+  fi
+  echo "setup: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq || $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+command -v go >/dev/null || { echo "setup: Go is required (https://go.dev/doc/install)" >&2; exit 1; }
+go mod download
