@@ -130,7 +130,7 @@ func TestDerivedIDs(t *testing.T) {
 	if _, err := DeviceID(`"just a string"`); err == nil {
 		t.Error("non-object id_data accepted")
 	}
-	if UserID("a@b") != UserID("a@b") || UserID("a@b") == UserID("c@d") {
+	if u1, u2 := UserID("a@b"), UserID("a@b"); u1 != u2 || u1 == UserID("c@d") || !uuidRE.MatchString(u1) {
 		t.Error("user ids not stable or not distinct")
 	}
 }
