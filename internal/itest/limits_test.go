@@ -1,0 +1,126 @@
+package itest
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tether-agent/tether/internal/mockserver"
+)
+
+func shellError(t *testing.T, err error) string {
+	t.Helper()
+	var se *mockserver.ShellError
+	if !errors.As(err, &se) {
+		t.Fatalf("want a shell error reply, got %v", err)
+	}
+	return se.Message
+}
+
+func TestLimits(t *testing.T) {
+	e := newEnv(t, map[string]interface{}{
+		"Sessions": map[string]interface{}{"MaxPerUser": 2, "MaxTotal": 3, "StopGrace": "100ms"},
+	})
+	e.waitDevice()
+	a1 := e.open("alice@tether.local")
+	e.open("alice@tether.local")
+	_, err := e.tryOpen("alice@tether.local")
+	if got := shellError(t, err); got != "user has too many open sessions" {
+		t.Fatalf("per-user limit body %q", got)
+	}
+	e.open("bob@tether.local")
+	_, err = e.tryOpen("carol@tether.local")
+	if got := shellError(t, err); got != "too many shells spawned" {
+		t.Fatalf("total limit body %q", got)
+	}
+	// Closing a terminal frees its slot for someone else.
+	a1.Close()
+	eventually(t, 5*time.Second, "slot freed", func() bool {
+		term, err := e.tryOpen("carol@tether.local")
+		if err != nil {
+			return false
+		}
+		e.run(term, "true")
+		return true
+	})
+}
+
+func TestEvictOldest(t *testing.T) {
+	e := newEnv(t, map[string]interface{}{
+		"Sessions": map[string]interface{}{"MaxPerUser": 1, "EvictOldest": true, "StopGrace": "100ms"},
+	})
+	e.waitDevice()
+	old := e.open("alice@tether.local")
+	e.run(old, "true")
+	fresh := e.open("alice@tether.local")
+	if body := e.waitStop(old); !strings.Contains(body, "replaced") {
+		t.Fatalf("evicted session's stop body %q", body)
+	}
+	e.run(fresh, "echo still-here")
+}
+
+func TestExpiry(t *testing.T) {
+	tests := []struct {
+		name     string
+		sessions map[string]interface{}
+		keepBusy bool
+		want     string
+		after    time.Duration
+	}{
+		{"idle", map[string]interface{}{"ExpireAfterIdle": 2}, false, "idle for 2s", 2 * time.Second},
+		{"absolute despite activity", map[string]interface{}{"ExpireAfter": 2, "ExpireAfterIdle": 60}, true, "open for 2s", 2 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.sessions["StopGrace"] = "100ms"
+			e := newEnv(t, map[string]interface{}{"Sessions": tt.sessions})
+			e.waitDevice()
+			begin := time.Now()
+			term := e.open(adminEmail)
+			stopped := make(chan string, 1)
+			go func() { stopped <- e.waitStop(term) }()
+			tick := time.NewTicker(300 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case body := <-stopped:
+					took := time.Since(begin)
+					if !strings.Contains(body, tt.want) {
+						t.Fatalf("stop body %q, want %q", body, tt.want)
+					}
+					if took < tt.after || took > tt.after+1500*time.Millisecond {
+						t.Fatalf("expired after %v, want %v (+ within a second)", took, tt.after)
+					}
+					return
+				case <-tick.C:
+					if tt.keepBusy {
+						_, _ = term.Write([]byte("true\n"))
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatal("session did not expire")
+				}
+			}
+		})
+	}
+}
+
+func TestMissingPongEndsSession(t *testing.T) {
+	e := newEnv(t, map[string]interface{}{
+		"Sessions": map[string]interface{}{"PingInterval": "200ms", "PongTimeout": "1s", "StopGrace": "100ms"},
+	})
+	e.waitDevice()
+	// A terminal that answers pings keeps its session well past the timeout.
+	alive := e.open("alice@tether.local")
+	silent := e.open("bob@tether.local", mockserver.WithoutAutoPong())
+	begin := time.Now()
+	body := e.waitStop(silent)
+	if !strings.Contains(body, "health check failed") {
+		t.Fatalf("stop body %q", body)
+	}
+	if took := time.Since(begin); took < time.Second {
+		t.Fatalf("ended after %v, before the pong timeout", took)
+	}
+	time.Sleep(500 * time.Millisecond)
+	e.run(alive, "echo alive")
+}
