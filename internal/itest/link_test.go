@@ -231,7 +231,9 @@ func TestControlProtocolAndUnknownMessages(t *testing.T) {
 func TestGracefulShutdown(t *testing.T) {
 	e := newEnv(t, map[string]interface{}{"Sessions": map[string]interface{}{"MaxPerUser": 4}})
 	e.waitDevice()
-	terms := []interface{ WaitStop(context.Context) (*wire.ProtoMsg, error) }{}
+	terms := []interface {
+		WaitStop(context.Context) (*wire.ProtoMsg, error)
+	}{}
 	for i := 0; i < 3; i++ {
 		term := e.open(adminEmail)
 		e.run(term, "(trap '' HUP TERM; exec sleep 313) &")
