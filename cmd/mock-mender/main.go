@@ -1,0 +1,154 @@
+// Command mock-mender is a mock Mender server for tests and demos, and a
+// tiny user-side client for it.
+//
+//	mock-mender serve   [--listen ADDR] [--users EMAIL:PASS,...] [--key-file F] [--log-level L]
+//	mock-mender attach  [--server URL] [--user EMAIL] [--password P] [DEVICE_ID]
+//	mock-mender devices [--server URL] [--user EMAIL] [--password P]
+//
+// serve prints the base URL on stdout once it listens and exits cleanly on
+// SIGINT/SIGTERM. attach opens a remote terminal on a device (the only
+// connected one by default) in raw mode; "~." at the start of a line
+// disconnects. Flags default to MOCK_MENDER_* environment variables (see
+// -h of each command).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/tether-agent/tether/internal/mockserver"
+)
+
+const usage = `usage: mock-mender <command> [flags]
+
+commands:
+  serve     run the mock server
+  attach    open a remote terminal on a device
+  devices   list devices and their connection status
+
+Run "mock-mender <command> -h" for the flags of a command.
+`
+
+// Environment variables read as flag defaults.
+const (
+	envListen   = "MOCK_MENDER_LISTEN"
+	envUsers    = "MOCK_MENDER_USERS"
+	envKeyFile  = "MOCK_MENDER_KEY_FILE"
+	envLogLevel = "MOCK_MENDER_LOG_LEVEL"
+	envServer   = "MOCK_MENDER_SERVER"
+	envUser     = "MOCK_MENDER_USER"
+	envPassword = "MOCK_MENDER_PASSWORD"
+)
+
+func main() {
+	err := run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "mock-mender:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdin *os.File, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("missing command")
+	}
+	switch args[0] {
+	case "serve":
+		return serve(ctx, args[1:], stdout, stderr)
+	case "attach":
+		return attach(ctx, args[1:], stdin, stdout, stderr)
+	case "devices":
+		return devices(ctx, args[1:], stdout, stderr)
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("unknown command %q", args[0])
+	}
+}
+
+func envOr(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
+// clientFlags are the flags of the user-side commands.
+type clientFlags struct {
+	server   string
+	user     string
+	password string
+}
+
+func (c *clientFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.server, "server", envOr(envServer, "http://127.0.0.1:8080"), "server base URL (env "+envServer+")")
+	fs.StringVar(&c.user, "user", envOr(envUser, mockserver.DefaultUser), "user e-mail (env "+envUser+")")
+	fs.StringVar(&c.password, "password", envOr(envPassword, mockserver.DefaultPassword), "user password (env "+envPassword+")")
+}
+
+func devices(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("mock-mender devices", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cf clientFlags
+	cf.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	tok, err := mockserver.Login(ctx, cf.server, cf.user, cf.password)
+	if err != nil {
+		return err
+	}
+	devs, err := mockserver.ListDevices(ctx, cf.server, tok)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%-36s  %-8s  %s\n", "ID", "AUTH", "CONNECT")
+	for _, d := range devs {
+		fmt.Fprintf(stdout, "%-36s  %-8s  %s\n", d.ID, d.Status, connectWord(d.Connected))
+	}
+	return nil
+}
+
+func connectWord(connected bool) string {
+	if connected {
+		return "connected"
+	}
+	return "disconnected"
+}
+
+// pickDevice returns the only connected device, or explains why there is
+// no single one.
+func pickDevice(devs []mockserver.RemoteDevice) (string, error) {
+	var connected []string
+	for _, d := range devs {
+		if d.Connected {
+			connected = append(connected, d.ID)
+		}
+	}
+	switch len(connected) {
+	case 1:
+		return connected[0], nil
+	case 0:
+		if len(devs) == 0 {
+			return "", errors.New("no device known to the server")
+		}
+		ids := make([]string, len(devs))
+		for i, d := range devs {
+			ids[i] = d.ID
+		}
+		return "", fmt.Errorf("no device is connected (known: %s)", strings.Join(ids, ", "))
+	default:
+		return "", fmt.Errorf("several devices are connected, name one: %s", strings.Join(connected, ", "))
+	}
+}

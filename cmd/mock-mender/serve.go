@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/tether-agent/tether/internal/mockserver"
+)
+
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("mock-mender serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", envOr(envListen, "127.0.0.1:8080"), "listen address (env "+envListen+")")
+	users := fs.String("users", envOr(envUsers, mockserver.DefaultUser+":"+mockserver.DefaultPassword),
+		"users as email:password,... (env "+envUsers+")")
+	keyFile := fs.String("key-file", envOr(envKeyFile, ""),
+		"JWT signing key file, created if missing, so restarts keep tokens valid (env "+envKeyFile+"; default: a new key per run)")
+	logLevel := fs.String("log-level", envOr(envLogLevel, "info"), "debug, info, warn or error (env "+envLogLevel+")")
+	pingInterval := fs.Duration("device-ping-interval", mockserver.DefaultDevicePingInterval, "websocket ping period towards devices")
+	byteLimit := fs.Int64("session-byte-limit", mockserver.DefaultSessionByteLimit, "terminal output per user session before the server stops it (<0: unlimited)")
+	lifetime := fs.Duration("token-lifetime", mockserver.DefaultTokenLifetime, "validity of issued tokens")
+	strict := fs.Bool("strict", false, "close a device connection on an undecodable frame, like the real server")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	userMap, err := parseUsers(*users)
+	if err != nil {
+		return fmt.Errorf("--users: %w", err)
+	}
+	var key []byte
+	if *keyFile != "" {
+		if key, err = loadOrCreateKey(*keyFile); err != nil {
+			return err
+		}
+	}
+	if *byteLimit == 0 {
+		return errors.New("--session-byte-limit: 0 is not a limit; use a negative value for unlimited")
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	s := mockserver.New(mockserver.Options{
+		Log:                log,
+		Users:              userMap,
+		SigningKey:         key,
+		DevicePingInterval: *pingInterval,
+		SessionByteLimit:   *byteLimit,
+		TokenLifetime:      *lifetime,
+		Strict:             *strict,
+	})
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	url, err := s.Start(*listen)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, url)
+	<-ctx.Done()
+	log.Info("shutting down")
+	return s.Close()
+}
+
+// parseUsers reads "email:password,email:password".
+func parseUsers(spec string) (map[string]string, error) {
+	users := make(map[string]string)
+	for _, entry := range strings.Split(spec, ",") {
+		entry = strings.TrimSpace(entry)
+		if entry == "" {
+			continue
+		}
+		email, password, ok := strings.Cut(entry, ":")
+		if !ok || email == "" || password == "" {
+			return nil, fmt.Errorf("%q is not email:password", entry)
+		}
+		users[email] = password
+	}
+	if len(users) == 0 {
+		return nil, errors.New("no users")
+	}
+	return users, nil
+}
+
+// loadOrCreateKey reads a hex signing key, or creates a random one (0600)
+// when the file does not exist.
+func loadOrCreateKey(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		key := make([]byte, 32)
+		if _, err := rand.Read(key); err != nil {
+			return nil, fmt.Errorf("generating signing key: %w", err)
+		}
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("creating key file: %w", err)
+		}
+		if _, err := fmt.Fprintln(f, hex.EncodeToString(key)); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("writing key file: %w", err)
+		}
+		if err := f.Close(); err != nil {
+			return nil, fmt.Errorf("writing key file: %w", err)
+		}
+		return key, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading key file: %w", err)
+	}
+	key, err := hex.DecodeString(strings.TrimSpace(string(data)))
+	if err != nil {
+		return nil, fmt.Errorf("key file %s: not hex: %w", path, err)
+	}
+	if len(key) < 16 {
+		return nil, fmt.Errorf("key file %s: key of %d bytes is too short (want ≥ 16)", path, len(key))
+	}
+	return key, nil
+}
