@@ -16,6 +16,9 @@ FUZZTIME    ?= 20s
 
 .PHONY: all build setup lint unit fuzz check test demo bench clean
 
+# Each area keeps its own targets in mk/<area>.mk.
+include $(sort $(wildcard mk/*.mk))
+
 all: build
 
 build:
