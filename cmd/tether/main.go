@@ -8,13 +8,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/tether-agent/tether/internal/config"
 	"github.com/tether-agent/tether/internal/daemon"
+	"github.com/tether-agent/tether/internal/logging"
 	"github.com/tether-agent/tether/internal/version"
 )
 
@@ -124,7 +124,7 @@ func runDaemon(path, fallback string, debug, trace bool, stderr io.Writer) int {
 	if trace {
 		level = "trace"
 	}
-	log, lerr := newLogger(level, format, stderr)
+	log, lerr := logging.New(logging.Options{Level: level, Format: format, Writer: stderr})
 	if lerr != nil {
 		fmt.Fprintln(stderr, "tether: logging:", lerr)
 		return 1
@@ -145,26 +145,3 @@ func runDaemon(path, fallback string, debug, trace bool, stderr io.Writer) int {
 	return 0
 }
 
-// newLogger is the stderr logger until the journald-aware one is wired in.
-func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
-	var l slog.Level
-	switch level {
-	case "error":
-		l = slog.LevelError
-	case "warn":
-		l = slog.LevelWarn
-	case "info", "":
-		l = slog.LevelInfo
-	case "debug":
-		l = slog.LevelDebug
-	case "trace":
-		l = slog.LevelDebug - 4
-	default:
-		return nil, fmt.Errorf("unknown log level %q", level)
-	}
-	o := &slog.HandlerOptions{Level: l}
-	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, o)), nil
-	}
-	return slog.New(slog.NewTextHandler(w, o)), nil
-}
