@@ -144,4 +144,3 @@ func runDaemon(path, fallback string, debug, trace bool, stderr io.Writer) int {
 	}
 	return 0
 }
-
