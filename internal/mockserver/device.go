@@ -150,16 +150,19 @@ func (s *Server) handleDeviceConnect(w http.ResponseWriter, r *http.Request) {
 	}
 	defer s.wg.Done()
 
-	// Counted before the 101 goes out, so that a client that sees its
-	// connection accepted also sees it counted.
+	// Counted, known and "connected" before the 101 goes out, so that a
+	// client that sees its connection accepted sees the server agree.
 	s.mu.Lock()
 	s.connects[c.Subject]++
 	n := s.connects[c.Subject]
+	s.pending[c.Subject]++
+	s.rememberDeviceLocked(c.Subject, "", "")
 	s.mu.Unlock()
 	conn, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		s.mu.Lock()
 		s.connects[c.Subject]--
+		s.donePendingLocked(c.Subject)
 		s.mu.Unlock()
 		s.log.Info("device websocket upgrade failed", "device_id", c.Subject, "err", err)
 		return
@@ -178,6 +181,7 @@ func (s *Server) handleDeviceConnect(w http.ResponseWriter, r *http.Request) {
 	}
 
 	s.mu.Lock()
+	s.donePendingLocked(d.id)
 	if s.closed {
 		s.mu.Unlock()
 		_ = conn.Close()
@@ -185,7 +189,6 @@ func (s *Server) handleDeviceConnect(w http.ResponseWriter, r *http.Request) {
 	}
 	old := s.conns[d.id]
 	s.conns[d.id] = d
-	s.rememberDeviceLocked(d.id, "", "")
 	s.notifyLocked()
 	s.mu.Unlock()
 	if old != nil {

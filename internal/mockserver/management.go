@@ -127,7 +127,7 @@ func (s *Server) handleDeviceStatus(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	s.mu.Lock()
 	rec, known := s.devices[id]
-	_, connected := s.conns[id]
+	connected := s.connectedLocked(id)
 	var updated time.Time
 	if known {
 		updated = rec.updated
@@ -181,10 +181,7 @@ func (s *Server) handleUserConnect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PathValue("id")
-	s.mu.Lock()
-	_, known := s.devices[id]
-	dev := s.conns[id]
-	s.mu.Unlock()
+	dev, known := s.liveDevice(r.Context(), id)
 	switch {
 	case !known:
 		writeError(w, http.StatusNotFound, "device not found")

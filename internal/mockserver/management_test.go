@@ -473,3 +473,29 @@ func TestRestartWithSameKeyKeepsTokens(t *testing.T) {
 	}
 	_ = s3
 }
+
+// A client that saw its 101 must find the server agreeing at once: known,
+// connected, reachable by users.
+func TestConnectedAsSoonAsAccepted(t *testing.T) {
+	s, url := startServer(t, Options{})
+	userTok := login(t, url)
+	for i := 0; i < 20; i++ {
+		id := "dev-fast-" + string(rune('a'+i))
+		conn, _, err := dialDevice(testCtx(t), url, s.IssueDeviceToken(id), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.DeviceConnects(id) != 1 {
+			t.Fatalf("%s not counted", id)
+		}
+		if st, err := DeviceStatus(testCtx(t), url, userTok, id); err != nil || st != "connected" {
+			t.Fatalf("%s: status %q %v right after the handshake", id, st, err)
+		}
+		term, err := Dial(testCtx(t), url, userTok, id)
+		if err != nil {
+			t.Fatalf("%s: user connect right after the handshake: %v", id, err)
+		}
+		term.Close()
+		conn.Close()
+	}
+}

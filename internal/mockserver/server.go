@@ -97,6 +97,7 @@ type Server struct {
 	changed   chan struct{} // closed and replaced on every connect/disconnect
 	devices   map[string]*deviceRecord
 	conns     map[string]*Device
+	pending   map[string]int // device websockets being upgraded
 	connects  map[string]int
 	revoked   map[string]time.Time // device id → tokens issued up to then are invalid
 	issued    map[string]time.Time // jti → exact issue time of this instance's device tokens
@@ -175,6 +176,7 @@ func New(opts Options) *Server {
 		changed:  make(chan struct{}),
 		devices:  make(map[string]*deviceRecord),
 		conns:    make(map[string]*Device),
+		pending:  make(map[string]int),
 		connects: make(map[string]int),
 		revoked:  make(map[string]time.Time),
 		issued:   make(map[string]time.Time),
@@ -288,6 +290,43 @@ func (s *Server) beginSocket() bool {
 	return true
 }
 
+// donePendingLocked ends the upgrade of a device websocket.
+func (s *Server) donePendingLocked(id string) {
+	if s.pending[id]--; s.pending[id] <= 0 {
+		delete(s.pending, id)
+	}
+	s.notifyLocked()
+}
+
+// connectedLocked reports whether a device has a websocket, counting one
+// whose 101 is on its way.
+func (s *Server) connectedLocked(id string) bool {
+	return s.conns[id] != nil || s.pending[id] > 0
+}
+
+// liveDevice returns the device's connection, waiting for one that is being
+// upgraded; known is false for a device the server never heard of.
+func (s *Server) liveDevice(ctx context.Context, id string) (d *Device, known bool) {
+	for {
+		s.mu.Lock()
+		_, known = s.devices[id]
+		d = s.conns[id]
+		pending := s.pending[id] > 0
+		ch := s.changed
+		s.mu.Unlock()
+		if d != nil || !pending {
+			return d, known
+		}
+		select {
+		case <-ch:
+		case <-s.closedCh:
+			return nil, known
+		case <-ctx.Done():
+			return nil, known
+		}
+	}
+}
+
 // notifyLocked wakes every waiter; s.mu must be held.
 func (s *Server) notifyLocked() {
 	close(s.changed)
@@ -387,7 +426,7 @@ func (s *Server) Devices() []DeviceInfo {
 	defer s.mu.Unlock()
 	out := make([]DeviceInfo, 0, len(s.devices))
 	for id, rec := range s.devices {
-		_, connected := s.conns[id]
+		connected := s.connectedLocked(id)
 		out = append(out, DeviceInfo{
 			ID:           id,
 			Status:       "accepted",
