@@ -1,0 +1,87 @@
+//go:build nometrics
+
+package metrics
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+)
+
+// Metrics is the no-op stand-in of the nometrics build: every method does
+// nothing and client_golang is not linked.
+type Metrics struct{}
+
+// New returns a Metrics that records nothing.
+func New(BuildInfo, Limits) *Metrics { return &Metrics{} }
+
+// SetLimits does nothing in the nometrics build.
+func (*Metrics) SetLimits(Limits) {}
+
+// SessionOpened does nothing in the nometrics build.
+func (*Metrics) SessionOpened(string) {}
+
+// SessionClosed does nothing in the nometrics build.
+func (*Metrics) SessionClosed(string, string, time.Duration) {}
+
+// LimitRejected does nothing in the nometrics build.
+func (*Metrics) LimitRejected(string) {}
+
+// TerminalBytesIn does nothing in the nometrics build.
+func (*Metrics) TerminalBytesIn(int) {}
+
+// TerminalBytesOut does nothing in the nometrics build.
+func (*Metrics) TerminalBytesOut(int) {}
+
+// FrameIn does nothing in the nometrics build.
+func (*Metrics) FrameIn() {}
+
+// FrameOut does nothing in the nometrics build.
+func (*Metrics) FrameOut() {}
+
+// MalformedFrame does nothing in the nometrics build.
+func (*Metrics) MalformedFrame(string) {}
+
+// LinkUp does nothing in the nometrics build.
+func (*Metrics) LinkUp() {}
+
+// LinkDown does nothing in the nometrics build.
+func (*Metrics) LinkDown() {}
+
+// LinkReconnect does nothing in the nometrics build.
+func (*Metrics) LinkReconnect() {}
+
+// TokenChanged does nothing in the nometrics build.
+func (*Metrics) TokenChanged() {}
+
+// Handler serves only /healthz in the nometrics build.
+func (*Metrics) Handler(health func() (bool, []string)) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/healthz", healthHandler(health))
+	return mux
+}
+
+// errCompiledOut says why a configured endpoint cannot be served.
+func errCompiledOut(listen string) error {
+	return errors.New("metrics endpoint " + listen + " is configured but metrics are compiled out (built with -tags nometrics); clear Metrics.Listen or use a full build")
+}
+
+// Serve returns nil for an empty listen and an error otherwise: the
+// endpoint does not exist in the nometrics build.
+func Serve(_ context.Context, _ *slog.Logger, listen string, _ http.Handler) error {
+	if listen == "" {
+		return nil
+	}
+	return errCompiledOut(listen)
+}
+
+// ServeListener closes ln and returns an error: the endpoint does not exist
+// in the nometrics build.
+func ServeListener(_ context.Context, _ *slog.Logger, ln net.Listener, _ http.Handler) error {
+	addr := ln.Addr().String()
+	ln.Close()
+	return errCompiledOut(addr)
+}
