@@ -499,3 +499,126 @@ func TestConnectedAsSoonAsAccepted(t *testing.T) {
 		conn.Close()
 	}
 }
+
+func TestTerminalAutoPong(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		opts     []TerminalOption
+		wantPong bool
+	}{
+		{"answers shell pings", nil, true},
+		{"WithoutAutoPong", []TerminalOption{WithoutAutoPong()}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, url := startServer(t, Options{})
+			fd := startFakeDevice(t, url, s.IssueDeviceToken("dev-ping"))
+			if _, err := s.WaitDevice(testCtx(t), ""); err != nil {
+				t.Fatal(err)
+			}
+			term, err := OpenTerminal(testCtx(t), url, login(t, url), "dev-ping", 80, 24, tc.opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer term.Close()
+			ping := shellMsg(wire.ShellPing, term.SID(), wire.StatusControl, "")
+			ping.Header.Properties[wire.PropTimeout] = 65
+			if err := fd.send(ping); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case m := <-term.Messages():
+				if !isShell(wire.ShellPing)(m) {
+					t.Fatalf("terminal got %+v", m.Header)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("ping not relayed")
+			}
+			// The echo of a marker shows that anything sent before it
+			// has been seen by the device.
+			if _, err := term.Write([]byte("marker")); err != nil {
+				t.Fatal(err)
+			}
+			var gotPong bool
+			for {
+				m := fd.waitFor(t, "marker", func(*wire.ProtoMsg) bool { return true })
+				if isShell(wire.ShellPong)(m) {
+					gotPong = true
+					if m.Header.SessionID != term.SID() || m.Header.StringProp(wire.PropUserID) == "" {
+						t.Errorf("pong %+v", m.Header)
+					}
+				}
+				if isShell(wire.ShellData)(m) {
+					break
+				}
+			}
+			if gotPong != tc.wantPong {
+				t.Errorf("pong sent: %v, want %v", gotPong, tc.wantPong)
+			}
+		})
+	}
+}
+
+func TestUserPingsAndReadTimeout(t *testing.T) {
+	s, url := startServer(t, Options{UserPingInterval: 20 * time.Millisecond, DevicePingInterval: 20 * time.Millisecond, ReadTimeout: 300 * time.Millisecond})
+	startFakeDevice(t, url, s.IssueDeviceToken("dev-up"))
+	if _, err := s.WaitDevice(testCtx(t), ""); err != nil {
+		t.Fatal(err)
+	}
+	userTok := login(t, url)
+	dial := func() *websocket.Conn {
+		conn, _, err := websocket.DefaultDialer.DialContext(testCtx(t), wsURL(url, DeviceConnectMgmtDir+"dev-up/connect"),
+			http.Header{"Authorization": {"Bearer " + userTok}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return conn
+	}
+
+	// A user that answers pings (gorilla's default) stays connected.
+	conn := dial()
+	defer conn.Close()
+	pings := make(chan string, 100)
+	conn.SetPingHandler(func(p string) error {
+		select {
+		case pings <- p:
+		default:
+		}
+		return conn.WriteControl(websocket.PongMessage, []byte(p), time.Now().Add(time.Second))
+	})
+	readErr := make(chan error, 1)
+	go func() {
+		_, _, err := conn.ReadMessage()
+		readErr <- err
+	}()
+	select {
+	case p := <-pings:
+		if p != "60" {
+			t.Errorf("ping payload %q", p)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no ping to the user")
+	}
+	select {
+	case err := <-readErr:
+		t.Fatalf("user answering pings was dropped: %v", err)
+	case <-time.After(time.Second):
+	}
+
+	// One that reads nothing (so never answers) is dropped.
+	silent := dial()
+	defer silent.Close()
+	time.Sleep(time.Second)
+	silent.SetPingHandler(func(string) error { return nil })
+	if err := silent.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, _, err := silent.ReadMessage(); err != nil {
+			var ne interface{ Timeout() bool }
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatal("silent user not dropped by the server")
+			}
+			break
+		}
+	}
+}
