@@ -295,10 +295,11 @@ func (m *Metrics) Handler(health func() (bool, []string)) http.Handler {
 	return mux
 }
 
-// Serve listens on listen (host:port; a bare port or ":port" means
-// 127.0.0.1, so exposing the endpoint beyond the device takes an explicit
-// host) and serves h until ctx is done, then shuts down cleanly. An empty
-// listen means metrics are off: it returns nil at once.
+// Serve listens on listen and serves h until ctx is done, then shuts down
+// cleanly. listen is host:port as net.Listen reads it (so ":9110" means
+// every interface, which the configuration only allows with
+// Metrics.AllowNonLoopback); a bare port means 127.0.0.1. An empty listen
+// means metrics are off: it returns nil at once.
 func Serve(ctx context.Context, log *slog.Logger, listen string, h http.Handler) error {
 	if listen == "" {
 		return nil
@@ -380,13 +381,10 @@ func (m *Metrics) metricsHandler() http.Handler {
 	})
 }
 
-// listenAddress turns a bare port or ":port" into a loopback address.
+// listenAddress turns a bare port into a loopback address.
 func listenAddress(listen string) string {
 	if _, err := strconv.ParseUint(listen, 10, 16); err == nil {
 		return net.JoinHostPort("127.0.0.1", listen)
-	}
-	if host, port, err := net.SplitHostPort(listen); err == nil && host == "" {
-		return net.JoinHostPort("127.0.0.1", port)
 	}
 	return listen
 }

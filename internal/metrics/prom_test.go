@@ -474,7 +474,7 @@ func TestServe(t *testing.T) {
 func TestListenAddress(t *testing.T) {
 	tests := map[string]string{
 		"9110":           "127.0.0.1:9110",
-		":9110":          "127.0.0.1:9110",
+		":9110":          ":9110", // every interface, as net.Listen and the config read it
 		"127.0.0.1:9110": "127.0.0.1:9110",
 		"[::1]:9110":     "[::1]:9110",
 		"0.0.0.0:9110":   "0.0.0.0:9110",
