@@ -101,6 +101,9 @@ type runState struct {
 	refreshPending bool
 	lastFetch      time.Time
 	fetchErr       string // last reported FetchJwtToken problem
+	// fetchAwaitsOwner: a FetchJwtToken found no service; the pending
+	// refresh waits until the name has an owner again.
+	fetchAwaitsOwner bool
 }
 
 // Run implements Source. It returns nil when ctx is done, after closing its
@@ -379,6 +382,8 @@ func (s *session) setOwner(owner string, seq dbus.Sequence) bool {
 	s.st.absentReported = false
 	d.log.Info("auth service "+BusName+" is on the bus; asking for the token", "owner", owner)
 	s.requestToken()
+	s.st.fetchAwaitsOwner = false
+	s.maybeFetch()
 	return true
 }
 
@@ -449,6 +454,9 @@ func (s *session) maybeFetch() {
 	if !st.refreshPending || s.fetch != nil || s.refreshTimer != nil {
 		return
 	}
+	if st.fetchAwaitsOwner && s.owner == "" {
+		return // setOwner calls again when the service is back
+	}
 	if wait := s.d.opts.RefreshMinInterval - time.Since(st.lastFetch); !st.lastFetch.IsZero() && wait > 0 {
 		s.refreshTimer = time.NewTimer(wait)
 		s.refreshC = s.refreshTimer.C
@@ -467,6 +475,13 @@ func (s *session) handleFetch(call *dbus.Call) {
 	var ok bool
 	err := call.Store(&ok)
 	switch {
+	case err != nil && isServiceAbsent(err):
+		// Keep the request for when the service is back: mender-auth
+		// 4.x does not authenticate on its own after starting. (If it
+		// is back already, maybeFetch below retries, rate-limited.)
+		s.st.refreshPending = true
+		s.st.fetchAwaitsOwner = s.owner == ""
+		d.log.Info("FetchJwtToken: auth service not on the bus; will ask again when it is back")
 	case err != nil:
 		if msg := err.Error(); msg != s.st.fetchErr {
 			s.st.fetchErr = msg

@@ -188,11 +188,14 @@ func TestDBusRefreshIsRateLimited(t *testing.T) {
 	expectNext(t, src, credsA)
 
 	start := time.Now()
-	for i := 0; i < 5; i++ {
-		src.Refresh()
-	}
+	src.Refresh()
 	eventually(t, 2*time.Second, "the first FetchJwtToken", func() bool { return svc.FetchCount() == 1 })
-	// The others are merged into one call, made when the interval is over.
+	// Requests within the interval are merged into one call, made when the
+	// interval is over.
+	for i := 0; i < 4; i++ {
+		src.Refresh()
+		time.Sleep(10 * time.Millisecond)
+	}
 	time.Sleep(250 * time.Millisecond)
 	if n := svc.FetchCount(); n != 1 && time.Since(start) < 500*time.Millisecond {
 		t.Fatalf("FetchJwtToken called %d times within the rate limit", n)
@@ -299,6 +302,25 @@ func TestDBusRefreshWhileBusAwayIsServedLater(t *testing.T) {
 	svc := startMock(t, bus.Address, mockauth.Options{Token: credsA.Token, ServerURL: credsA.ServerURL})
 	expectNext(t, src, credsA)
 	eventually(t, 3*time.Second, "FetchJwtToken after the bus appeared", func() bool { return svc.FetchCount() == 1 })
+}
+
+func TestDBusRefreshWaitsForService(t *testing.T) {
+	addr := dbustest.Start(t)
+	log, _ := newLogger(t)
+	opts := fastOpts(addr)
+	src := auth.NewDBus(log, opts)
+	runSource(t, src)
+	expectNext(t, src, none)
+	src.Refresh() // no service: FetchJwtToken fails
+	time.Sleep(2 * opts.RefreshMinInterval)
+
+	svc := startMock(t, addr, mockauth.Options{Token: credsA.Token, ServerURL: credsA.ServerURL})
+	expectNext(t, src, credsA)
+	eventually(t, 3*time.Second, "the refresh to reach the service", func() bool { return svc.FetchCount() == 1 })
+	time.Sleep(2 * opts.RefreshMinInterval)
+	if n := svc.FetchCount(); n != 1 {
+		t.Fatalf("FetchJwtToken called %d times, want 1", n)
+	}
 }
 
 func TestDBusNoGoroutineLeak(t *testing.T) {
