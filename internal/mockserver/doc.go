@@ -7,7 +7,12 @@
 //
 // New(Options) builds a server; Start(addr) serves it on a listener (or mount
 // Handler() in an httptest.Server); Close() ends every websocket and waits
-// for all of its goroutines. Endpoints:
+// for all of its goroutines. Options sets users, the signing key (reuse it
+// across restarts to keep tokens valid), ping periods, the read timeout,
+// the session byte limit, token lifetime and Strict decoding. A device
+// whose handshake answer (101) is on its way already counts as known and
+// connected, so a client never sees the server lag behind its own view.
+// Endpoints:
 //
 //   - POST /api/devices/v1/authentication/auth_requests: AuthRequest JSON
 //     signed in the X-MEN-Signature header (RSA PKCS #1 v1.5 SHA-256 or
@@ -70,6 +75,10 @@
 // mender-cli and returns a *Terminal (or a *ShellError carrying the
 // device's refusal text exactly). A Terminal answers shell pings with
 // pongs unless WithoutAutoPong is given, and offers Write, Resize, Stop,
-// Send, Messages, Expect, WaitStop and Close. Errors from HTTP calls wrap
-// an *HTTPError with the status code.
+// Send, Messages, Expect, WaitStop, Output, Err and Close. Messages,
+// Expect and WaitStop consume one stream: Expect keeps output after its
+// match for the next call; use either the channel or the helpers. Errors
+// from HTTP calls (including a refused websocket handshake) wrap an
+// *HTTPError with the status code; Err() of an ended Terminal is the
+// *websocket.CloseError with the server's close code.
 package mockserver

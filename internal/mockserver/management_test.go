@@ -601,13 +601,13 @@ func TestUserPingsAndReadTimeout(t *testing.T) {
 	select {
 	case err := <-readErr:
 		t.Fatalf("user answering pings was dropped: %v", err)
-	case <-time.After(time.Second):
+	case <-time.After(600 * time.Millisecond):
 	}
 
 	// One that reads nothing (so never answers) is dropped.
 	silent := dial()
 	defer silent.Close()
-	time.Sleep(time.Second)
+	time.Sleep(600 * time.Millisecond)
 	silent.SetPingHandler(func(string) error { return nil })
 	if err := silent.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
 		t.Fatal(err)
