@@ -1,0 +1,331 @@
+// Command tetherbench measures the real tether binary end to end and prints
+// the figures `make bench` reports: start to connected, keystroke echo
+// round trip (alone and next to a flooding session), output throughput
+// beside a raw pty baseline measured in the same run, 100 concurrent
+// sessions, RSS idle and with 100 sessions, and stop to shell gone.
+//
+// The bench plays the server itself (a bare websocket endpoint), so the
+// figures are the daemon's, not a relay's.
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/creack/pty"
+	"github.com/gorilla/websocket"
+
+	"github.com/tether-agent/tether/internal/link"
+	"github.com/tether-agent/tether/internal/wire"
+)
+
+func main() {
+	bin := flag.String("tether", "bin/tether", "tether binary to measure")
+	keys := flag.Int("keys", 1000, "keystrokes for the echo round trip")
+	mb := flag.Int("mb", 256, "MiB of output for the throughput run")
+	flag.Parse()
+	if err := run(*bin, *keys, *mb); err != nil {
+		fmt.Fprintln(os.Stderr, "tetherbench:", err)
+		os.Exit(1)
+	}
+}
+
+// server is the device endpoint: one device connection at a time.
+type server struct {
+	url   string
+	conns chan *devConn
+}
+
+type devConn struct {
+	ws  *websocket.Conn
+	in  chan *wire.ProtoMsg
+	wmu sync.Mutex
+}
+
+func (d *devConn) send(m *wire.ProtoMsg) error {
+	b, err := wire.Marshal(m)
+	if err != nil {
+		return err
+	}
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
+	return d.ws.WriteMessage(websocket.BinaryMessage, b)
+}
+
+func startServer() (*server, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	s := &server{url: "http://" + l.Addr().String(), conns: make(chan *devConn, 4)}
+	up := websocket.Upgrader{ReadBufferSize: 64 << 10, WriteBufferSize: 64 << 10}
+	mux := http.NewServeMux()
+	mux.HandleFunc(link.DevicePath, func(w http.ResponseWriter, r *http.Request) {
+		ws, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		ws.SetReadLimit(64 << 20)
+		d := &devConn{ws: ws, in: make(chan *wire.ProtoMsg, 4096)}
+		s.conns <- d
+		go func() {
+			defer close(d.in)
+			for {
+				_, b, err := ws.ReadMessage()
+				if err != nil {
+					return
+				}
+				m, err := wire.Unmarshal(b)
+				if err != nil {
+					continue
+				}
+				d.in <- m
+			}
+		}()
+	})
+	go func() { _ = http.Serve(l, mux) }()
+	return s, nil
+}
+
+type daemon struct {
+	cmd *exec.Cmd
+	dir string
+}
+
+func startDaemon(bin, serverURL string) (*daemon, error) {
+	dir, err := os.MkdirTemp("", "tetherbench-")
+	if err != nil {
+		return nil, err
+	}
+	user := "nobody"
+	if os.Geteuid() != 0 {
+		user = os.Getenv("USER")
+	}
+	tok := filepath.Join(dir, "token")
+	if err := os.WriteFile(tok, []byte("bench-token\n"), 0o600); err != nil {
+		return nil, err
+	}
+	cfg := map[string]interface{}{
+		"User": user, "ShellCommand": "/bin/sh", "ShellArguments": []string{},
+		"ServerURL": serverURL,
+		"Auth":      map[string]interface{}{"Source": "static", "TokenFile": tok},
+		"Sessions":  map[string]interface{}{"MaxPerUser": 128, "MaxTotal": 128, "StopGrace": "200ms"},
+		"Log":       map[string]interface{}{"Level": "warn"},
+	}
+	b, _ := json.Marshal(cfg)
+	conf := filepath.Join(dir, "tether.conf")
+	if err := os.WriteFile(conf, b, 0o600); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "-c", conf, "-b", filepath.Join(dir, "none"), "daemon")
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	return &daemon{cmd: cmd, dir: dir}, nil
+}
+
+func (d *daemon) stop() {
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	_ = d.cmd.Wait()
+	os.RemoveAll(d.dir)
+}
+
+func (d *daemon) rssKB() int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			f := strings.Fields(line)
+			n, _ := strconv.Atoi(f[1])
+			return n
+		}
+	}
+	return 0
+}
+
+func run(bin string, keys, mb int) error {
+	if _, err := os.Stat(bin); err != nil {
+		return fmt.Errorf("%s: %w (run make build)", bin, err)
+	}
+	srv, err := startServer()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("tether benchmark (%s)\n\n", bin)
+
+	// Start to connected, median of 5.
+	var starts []time.Duration
+	for i := 0; i < 5; i++ {
+		t0 := time.Now()
+		d, err := startDaemon(bin, srv.url)
+		if err != nil {
+			return err
+		}
+		select {
+		case c := <-srv.conns:
+			starts = append(starts, time.Since(t0))
+			c.ws.Close()
+		case <-time.After(10 * time.Second):
+			d.stop()
+			return errors.New("daemon did not connect within 10 s")
+		}
+		d.stop()
+	}
+	sortDur(starts)
+	row("start → connected (median of 5)", fmtDur(starts[2]), "target ≤ 100 ms")
+
+	d, err := startDaemon(bin, srv.url)
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	var c *devConn
+	select {
+	case c = <-srv.conns:
+	case <-time.After(10 * time.Second):
+		return errors.New("daemon did not connect")
+	}
+	time.Sleep(300 * time.Millisecond)
+	rssIdle := d.rssKB()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	b := &bench{c: c, ctx: ctx}
+
+	// Keystroke echo: the pty's line discipline echoes at a prompt, so the
+	// round trip is websocket → daemon → pty → daemon → websocket.
+	if err := b.open("echo1", "stty -icanon; "); err != nil {
+		return err
+	}
+	p50, p99, err := b.echo("echo1", keys)
+	if err != nil {
+		return err
+	}
+	row(fmt.Sprintf("keystroke echo p50 / p99 (%d keys)", keys), fmtDur(p50)+" / "+fmtDur(p99), "target ≤ 0.1 ms / ≤ 0.4 ms")
+
+	// The same next to a session flooding output.
+	if err := b.open("flood", ""); err != nil {
+		return err
+	}
+	if err := b.input("flood", "exec yes\n"); err != nil {
+		return err
+	}
+	time.Sleep(200 * time.Millisecond)
+	p50f, p99f, err := b.echo("echo1", keys)
+	if err != nil {
+		return err
+	}
+	row("keystroke echo p50 / p99 beside `yes`", fmtDur(p50f)+" / "+fmtDur(p99f), "fair share: ≈ 1 ms at most")
+	_ = b.stop("flood")
+
+	// Output throughput against a raw pty in the same run.
+	raw, err := rawPtyThroughput(mb)
+	if err != nil {
+		return err
+	}
+	tput, err := b.throughput("echo1", mb)
+	if err != nil {
+		return err
+	}
+	row(fmt.Sprintf("output throughput (%d MiB)", mb), fmt.Sprintf("%.1f MB/s", tput), fmt.Sprintf("raw pty %.1f MB/s → %.0f %% (target ≥ 75 %%)", raw, 100*tput/raw))
+	_ = b.stop("echo1")
+
+	// 100 concurrent sessions.
+	t0 := time.Now()
+	ok, err := b.openMany(100)
+	if err != nil {
+		return err
+	}
+	row("100 concurrent sessions", fmt.Sprintf("%d/100 in %s", ok, fmtDur(time.Since(t0))), "target 100/100 in < 1 s")
+	time.Sleep(500 * time.Millisecond)
+	rss100 := d.rssKB()
+	row("daemon RSS idle / with 100 sessions", fmt.Sprintf("%.1f MB / %.1f MB", float64(rssIdle)/1024, float64(rss100)/1024), "target ≤ 8 MB / ≤ 16 MB")
+
+	// Stop → shell gone.
+	var stops []time.Duration
+	for i := 0; i < 20; i++ {
+		sid := fmt.Sprintf("many-%d", i)
+		pid := b.pids[sid]
+		t0 := time.Now()
+		if err := b.stop(sid); err != nil {
+			return err
+		}
+		for alive(pid) {
+			if time.Since(t0) > 10*time.Second {
+				return fmt.Errorf("shell %d survived its stop", pid)
+			}
+			time.Sleep(50 * time.Microsecond)
+		}
+		stops = append(stops, time.Since(t0))
+	}
+	sortDur(stops)
+	row("stop → shell gone (median of 20)", fmtDur(stops[len(stops)/2]), "upstream ≥ 4 s")
+	return nil
+}
+
+func row(what, value, note string) {
+	fmt.Printf("%-42s %-22s %s\n", what, value, note)
+}
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d < time.Millisecond:
+		return fmt.Sprintf("%.3f ms", float64(d)/float64(time.Millisecond))
+	case d < time.Second:
+		return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
+	}
+	return fmt.Sprintf("%.2f s", d.Seconds())
+}
+
+func sortDur(d []time.Duration) { sort.Slice(d, func(i, j int) bool { return d[i] < d[j] }) }
+
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i > 0 && len(b) > i+2 && b[i+2] != 'Z'
+}
+
+// rawPtyThroughput reads the same output straight from a pty.
+func rawPtyThroughput(mb int) (float64, error) {
+	cmd := exec.Command("head", "-c", strconv.Itoa(mb<<20), "/dev/zero")
+	f, err := pty.Start(cmd)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	buf := make([]byte, 32<<10)
+	total := 0
+	t0 := time.Now()
+	for total < mb<<20 {
+		n, err := f.Read(buf)
+		total += n
+		if err != nil {
+			break
+		}
+	}
+	el := time.Since(t0)
+	_ = cmd.Wait()
+	return float64(total) / el.Seconds() / 1e6, nil
+}
