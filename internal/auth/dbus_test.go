@@ -308,6 +308,7 @@ func TestDBusRefreshWaitsForService(t *testing.T) {
 	addr := dbustest.Start(t)
 	log, _ := newLogger(t)
 	opts := fastOpts(addr)
+	opts.RefreshMinInterval = 100 * time.Millisecond
 	src := auth.NewDBus(log, opts)
 	runSource(t, src)
 	expectNext(t, src, none)
