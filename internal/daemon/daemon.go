@@ -14,8 +14,10 @@ import (
 	"github.com/tether-agent/tether/internal/config"
 	"github.com/tether-agent/tether/internal/health"
 	"github.com/tether-agent/tether/internal/link"
+	"github.com/tether-agent/tether/internal/metrics"
 	"github.com/tether-agent/tether/internal/session"
 	"github.com/tether-agent/tether/internal/shell"
+	"github.com/tether-agent/tether/internal/version"
 )
 
 // Options are what the command line hands the daemon.
@@ -58,6 +60,10 @@ func Run(ctx context.Context, o Options) error {
 	notifier := health.NewNotifier(log)
 	status := &statusLine{n: notifier, maxTotal: int(cfg.Sessions.MaxTotal), link: "starting"}
 
+	rec := metrics.New(metrics.BuildInfo{Version: version.Version, Commit: version.Commit, GoVersion: version.GoVersion()},
+		metrics.Limits{MaxPerUser: int(cfg.Sessions.MaxPerUser), MaxTotal: int(cfg.Sessions.MaxTotal),
+			IdleTimeout: cfg.IdleTimeout(), AbsoluteTimeout: cfg.AbsoluteTimeout()})
+
 	mux := link.NewMux()
 	router := session.New(session.Options{
 		Log:              log,
@@ -77,6 +83,7 @@ func Run(ctx context.Context, o Options) error {
 		PingInterval:     cfg.Sessions.PingInterval.Duration(),
 		PongTimeout:      cfg.Sessions.PongTimeout.Duration(),
 		ReapOrphans:      o.Subreaper,
+		Recorder:         rec,
 		Janitor:          janitorLoop,
 	}, mux)
 	status.counts = router.Counts
@@ -94,6 +101,7 @@ func Run(ctx context.Context, o Options) error {
 		Refresh:        src.Refresh,
 		Reader:         readerLoop,
 		Writer:         writerLoop,
+		Observer:       rec,
 		State:          status.setLink,
 	}, router, mux)
 	if err != nil {
@@ -125,6 +133,13 @@ func Run(ctx context.Context, o Options) error {
 	start("janitor", router.Run)
 	start("watchdog", func(c context.Context) { notifier.RunWatchdog(c, monitor) })
 	start("status", status.run)
+	if cfg.Metrics.Listen != "" {
+		start("metrics", func(c context.Context) {
+			if err := metrics.Serve(c, log, cfg.Metrics.Listen, rec.Handler(monitor.Check)); err != nil {
+				log.Error("metrics endpoint failed", "error", err, "listen", cfg.Metrics.Listen)
+			}
+		})
+	}
 
 	log.Info("tether started", "version", o.Version, "user", acct.Name, "shell", cfg.ShellCommand,
 		"auth", cfg.Auth.Source, "max_per_user", cfg.Sessions.MaxPerUser, "max_total", cfg.Sessions.MaxTotal)

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -134,6 +136,7 @@ func newEnv(t *testing.T, overrides map[string]interface{}) *env {
 		"Auth":           map[string]interface{}{"DBusAddress": e.bus},
 		"Reconnect":      map[string]interface{}{"BackoffBase": "50ms", "BackoffMax": "500ms"},
 		"Sessions":       map[string]interface{}{"StopGrace": "200ms"},
+		"Metrics":        map[string]interface{}{"Listen": freeAddr(t)},
 	}
 	for k, v := range overrides {
 		e.cfg[k] = v
@@ -308,10 +311,58 @@ func (e *env) children() (live, zombies []int) {
 	return live, zombies
 }
 
-// goroutines reads the daemon's goroutine count from its metrics endpoint,
-// or 0 when metrics are off.
-func (e *env) goroutines() int {
+// freeAddr finds a free loopback port for the daemon's metrics endpoint.
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// metric scrapes the daemon and returns the value of the sample whose
+// line starts with name (labels included, e.g. `tether_sessions_active{proto="shell"}`).
+func (e *env) metric(name string) float64 {
+	e.t.Helper()
+	m, _ := e.cfg["Metrics"].(map[string]interface{})
+	addr, _ := m["Listen"].(string)
+	if addr == "" {
+		e.t.Fatal("metrics are off in this env")
+	}
+	var body []byte
+	for i := 0; ; i++ {
+		// No keep-alive: an idle scrape connection would count as a
+		// leaked fd and goroutine in the daemon.
+		c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+		resp, err := c.Get("http://" + addr + "/metrics")
+		if err == nil {
+			body, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil {
+				break
+			}
+		}
+		if i == 50 {
+			e.t.Fatalf("scrape %s: %v", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, name+" ") {
+			v, err := strconv.ParseFloat(strings.TrimSpace(line[len(name):]), 64)
+			if err != nil {
+				e.t.Fatalf("metric line %q: %v", line, err)
+			}
+			return v
+		}
+	}
 	return 0
+}
+
+// goroutines reads the daemon's goroutine count from its metrics.
+func (e *env) goroutines() int {
+	return int(e.metric("go_goroutines"))
 }
 
 func (e *env) fdCount() int {

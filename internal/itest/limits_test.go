@@ -34,6 +34,18 @@ func TestLimits(t *testing.T) {
 	if got := shellError(t, err); got != "too many shells spawned" {
 		t.Fatalf("total limit body %q", got)
 	}
+	for name, want := range map[string]float64{
+		`tether_sessions_active{proto="shell"}`:                   3,
+		`tether_sessions_opened_total{proto="shell"}`:             3,
+		`tether_session_limit_rejections_total{limit="per_user"}`: 1,
+		`tether_session_limit_rejections_total{limit="total"}`:    1,
+		`tether_config_sessions_max`:                              3,
+		`tether_link_up`:                                          1,
+	} {
+		if got := e.metric(name); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
 	// Closing a terminal frees its slot for someone else.
 	a1.Close()
 	eventually(t, 5*time.Second, "slot freed", func() bool {

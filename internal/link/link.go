@@ -49,6 +49,7 @@ type Observer interface {
 	LinkUp()
 	LinkDown()
 	LinkReconnect()
+	TokenChanged()
 }
 
 // Beater is a health loop handle (internal/health.Loop).
@@ -243,6 +244,9 @@ func (l *Link) Run(ctx context.Context, creds <-chan auth.Credentials) error {
 // adopt switches to new credentials; an empty token stops every shell, as
 // the auth service's withdrawal means the device lost its authorization.
 func (l *Link) adopt(old, c auth.Credentials) auth.Credentials {
+	if old != c {
+		l.opts.Observer.TokenChanged()
+	}
 	if !c.Authorized() {
 		if old.Authorized() {
 			l.log.Warn("authorization withdrawn by the auth service; stopping all sessions", "event", "token_change")
@@ -501,3 +505,4 @@ func (nopObserver) MalformedFrame(string) {}
 func (nopObserver) LinkUp()               {}
 func (nopObserver) LinkDown()             {}
 func (nopObserver) LinkReconnect()        {}
+func (nopObserver) TokenChanged()         {}
