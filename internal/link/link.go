@@ -182,13 +182,11 @@ func (l *Link) Run(ctx context.Context, creds <-chan auth.Credentials) error {
 	for {
 		if !cur.Authorized() {
 			l.opts.State(false, "waiting for authorization")
-			select {
-			case <-ctx.Done():
+			cur = l.awaitAuthorization(ctx, cur, creds)
+			if ctx.Err() != nil {
 				return nil
-			case c := <-creds:
-				cur = l.adopt(cur, c)
-				continue
 			}
+			continue
 		}
 		attempt++
 		if dials++; dials > 1 {
@@ -237,6 +235,31 @@ func (l *Link) Run(ctx context.Context, creds <-chan auth.Credentials) error {
 		}
 		if ctx.Err() != nil {
 			return nil
+		}
+	}
+}
+
+// unauthorizedRefresh is how often an unauthorised device asks the auth
+// service to authenticate: mender-auth 4.x does not do it by itself.
+const unauthorizedRefresh = time.Minute
+
+// awaitAuthorization waits for the next credentials, asking the auth
+// service for a token now and then while none comes.
+func (l *Link) awaitAuthorization(ctx context.Context, cur auth.Credentials, creds <-chan auth.Credentials) auth.Credentials {
+	t := time.NewTicker(unauthorizedRefresh)
+	defer t.Stop()
+	first := time.NewTimer(time.Second) // the initial GetJwtToken may still be on its way
+	defer first.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return cur
+		case c := <-creds:
+			return l.adopt(cur, c)
+		case <-first.C:
+			l.opts.Refresh()
+		case <-t.C:
+			l.opts.Refresh()
 		}
 	}
 }
