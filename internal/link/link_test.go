@@ -1,0 +1,122 @@
+package link
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+func TestDeviceURL(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"http://127.0.0.1:43671", "ws://127.0.0.1:43671/api/devices/v1/deviceconnect/connect"},
+		{"https://hosted.mender.io", "wss://hosted.mender.io/api/devices/v1/deviceconnect/connect"},
+		{"https://example.com/mender/", "wss://example.com/mender/api/devices/v1/deviceconnect/connect"},
+		{"https://u:p@example.com/x?q=1#f", "wss://example.com/x/api/devices/v1/deviceconnect/connect"},
+		{"wss://example.com", "wss://example.com/api/devices/v1/deviceconnect/connect"},
+	}
+	for _, tt := range tests {
+		got, err := DeviceURL(tt.in)
+		if err != nil || got != tt.want {
+			t.Errorf("DeviceURL(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+		}
+	}
+	for _, bad := range []string{"", "not a url", "http://", "::"} {
+		if _, err := DeviceURL(bad); err == nil {
+			t.Errorf("DeviceURL(%q) accepted", bad)
+		}
+	}
+}
+
+func TestBackoffFullJitterBounds(t *testing.T) {
+	base, max := 100*time.Millisecond, time.Second
+	for attempt := 1; attempt <= 12; attempt++ {
+		ceil := base << (attempt - 1)
+		if ceil > max || ceil <= 0 {
+			ceil = max
+		}
+		var top time.Duration
+		for i := 0; i < 2000; i++ {
+			d := backoff(attempt, base, max)
+			if d < 0 || d >= ceil {
+				t.Fatalf("attempt %d: %v outside [0, %v)", attempt, d, ceil)
+			}
+			top = max64(top, d)
+		}
+		// Full jitter spreads over the whole range.
+		if top < ceil*8/10 {
+			t.Fatalf("attempt %d: largest of 2000 draws %v, ceiling %v: not full jitter", attempt, top, ceil)
+		}
+	}
+}
+
+func max64(a, b time.Duration) time.Duration {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+func TestMuxRoundRobinAndBackPressure(t *testing.T) {
+	m := NewMux()
+	flood, echo := m.NewQueue(100), m.NewQueue(100)
+	if err := flood.Put(context.Background(), []byte("x")); !errors.Is(err, ErrDown) {
+		t.Fatalf("put while down: %v", err)
+	}
+	m.setUp(true)
+	for i := 0; i < 3; i++ {
+		if err := flood.Put(context.Background(), make([]byte, 30)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Full: the next put waits until the writer takes a frame.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	if err := flood.Put(ctx, make([]byte, 30)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("put on a full queue did not wait: %v", err)
+	}
+	cancel()
+	if flood.TryPut(make([]byte, 30)) {
+		t.Fatal("TryPut on a full queue succeeded")
+	}
+	if !echo.TryPut([]byte("e")) {
+		t.Fatal("echo TryPut failed")
+	}
+	// The echo goes out after at most one flood frame.
+	if f := m.next(); len(f) != 30 {
+		t.Fatalf("first frame %d bytes", len(f))
+	}
+	if f := m.next(); string(f) != "e" {
+		t.Fatalf("echo not served second: %q", f)
+	}
+	done := make(chan error, 1)
+	go func() { done <- flood.Put(context.Background(), make([]byte, 30)) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("put not woken after room was made")
+	}
+	// Going down drops the queue and wakes blocked producers with ErrDown.
+	go func() { done <- flood.Put(context.Background(), make([]byte, 90)) }()
+	time.Sleep(20 * time.Millisecond)
+	m.setUp(false)
+	if err := <-done; !errors.Is(err, ErrDown) {
+		t.Fatalf("blocked put after down: %v", err)
+	}
+	if m.Pending() || m.next() != nil {
+		t.Fatal("frames survived the link going down")
+	}
+	// A closed queue refuses frames but its pending ones still go out.
+	m.setUp(true)
+	q := m.NewQueue(100)
+	_ = q.Put(context.Background(), []byte("last words"))
+	q.Close()
+	if err := q.Put(context.Background(), []byte("x")); !errors.Is(err, ErrQueueClosed) {
+		t.Fatalf("put after close: %v", err)
+	}
+	if f := m.next(); string(f) != "last words" {
+		t.Fatalf("pending frame of a closed queue lost: %q", f)
+	}
+}
