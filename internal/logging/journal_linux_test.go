@@ -242,9 +242,9 @@ func TestJournalSessionAudit(t *testing.T) {
 	var stderr syncBuffer
 	log := journalLogger(t, jd, "info", &stderr)
 
-	log.Info("session opened", "event", "session_open", "session_id", "0b5e6f4e-1", "user_id", "5a1e-user", "proto", "shell")
-	log.Warn("session closed", "event", "session_close", "session_id", "0b5e6f4e-1", "user_id", "5a1e-user",
-		"reason", "idle_expired", "duration", 90*time.Second+500*time.Millisecond)
+	log.Info("session opened", KeyEvent, EventSessionOpen, KeySessionID, "0b5e6f4e-1", KeyUserID, "5a1e-user", KeyProto, "shell")
+	log.Warn("session closed", KeyEvent, EventSessionClose, KeySessionID, "0b5e6f4e-1", KeyUserID, "5a1e-user",
+		KeyReason, "idle_expired", KeyDuration, 90*time.Second+500*time.Millisecond)
 
 	open := jd.next(t)
 	for name, want := range map[string]string{
