@@ -102,6 +102,10 @@ type Router struct {
 
 	wg sync.WaitGroup // every shell session's goroutines
 
+	// bufs holds pty read buffers: a session takes one only while output
+	// is ready, so idle sessions cost no buffer.
+	bufs sync.Pool
+
 	malformedLog rateLimit
 }
 
@@ -126,6 +130,20 @@ func New(opts Options, mux *link.Mux) *Router {
 		ctl:    mux.NewQueue(256 << 10),
 		shells: make(map[string]*shellSession),
 		ctrl:   make(map[string]*ctrlSession),
+	}
+}
+
+func (r *Router) getBuf() []byte {
+	if b, ok := r.bufs.Get().(*[]byte); ok {
+		return *b
+	}
+	return make([]byte, r.opts.ReadBuffer)
+}
+
+func (r *Router) putBuf(b []byte) {
+	if cap(b) >= r.opts.ReadBuffer {
+		b = b[:r.opts.ReadBuffer]
+		r.bufs.Put(&b)
 	}
 }
 

@@ -13,8 +13,9 @@ import (
 	"github.com/tether-agent/tether/internal/wire"
 )
 
-// inputQueue bounds pending terminal input per session, in messages.
-const inputQueue = 256
+// inputLimit bounds terminal input waiting for a shell that does not read
+// its terminal, in bytes.
+const inputLimit = 256 << 10
 
 type stopRequest struct {
 	reason string
@@ -29,7 +30,15 @@ type shellSession struct {
 	userID  string
 	created time.Time
 	q       *link.Queue
-	input   chan []byte
+
+	// Input waiting for the pty; a writer goroutine exists only while
+	// there is some.
+	inMu      sync.Mutex
+	inBuf     [][]byte
+	inBytes   int
+	writing   bool
+	inDone    bool
+	inWriters sync.WaitGroup
 
 	lastInputNano atomic.Int64
 	lastPongNano  atomic.Int64
@@ -69,9 +78,7 @@ func (r *Router) handleShell(m *wire.ProtoMsg) {
 		if len(m.Body) == 0 {
 			return
 		}
-		select {
-		case s.input <- m.Body:
-		default:
+		if !s.write(m.Body) {
 			// The shell has not read its terminal for a long time; say
 			// so rather than stall every other session.
 			r.replyShell(h.SessionID, wire.ShellData, wire.StatusError, "terminal input queue full: input dropped")
@@ -170,9 +177,8 @@ func (r *Router) newShell(h *wire.Header) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &shellSession{
 		r: r, sid: sid, userID: user, created: time.Now(),
-		q:     r.mux.NewQueue(r.opts.QueueLimit),
-		input: make(chan []byte, inputQueue),
-		cols:  cols, rows: rows,
+		q:    r.mux.NewQueue(r.opts.QueueLimit),
+		cols: cols, rows: rows,
 		stopCh: make(chan stopRequest, 1),
 		ctx:    ctx, cancel: cancel,
 	}
@@ -351,11 +357,7 @@ func (s *shellSession) run() {
 		defer close(pumpDone)
 		s.pumpOutput(proc)
 	}()
-	inputDone := make(chan struct{})
-	go func() {
-		defer close(inputDone)
-		s.pumpInput(proc)
-	}()
+	s.startInput(proc)
 
 	var req stopRequest
 	select {
@@ -379,7 +381,7 @@ func (s *shellSession) run() {
 	s.cancel() // unblocks a pump waiting for queue room and the input pump
 	<-proc.Stopped()
 	<-pumpDone
-	<-inputDone
+	s.endInput()
 	if req.notice != "" {
 		s.sendWait(shellMsg(s.sid, wire.ShellStop, wire.StatusError, req.notice), time.Second)
 	}
@@ -400,17 +402,19 @@ func exitNotice(err error) string {
 // big frames by itself while an echo goes out at once. It blocks on a full
 // queue (back-pressure) and ends when the pty fails or the session stops.
 func (s *shellSession) pumpOutput(proc *shell.Process) {
-	buf := make([]byte, s.r.opts.ReadBuffer)
 	overhead := wire.ShellOutputOverhead(len(s.sid))
 	for {
-		n, err := proc.Read(buf)
+		buf, n, err := proc.ReadPooled(s.r.getBuf, s.r.putBuf)
 		if n > 0 {
 			frame := wire.AppendShellOutput(make([]byte, 0, n+overhead), s.sid, buf[:n])
+			s.r.putBuf(buf)
 			if perr := s.q.Put(s.ctx, frame); perr == nil {
 				s.r.opts.Recorder.TerminalBytesOut(n)
 			} else if !errors.Is(perr, link.ErrDown) {
 				return // stopping
 			}
+		} else if buf != nil {
+			s.r.putBuf(buf)
 		}
 		if err != nil {
 			return
@@ -418,17 +422,88 @@ func (s *shellSession) pumpOutput(proc *shell.Process) {
 	}
 }
 
-func (s *shellSession) pumpInput(proc *shell.Process) {
-	for {
-		select {
-		case <-s.ctx.Done():
-			return
-		case b := <-s.input:
+// write takes terminal input from the read path. When nothing is queued it
+// writes straight to the pty without waiting; what the pty does not take
+// goes to a writer goroutine that lives only while input is pending. It
+// reports false when the input had to be dropped.
+func (s *shellSession) write(b []byte) bool {
+	s.inMu.Lock()
+	defer s.inMu.Unlock()
+	if s.inDone {
+		return true // stopping: input is moot
+	}
+	s.mu.Lock()
+	proc := s.proc
+	s.mu.Unlock()
+	if !s.writing && proc != nil {
+		n, err := proc.TryWrite(b)
+		if err != nil {
+			s.r.log.Debug("terminal write failed", "session_id", s.sid, "error", err)
+			return true
+		}
+		s.r.opts.Recorder.TerminalBytesIn(n)
+		b = b[n:]
+		if len(b) == 0 {
+			return true
+		}
+	}
+	if s.inBytes+len(b) > inputLimit {
+		return false
+	}
+	s.inBuf = append(s.inBuf, b)
+	s.inBytes += len(b)
+	if !s.writing && proc != nil {
+		s.startWriterLocked(proc)
+	}
+	return true
+}
+
+// startWriterLocked starts the input writer; s.inMu is held.
+func (s *shellSession) startWriterLocked(proc *shell.Process) {
+	s.writing = true
+	s.inWriters.Add(1)
+	go func() {
+		defer s.inWriters.Done()
+		for {
+			s.inMu.Lock()
+			if len(s.inBuf) == 0 || s.inDone {
+				s.inBuf, s.inBytes, s.writing = nil, 0, false
+				s.inMu.Unlock()
+				return
+			}
+			b := s.inBuf[0]
+			s.inBuf[0] = nil
+			s.inBuf = s.inBuf[1:]
+			s.inBytes -= len(b)
+			s.inMu.Unlock()
 			if _, err := proc.Write(b); err != nil {
 				s.r.log.Debug("terminal write failed", "session_id", s.sid, "error", err)
+				s.inMu.Lock()
+				s.inBuf, s.inBytes, s.writing = nil, 0, false
+				s.inMu.Unlock()
 				return
 			}
 			s.r.opts.Recorder.TerminalBytesIn(len(b))
 		}
+	}()
+}
+
+// startInput hands input that arrived while the shell was starting to a
+// writer.
+func (s *shellSession) startInput(proc *shell.Process) {
+	s.inMu.Lock()
+	defer s.inMu.Unlock()
+	if len(s.inBuf) > 0 && !s.writing && !s.inDone {
+		s.startWriterLocked(proc)
 	}
+}
+
+// endInput drops pending input and waits for a writer to finish (it ends
+// once the pty master is closed).
+func (s *shellSession) endInput() {
+	s.inMu.Lock()
+	s.inDone = true
+	s.inBuf, s.inBytes = nil, 0
+	s.inMu.Unlock()
+	s.inWriters.Wait()
 }

@@ -5,14 +5,19 @@ package shell
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/creack/pty"
 )
+
+// killWait is how long the teardown waits for SIGKILLed processes to go.
+const killWait = 5 * time.Second
 
 // DefaultPath is PATH for shells; a login shell's profile may replace it.
 const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -30,7 +35,8 @@ type Spec struct {
 // Process is a running shell with its pty master. Read and Write go to the
 // pty; Done is closed once the shell has been reaped.
 type Process struct {
-	pty  *os.File
+	pty  *os.File // non-blocking, in the runtime poller
+	raw  syscall.RawConn
 	cmd  *exec.Cmd
 	done chan struct{}
 	err  error // exit status, valid after done
@@ -61,12 +67,41 @@ func Start(s Spec) (*Process, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start %s as %s: %w", s.Command, s.Account.Name, err)
 	}
-	p := &Process{pty: f, cmd: cmd, done: make(chan struct{}), stopped: make(chan struct{})}
+	master, raw, err := pollable(f)
+	if err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, fmt.Errorf("start %s: %w", s.Command, err)
+	}
+	p := &Process{pty: master, raw: raw, cmd: cmd, done: make(chan struct{}), stopped: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// pollable turns the pty master creack/pty returns (in blocking mode: it
+// calls File.Fd) into a non-blocking file in the runtime's poller: reads
+// then park a goroutine instead of an OS thread, and Close interrupts them.
+func pollable(f *os.File) (*os.File, syscall.RawConn, error) {
+	defer f.Close()
+	fd, err := syscall.Dup(int(f.Fd()))
+	if err != nil {
+		return nil, nil, fmt.Errorf("dup pty master: %w", err)
+	}
+	syscall.CloseOnExec(fd)
+	if err := syscall.SetNonblock(fd, true); err != nil {
+		syscall.Close(fd)
+		return nil, nil, fmt.Errorf("pty master non-blocking: %w", err)
+	}
+	nf := os.NewFile(uintptr(fd), "/dev/ptmx")
+	raw, err := nf.SyscallConn()
+	if err != nil {
+		nf.Close()
+		return nil, nil, fmt.Errorf("pty master: %w", err)
+	}
+	return nf, raw, nil
 }
 
 func environment(s Spec) []string {
@@ -94,6 +129,28 @@ func (p *Process) Pid() int { return p.cmd.Process.Pid }
 // process holding the terminal have gone it returns an error (EIO).
 func (p *Process) Read(b []byte) (int, error) { return p.pty.Read(b) }
 
+// TryWrite writes what the pty takes right now without waiting; the caller
+// queues the rest. It lets the read path deliver a keystroke without a
+// goroutine hand-off.
+func (p *Process) TryWrite(b []byte) (int, error) {
+	var n int
+	var werr error
+	err := p.raw.Write(func(fd uintptr) bool {
+		n, werr = syscall.Write(int(fd), b)
+		return true // never wait
+	})
+	if n < 0 {
+		n = 0
+	}
+	if werr == syscall.EAGAIN {
+		werr = nil
+	}
+	if err == nil {
+		err = werr
+	}
+	return n, err
+}
+
 // Write writes input to the pty master.
 func (p *Process) Write(b []byte) (int, error) { return p.pty.Write(b) }
 
@@ -102,10 +159,47 @@ func (p *Process) Resize(cols, rows uint16) error {
 	if cols == 0 || rows == 0 {
 		return nil
 	}
-	if err := pty.Setsize(p.pty, &pty.Winsize{Cols: cols, Rows: rows}); err != nil {
+	ws := &pty.Winsize{Cols: cols, Rows: rows}
+	var errno syscall.Errno
+	// Not pty.Setsize: it uses File.Fd, which would put the master back
+	// into blocking mode.
+	err := p.raw.Control(func(fd uintptr) {
+		_, _, errno = syscall.Syscall(syscall.SYS_IOCTL, fd, syscall.TIOCSWINSZ, uintptr(unsafe.Pointer(ws)))
+	})
+	if err == nil && errno != 0 {
+		err = errno
+	}
+	if err != nil {
 		return fmt.Errorf("resize pty to %dx%d: %w", cols, rows, err)
 	}
 	return nil
+}
+
+// ReadPooled waits until the shell has output and only then takes a buffer
+// from get to read it into, so an idle session holds no read buffer. It
+// returns the buffer and the bytes read; on error the buffer may be nil.
+func (p *Process) ReadPooled(get func() []byte, put func([]byte)) (buf []byte, n int, err error) {
+	var rerr error
+	err = p.raw.Read(func(fd uintptr) bool {
+		buf = get()
+		n, rerr = syscall.Read(int(fd), buf)
+		if rerr == syscall.EAGAIN {
+			put(buf)
+			buf = nil
+			return false // wait for readiness
+		}
+		return true
+	})
+	if err == nil {
+		err = rerr
+	}
+	if n < 0 {
+		n = 0
+	}
+	if err == nil && n == 0 {
+		err = io.EOF
+	}
+	return buf, n, err
 }
 
 // Done is closed when the shell process has been reaped.
@@ -139,12 +233,18 @@ func (p *Process) teardown(grace time.Duration) {
 			// the foreground job even if it was not found by the scan.
 			_ = p.pty.Close()
 		}
-		if p.waitGone(sid, grace) {
+		wait := grace
+		if sig == syscall.SIGKILL {
+			// Killed processes still take a moment to exit on a busy
+			// machine; only uninterruptible sleepers take longer.
+			wait = max(grace, killWait)
+		}
+		if p.waitGone(sid, wait) {
 			return
 		}
 	}
-	// After SIGKILL only uninterruptible sleepers can remain; wait for the
-	// shell itself, which cannot block on anything but its own exit now.
+	// Whatever survives SIGKILL is stuck in the kernel; the shell itself
+	// cannot block on anything but its own exit now.
 	<-p.done
 }
 
