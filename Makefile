@@ -14,7 +14,7 @@ GOBUILD     := CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)'
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.6.1
 FUZZTIME    ?= 20s
 
-.PHONY: all build setup lint unit fuzz check test demo bench clean
+.PHONY: all build setup lint unit fuzz systemd-check check test demo bench clean
 
 # Each area keeps its own targets in mk/<area>.mk.
 include $(sort $(wildcard mk/*.mk))
@@ -41,8 +41,11 @@ unit:
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzUnmarshal -fuzztime $(FUZZTIME) ./internal/wire
 
+systemd-check:
+	bash systemd/check.sh
+
 # check: everything but the QEMU guests; the day-to-day target.
-check: setup lint unit fuzz
+check: setup lint unit fuzz systemd-check
 
 # test: the whole suite, as CI runs it.
 test: check

@@ -113,10 +113,9 @@ func checkConfig(path, fallback string, stdout, stderr io.Writer) int {
 
 func runDaemon(path, fallback string, debug, trace bool, stderr io.Writer) int {
 	cfg, warnings, err := config.Load(config.LoadOptions{Path: path, FallbackPath: fallback})
-	level := "info"
-	format := "text"
+	level, format, journal := "info", "text", "auto"
 	if cfg != nil {
-		level, format = cfg.Log.Level, cfg.Log.Format
+		level, format, journal = cfg.Log.Level, cfg.Log.Format, cfg.Log.Journal
 	}
 	if debug {
 		level = "debug"
@@ -124,7 +123,7 @@ func runDaemon(path, fallback string, debug, trace bool, stderr io.Writer) int {
 	if trace {
 		level = "trace"
 	}
-	log, lerr := logging.New(logging.Options{Level: level, Format: format, Writer: stderr})
+	log, lerr := logging.New(logging.Options{Level: level, Format: format, Journal: journal, Writer: stderr})
 	if lerr != nil {
 		fmt.Fprintln(stderr, "tether: logging:", lerr)
 		return 1

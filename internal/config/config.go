@@ -162,6 +162,9 @@ type MetricsConfig struct {
 type LogConfig struct {
 	Level  string // error, warn, info (default), debug, trace
 	Format string // text (default) or json
+	// Journal: auto (default: the journal's native protocol when running
+	// under systemd with journald), on, or off (always stderr).
+	Journal string
 }
 
 // FeatureConfig is an upstream per-protocol switch.
@@ -233,7 +236,7 @@ func Default() *Config {
 			WriteTimeout:   Duration(10 * time.Second),
 			MaxMessageSize: DefaultMaxMessageSize,
 		},
-		Log: LogConfig{Level: "info", Format: "text"},
+		Log: LogConfig{Level: "info", Format: "text", Journal: "auto"},
 	}
 }
 
@@ -301,4 +304,5 @@ func (c *Config) normalize() {
 	c.Auth.Source = strings.ToLower(c.Auth.Source)
 	c.Log.Level = strings.ToLower(c.Log.Level)
 	c.Log.Format = strings.ToLower(c.Log.Format)
+	c.Log.Journal = strings.ToLower(c.Log.Journal)
 }

@@ -86,6 +86,11 @@ func (c *Config) Validate(shellsFile string) error {
 	default:
 		add("Log.Format", "%q is not allowed (allowed: text, json)", c.Log.Format)
 	}
+	switch c.Log.Journal {
+	case "auto", "on", "off":
+	default:
+		add("Log.Journal", "%q is not allowed (allowed: auto, on, off)", c.Log.Journal)
+	}
 	return errors.Join(errs...)
 }
 

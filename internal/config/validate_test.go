@@ -130,6 +130,7 @@ func TestValidate(t *testing.T) {
 
 		{"log level", func(c *Config) { c.Log.Level = "verbose" }, []string{`Log.Level: "verbose" is not allowed (allowed: error, warn, info, debug, trace)`}},
 		{"log format", func(c *Config) { c.Log.Format = "xml" }, []string{`Log.Format: "xml" is not allowed (allowed: text, json)`}},
+		{"log journal", func(c *Config) { c.Log.Journal = "maybe" }, []string{`Log.Journal: "maybe" is not allowed (allowed: auto, on, off)`}},
 
 		{"every problem is reported", func(c *Config) {
 			c.User, c.Sessions.MaxTotal, c.Log.Format, c.Link.MaxMessageSize = "", 0, "xml", 1

@@ -137,6 +137,7 @@ func newEnv(t *testing.T, overrides map[string]interface{}) *env {
 		"Reconnect":      map[string]interface{}{"BackoffBase": "50ms", "BackoffMax": "500ms"},
 		"Sessions":       map[string]interface{}{"StopGrace": "200ms"},
 		"Metrics":        map[string]interface{}{"Listen": freeAddr(t)},
+		"Log":            map[string]interface{}{"Journal": "off"}, // the test reads the log
 	}
 	for k, v := range overrides {
 		e.cfg[k] = v
