@@ -341,11 +341,17 @@ func (l *Link) serve(ctx context.Context, conn *websocket.Conn, target string) {
 	l.log.Info("connected to server", "event", "link_up", "url", target)
 	l.opts.Observer.LinkUp()
 	l.opts.State(true, "connected to "+target)
-	l.mux.setUp(true)
-
 	var wg sync.WaitGroup
 	done := make(chan struct{})
-	var readErr, writeErr error
+	var readErr error
+	var writeErr atomicError
+	// Producers may write a frame themselves when the writer is idle.
+	l.mux.setUp(true, func(f []byte) {
+		if err := l.writeFrame(conn, f); err != nil {
+			writeErr.set(err)
+			closeOnce(done)
+		}
+	})
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
@@ -354,7 +360,7 @@ func (l *Link) serve(ctx context.Context, conn *websocket.Conn, target string) {
 	}()
 	go func() {
 		defer wg.Done()
-		writeErr = l.writeLoop(conn, done)
+		writeErr.set(l.writeLoop(conn, done))
 		closeOnce(done)
 	}()
 	select {
@@ -367,12 +373,12 @@ func (l *Link) serve(ctx context.Context, conn *websocket.Conn, target string) {
 	}
 	conn.Close() // unblocks the reader
 	wg.Wait()
-	l.mux.setUp(false)
+	l.mux.setUp(false, nil)
 	l.parkLoops()
 	l.mu.Lock()
 	l.connected = false
 	l.mu.Unlock()
-	reason := firstErr(readErr, writeErr, ctx.Err())
+	reason := firstErr(readErr, writeErr.get(), ctx.Err())
 	l.log.Info("disconnected from server", "event", "link_down", "reason", reason)
 	l.opts.Observer.LinkDown()
 	l.handler.LinkDown()
@@ -495,11 +501,11 @@ func (l *Link) writeLoop(conn *websocket.Conn, done <-chan struct{}) error {
 	for {
 		l.beat(l.opts.Writer)
 		for f := l.mux.next(); f != nil; f = l.mux.next() {
-			_ = conn.SetWriteDeadline(time.Now().Add(l.opts.WriteTimeout))
-			if err := conn.WriteMessage(websocket.BinaryMessage, f); err != nil {
-				return fmt.Errorf("write: %w", err)
+			err := l.writeFrame(conn, f)
+			l.mux.written()
+			if err != nil {
+				return err
 			}
-			l.opts.Observer.FrameOut()
 			l.beat(l.opts.Writer)
 			select {
 			case <-done:
@@ -518,6 +524,37 @@ func (l *Link) writeLoop(conn *websocket.Conn, done <-chan struct{}) error {
 			}
 		}
 	}
+}
+
+// writeFrame writes one data frame; the mux makes sure only one goroutine
+// does at a time.
+func (l *Link) writeFrame(conn *websocket.Conn, f []byte) error {
+	_ = conn.SetWriteDeadline(time.Now().Add(l.opts.WriteTimeout))
+	if err := conn.WriteMessage(websocket.BinaryMessage, f); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	l.opts.Observer.FrameOut()
+	return nil
+}
+
+// atomicError keeps the first error set.
+type atomicError struct {
+	mu  sync.Mutex
+	err error
+}
+
+func (a *atomicError) set(err error) {
+	a.mu.Lock()
+	if a.err == nil {
+		a.err = err
+	}
+	a.mu.Unlock()
+}
+
+func (a *atomicError) get() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.err
 }
 
 type nopObserver struct{}

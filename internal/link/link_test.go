@@ -63,7 +63,7 @@ func TestMuxRoundRobinAndBackPressure(t *testing.T) {
 	if err := flood.Put(context.Background(), []byte("x")); !errors.Is(err, ErrDown) {
 		t.Fatalf("put while down: %v", err)
 	}
-	m.setUp(true)
+	m.setUp(true, nil)
 	for i := 0; i < 3; i++ {
 		if err := flood.Put(context.Background(), make([]byte, 30)); err != nil {
 			t.Fatal(err)
@@ -85,9 +85,14 @@ func TestMuxRoundRobinAndBackPressure(t *testing.T) {
 	if f := m.next(); len(f) != 30 {
 		t.Fatalf("first frame %d bytes", len(f))
 	}
+	if m.next() != nil {
+		t.Fatal("a second frame was handed out while the first was being written")
+	}
+	m.written()
 	if f := m.next(); string(f) != "e" {
 		t.Fatalf("echo not served second: %q", f)
 	}
+	m.written()
 	done := make(chan error, 1)
 	go func() { done <- flood.Put(context.Background(), make([]byte, 30)) }()
 	select {
@@ -101,7 +106,7 @@ func TestMuxRoundRobinAndBackPressure(t *testing.T) {
 	// Going down drops the queue and wakes blocked producers with ErrDown.
 	go func() { done <- flood.Put(context.Background(), make([]byte, 90)) }()
 	time.Sleep(20 * time.Millisecond)
-	m.setUp(false)
+	m.setUp(false, nil)
 	if err := <-done; !errors.Is(err, ErrDown) {
 		t.Fatalf("blocked put after down: %v", err)
 	}
@@ -109,7 +114,7 @@ func TestMuxRoundRobinAndBackPressure(t *testing.T) {
 		t.Fatal("frames survived the link going down")
 	}
 	// A closed queue refuses frames but its pending ones still go out.
-	m.setUp(true)
+	m.setUp(true, nil)
 	q := m.NewQueue(100)
 	_ = q.Put(context.Background(), []byte("last words"))
 	q.Close()
@@ -119,4 +124,29 @@ func TestMuxRoundRobinAndBackPressure(t *testing.T) {
 	if f := m.next(); string(f) != "last words" {
 		t.Fatalf("pending frame of a closed queue lost: %q", f)
 	}
+	m.written()
+}
+
+func TestMuxDirectWrite(t *testing.T) {
+	m := NewMux()
+	var direct [][]byte
+	m.setUp(true, func(f []byte) { direct = append(direct, f) })
+	q := m.NewQueue(100)
+	// Idle: the producer writes itself.
+	if err := q.Put(context.Background(), []byte("a")); err != nil || len(direct) != 1 || m.Pending() {
+		t.Fatalf("idle put not written directly: %v %q", err, direct)
+	}
+	// Busy writer: frames queue up in order.
+	if f := q.TryPut([]byte("b")); !f {
+		t.Fatal("TryPut failed")
+	}
+	_ = m.next() // the writer is now writing "b"
+	if err := q.Put(context.Background(), []byte("c")); err != nil || len(direct) != 1 {
+		t.Fatalf("put while the writer writes went direct: %q", direct)
+	}
+	m.written()
+	if f := m.next(); string(f) != "c" {
+		t.Fatalf("queued frame lost: %q", f)
+	}
+	m.written()
 }

@@ -24,12 +24,22 @@ type Mux struct {
 	ready []*Queue // queues with pending frames, in service order
 	up    bool
 	wake  chan struct{}
+
+	// writing is held by whoever writes a frame on the connection: the
+	// writer goroutine, or a producer taking the direct path.
+	writing bool
+	direct  func([]byte) // writes one frame on the live connection
 }
 
 // NewMux returns a mux in the down state.
 func NewMux() *Mux {
 	return &Mux{wake: make(chan struct{}, 1)}
 }
+
+// directMax is the largest frame a producer writes itself. Bigger frames
+// come from a busy shell; handing them to the writer lets the shell's next
+// read overlap this write.
+const directMax = 2048
 
 // Queue is one producer's outbound frames.
 type Queue struct {
@@ -62,6 +72,22 @@ func (q *Queue) Put(ctx context.Context, frame []byte) error {
 		case !m.up:
 			m.mu.Unlock()
 			return ErrDown
+		case len(frame) <= directMax && q.bytes == 0 && len(m.ready) == 0 && !m.writing && m.direct != nil:
+			// Nothing is queued anywhere and nobody is writing: write
+			// the frame now instead of handing it to the writer, which
+			// saves a goroutine wake-up on every keystroke echo.
+			m.writing = true
+			write := m.direct
+			m.mu.Unlock()
+			write(frame)
+			m.mu.Lock()
+			m.writing = false
+			more := len(m.ready) > 0
+			m.mu.Unlock()
+			if more {
+				m.signal()
+			}
+			return nil
 		case q.bytes == 0 || q.bytes+len(frame) <= q.limit:
 			q.frames = append(q.frames, frame)
 			q.bytes += len(frame)
@@ -123,11 +149,13 @@ func notify(c chan struct{}) {
 	}
 }
 
-// setUp switches the mux up or down. Going down drops every pending frame
+// setUp switches the mux up, with direct writing frames on the new
+// connection, or down (direct nil). Going down drops every pending frame
 // and wakes blocked producers so they see ErrDown.
-func (m *Mux) setUp(up bool) {
+func (m *Mux) setUp(up bool, direct func([]byte)) {
 	m.mu.Lock()
 	m.up = up
+	m.direct = direct
 	var woken []*Queue
 	if !up {
 		for _, q := range m.ready {
@@ -142,10 +170,15 @@ func (m *Mux) setUp(up bool) {
 	}
 }
 
-// next pops the next frame in round-robin order, or nil if none is pending.
+// next pops the next frame in round-robin order, or nil if none is pending
+// or a producer is writing directly. The caller writes the frame and then
+// calls written.
 func (m *Mux) next() []byte {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.writing {
+		return nil // the direct writer signals wake when it is done
+	}
 	for len(m.ready) > 0 {
 		q := m.ready[0]
 		m.ready = m.ready[1:]
@@ -164,9 +197,17 @@ func (m *Mux) next() []byte {
 			q.frames = nil
 		}
 		notify(q.space)
+		m.writing = true
 		return f
 	}
 	return nil
+}
+
+// written ends the write of a frame from next.
+func (m *Mux) written() {
+	m.mu.Lock()
+	m.writing = false
+	m.mu.Unlock()
 }
 
 // Pending reports whether frames are waiting to be written.

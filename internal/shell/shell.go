@@ -185,8 +185,18 @@ func (p *Process) ReadPooled(get func() []byte, put func([]byte)) (buf []byte, n
 		n, rerr = syscall.Read(int(fd), buf)
 		if rerr == syscall.EAGAIN {
 			put(buf)
-			buf = nil
+			buf, n = nil, 0
 			return false // wait for readiness
+		}
+		// The line discipline hands out at most 4 KiB per read; take
+		// what else is already there, without waiting for more, so a
+		// busy shell fills big frames while an echo goes out at once.
+		for rerr == nil && n > 0 && n < len(buf) {
+			m, e := syscall.Read(int(fd), buf[n:])
+			if m <= 0 || e != nil {
+				break // EAGAIN, EIO: the next call reports it
+			}
+			n += m
 		}
 		return true
 	})

@@ -141,41 +141,47 @@ func (b *bench) echo(sid string, n int) (p50, p99 time.Duration, err error) {
 		}
 		rtts = append(rtts, time.Since(t0))
 	}
-	// Erase the typed line so the shell does not run it.
-	_ = b.input(sid, "\x15")
+	// End the typed line (the shell reports a command not found) and
+	// let the prompt come back before anything else is measured.
+	_ = b.input(sid, "\n")
+	time.Sleep(200 * time.Millisecond)
+	b.drain()
 	sortDur(rtts)
 	return rtts[n/2], rtts[n*99/100], nil
 }
 
-// throughput runs a command printing mb MiB and times the output frames.
-func (b *bench) throughput(sid string, mb int) (float64, error) {
+// throughput runs a command printing mb MiB and times the output frames
+// as they arrive, counting payload bytes without decoding.
+func (b *bench) throughput(sid string, mb int) (float64, float64, error) {
 	b.drain()
-	if err := b.input(sid, "stty icanon; head -c "+strconv.Itoa(mb<<20)+" /dev/zero; echo\n"); err != nil {
-		return 0, err
+	c := b.c
+	c.rawBytes.Store(0)
+	c.rawMsgs.Store(0)
+	c.firstAt.Store(0)
+	c.counting.Store(true)
+	if err := b.input(sid, "head -c "+strconv.Itoa(mb<<20)+" /dev/zero\n"); err != nil {
+		return 0, 0, err
 	}
-	total := 0
-	var t0 time.Time
-	for total < mb<<20 {
-		m, err := b.next()
-		if err != nil {
-			return 0, err
+	overhead := int64(len(wire.AppendShellOutput(nil, sid, []byte{0})) - 1)
+	want := int64(mb << 20)
+	deadline := time.Now().Add(2 * time.Minute)
+	var payload int64
+	for {
+		payload = c.rawBytes.Load() - c.rawMsgs.Load()*overhead
+		if payload >= want {
+			break
 		}
-		if m.Header.MsgType != wire.ShellData || m.Header.SessionID != sid {
-			continue
+		if time.Now().After(deadline) {
+			return 0, 0, fmt.Errorf("throughput: %d of %d bytes after 2 minutes", payload, want)
 		}
-		if t0.IsZero() {
-			// Start at the first zero byte, after the echoed command.
-			i := bytes.IndexByte(m.Body, 0)
-			if i < 0 {
-				continue
-			}
-			t0 = time.Now()
-			total += len(m.Body) - i
-			continue
-		}
-		total += bytes.Count(m.Body, []byte{0})
+		time.Sleep(100 * time.Microsecond)
 	}
-	return float64(total) / time.Since(t0).Seconds() / 1e6, nil
+	el := time.Since(time.Unix(0, c.firstAt.Load()))
+	msgs := c.rawMsgs.Load()
+	c.counting.Store(false)
+	time.Sleep(200 * time.Millisecond)
+	b.drain()
+	return float64(payload) / el.Seconds() / 1e6, float64(payload) / float64(msgs), nil
 }
 
 // openMany opens n sessions at once and counts the accepted ones.
