@@ -157,6 +157,11 @@ func startDaemon(bin, serverURL string) (*daemon, error) {
 	}
 	cmd := exec.Command(bin, "-c", conf, "-b", filepath.Join(dir, "none"), "daemon")
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	for _, k := range []string{"GOGC", "GOMEMLIMIT", "GODEBUG"} {
+		if v, ok := os.LookupEnv(k); ok {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+	}
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -244,6 +249,12 @@ func run(bin string, keys, mb int) error {
 		return err
 	}
 	row(fmt.Sprintf("keystroke echo p50 / p99 (%d keys)", keys), fmtDur(p50)+" / "+fmtDur(p99), "target ≤ 0.1 ms / ≤ 0.4 ms")
+	if f50, f99, err := ptyEchoFloor(keys); err == nil {
+		row("  floor: bare pty echo p50 / p99", fmtDur(f50)+" / "+fmtDur(f99), "same run")
+	}
+	if f50, f99, err := wsEchoFloor(keys); err == nil {
+		row("  floor: bare loopback websocket echo", fmtDur(f50)+" / "+fmtDur(f99), "same run")
+	}
 
 	// The same next to a session flooding output.
 	if err := b.open("flood", ""); err != nil {

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"os/exec"
+	"time"
+
+	"github.com/creack/pty"
+	"github.com/gorilla/websocket"
+)
+
+// The floors the echo round trip is made of, measured in the same run and
+// the same way: a key through a bare pty's line discipline, and a frame
+// through a bare loopback websocket echo with a reader goroutine and a
+// channel on the measuring side, as the bench has.
+
+func ptyEchoFloor(n int) (p50, p99 time.Duration, err error) {
+	cmd := exec.Command("sleep", "60")
+	f, err := pty.Start(cmd)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); f.Close() }()
+	buf := make([]byte, 64)
+	rtts := make([]time.Duration, 0, n)
+	for i := 0; i < n; i++ {
+		t0 := time.Now()
+		if _, err := f.Write([]byte{'a' + byte(i%26)}); err != nil {
+			return 0, 0, err
+		}
+		if _, err := f.Read(buf); err != nil {
+			return 0, 0, err
+		}
+		rtts = append(rtts, time.Since(t0))
+	}
+	sortDur(rtts)
+	return rtts[n/2], rtts[n*99/100], nil
+}
+
+func wsEchoFloor(n int) (p50, p99 time.Duration, err error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer l.Close()
+	up := websocket.Upgrader{}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		for {
+			t, b, err := c.ReadMessage()
+			if err != nil {
+				return
+			}
+			if err := c.WriteMessage(t, b); err != nil {
+				return
+			}
+		}
+	})}
+	go func() { _ = srv.Serve(l) }()
+	defer srv.Close()
+	c, _, err := websocket.DefaultDialer.Dial(fmt.Sprintf("ws://%s/", l.Addr()), nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer c.Close()
+	in := make(chan []byte, 16)
+	go func() {
+		defer close(in)
+		for {
+			_, b, err := c.ReadMessage()
+			if err != nil {
+				return
+			}
+			in <- b
+		}
+	}()
+	msg := make([]byte, 60) // about a keystroke frame
+	rtts := make([]time.Duration, 0, n)
+	for i := 0; i < n; i++ {
+		t0 := time.Now()
+		if err := c.WriteMessage(websocket.BinaryMessage, msg); err != nil {
+			return 0, 0, err
+		}
+		<-in
+		rtts = append(rtts, time.Since(t0))
+	}
+	sortDur(rtts)
+	return rtts[n/2], rtts[n*99/100], nil
+}
