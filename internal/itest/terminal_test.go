@@ -51,3 +51,23 @@ func TestShellExitSendsStopAndFreesSlot(t *testing.T) {
 	e.run(term2, "true")
 	eventually(t, 5*time.Second, "no zombie", func() bool { _, z := e.children(); return len(z) == 0 })
 }
+
+// A paste bigger than upstream's 8 KiB message limit arrives whole and the
+// link stays up.
+func TestLargePaste(t *testing.T) {
+	e := newEnv(t, nil)
+	e.waitDevice()
+	term := e.open(adminEmail)
+	e.run(term, "stty -icanon -echo")
+	const n = 100000
+	fmt.Fprintf(term, "head -c %d | wc -c\n", n)
+	time.Sleep(200 * time.Millisecond) // let head start reading
+	if _, err := term.Write([]byte(strings.Repeat("p", n))); err != nil {
+		t.Fatal(err)
+	}
+	e.expect(term, fmt.Sprint(n))
+	e.run(term, "stty sane")
+	if c := e.srv.DeviceConnects(e.deviceID); c != 1 {
+		t.Fatalf("link reconnected %d times", c-1)
+	}
+}
