@@ -85,6 +85,7 @@ func Run(ctx context.Context, o Options) error {
 		ReapOrphans:      o.Subreaper,
 		Recorder:         rec,
 		Janitor:          janitorLoop,
+		Changed:          status.publish,
 	}, mux)
 	status.counts = router.Counts
 
@@ -220,10 +221,10 @@ func (s *statusLine) publish() {
 	s.n.Status(health.Summary{Link: l, Sessions: n, Users: u, MaxTotal: s.maxTotal}.String())
 }
 
-// run refreshes the status every few seconds so session counts stay
-// current without the router having to know about systemd.
+// run refreshes the status now and then as a backstop; changes are
+// published as they happen.
 func (s *statusLine) run(ctx context.Context) {
-	t := time.NewTicker(5 * time.Second)
+	t := time.NewTicker(30 * time.Second)
 	defer t.Stop()
 	for {
 		select {

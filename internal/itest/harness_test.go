@@ -74,6 +74,7 @@ type env struct {
 	exited   chan struct{}
 	log      *syncBuffer
 	jwts     map[string]string
+	extraEnv []string // for the daemon, e.g. NOTIFY_SOCKET
 }
 
 type syncBuffer struct {
@@ -108,11 +109,11 @@ func shellUser(t *testing.T) string {
 
 // newEnv starts bus, server, auth service and daemon. overrides are merged
 // into the config file (nested maps replace whole sections).
-func newEnv(t *testing.T, overrides map[string]interface{}) *env {
+func newEnv(t *testing.T, overrides map[string]interface{}, daemonEnv ...string) *env {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
-	e := &env{t: t, ctx: ctx, jwts: map[string]string{}, log: &syncBuffer{}}
+	e := &env{t: t, ctx: ctx, jwts: map[string]string{}, log: &syncBuffer{}, extraEnv: daemonEnv}
 	e.bus = dbustest.Start(t)
 	e.startServer("127.0.0.1:0")
 	e.deviceID = "0f0e0d0c-0b0a-4908-8706-050403020100"
@@ -172,7 +173,7 @@ func (e *env) startDaemon() {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(tetherBin, "--config", e.cfgPath, "--fallback-config", filepath.Join(t.TempDir(), "none.conf"), "--debug", "daemon")
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, e.extraEnv...)
 	cmd.Stdout, cmd.Stderr = e.log, e.log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

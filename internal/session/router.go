@@ -86,6 +86,9 @@ type Options struct {
 
 	Recorder Recorder
 	Janitor  Beater
+	// Changed is called after a session opened or closed (for the
+	// systemd status line); it must not block.
+	Changed func()
 }
 
 // Router is the session table and message dispatcher.
@@ -116,6 +119,9 @@ func New(opts Options, mux *link.Mux) *Router {
 	}
 	if opts.Recorder == nil {
 		opts.Recorder = nopRecorder{}
+	}
+	if opts.Changed == nil {
+		opts.Changed = func() {}
 	}
 	if opts.QueueLimit <= 0 {
 		opts.QueueLimit = 256 << 10

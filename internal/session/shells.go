@@ -351,6 +351,7 @@ func (s *shellSession) run() {
 	r.log.Info("session opened", "event", "session_open", "session_id", s.sid, "user_id", s.userID,
 		"proto", "shell", "pid", proc.Pid(), "cols", cols, "rows", rows)
 	r.opts.Recorder.SessionOpened("shell")
+	r.opts.Changed()
 
 	pumpDone := make(chan struct{})
 	go func() {
@@ -389,6 +390,7 @@ func (s *shellSession) run() {
 	r.log.Info("session closed", "event", "session_close", "session_id", s.sid, "user_id", s.userID,
 		"proto", "shell", "reason", req.reason, "duration", d.Round(time.Millisecond).String())
 	r.opts.Recorder.SessionClosed("shell", req.reason, d)
+	r.opts.Changed()
 }
 
 func exitNotice(err error) string {
