@@ -116,7 +116,7 @@ apt_update() {
 
 # pkg_version PKG prints the candidate version of PKG.
 pkg_version() {
-  hapt apt-cache policy "$1" | awk '/Candidate:/ {print $2; exit}'
+  hapt apt-cache policy "$1" | awk '/Candidate:/ && !n++ {print $2}'
 }
 
 # fetch_debs PKG[=VERSION]... downloads the given packages (exact names,
@@ -129,7 +129,7 @@ fetch_debs() {
     if [[ $p == *=* ]]; then v=${p#*=} p=${p%%=*}; else v=$(pkg_version "$p"); fi
     [ -n "$v" ] && [ "$v" != "(none)" ] || die "$A_ARCH: package $p not found in $HIL_SUITE"
     # apt names files name_version_arch.deb with the epoch colon escaped.
-    f=$(compgen -G "$A_DEBS/${p}_${v//:/%3a}_*.deb" | head -1 || true)
+    f=$(first "$A_DEBS/${p}_${v//:/%3a}_*.deb")
     [ -n "$f" ] || missing+=("$p=$v")
     paths+=("$p=$v")
   done
@@ -139,10 +139,18 @@ fetch_debs() {
   fi
   for p in "${paths[@]}"; do
     v=${p#*=} p=${p%%=*}
-    f=$(compgen -G "$A_DEBS/${p}_${v//:/%3a}_*.deb" | head -1 || true)
+    f=$(first "$A_DEBS/${p}_${v//:/%3a}_*.deb")
     [ -n "$f" ] || die "$A_ARCH: $p=$v did not download"
     echo "$f"
   done
+}
+
+# first GLOB prints the first file matching GLOB, if any. (No "| head":
+# under pipefail a writer cut off by head fails the pipeline.)
+first() {
+  local m
+  m=$(compgen -G "$1" || true)
+  printf '%s' "${m%%$'\n'*}"
 }
 
 # closure PKG... prints "name=version" for every package apt would install
@@ -154,7 +162,7 @@ closure() {
 # kernel_pkg prints the versioned kernel image package the metapackage
 # currently points at (linux-image-6.1.0-NN-cloud-arm64, ...).
 kernel_pkg() {
-  hapt apt-cache depends "$A_KERNEL_PKG" | awk '/Depends: linux-image-/ {print $2; exit}'
+  hapt apt-cache depends "$A_KERNEL_PKG" | awk '/Depends: linux-image-/ && !n++ {print $2}'
 }
 
 # go_build PKG OUT builds a static binary for the current architecture.

@@ -11,7 +11,7 @@ declare -A need_cmd=(
   [qemu-system-aarch64]=qemu-system-arm [qemu-system-arm]=qemu-system-arm
   [qemu-system-x86_64]=qemu-system-x86 [qemu-aarch64-static]=qemu-user-static
   [qemu-arm-static]=qemu-user-static [mmdebstrap]=mmdebstrap [depmod]=kmod [modprobe]=kmod
-  [cpio]=cpio [dpkg-deb]=dpkg [apt-get]=apt [systemctl]=systemd
+  [cpio]=cpio [arch-test]=arch-test [dpkg-deb]=dpkg [apt-get]=apt [systemctl]=systemd
 )
 pkgs=()
 for c in "${!need_cmd[@]}"; do

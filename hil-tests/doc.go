@@ -1,0 +1,9 @@
+// Package hiltests holds the hardware-in-the-loop tests: tether in QEMU
+// guests of three architectures (arm64, armhf, amd64), in two flavours (a
+// busybox initramfs and a Debian systemd system), driven only through the
+// mock Mender server that the test runs on the host's loopback.
+//
+// The tests carry the build tag "hil", so `go test ./...` leaves them out;
+// `make hil` builds the guest images (qemu/) and runs them. See the README
+// section "Hardware-in-the-loop tests (QEMU)".
+package hiltests

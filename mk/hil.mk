@@ -1,0 +1,40 @@
+# Hardware-in-the-loop tests in QEMU guests (qemu/, hil-tests/); see the
+# README section "Hardware-in-the-loop tests (QEMU)".
+#
+#   make hil                          all guests: 2 flavours x 3 architectures
+#   make hil HIL_ARCHES=arm64         one architecture (arm64, armhf, amd64)
+#   make hil HIL_FLAVOURS=minimal     one flavour (minimal, systemd)
+#   make hil-images                   only build the guest images
+#   make hil-lint                     vet + staticcheck of the tagged tests
+HIL_ARCHES   ?= arm64 armhf amd64
+HIL_FLAVOURS ?= minimal systemd
+HIL_BUILD    ?= $(CURDIR)/build/hil
+HIL_TIMEOUT  ?= 40m
+HIL_RUN      := $(if $(filter minimal,$(HIL_FLAVOURS)),TestMinimal)$(if $(filter systemd,$(HIL_FLAVOURS)),$(if $(filter minimal,$(HIL_FLAVOURS)),|)TestSystemd)
+
+.PHONY: hil hil-setup hil-images hil-lint hil-clean
+
+hil-setup:
+	@bash qemu/setup-host.sh
+
+# Images are rebuilt every time (seconds: they carry the current tether);
+# the slow parts (downloads, mmdebstrap rootfs) come from build/hil's cache.
+hil-images: hil-setup
+	@set -e; for a in $(HIL_ARCHES); do for f in $(HIL_FLAVOURS); do \
+	  bash qemu/build-$$f.sh $$a; done; done
+
+hil-lint:
+	$(GO) vet -tags hil ./hil-tests/
+	$(GO) run $(STATICCHECK) -tags hil ./hil-tests/
+
+hil: hil-images
+	@mkdir -p $(HIL_BUILD)
+	@{ HIL_ARCHES="$(HIL_ARCHES)" HIL_BUILD="$(HIL_BUILD)" \
+	  $(GO) test -tags hil -count=1 -v -timeout $(HIL_TIMEOUT) -run '^($(HIL_RUN))$$' ./hil-tests/ 2>&1; \
+	  echo $$? >$(HIL_BUILD)/test.rc; } | tee $(HIL_BUILD)/test.log; \
+	echo "== HIL measurements (log: $(HIL_BUILD)/test.log; serial logs: $(HIL_BUILD)/logs/)"; \
+	grep -o 'HIL-RESULT.*' $(HIL_BUILD)/test.log | sed 's/^HIL-RESULT /  /'; \
+	exit $$(cat $(HIL_BUILD)/test.rc)
+
+hil-clean:
+	rm -rf $(HIL_BUILD)
