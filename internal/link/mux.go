@@ -88,13 +88,8 @@ func (q *Queue) Put(ctx context.Context, frame []byte) error {
 				m.signal()
 			}
 			return nil
-		case q.bytes == 0 || q.bytes+len(frame) <= q.limit:
-			q.frames = append(q.frames, frame)
-			q.bytes += len(frame)
-			if !q.inReady {
-				q.inReady = true
-				m.ready = append(m.ready, q)
-			}
+		case q.fits(frame):
+			q.enqueueLocked(frame)
 			m.mu.Unlock()
 			m.signal()
 			return nil
@@ -114,19 +109,30 @@ func (q *Queue) Put(ctx context.Context, frame []byte) error {
 func (q *Queue) TryPut(frame []byte) bool {
 	m := q.m
 	m.mu.Lock()
-	if q.closed || !m.up || (q.bytes > 0 && q.bytes+len(frame) > q.limit) {
+	if q.closed || !m.up || !q.fits(frame) {
 		m.mu.Unlock()
 		return false
 	}
+	q.enqueueLocked(frame)
+	m.mu.Unlock()
+	m.signal()
+	return true
+}
+
+// fits reports whether frame may be queued: a queue takes frames up to its
+// limit, and always one frame when empty.
+func (q *Queue) fits(frame []byte) bool {
+	return q.bytes == 0 || q.bytes+len(frame) <= q.limit
+}
+
+// enqueueLocked appends frame and puts q in the service order; m.mu is held.
+func (q *Queue) enqueueLocked(frame []byte) {
 	q.frames = append(q.frames, frame)
 	q.bytes += len(frame)
 	if !q.inReady {
 		q.inReady = true
-		m.ready = append(m.ready, q)
+		q.m.ready = append(q.m.ready, q)
 	}
-	m.mu.Unlock()
-	m.signal()
-	return true
 }
 
 // Close refuses further frames and wakes a blocked Put. Frames already
