@@ -6,6 +6,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"os/signal"
 	"sync"
 	"syscall"
 	"time"
@@ -142,6 +144,21 @@ func Run(ctx context.Context, o Options) error {
 		})
 	}
 
+	// SIGUSR1 logs a status report, as upstream does.
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
+	start("status-report", func(c context.Context) {
+		for {
+			select {
+			case <-c.Done():
+				return
+			case <-usr1:
+				report(log, lnk, router)
+			}
+		}
+	})
+
 	log.Info("tether started", "version", o.Version, "user", acct.Name, "shell", cfg.ShellCommand,
 		"auth", cfg.Auth.Source, "max_per_user", cfg.Sessions.MaxPerUser, "max_total", cfg.Sessions.MaxTotal)
 	notifier.Ready()
@@ -158,6 +175,20 @@ func Run(ctx context.Context, o Options) error {
 	wg.Wait()
 	log.Info("tether stopped")
 	return nil
+}
+
+// report logs the link state and every session: who, since when, idle
+// for how long.
+func report(log *slog.Logger, lnk *link.Link, router *session.Router) {
+	up, since := lnk.Connected()
+	sessions := router.Sessions()
+	log.Info("status report", "link_up", up, "last_connect", since, "sessions", len(sessions))
+	now := time.Now()
+	for _, s := range sessions {
+		log.Info("status report: session", "session_id", s.SessionID, "user_id", s.UserID,
+			"started", s.Started.Format(time.RFC3339), "age", now.Sub(s.Started).Round(time.Second).String(),
+			"idle", now.Sub(s.LastInput).Round(time.Second).String())
+	}
 }
 
 // flush waits (briefly) for queued frames, such as the stop notices, to be

@@ -3,6 +3,7 @@ package itest
 import (
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -70,4 +71,18 @@ func TestLargePaste(t *testing.T) {
 	if c := e.srv.DeviceConnects(e.deviceID); c != 1 {
 		t.Fatalf("link reconnected %d times", c-1)
 	}
+}
+
+// SIGUSR1 logs a status report listing the sessions, as upstream does.
+func TestStatusReportOnSIGUSR1(t *testing.T) {
+	e := newEnv(t, nil)
+	e.waitDevice()
+	term := e.open(adminEmail)
+	e.run(term, "true")
+	if err := e.daemon.Process.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "status report with the session", func() bool {
+		return strings.Contains(e.log.String(), "status report: session") && strings.Contains(e.log.String(), term.SID())
+	})
 }

@@ -164,6 +164,27 @@ func (r *Router) Counts() (shells, users int) {
 	return len(r.shells), len(seen)
 }
 
+// SessionInfo describes a live shell session for a status report.
+type SessionInfo struct {
+	SessionID string
+	UserID    string
+	Started   time.Time
+	LastInput time.Time
+}
+
+// Sessions lists the live shell sessions, oldest first.
+func (r *Router) Sessions() []SessionInfo {
+	r.mu.Lock()
+	out := make([]SessionInfo, 0, len(r.shells))
+	for _, s := range r.shells {
+		out = append(out, SessionInfo{SessionID: s.sid, UserID: s.userID, Started: s.created,
+			LastInput: time.Unix(0, s.lastInputNano.Load())})
+	}
+	r.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Started.Before(out[j].Started) })
+	return out
+}
+
 // Protocols lists the enabled protocols for the control "accept".
 func (r *Router) Protocols() []uint16 {
 	if r.opts.TerminalDisabled {
