@@ -83,7 +83,9 @@ var users = map[string]string{admin: mockserver.DefaultPassword, alice: "alice",
 
 // rig is one guest with the mock server it talks to.
 type rig struct {
+	// t is the running step's test; root the guest's.
 	t    *testing.T
+	root *testing.T
 	ctx  context.Context
 	spec guestSpec
 	g    *guest
@@ -103,7 +105,7 @@ type rig struct {
 func newRig(t *testing.T, spec guestSpec, logDir, mac string, timeout time.Duration) *rig {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	t.Cleanup(cancel)
-	r := &rig{t: t, ctx: ctx, spec: spec, jwts: map[string]string{}}
+	r := &rig{t: t, root: t, ctx: ctx, spec: spec, jwts: map[string]string{}}
 	r.startServer("127.0.0.1:0")
 	start := time.Now()
 	r.g = bootGuest(t, spec, logDir, r.port, mac)
@@ -208,13 +210,18 @@ func (r *rig) jwt(email string) string {
 	return j
 }
 
-// tryOpen opens a terminal on the device for email.
+// tryOpen opens a terminal on the device for email; it is closed when the
+// current step ends.
 func (r *rig) tryOpen(email string) (*mockserver.Terminal, error) {
+	return r.tryOpenFor(r.t, email)
+}
+
+func (r *rig) tryOpenFor(owner *testing.T, email string) (*mockserver.Terminal, error) {
 	ctx, cancel := context.WithTimeout(r.ctx, 60*time.Second)
 	defer cancel()
 	term, err := mockserver.OpenTerminal(ctx, r.url, r.jwt(email), r.dev.ID(), 80, 24)
 	if err == nil {
-		r.t.Cleanup(func() { term.Close() })
+		owner.Cleanup(func() { term.Close() })
 	}
 	return term, err
 }
@@ -224,10 +231,22 @@ func (r *rig) tryOpen(email string) (*mockserver.Terminal, error) {
 // ending on the device; open waits for its slot.
 func (r *rig) open(email string) *mockserver.Terminal {
 	r.t.Helper()
+	return r.openFor(r.t, email)
+}
+
+// openLasting opens a terminal that later steps use too: it is closed
+// when the guest's test ends.
+func (r *rig) openLasting(email string) *mockserver.Terminal {
+	r.t.Helper()
+	return r.openFor(r.root, email)
+}
+
+func (r *rig) openFor(owner *testing.T, email string) *mockserver.Terminal {
+	r.t.Helper()
 	var term *mockserver.Terminal
 	r.eventually(30*time.Second, time.Second, "opening a terminal for "+email, func() error {
 		var err error
-		term, err = r.tryOpen(email)
+		term, err = r.tryOpenFor(owner, email)
 		if msg, refused := shellError(err); refused && msg == "user has too many open sessions" {
 			return err
 		}
