@@ -7,7 +7,7 @@
 #   make cross-one    one platform: GOOS=linux GOARCH=arm GOARM=7 [DIST=dir]
 #   make cross-verify the ELF/build-info test on $(DIST) [PLATFORMS="linux-armv7 ..."]
 #   make cross-repro  build linux/arm64 twice (other path, empty cache), compare
-#   make size         size table and budget of the full and slim builds
+#   make size         size table and budget of the full and slim builds [SIZE_STRICT=1]
 #   make cross-check  all of the above; what CI runs
 
 .PHONY: cross cross-one cross-verify cross-repro cross-check cross-platforms size
@@ -23,6 +23,8 @@ CROSS_MOCK_DIRS := linux-amd64 linux-arm64 linux-armv7
 SLIM_TAGS ?= nometrics
 # Platforms whose size `make size` breaks down per package and module.
 SIZE_DETAIL ?= linux-arm64 linux-armv7
+# SIZE_STRICT=1 makes `make size` fail when a build is over its budget.
+SIZE_STRICT ?=
 
 # cross-one's target, from GOOS/GOARCH/GOARM/GOMIPS given on the command line
 # (GOARM may be written v7, as BuildKit's TARGETVARIANT is). Recursively
@@ -95,7 +97,7 @@ size: cross
 	  os=$${d%%-*}; arch=$${d#*-}; arm=; case $$arch in armv*) arm=$${arch#armv}; arch=arm;; esac; \
 	  $(MAKE) --no-print-directory size-unstripped DIST=$(CROSS_SIZE) $(cross_stamps) GOOS=$$os GOARCH=$$arch GOARM=$$arm; \
 	done
-	$(GO) run ./internal/buildcheck/sizetable -dist '$(DIST)' -unstripped $(CROSS_SIZE) $(SIZE_DETAIL)
+	$(GO) run ./internal/buildcheck/sizetable -dist '$(DIST)' -unstripped $(CROSS_SIZE) $(if $(SIZE_STRICT),-strict) $(SIZE_DETAIL)
 
 .PHONY: size-unstripped
 size-unstripped:

@@ -50,7 +50,13 @@ func run(w io.Writer, dist, unstripped string, detail []string, top int) (bool, 
 }
 
 func summary(w io.Writer, dist string) (bool, error) {
-	fmt.Fprintf(w, "Stripped sizes (1 MiB = %d bytes). Budget: full <= 9 MiB, slim <= 6.5 MiB on arm64 and armv7.\n\n", buildcheck.MiB)
+	var budgets []string
+	for _, p := range buildcheck.Platforms() {
+		if p.FullBudget > 0 {
+			budgets = append(budgets, fmt.Sprintf("%s full <= %s, slim <= %s", p.Dir, mib(p.FullBudget), mib(p.SlimBudget)))
+		}
+	}
+	fmt.Fprintf(w, "Stripped sizes in bytes and MiB (1 MiB = %d bytes). Budgets: %s.\n\n", buildcheck.MiB, strings.Join(budgets, "; "))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "platform\ttether\tMiB\ttether-slim\tMiB\tslim saves\tbudget\t")
 	anyOver := false
