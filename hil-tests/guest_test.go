@@ -141,8 +141,10 @@ func bootGuest(t *testing.T, spec guestSpec, logDir string, serverPort int, mac 
 	)
 	g.cmd = exec.Command(spec.QEMU, args...)
 	g.cmd.Stdout, g.cmd.Stderr = g.serial, g.serial
-	// Its own process group, so that nothing QEMU might spawn outlives it.
-	g.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own process group, so that nothing QEMU might spawn outlives it,
+	// and killed with the test binary should that die without cleaning up
+	// (a -timeout panic).
+	g.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	fmt.Fprintf(g.serial, "hil-host: %s %s\n", spec.QEMU, strings.Join(args, " "))
 	g.started = time.Now()
 	if err := g.cmd.Start(); err != nil {
@@ -177,34 +179,6 @@ func (g *guest) kill() {
 		_ = syscall.Kill(-g.cmd.Process.Pid, syscall.SIGKILL)
 		<-g.exited
 	}
-}
-
-// alive fails the test when QEMU has exited (a kernel panic ends it:
-// panic=-1 and -no-reboot).
-func (g *guest) alive() error {
-	select {
-	case <-g.exited:
-		return fmt.Errorf("QEMU exited: %v", g.cmd.ProcessState)
-	default:
-		return nil
-	}
-}
-
-// waitSerial waits until the serial log contains substr.
-func (g *guest) waitSerial(ctx context.Context, substr string) error {
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for !strings.Contains(g.serial.String(), substr) {
-		if err := g.alive(); err != nil {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for %q on the serial console: %w", substr, ctx.Err())
-		case <-tick.C:
-		}
-	}
-	return nil
 }
 
 // errGuestDied wraps a wait that ended because QEMU exited.

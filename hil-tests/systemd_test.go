@@ -61,6 +61,9 @@ func systemdSuite(r *rig) {
 				r.t.Logf("guest reached multi-user.target %v after the kernel started", round(d))
 				r.extra = append(r.extra, "guest_multi_user="+round(d))
 			}
+			if out := r.run(term, "systemd-analyze time; systemd-analyze blame --no-pager | head -n 8"); strings.Contains(out, "Startup finished") {
+				r.t.Logf("systemd-analyze in the guest:\n%s", out)
+			}
 			r.rss = r.rssOf(term, "systemctl show -P MainPID tether.service")
 			r.t.Logf("tether RSS in the %s systemd guest: %s", r.spec.Arch, r.rss)
 		}},

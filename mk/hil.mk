@@ -20,8 +20,7 @@ hil-setup:
 # Images are rebuilt every time (seconds: they carry the current tether);
 # the slow parts (downloads, mmdebstrap rootfs) come from build/hil's cache.
 hil-images: hil-setup
-	@set -e; for a in $(HIL_ARCHES); do for f in $(HIL_FLAVOURS); do \
-	  bash qemu/build-$$f.sh $$a; done; done
+	@bash qemu/build.sh "$(HIL_ARCHES)" "$(HIL_FLAVOURS)"
 
 hil-lint:
 	$(GO) vet -tags hil ./hil-tests/

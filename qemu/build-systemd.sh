@@ -17,7 +17,12 @@
 # the kernel unpacks on top.
 source "$(dirname "$0")/common.sh"
 
-[ $# -eq 1 ] || die "usage: $0 ARCH"
+rootfs_only=""
+if [ "${1:-}" = --rootfs-only ]; then
+  rootfs_only=1
+  shift
+fi
+[ $# -eq 1 ] || die "usage: $0 [--rootfs-only] ARCH"
 arch_vars "$1"
 [ "$(id -u)" -eq 0 ] || die "building the systemd guest needs root (mmdebstrap --mode=root); run as root or through sudo"
 apt_update
@@ -80,6 +85,7 @@ if [ ! -e "$base" ]; then
 else
   log "$A_ARCH: rootfs from cache ($(basename "$base"))"
 fi
+[ -z "$rootfs_only" ] || exit 0
 
 # The tether layer. Paths go through /usr only: the base is merged-/usr,
 # and a ./lib directory in a later archive would replace its /lib symlink.
