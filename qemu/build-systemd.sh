@@ -73,9 +73,17 @@ if [ ! -e "$base" ]; then
   tmp=$cache/rootfs-$A_ARCH-$key.tmp
   rm -rf "$tmp"
   mapfile -t mirrors <"$sources"
-  mmdebstrap "${MMDEBSTRAP_OPTS[@]}" \
-    "$HIL_SUITE" "$tmp" "${mirrors[@]}" >"$cache/rootfs-$A_ARCH.log" 2>&1 ||
-    { tail -30 "$cache/rootfs-$A_ARCH.log" >&2; die "$A_ARCH: mmdebstrap failed (log: $cache/rootfs-$A_ARCH.log)"; }
+  mlog=$cache/rootfs-$A_ARCH.log
+  if ! mmdebstrap "${MMDEBSTRAP_OPTS[@]}" "$HIL_SUITE" "$tmp" "${mirrors[@]}" >"$mlog" 2>&1; then
+    # mmdebstrap runs its own apt-get update, which can meet the same
+    # half-synced security index as apt_update: try once more without it.
+    grep -q -- '-security' "$mlog" || { tail -30 "$mlog" >&2; die "$A_ARCH: mmdebstrap failed (log: $mlog)"; }
+    log "$A_ARCH: WARNING: mmdebstrap failed on the security suite; retrying without it"
+    mapfile -t mirrors < <(grep -v -- '-security ' "$sources")
+    rm -rf "$tmp"
+    mmdebstrap "${MMDEBSTRAP_OPTS[@]}" "$HIL_SUITE" "$tmp" "${mirrors[@]}" >"$mlog" 2>&1 ||
+      { tail -30 "$mlog" >&2; die "$A_ARCH: mmdebstrap failed (log: $mlog)"; }
+  fi
   printf '%s\n' "$versions" >"$tmp/etc/hil-rootfs-packages"
   cpio_dir_keep_owner "$tmp" "$base"
   rm -rf "$tmp"

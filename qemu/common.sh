@@ -7,6 +7,7 @@
 # and package lists are never touched.
 
 set -euo pipefail
+export PATH=$PATH:/usr/sbin:/sbin
 
 HIL_QEMU_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 HIL_REPO=$(cd "$HIL_QEMU_DIR/.." && pwd)
@@ -194,6 +195,8 @@ kernel_prepare() {
   K_ROOT=$HIL_BUILD/$A_ARCH/kernel-$(pkg_version "$pkg")-$K_VER
   K_IMAGE=$K_ROOT/boot/vmlinuz-$K_VER
   if [ ! -e "$K_ROOT/.done" ]; then
+    # A new kernel replaces the old ones of this architecture.
+    find "$HIL_BUILD/$A_ARCH" -maxdepth 1 -name 'kernel-*' -type d -exec rm -rf {} +
     deb=$(fetch_debs "$pkg")
     log "$A_ARCH: unpacking kernel $K_VER"
     rm -rf "$K_ROOT" && mkdir -p "$K_ROOT"
