@@ -44,11 +44,13 @@ fuzz:
 systemd-check:
 	bash systemd/check.sh
 
-# check: everything but the QEMU guests; the day-to-day target.
-check: setup lint unit fuzz systemd-check
+# check: the day-to-day target: everything but the cross builds and the
+# QEMU guests.
+check: setup lint unit fuzz systemd-check layers-check
 
-# test: the whole suite, as CI runs it.
-test: check
+# test: the whole suite, as CI runs it: check, the static cross builds with
+# their ELF, reproducibility and size checks, then the QEMU guests.
+test: check cross-check hil
 
 demo: setup build
 	@bash scripts/demo.sh
