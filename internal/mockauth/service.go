@@ -214,10 +214,15 @@ func New(log *slog.Logger, conn *dbus.Conn, opts Options) (*Service, error) {
 		log.Info("auth service on the bus; authenticating", "server", opts.Server, "mac", s.dev.mac)
 		s.startRun(false)
 	} else {
-		log.Info("auth service on the bus with fixed credentials",
-			"credentials", auth.Credentials{Token: s.token, ServerURL: s.url})
+		// A FetchJwtToken may already be changing the credentials: the
+		// name is on the bus from here on.
 		s.emitMu.Lock()
-		s.emit(s.token, s.url)
+		s.mu.Lock()
+		token, url := s.token, s.url
+		s.mu.Unlock()
+		log.Info("auth service on the bus with fixed credentials",
+			"credentials", auth.Credentials{Token: token, ServerURL: url})
+		s.emit(token, url)
 		s.emitMu.Unlock()
 	}
 	return s, nil
