@@ -196,6 +196,7 @@ kernel_prepare() {
   K_IMAGE=$K_ROOT/boot/vmlinuz-$K_VER
   if [ ! -e "$K_ROOT/.done" ]; then
     # A new kernel replaces the old ones of this architecture.
+    mkdir -p "$HIL_BUILD/$A_ARCH"
     find "$HIL_BUILD/$A_ARCH" -maxdepth 1 -name 'kernel-*' -type d -exec rm -rf {} +
     deb=$(fetch_debs "$pkg")
     log "$A_ARCH: unpacking kernel $K_VER"
