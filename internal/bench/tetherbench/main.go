@@ -157,7 +157,7 @@ func startDaemon(bin, serverURL string) (*daemon, error) {
 	}
 	cmd := exec.Command(bin, "-c", conf, "-b", filepath.Join(dir, "none"), "daemon")
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
-	for _, k := range []string{"GOGC", "GOMEMLIMIT", "GODEBUG"} {
+	for _, k := range []string{"GOGC", "GOMEMLIMIT", "GODEBUG", "GOMAXPROCS"} {
 		if v, ok := os.LookupEnv(k); ok {
 			cmd.Env = append(cmd.Env, k+"="+v)
 		}
