@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -32,7 +33,8 @@ const (
 	watchdog = "watchdog@tether.local"
 )
 
-var allArches = []string{"arm64", "armhf", "amd64"}
+// allArches are the guest architectures, by their Debian names.
+const allArches = "arm64 armhf amd64"
 
 // settings reads the environment: HIL_ARCHES (space or comma separated
 // Debian architecture names; default all three) and HIL_BUILD (the build
@@ -49,15 +51,11 @@ func settings(t *testing.T) (buildDir string, arches []string) {
 	}
 	list := strings.Fields(strings.ReplaceAll(os.Getenv("HIL_ARCHES"), ",", " "))
 	if len(list) == 0 {
-		return buildDir, allArches
+		return buildDir, strings.Fields(allArches)
 	}
 	for _, a := range list {
-		known := false
-		for _, k := range allArches {
-			known = known || a == k
-		}
-		if !known {
-			t.Fatalf("HIL_ARCHES: unknown architecture %q (known: %s)", a, strings.Join(allArches, " "))
+		if !slices.Contains(strings.Fields(allArches), a) {
+			t.Fatalf("HIL_ARCHES: unknown architecture %q (known: %s)", a, allArches)
 		}
 	}
 	return buildDir, list
@@ -69,17 +67,22 @@ func forEachArch(t *testing.T, flavour string, timeout time.Duration, suite func
 	for i, arch := range arches {
 		t.Run(arch, func(t *testing.T) {
 			spec := loadSpec(t, buildDir, arch, flavour)
-			// A distinct identity per guest keeps the server logs apart.
-			mac := fmt.Sprintf("52:54:00:4e:%02x:%02x", len(flavour), i+1)
+			// A distinct identity per guest keeps logs apart.
+			mac := fmt.Sprintf("52:54:00:4e:%02x:%02x", flavour[0], i+1)
 			suite(newRig(t, spec, filepath.Join(buildDir, "logs"), mac, timeout))
 		})
 	}
 }
 
-var signingKey = []byte("hil-signing-key-0123456789abcdef")
+// signingKey signs the mock server's JWTs; a restarted server uses it
+// again, so the device's token stays valid.
+const signingKey = "hil-signing-key-0123456789abcdef"
 
-var users = map[string]string{admin: mockserver.DefaultPassword, alice: "alice",
-	rotation: "rotation", restart: "restart", watchdog: "watchdog"}
+// users are the server's accounts, e-mail to password.
+func users() map[string]string {
+	return map[string]string{admin: mockserver.DefaultPassword, alice: "alice",
+		rotation: "rotation", restart: "restart", watchdog: "watchdog"}
+}
 
 // rig is one guest with the mock server it talks to.
 type rig struct {
@@ -125,7 +128,7 @@ func round(d time.Duration) string {
 
 func (r *rig) startServer(addr string) {
 	r.t.Helper()
-	srv := mockserver.New(mockserver.Options{SigningKey: signingKey, Users: users,
+	srv := mockserver.New(mockserver.Options{SigningKey: []byte(signingKey), Users: users(),
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	url, err := srv.Start(addr)
 	if err != nil {
@@ -135,7 +138,7 @@ func (r *rig) startServer(addr string) {
 	r.addr = strings.TrimPrefix(url, "http://")
 	_, port, _ := strings.Cut(r.addr, ":")
 	r.port, _ = strconv.Atoi(port)
-	r.t.Cleanup(func() { srv.Close() })
+	r.root.Cleanup(func() { srv.Close() })
 }
 
 // restartServer closes the mock server and starts a new one on the same
@@ -202,7 +205,7 @@ func (r *rig) jwt(email string) string {
 	if j, ok := r.jwts[email]; ok {
 		return j
 	}
-	j, err := mockserver.Login(r.ctx, r.url, email, users[email])
+	j, err := mockserver.Login(r.ctx, r.url, email, users()[email])
 	if err != nil {
 		r.t.Fatalf("login %s: %v", email, err)
 	}
