@@ -1,6 +1,7 @@
 package itest
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -135,4 +136,29 @@ func TestMissingPongEndsSession(t *testing.T) {
 	}
 	time.Sleep(500 * time.Millisecond)
 	e.run(alive, "echo alive")
+}
+
+// After the link drops, the server hands every user connection a new
+// session id, so the old shells are orphans. Unlike upstream, they do not
+// lock their user out until the health check gives up: a new session of
+// that user replaces an orphan. A live session is still protected.
+func TestOrphanedSessionDoesNotLockOut(t *testing.T) {
+	e := newEnv(t, map[string]interface{}{"Sessions": map[string]interface{}{"MaxPerUser": 1, "StopGrace": "100ms"}})
+	d := e.waitDevice()
+	old := e.open("alice@tether.local")
+	e.run(old, "(exec sleep 314) &")
+	d.Close()
+	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+	defer cancel()
+	if _, err := e.srv.WaitReconnect(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	fresh := e.open("alice@tether.local")
+	e.run(fresh, "echo replaced")
+	eventually(t, 5*time.Second, "orphan torn down", func() bool { return !processExists("sleep 314") })
+	// The new session is live: a second one is still refused.
+	_, err := e.tryOpen("alice@tether.local")
+	if got := shellError(t, err); got != "user has too many open sessions" {
+		t.Fatalf("per-user limit body %q", got)
+	}
 }

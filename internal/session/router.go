@@ -102,6 +102,10 @@ type Router struct {
 	shells map[string]*shellSession
 	ctrl   map[string]*ctrlSession
 	closed bool
+	// epoch counts link drops. A session whose peer has not been heard
+	// from since the last drop is orphaned: the server gives every user
+	// connection a new session id, so nobody can reach it again.
+	epoch uint64
 
 	wg sync.WaitGroup // every shell session's goroutines
 
@@ -230,6 +234,7 @@ func (r *Router) HandleMalformed(de *wire.DecodeError) {
 func (r *Router) LinkDown() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.epoch++
 	// Router (control) sessions cannot survive a reconnect: the server
 	// gives every connection new ids.
 	r.ctrl = make(map[string]*ctrlSession)

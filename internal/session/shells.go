@@ -43,6 +43,7 @@ type shellSession struct {
 	lastInputNano atomic.Int64
 	lastPongNano  atomic.Int64
 	lastPingNano  atomic.Int64
+	peerEpoch     atomic.Uint64 // router epoch of the peer's latest message
 
 	mu         sync.Mutex
 	proc       *shell.Process
@@ -123,10 +124,16 @@ func (r *Router) replyShell(sid, typ string, status int, body string) {
 	r.send(shellMsg(sid, typ, status, body))
 }
 
+// lookup finds a session; the message being handled proves its peer is
+// alive in this link epoch.
 func (r *Router) lookup(sid string) *shellSession {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.shells[sid]
+	s := r.shells[sid]
+	if s != nil {
+		s.peerEpoch.Store(r.epoch)
+	}
+	return s
 }
 
 func (r *Router) newShell(h *wire.Header) {
@@ -156,14 +163,25 @@ func (r *Router) newShell(h *wire.Header) {
 		}
 	}
 	var evict *shellSession
+	evictNotice := "session replaced by a newer session of the same user"
 	if len(mine) >= r.opts.MaxPerUser {
-		if !r.opts.EvictOldest || len(mine) == 0 {
+		sortedByIdle(mine)
+		// Unlike upstream, a session orphaned by a lost connection does
+		// not lock its user out until its health check gives up.
+		for _, o := range mine {
+			if o.peerEpoch.Load() < r.epoch {
+				evict, evictNotice = o, "session replaced: its connection was lost"
+				break
+			}
+		}
+		if evict == nil && r.opts.EvictOldest && len(mine) > 0 {
+			evict = mine[0]
+		}
+		if evict == nil {
 			r.mu.Unlock()
 			r.reject(sid, user, "per_user", msgTooManyForUser)
 			return
 		}
-		sortedByIdle(mine)
-		evict = mine[0]
 		delete(r.shells, evict.sid) // its slot goes to the new session now
 	}
 	if len(r.shells) >= r.opts.MaxTotal {
@@ -186,6 +204,7 @@ func (r *Router) newShell(h *wire.Header) {
 	s.lastInputNano.Store(now)
 	s.lastPongNano.Store(now)
 	s.lastPingNano.Store(now)
+	s.peerEpoch.Store(r.epoch)
 	r.shells[sid] = s
 	r.wg.Add(1)
 	r.mu.Unlock()
@@ -193,7 +212,7 @@ func (r *Router) newShell(h *wire.Header) {
 	if evict != nil {
 		r.log.Info("evicting the user's oldest idle session for a new one", "event", "session_evict",
 			"session_id", evict.sid, "user_id", user, "new_session_id", sid)
-		evict.requestStop(ReasonEvicted, "session replaced by a newer session of the same user", r.opts.StopGrace)
+		evict.requestStop(ReasonEvicted, evictNotice, r.opts.StopGrace)
 	}
 	go s.run()
 }
