@@ -254,7 +254,8 @@ func (s *Service) Clear() {
 
 // Rotate re-authenticates and waits for the result: a new token from the
 // server (server mode) or a freshly made-up one (fixed mode). If an
-// authentication is already under way, Rotate waits for that one instead.
+// authentication is already under way, Rotate waits for it and then runs
+// its own, so the rotation is always announced.
 func (s *Service) Rotate(ctx context.Context) error {
 	s.mu.Lock()
 	if s.dev == nil {
@@ -264,15 +265,21 @@ func (s *Service) Rotate(ctx context.Context) error {
 		}
 	}
 	s.mu.Unlock()
-	run := s.startRun(false)
-	if run == nil {
-		return errors.New("service closed")
-	}
-	select {
-	case <-run.done:
-		return run.err
-	case <-ctx.Done():
-		return fmt.Errorf("waiting for authentication: %w", ctx.Err())
+	// A run already under way may have read the credentials before this
+	// rotation: wait for it, then run once more so the rotation shows.
+	for {
+		run, fresh := s.startRunFresh(false)
+		if run == nil {
+			return errors.New("service closed")
+		}
+		select {
+		case <-run.done:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for authentication: %w", ctx.Err())
+		}
+		if fresh {
+			return run.err
+		}
 	}
 }
 
@@ -353,13 +360,19 @@ func (s *Service) emit(token, url string) {
 // startRun joins the authentication under way or starts one; nil when
 // the service is closed.
 func (s *Service) startRun(fail bool) *authRun {
+	run, _ := s.startRunFresh(fail)
+	return run
+}
+
+// startRunFresh is startRun that also reports whether the run is a new one.
+func (s *Service) startRunFresh(fail bool) (*authRun, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return nil
+		return nil, false
 	}
 	if s.run != nil {
-		return s.run
+		return s.run, false
 	}
 	run := &authRun{done: make(chan struct{})}
 	s.run = run
@@ -373,7 +386,7 @@ func (s *Service) startRun(fail bool) *authRun {
 		s.mu.Unlock()
 		close(run.done)
 	}()
-	return run
+	return run, true
 }
 
 // authenticate obtains credentials and announces the result.
