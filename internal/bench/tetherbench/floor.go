@@ -16,14 +16,18 @@ import (
 // through a bare loopback websocket echo with a reader goroutine and a
 // channel on the measuring side, as the bench has.
 
+// ptyEchoFloor types into a bare pty whose slave side is read the way the
+// bench's shell reads it (non-canonical, one key at a time), so the floor
+// includes the reader's wake-up as the real echo does.
 func ptyEchoFloor(n int) (p50, p99 time.Duration, err error) {
-	cmd := exec.Command("sleep", "60")
+	cmd := exec.Command("/bin/sh", "-c", "stty -icanon; exec cat >/dev/null")
 	f, err := pty.Start(cmd)
 	if err != nil {
 		return 0, 0, err
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); f.Close() }()
 	buf := make([]byte, 64)
+	time.Sleep(100 * time.Millisecond) // let stty run first
 	rtts := make([]time.Duration, 0, n)
 	for i := 0; i < n; i++ {
 		t0 := time.Now()
