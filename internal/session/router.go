@@ -114,6 +114,7 @@ type Router struct {
 	bufs sync.Pool
 
 	malformedLog rateLimit
+	lastReap     time.Time // janitor only
 }
 
 // New builds a router that sends through mux.
@@ -283,6 +284,9 @@ func (r *Router) stopAllGrace(reason, notice string, grace time.Duration) {
 	}
 }
 
+// reapEvery is how often the janitor reaps adopted orphans.
+const reapEvery = 2 * time.Second
+
 // Run is the janitor: expiry, shell health pings, pong timeouts, control
 // session supervision and orphan reaping. It ends with ctx.
 func (r *Router) Run(ctx context.Context) {
@@ -321,7 +325,10 @@ func (r *Router) sweep(now time.Time) {
 		s.supervise(now)
 	}
 	r.superviseCtrl(now)
-	if r.opts.ReapOrphans {
+	// Reaping scans /proc; orphans are rare, so every couple of seconds
+	// is plenty even when the janitor ticks faster.
+	if r.opts.ReapOrphans && now.Sub(r.lastReap) >= reapEvery {
+		r.lastReap = now
 		shell.ReapOrphans(r.isShellPid)
 	}
 }
