@@ -63,9 +63,13 @@ func (r *reader) expect(s string) string {
 			r.t.Fatalf("timeout waiting for %q; got %q", s, r.buf.String())
 		}
 	}
-	out := r.buf.String()
+	// Keep what came after the match: it may already hold the start of
+	// the next expected output.
+	all := r.buf.String()
+	end := strings.Index(all, s) + len(s)
 	r.buf.Reset()
-	return out
+	r.buf.WriteString(all[end:])
+	return all[:end]
 }
 
 func start(t *testing.T, cols, rows uint16) (*Process, *reader) {
