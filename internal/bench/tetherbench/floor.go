@@ -1,10 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
+	"strings"
 	"time"
 
 	"github.com/creack/pty"
@@ -13,8 +17,8 @@ import (
 
 // The floors the echo round trip is made of, measured in the same run and
 // the same way: a key through a bare pty's line discipline, and a frame
-// through a bare loopback websocket echo with a reader goroutine and a
-// channel on the measuring side, as the bench has.
+// through a bare loopback websocket echo served by another process, with a
+// reader goroutine and a channel on the measuring side, as the bench has.
 
 // ptyEchoFloor types into a bare pty whose slave side is read the way the
 // bench's shell reads it (non-canonical, one key at a time), so the floor
@@ -43,12 +47,18 @@ func ptyEchoFloor(n int) (p50, p99 time.Duration, err error) {
 	return rtts[n/2], rtts[n*99/100], nil
 }
 
-func wsEchoFloor(n int) (p50, p99 time.Duration, err error) {
+// echoServerEnv makes the bench binary run as the websocket echo server
+// of the floor measurement, so that the floor, like the real echo, crosses
+// a process boundary (on a VM that wake-up is a large part of the cost).
+const echoServerEnv = "TETHERBENCH_ECHO_SERVER"
+
+// serveEcho runs the echo server: it prints its address and echoes every
+// message until stdin closes.
+func serveEcho() error {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return 0, 0, err
+		return err
 	}
-	defer l.Close()
 	up := websocket.Upgrader{}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := up.Upgrade(w, r, nil)
@@ -67,8 +77,35 @@ func wsEchoFloor(n int) (p50, p99 time.Duration, err error) {
 		}
 	})}
 	go func() { _ = srv.Serve(l) }()
-	defer srv.Close()
-	c, _, err := websocket.DefaultDialer.Dial(fmt.Sprintf("ws://%s/", l.Addr()), nil)
+	fmt.Println(l.Addr().String())
+	_, _ = io.Copy(io.Discard, os.Stdin) // until the parent goes away
+	return srv.Close()
+}
+
+func wsEchoFloor(n int) (p50, p99 time.Duration, err error) {
+	self, err := os.Executable()
+	if err != nil {
+		return 0, 0, err
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), echoServerEnv+"=1")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return 0, 0, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := cmd.Start(); err != nil {
+		return 0, 0, err
+	}
+	defer func() { stdin.Close(); _ = cmd.Wait() }()
+	addr, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		return 0, 0, fmt.Errorf("echo server: %w", err)
+	}
+	c, _, err := websocket.DefaultDialer.Dial("ws://"+strings.TrimSpace(addr)+"/", nil)
 	if err != nil {
 		return 0, 0, err
 	}

@@ -41,6 +41,13 @@ func main() {
 	keys := flag.Int("keys", 1000, "keystrokes for the echo round trip")
 	mb := flag.Int("mb", 256, "MiB of output for the throughput run")
 	flag.Parse()
+	if os.Getenv(echoServerEnv) == "1" {
+		if err := serveEcho(); err != nil {
+			fmt.Fprintln(os.Stderr, "tetherbench echo server:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(*bin, *keys, *mb); err != nil {
 		fmt.Fprintln(os.Stderr, "tetherbench:", err)
 		os.Exit(1)
@@ -253,7 +260,7 @@ func run(bin string, keys, mb int) error {
 		row("  floor: bare pty echo p50 / p99", fmtDur(f50)+" / "+fmtDur(f99), "same run")
 	}
 	if f50, f99, err := wsEchoFloor(keys); err == nil {
-		row("  floor: bare loopback websocket echo", fmtDur(f50)+" / "+fmtDur(f99), "same run")
+		row("  floor: websocket echo, other process", fmtDur(f50)+" / "+fmtDur(f99), "same run")
 	}
 
 	// The same next to a session flooding output.
