@@ -453,24 +453,23 @@ func (l *Link) readLoop(conn *websocket.Conn) error {
 			return fmt.Errorf("read message: %w", err)
 		}
 		buf = w.Bytes()
+		l.opts.Observer.FrameIn()
 		if n > limit {
 			skipped, err := io.Copy(io.Discard, r)
 			if err != nil {
 				return fmt.Errorf("discard oversized message: %w", err)
 			}
-			l.opts.Observer.FrameIn()
 			l.malformed(&wire.DecodeError{Kind: wire.MalformedOversized,
 				Err: fmt.Errorf("message of %d bytes exceeds the %d byte limit", n+skipped, limit)})
 			buf = make([]byte, 0, 4096) // do not keep an oversized buffer
 			continue
 		}
-		l.opts.Observer.FrameIn()
 		if typ != websocket.BinaryMessage && typ != websocket.TextMessage {
 			continue
 		}
-		// The router keeps parts of the message (the body) beyond this
-		// iteration, so decode from a private copy.
-		msg, err := wire.Unmarshal(bytes.Clone(buf))
+		// The decoded message owns its strings and body (the decoder
+		// copies them), so buf can be reused for the next frame.
+		msg, err := wire.Unmarshal(buf)
 		if err != nil {
 			var de *wire.DecodeError
 			if !errors.As(err, &de) {

@@ -43,7 +43,8 @@ func (e *DecodeError) Unwrap() error { return e.Err }
 
 // Unmarshal decodes one ProtoMsg leniently, as the server's peers produce
 // them: unknown keys are skipped, the body may be bin or str, integers may
-// use any width.
+// use any width. The message shares no memory with b, so the caller may
+// reuse b.
 func Unmarshal(b []byte) (*ProtoMsg, error) {
 	m := &ProtoMsg{}
 	if len(b) == 0 {

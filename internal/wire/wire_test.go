@@ -271,3 +271,21 @@ func FuzzUnmarshal(f *testing.F) {
 		}
 	})
 }
+
+// The link reuses its read buffer, so a decoded message must not alias it.
+func TestUnmarshalDoesNotAliasFrame(t *testing.T) {
+	frame := AppendShellOutput(nil, "sid-1", []byte("hello"))
+	m, err := Unmarshal(frame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range frame {
+		frame[i] = 'X'
+	}
+	if m.Header.SessionID != "sid-1" || string(m.Body) != "hello" || m.Header.MsgType != ShellData {
+		t.Fatalf("message changed with the frame: %+v %q", m.Header, m.Body)
+	}
+	if st, _ := m.Header.IntProp(PropStatus); st != StatusNormal {
+		t.Fatalf("status changed with the frame: %v", st)
+	}
+}
