@@ -229,18 +229,7 @@ func (us *userSession) serve(opts Options) {
 
 	us.dev.removeSession(us)
 	if us.terminalRunning.Load() && !us.deviceLeft.Load() {
-		stop := &wire.ProtoMsg{
-			Header: wire.Header{
-				Proto:     wire.ProtoShell,
-				MsgType:   wire.ShellStop,
-				SessionID: us.sid,
-				Properties: map[string]interface{}{
-					wire.PropStatus: wire.StatusError,
-					wire.PropUserID: us.userID,
-				},
-			},
-			Body: []byte(StopUserDisconnected),
-		}
+		stop := us.stopMessage(StopUserDisconnected)
 		if err := us.dev.Send(stop); err != nil {
 			us.log.Info("could not tell the device that the user left", "err", err)
 		}
@@ -348,10 +337,10 @@ func (us *userSession) fromDevice(m *wire.ProtoMsg) {
 	}
 }
 
-func (us *userSession) byteLimitExceeded() {
-	us.limitHit = true
-	us.log.Info("session byte limit exceeded", "recorded", us.recorded)
-	stop := &wire.ProtoMsg{
+// stopMessage is the shell stop the server sends the device on the user's
+// behalf, as the real server does.
+func (us *userSession) stopMessage(reason string) *wire.ProtoMsg {
+	return &wire.ProtoMsg{
 		Header: wire.Header{
 			Proto:     wire.ProtoShell,
 			MsgType:   wire.ShellStop,
@@ -361,8 +350,14 @@ func (us *userSession) byteLimitExceeded() {
 				wire.PropUserID: us.userID,
 			},
 		},
-		Body: []byte(StopByteLimit),
+		Body: []byte(reason),
 	}
+}
+
+func (us *userSession) byteLimitExceeded() {
+	us.limitHit = true
+	us.log.Info("session byte limit exceeded", "recorded", us.recorded)
+	stop := us.stopMessage(StopByteLimit)
 	if err := us.dev.Send(stop); err != nil {
 		us.log.Info("could not send the byte-limit stop", "err", err)
 	}
