@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/x509"
@@ -25,6 +24,8 @@ import (
 	"github.com/tether-agent/tether/internal/auth"
 	"github.com/tether-agent/tether/internal/dbustest"
 	"github.com/tether-agent/tether/internal/mockauth"
+
+	"github.com/tether-agent/tether/internal/syncbuf"
 )
 
 // binPath is the mock-authd binary built once for all tests.
@@ -57,27 +58,9 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// safeBuffer collects a process's stderr.
-type safeBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *safeBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *safeBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 type daemon struct {
 	cmd    *exec.Cmd
-	stderr *safeBuffer
+	stderr *syncbuf.Buffer
 	exited chan struct{}
 }
 
@@ -85,7 +68,7 @@ type daemon struct {
 // SIGTERM and must exit 0. Its log must never contain a token.
 func startDaemon(t *testing.T, cred *syscall.Credential, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{cmd: exec.Command(binPath, args...), stderr: &safeBuffer{}, exited: make(chan struct{})}
+	d := &daemon{cmd: exec.Command(binPath, args...), stderr: &syncbuf.Buffer{}, exited: make(chan struct{})}
 	d.cmd.Stderr = d.stderr
 	if cred != nil {
 		d.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}

@@ -17,6 +17,8 @@ import (
 
 	"github.com/tether-agent/tether/internal/auth"
 	"github.com/tether-agent/tether/internal/dbustest"
+
+	"github.com/tether-agent/tether/internal/syncbuf"
 )
 
 const policyFile = "io.mender.AuthenticationManager.conf"
@@ -137,7 +139,7 @@ func TestPolicyEnforced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr safeBuffer
+	var stderr syncbuf.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting unprivileged client: %v", err)

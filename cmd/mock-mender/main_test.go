@@ -28,6 +28,8 @@ import (
 
 	"github.com/tether-agent/tether/internal/mockserver"
 	"github.com/tether-agent/tether/internal/wire"
+
+	"github.com/tether-agent/tether/internal/syncbuf"
 )
 
 func buildBinary(t *testing.T) string {
@@ -51,7 +53,7 @@ func testCtx(t *testing.T) context.Context {
 func startServe(t *testing.T, bin string, args ...string) (*exec.Cmd, string) {
 	t.Helper()
 	cmd := exec.Command(bin, append([]string{"serve", "--listen", "127.0.0.1:0"}, args...)...)
-	cmd.Stderr = &lockedBuffer{}
+	cmd.Stderr = &syncbuf.Buffer{}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -65,7 +67,7 @@ func startServe(t *testing.T, bin string, args ...string) (*exec.Cmd, string) {
 			_ = cmd.Wait()
 		}
 		if t.Failed() {
-			t.Logf("serve stderr:\n%s", cmd.Stderr.(*lockedBuffer).String())
+			t.Logf("serve stderr:\n%s", cmd.Stderr.(*syncbuf.Buffer).String())
 		}
 	})
 	line := make(chan string, 1)
@@ -261,25 +263,8 @@ func (d *echoDevice) waitFor(t *testing.T, typ string) *wire.ProtoMsg {
 	}
 }
 
-// lockedBuffer collects output written by another goroutine.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *lockedBuffer) waitFor(t *testing.T, substr string) {
+// waitOutput waits until b holds substr.
+func waitOutput(t *testing.T, b *syncbuf.Buffer, substr string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(b.String(), substr) {
@@ -309,7 +294,7 @@ func TestAttachOnPty(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tty.Close()
-	var out lockedBuffer
+	var out syncbuf.Buffer
 	copied := make(chan struct{})
 	go func() {
 		defer close(copied)
@@ -346,7 +331,7 @@ func TestAttachOnPty(t *testing.T) {
 	if in := dev.waitFor(t, wire.ShellData); string(in.Body) != "hi~there\r" {
 		t.Errorf("device got %q", in.Body)
 	}
-	out.waitFor(t, "hi~there\r")
+	waitOutput(t, &out, "hi~there\r")
 
 	if err := pty.Setsize(tty, &pty.Winsize{Cols: 132, Rows: 50}); err != nil {
 		t.Fatal(err)
@@ -412,7 +397,7 @@ func TestAttachWithoutTtyEndsOnDeviceStop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out lockedBuffer
+	var out syncbuf.Buffer
 	cmd.Stdout = &out
 	cmd.Stderr = &out
 	if err := cmd.Start(); err != nil {
@@ -425,7 +410,7 @@ func TestAttachWithoutTtyEndsOnDeviceStop(t *testing.T) {
 	if _, err := io.WriteString(stdin, "ls\n"); err != nil {
 		t.Fatal(err)
 	}
-	out.waitFor(t, "ls\n")
+	waitOutput(t, &out, "ls\n")
 	dev.send(wire.ShellStop, nw.Header.SessionID, wire.StatusError, "read /dev/ptmx: input/output error")
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tether-agent/tether/internal/syncbuf"
 )
 
 // OpenPolicy lets every user connect, own any name, send and receive
@@ -84,7 +86,7 @@ type Bus struct {
 	stopOnce sync.Once
 	stopped  chan struct{}
 	drained  chan struct{}
-	stderr   *lockedBuffer
+	stderr   *syncbuf.Buffer
 }
 
 // Start starts a private dbus-daemon with an open policy and returns its
@@ -156,7 +158,7 @@ func StartBus(t testing.TB, opts Options) *Bus {
 	if err != nil {
 		t.Fatalf("dbustest: stdout pipe: %v", err)
 	}
-	stderr := &lockedBuffer{}
+	stderr := &syncbuf.Buffer{Max: 64 << 10} // bounded: a misbehaving daemon must not eat memory
 	cmd.Stdout = stdoutW
 	cmd.Stderr = stderr
 	err = cmd.Start()
@@ -221,25 +223,4 @@ func (b *Bus) Stderr() string { return b.stderr.String() }
 func xmlEscape(s string) string {
 	r := strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;", `"`, "&quot;", "'", "&apos;")
 	return r.Replace(s)
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	// Keep diagnostics bounded: a misbehaving daemon must not eat memory.
-	if l.buf.Len() < 64<<10 {
-		l.buf.Write(p)
-	}
-	return len(p), nil
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }

@@ -16,6 +16,8 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/tether-agent/tether/internal/mockauth"
+
+	"github.com/tether-agent/tether/internal/syncbuf"
 )
 
 // The auth service may come up after tether (boot order): tether must
@@ -64,7 +66,7 @@ func TestStaticAuthTokenFile(t *testing.T) {
 	e := &env{t: t}
 	e.ctx = context.Background()
 	e.jwts = map[string]string{}
-	e.log = &syncBuffer{}
+	e.log = &syncbuf.Buffer{}
 	e.startServer("127.0.0.1:0")
 	e.deviceID = "11111111-2222-4333-8444-555555555555"
 	if err := os.WriteFile(tokenFile, []byte(e.srv.IssueDeviceToken(e.deviceID)+"\n"), 0o600); err != nil {

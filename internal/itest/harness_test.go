@@ -17,7 +17,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,6 +26,8 @@ import (
 	"github.com/tether-agent/tether/internal/dbustest"
 	"github.com/tether-agent/tether/internal/mockauth"
 	"github.com/tether-agent/tether/internal/mockserver"
+
+	"github.com/tether-agent/tether/internal/syncbuf"
 )
 
 var tetherBin string
@@ -72,26 +73,9 @@ type env struct {
 	cfgPath  string
 	daemon   *exec.Cmd
 	exited   chan struct{}
-	log      *syncBuffer
+	log      *syncbuf.Buffer
 	jwts     map[string]string
 	extraEnv []string // for the daemon, e.g. NOTIFY_SOCKET
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // shellUser is nobody when the tests run as root (CI), so the shells'
@@ -113,7 +97,7 @@ func newEnv(t *testing.T, overrides map[string]interface{}, daemonEnv ...string)
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
-	e := &env{t: t, ctx: ctx, jwts: map[string]string{}, log: &syncBuffer{}, extraEnv: daemonEnv}
+	e := &env{t: t, ctx: ctx, jwts: map[string]string{}, log: &syncbuf.Buffer{}, extraEnv: daemonEnv}
 	e.bus = dbustest.Start(t)
 	e.startServer("127.0.0.1:0")
 	e.deviceID = "0f0e0d0c-0b0a-4908-8706-050403020100"

@@ -13,12 +13,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-agent/tether/internal/syncbuf"
 )
 
 // entry is one journal entry as the fake journald parsed it.
@@ -208,24 +209,6 @@ func (f *fakeJournald) none(t *testing.T) {
 	}
 }
 
-// syncBuffer is a goroutine-safe bytes.Buffer for fallback output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func journalLogger(t *testing.T, jd *fakeJournald, level string, w io.Writer) *slog.Logger {
 	t.Helper()
 	log, err := New(Options{Level: level, Journal: JournalOn, JournalSocket: jd.path, Writer: w})
@@ -239,7 +222,7 @@ func journalLogger(t *testing.T, jd *fakeJournald, level string, w io.Writer) *s
 // and closes and checks the fields an audit query relies on.
 func TestJournalSessionAudit(t *testing.T) {
 	jd := newJournald(t)
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	log := journalLogger(t, jd, "info", &stderr)
 
 	log.Info("session opened", KeyEvent, EventSessionOpen, KeySessionID, "0b5e6f4e-1", KeyUserID, "5a1e-user", KeyProto, "shell")
@@ -319,7 +302,7 @@ func TestJournalMultiline(t *testing.T) {
 
 func TestJournalHugeMessageUsesMemfd(t *testing.T) {
 	jd := newJournald(t)
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	log := journalLogger(t, jd, "info", &stderr)
 	huge := strings.Repeat("0123456789abcdef", 1<<16) // 1 MiB, beyond any datagram
 	log.Info(huge, "event", "big")
@@ -445,7 +428,7 @@ func TestJournalLevelVar(t *testing.T) {
 // to the journal again.
 func TestJournalFallback(t *testing.T) {
 	jd := newJournald(t)
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	log := journalLogger(t, jd, "info", &stderr)
 	log.Info("first")
 	jd.next(t)
@@ -492,7 +475,7 @@ func TestJournalNeverBlocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stuck.Close()
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	stream := slog.NewTextHandler(&stderr, nil)
 	h, err := newJournalHandler(path, "tether", slog.LevelInfo, stream)
 	if err != nil {
