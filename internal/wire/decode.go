@@ -75,7 +75,7 @@ func Unmarshal(b []byte) (*ProtoMsg, error) {
 	var typeErr error
 	haveHeader := false
 	for i := 0; i < n; i++ {
-		key, kerr, err := decodeString(d)
+		key, kerr, err := decodeString(v)
 		if err != nil {
 			return fail(MalformedSyntax, fmt.Errorf("message key: %w", err))
 		}
@@ -99,7 +99,7 @@ func Unmarshal(b []byte) (*ProtoMsg, error) {
 			}
 			haveHeader = herr == nil
 		case "body":
-			body, terr, err := decodeBytes(d)
+			body, terr, err := decodeBytes(v)
 			if err != nil {
 				return fail(MalformedSyntax, fmt.Errorf("body: %w", err))
 			}
@@ -148,7 +148,7 @@ func decodeHeader(v valueReader, h *Header) (typeErr, err error) {
 		}
 	}
 	for i := 0; i < n; i++ {
-		key, kerr, err := decodeString(d)
+		key, kerr, err := decodeString(v)
 		if err != nil {
 			return typeErr, err
 		}
@@ -182,14 +182,14 @@ func decodeHeader(v valueReader, h *Header) (typeErr, err error) {
 			}
 			h.Proto = p
 		case "typ":
-			s, terr, err := decodeString(d)
+			s, terr, err := decodeString(v)
 			if err != nil {
 				return typeErr, err
 			}
 			note(key, terr)
 			h.MsgType = s
 		case "sid":
-			s, terr, err := decodeString(d)
+			s, terr, err := decodeString(v)
 			if err != nil {
 				return typeErr, err
 			}
@@ -235,7 +235,8 @@ func toProto(v interface{}) (uint16, bool) {
 
 // decodeString reads a str, bin or nil value. A value of another type is
 // skipped and reported as typeErr.
-func decodeString(d *msgpack.Decoder) (s string, typeErr, err error) {
+func decodeString(v valueReader) (s string, typeErr, err error) {
+	d := v.d
 	c, err := d.PeekCode()
 	if err != nil {
 		return "", nil, err
@@ -244,15 +245,17 @@ func decodeString(d *msgpack.Decoder) (s string, typeErr, err error) {
 	case c == msgpcode.Nil:
 		return "", nil, d.DecodeNil()
 	case msgpcode.IsString(c), msgpcode.IsBin(c):
-		s, err := d.DecodeString()
-		return s, nil, err
+		b, err := v.raw()
+		return string(b), nil, err
 	}
-	return "", fmt.Errorf("msgpack code 0x%02x, not a string", c), d.Skip()
+	_, err = v.value(0, false)
+	return "", fmt.Errorf("msgpack code 0x%02x, not a string", c), err
 }
 
 // decodeBytes reads a bin, str or nil value: peers send terminal input as
 // str (the JS UI) or bin (Go clients).
-func decodeBytes(d *msgpack.Decoder) (b []byte, typeErr, err error) {
+func decodeBytes(v valueReader) (b []byte, typeErr, err error) {
+	d := v.d
 	c, err := d.PeekCode()
 	if err != nil {
 		return nil, nil, err
@@ -261,10 +264,11 @@ func decodeBytes(d *msgpack.Decoder) (b []byte, typeErr, err error) {
 	case c == msgpcode.Nil:
 		return nil, nil, d.DecodeNil()
 	case msgpcode.IsString(c), msgpcode.IsBin(c):
-		b, err := d.DecodeBytes()
+		b, err := v.raw()
 		return b, nil, err
 	}
-	return nil, fmt.Errorf("msgpack code 0x%02x, not bin or str", c), d.Skip()
+	_, err = v.value(0, false)
+	return nil, fmt.Errorf("msgpack code 0x%02x, not bin or str", c), err
 }
 
 func decodeProps(v valueReader) (props map[string]interface{}, typeErr, err error) {
@@ -286,7 +290,7 @@ func decodeProps(v valueReader) (props map[string]interface{}, typeErr, err erro
 	}
 	props = make(map[string]interface{}, n)
 	for i := 0; i < n; i++ {
-		k, kerr, err := decodeString(d)
+		k, kerr, err := decodeString(v)
 		if err != nil {
 			return nil, typeErr, err
 		}
@@ -329,6 +333,34 @@ func (v valueReader) mapLen() (int, error) {
 		return 0, io.ErrUnexpectedEOF
 	}
 	return n, nil
+}
+
+// raw reads a str or bin value, refusing a claimed length longer than what
+// is left of the frame before allocating anything.
+func (v valueReader) raw() ([]byte, error) {
+	n, err := v.d.DecodeBytesLen()
+	if err != nil || n < 0 {
+		return nil, err
+	}
+	if n > v.r.Len() {
+		return nil, io.ErrUnexpectedEOF
+	}
+	b := make([]byte, n)
+	_, err = io.ReadFull(v.r, b)
+	return b, err
+}
+
+// skipRaw skips a str or bin value after checking its claimed length.
+func (v valueReader) skipRaw() error {
+	n, err := v.d.DecodeBytesLen()
+	if err != nil || n < 0 {
+		return err
+	}
+	if n > v.r.Len() {
+		return io.ErrUnexpectedEOF
+	}
+	_, err = v.r.Seek(int64(n), io.SeekCurrent)
+	return err
 }
 
 // value reads one value; with keep it returns it (maps as
@@ -405,6 +437,15 @@ func (v valueReader) value(depth int, keep bool) (interface{}, error) {
 		}
 		_, err = v.r.Seek(int64(n), io.SeekCurrent)
 		return nil, err
+	case msgpcode.IsString(c) || msgpcode.IsBin(c):
+		if !keep {
+			return nil, v.skipRaw()
+		}
+		b, err := v.raw()
+		if msgpcode.IsString(c) {
+			return string(b), err
+		}
+		return b, err
 	case keep:
 		return v.d.DecodeInterface()
 	default:

@@ -197,6 +197,7 @@ func TestUnmarshalMalformed(t *testing.T) {
 		{"deeply nested unknown key", append(append([]byte("\x82\xa3hdr\x81\xa5proto\x01\xa1x"), bytes.Repeat([]byte{0x81, 0xa1, 'k'}, 1<<16)...), 1), MalformedSyntax, ""},
 		{"huge array claim", []byte("\x81\xa3hdr\x82\xa5proto\x01\xa5props\x81\xa1a\xdd\x30\x30\x30\x30"), MalformedTruncated, ""},
 		{"huge str claim", []byte("\x81\xa3hdr\x82\xa5proto\x01\xa3typ\xdb\x7f\xff\xff\xff"), MalformedTruncated, ""},
+		{"huge bin claim in props", []byte("\x81\xa3hdr\x82\xa5proto\x01\xa5props\x81\xa10\x93\xc6\xc6000"), MalformedTruncated, ""},
 		{"huge body claim", []byte("\x81\xa4body\xc6\x7f\xff\xff\xff"), MalformedTruncated, ""},
 	}
 	for _, tt := range tests {
