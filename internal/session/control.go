@@ -1,10 +1,14 @@
 package session
 
 import (
+	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
+	"github.com/tether-agent/tether/internal/link"
+	"github.com/tether-agent/tether/internal/proto"
 	"github.com/tether-agent/tether/internal/wire"
 )
 
@@ -18,40 +22,124 @@ const (
 )
 
 type ctrlSession struct {
+	sid    string
 	lastIn time.Time
 	pinged time.Time // zero unless a ping is outstanding
+
+	// The protocols' state in this session, opened on their first
+	// message; pmu orders Handle before Close so that no protocol sees a
+	// message after it was closed.
+	pmu    sync.Mutex
+	protos map[uint16]proto.Session
+	q      *link.Queue // the session's outbound frames, made on first use
+	ended  bool
 }
 
-// touchCtrl records inbound traffic on a router session, creating it.
-func (r *Router) touchCtrl(sid string) {
-	if sid == "" {
+// ctrlSender is a router session's proto.Sender.
+type ctrlSender struct{ q *link.Queue }
+
+func (s ctrlSender) Send(ctx context.Context, m *wire.ProtoMsg) error {
+	b, err := wire.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return s.q.Put(ctx, b)
+}
+
+// handle hands m to its protocol's session in c, opening it first. A
+// protocol that panics ends the router session with "internal error",
+// as upstream does, instead of taking the daemon down.
+func (r *Router) handleProto(c *ctrlSession, p proto.Protocol, m *wire.ProtoMsg) {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	if c.ended {
 		return
+	}
+	n := p.Number()
+	defer func() {
+		if v := recover(); v != nil {
+			r.log.Error("protocol handler panicked", "proto", wire.ProtoName(n), "session_id", c.sid, "panic", fmt.Sprint(v))
+			if ps := c.protos[n]; ps != nil {
+				delete(c.protos, n)
+				go ps.Close()
+			}
+			if c.sid != "" {
+				c.ended = true
+				r.endCtrl(c.sid)
+				r.sendControlError(c.sid, "internal error", true, nil)
+			}
+		}
+	}()
+	ps := c.protos[n]
+	if ps == nil {
+		if c.protos == nil {
+			c.protos = make(map[uint16]proto.Session)
+		}
+		if c.q == nil {
+			c.q = r.mux.NewQueue(r.opts.QueueLimit)
+		}
+		ps = p.Open(c.sid, ctrlSender{q: c.q})
+		c.protos[n] = ps
+	}
+	ps.Handle(m)
+}
+
+// closeProtos closes every protocol session of c and its queue. Frames
+// already queued (a last error, a stop) are still written.
+func (r *Router) closeProtos(c *ctrlSession) {
+	c.pmu.Lock()
+	protos, q := c.protos, c.q
+	c.protos, c.ended = nil, true
+	c.pmu.Unlock()
+	for _, ps := range protos {
+		ps.Close()
+	}
+	if q != nil {
+		q.Close()
+	}
+}
+
+// touchCtrl records inbound traffic on a router session, creating it, and
+// returns it (nil for the empty sid, which has no router session).
+func (r *Router) touchCtrl(sid string) *ctrlSession {
+	if sid == "" {
+		return nil
 	}
 	now := time.Now()
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if c, ok := r.ctrl[sid]; ok {
 		c.lastIn, c.pinged = now, time.Time{}
-		return
+		r.mu.Unlock()
+		return c
 	}
+	var evicted *ctrlSession
 	if len(r.ctrl) >= maxCtrlSessions {
 		// Bounded: garbage sids must not grow memory. Forget the stalest.
-		var oldest string
-		var t time.Time
-		for id, c := range r.ctrl {
-			if oldest == "" || c.lastIn.Before(t) {
-				oldest, t = id, c.lastIn
+		for _, c := range r.ctrl {
+			if evicted == nil || c.lastIn.Before(evicted.lastIn) {
+				evicted = c
 			}
 		}
-		delete(r.ctrl, oldest)
+		delete(r.ctrl, evicted.sid)
 	}
-	r.ctrl[sid] = &ctrlSession{lastIn: now}
+	c := &ctrlSession{sid: sid, lastIn: now}
+	r.ctrl[sid] = c
+	r.mu.Unlock()
+	if evicted != nil {
+		r.closeProtos(evicted)
+	}
+	return c
 }
 
+// endCtrl ends a router session and closes its protocols.
 func (r *Router) endCtrl(sid string) {
 	r.mu.Lock()
+	c := r.ctrl[sid]
 	delete(r.ctrl, sid)
 	r.mu.Unlock()
+	if c != nil {
+		go r.closeProtos(c)
+	}
 }
 
 func (r *Router) handleControl(m *wire.ProtoMsg) {
@@ -110,11 +198,13 @@ func (r *Router) handleControl(m *wire.ProtoMsg) {
 
 func (r *Router) superviseCtrl(now time.Time) {
 	var ping, timeout []string
+	var ended []*ctrlSession
 	r.mu.Lock()
 	for sid, c := range r.ctrl {
 		switch {
 		case !c.pinged.IsZero() && now.Sub(c.pinged) >= ctrlTimeoutAfter:
 			timeout = append(timeout, sid)
+			ended = append(ended, c)
 			delete(r.ctrl, sid)
 		case c.pinged.IsZero() && now.Sub(c.lastIn) >= ctrlPingAfter:
 			c.pinged = now
@@ -124,6 +214,9 @@ func (r *Router) superviseCtrl(now time.Time) {
 	r.mu.Unlock()
 	for _, sid := range ping {
 		r.send(&wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoControl, MsgType: wire.TypePing, SessionID: sid}})
+	}
+	for _, c := range ended {
+		r.closeProtos(c)
 	}
 	for _, sid := range timeout {
 		r.sendControlError(sid, "session timeout", true, nil)

@@ -11,11 +11,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/tether-agent/tether/internal/link"
+	"github.com/tether-agent/tether/internal/proto"
 	"github.com/tether-agent/tether/internal/shell"
 	"github.com/tether-agent/tether/internal/wire"
 )
@@ -67,14 +69,17 @@ type Options struct {
 	DefaultRows  uint16
 
 	TerminalDisabled bool
-	MaxPerUser       int
-	MaxTotal         int
-	EvictOldest      bool
-	IdleTimeout      time.Duration // 0 = off
-	AbsoluteTimeout  time.Duration // 0 = off
-	StopGrace        time.Duration
-	PingInterval     time.Duration
-	PongTimeout      time.Duration
+	// Protocols are the other protocols compiled in and enabled, served
+	// in router sessions by sid.
+	Protocols       []proto.Protocol
+	MaxPerUser      int
+	MaxTotal        int
+	EvictOldest     bool
+	IdleTimeout     time.Duration // 0 = off
+	AbsoluteTimeout time.Duration // 0 = off
+	StopGrace       time.Duration
+	PingInterval    time.Duration
+	PongTimeout     time.Duration
 
 	// QueueLimit bounds each session's outbound bytes (back-pressure).
 	QueueLimit int
@@ -97,6 +102,11 @@ type Router struct {
 	log  *slog.Logger
 	mux  *link.Mux
 	ctl  *link.Queue // replies that belong to no live shell session
+
+	protos map[uint16]proto.Protocol
+	// anon holds the protocol sessions of messages without a sid (the
+	// server sends Mender client commands so); they live until shutdown.
+	anon *ctrlSession
 
 	mu     sync.Mutex
 	shells map[string]*shellSession
@@ -134,14 +144,20 @@ func New(opts Options, mux *link.Mux) *Router {
 	if opts.ReadBuffer <= 0 {
 		opts.ReadBuffer = 32 << 10
 	}
-	return &Router{
+	r := &Router{
 		opts:   opts,
 		log:    opts.Log,
 		mux:    mux,
 		ctl:    mux.NewQueue(256 << 10),
+		protos: make(map[uint16]proto.Protocol),
+		anon:   &ctrlSession{},
 		shells: make(map[string]*shellSession),
 		ctrl:   make(map[string]*ctrlSession),
 	}
+	for _, p := range opts.Protocols {
+		r.protos[p.Number()] = p
+	}
+	return r
 }
 
 func (r *Router) getBuf() []byte {
@@ -190,12 +206,18 @@ func (r *Router) Sessions() []SessionInfo {
 	return out
 }
 
-// Protocols lists the enabled protocols for the control "accept".
+// Protocols lists the enabled protocols for the control "accept", in
+// upstream's order (clients only test membership).
 func (r *Router) Protocols() []uint16 {
-	if r.opts.TerminalDisabled {
-		return []uint16{}
+	out := []uint16{}
+	if !r.opts.TerminalDisabled {
+		out = append(out, wire.ProtoShell)
 	}
-	return []uint16{wire.ProtoShell}
+	for n := range r.protos {
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // HandleMessage dispatches one inbound message. Called by the link's read
@@ -211,8 +233,16 @@ func (r *Router) HandleMessage(m *wire.ProtoMsg) {
 	case wire.ProtoControl:
 		r.handleControl(m)
 	default:
-		r.touchCtrl(m.Header.SessionID)
-		r.sendControlError(m.Header.SessionID, fmt.Sprintf("no handler registered for protocol: 0x%04X", m.Header.Proto), false, &m.Header)
+		c := r.touchCtrl(m.Header.SessionID)
+		p := r.protos[m.Header.Proto]
+		if p == nil {
+			r.sendControlError(m.Header.SessionID, fmt.Sprintf("no handler registered for protocol: 0x%04X", m.Header.Proto), false, &m.Header)
+			return
+		}
+		if c == nil {
+			c = r.anon
+		}
+		r.handleProto(c, p, m)
 	}
 }
 
@@ -234,11 +264,15 @@ func (r *Router) HandleMalformed(de *wire.DecodeError) {
 // whose peers are gone end by health check or expiry.
 func (r *Router) LinkDown() {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.epoch++
 	// Router (control) sessions cannot survive a reconnect: the server
 	// gives every connection new ids.
+	ended := r.ctrl
 	r.ctrl = make(map[string]*ctrlSession)
+	r.mu.Unlock()
+	for _, c := range ended {
+		r.closeProtos(c)
+	}
 }
 
 // TokenCleared stops every shell: the device lost its authorization.
@@ -251,7 +285,13 @@ func (r *Router) TokenCleared() {
 func (r *Router) Shutdown(ctx context.Context, grace time.Duration) {
 	r.mu.Lock()
 	r.closed = true
+	ended := r.ctrl
+	r.ctrl = make(map[string]*ctrlSession)
 	r.mu.Unlock()
+	for _, c := range ended {
+		r.closeProtos(c)
+	}
+	r.closeProtos(r.anon)
 	r.stopAllGrace(ReasonShutdown, "device agent shutting down", grace)
 	done := make(chan struct{})
 	go func() {
