@@ -199,6 +199,8 @@ type echoDevice struct {
 	conn *websocket.Conn
 	recv chan *wire.ProtoMsg
 	mu   sync.Mutex
+	// refuse, when set, is the text of a status-2 reply to shell new.
+	refuse string
 }
 
 func startEchoDevice(t *testing.T, url, token string) *echoDevice {
@@ -224,6 +226,13 @@ func startEchoDevice(t *testing.T, url, token string) *echoDevice {
 			d.recv <- m
 			switch m.Header.MsgType {
 			case wire.ShellNew:
+				d.mu.Lock()
+				refuse := d.refuse
+				d.mu.Unlock()
+				if refuse != "" {
+					d.send(wire.ShellNew, m.Header.SessionID, wire.StatusError, refuse)
+					continue
+				}
 				d.send(wire.ShellNew, m.Header.SessionID, wire.StatusNormal, "Shell started")
 			case wire.ShellData:
 				d.send(wire.ShellData, m.Header.SessionID, wire.StatusNormal, string(m.Body))
@@ -424,6 +433,34 @@ func TestAttachWithoutTtyEndsOnDeviceStop(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "\r\n[shell stopped: read /dev/ptmx: input/output error]\r\n") {
 		t.Errorf("output %q", out.String())
+	}
+}
+
+// A refused terminal is reported as refused, with the device's text, and
+// attach fails: through the server's relay, read as mender-cli reads it.
+func TestAttachReportsRefusal(t *testing.T) {
+	bin := buildBinary(t)
+	s := mockserver.New(mockserver.Options{})
+	url, err := s.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	dev := startEchoDevice(t, url, s.IssueDeviceToken("dev-full"))
+	dev.mu.Lock()
+	dev.refuse = "user has too many open sessions"
+	dev.mu.Unlock()
+	if _, err := s.WaitDevice(testCtx(t), "dev-full"); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(testCtx(t), bin, "attach", "--server", url, "dev-full")
+	cmd.Stdin = strings.NewReader("")
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("attach to a refusing device exited 0; output %q", out)
+	}
+	if !strings.Contains(string(out), "user has too many open sessions") {
+		t.Fatalf("attach output %q lacks the device's refusal", out)
 	}
 }
 

@@ -174,7 +174,10 @@ func OpenTerminal(ctx context.Context, baseURL, userJWT, deviceID string, cols, 
 			if m.Header.Proto != wire.ProtoShell || m.Header.MsgType != wire.ShellNew {
 				continue
 			}
-			if st, _ := m.Header.IntProp(wire.PropStatus); st != wire.StatusNormal {
+			// Read the status as mender-cli does (cmd/terminal.go): a
+			// strict int64 assertion, where any other width counts as
+			// success. A device must write it as int64 to be understood.
+			if st, ok := m.Header.Properties[wire.PropStatus].(int64); ok && st == wire.StatusError {
 				_ = t.Close()
 				return nil, &ShellError{Message: string(m.Body)}
 			}

@@ -25,7 +25,7 @@ func AppendShellOutput(dst []byte, sid string, data []byte) []byte {
 	dst = appendStr(dst, "props")
 	dst = append(dst, 0x81)
 	dst = appendStr(dst, PropStatus)
-	dst = append(dst, StatusNormal)
+	dst = append(dst, 0xd3, 0, 0, 0, 0, 0, 0, 0, StatusNormal) // int64, as Marshal writes it
 	if len(data) == 0 {
 		dst[0] = 0x81
 		return dst

@@ -77,13 +77,47 @@ type ProtoMsg struct {
 	Body   []byte `msgpack:"body,omitempty"`
 }
 
-// Marshal encodes m exactly as the upstream Go library does.
+// Marshal encodes m as the upstream Go library does, except that every
+// integer property is written in msgpack's int64 form (d3): Go clients that
+// decode props into interface{} get the Go type that was encoded, and
+// mender-cli asserts status and timeout as int64 (a compact 02 decodes as
+// int8, and its refusal check then takes a refused terminal for a started
+// one). The server re-encodes what it relays with the type it decoded, so
+// int64 reaches the client through it.
 func Marshal(m *ProtoMsg) ([]byte, error) {
+	if p := int64Props(m.Header.Properties); p != nil {
+		c := *m
+		c.Header.Properties = p
+		m = &c
+	}
 	b, err := msgpack.Marshal(m)
 	if err != nil {
 		return nil, fmt.Errorf("encode protomsg proto=%d typ=%q: %w", m.Header.Proto, m.Header.MsgType, err)
 	}
 	return b, nil
+}
+
+// int64Props returns a copy of props with every integer value as int64, or
+// nil when there is nothing to change (the caller's map is never touched).
+func int64Props(props map[string]interface{}) map[string]interface{} {
+	var out map[string]interface{}
+	for k, v := range props {
+		n, ok := asInt64(v)
+		if !ok {
+			continue
+		}
+		if _, is64 := v.(int64); is64 {
+			continue
+		}
+		if out == nil {
+			out = make(map[string]interface{}, len(props))
+			for k2, v2 := range props {
+				out[k2] = v2
+			}
+		}
+		out[k] = n
+	}
+	return out
 }
 
 // ProtoName names a protocol number for logs and metrics labels.
@@ -111,6 +145,24 @@ func (h *Header) IntProp(key string) (int64, bool) {
 	if !ok {
 		return 0, false
 	}
+	if n, ok := asInt64(v); ok {
+		return n, true
+	}
+	switch n := v.(type) {
+	case float64:
+		if n == float64(int64(n)) {
+			return int64(n), true
+		}
+	case float32:
+		if n == float32(int64(n)) {
+			return int64(n), true
+		}
+	}
+	return 0, false
+}
+
+// asInt64 converts any Go integer type to int64 when it fits.
+func asInt64(v interface{}) (int64, bool) {
 	switch n := v.(type) {
 	case int8:
 		return int64(n), true
@@ -134,15 +186,10 @@ func (h *Header) IntProp(key string) (int64, bool) {
 		}
 		return int64(n), true
 	case uint:
+		if uint64(n) > 1<<63-1 {
+			return 0, false
+		}
 		return int64(n), true
-	case float64:
-		if n == float64(int64(n)) {
-			return int64(n), true
-		}
-	case float32:
-		if n == float32(int64(n)) {
-			return int64(n), true
-		}
 	}
 	return 0, false
 }

@@ -27,11 +27,13 @@ func TestMarshalMatchesSpecBytes(t *testing.T) {
 		hex  string
 	}{
 		{
+			// Upstream writes status as fixint 01 (PROTOCOL.md 2.1);
+			// tether writes int64 (d3), the form Go clients assert.
 			name: "shell output",
 			msg: ProtoMsg{Header: Header{Proto: ProtoShell, MsgType: ShellData, SessionID: "abc",
 				Properties: map[string]interface{}{PropStatus: StatusNormal}}, Body: []byte("ls\n")},
 			hex: "82 a3686472 84 a570726f746f cd0001 a3747970 a57368656c6c a3736964 a3616263" +
-				" a570726f7073 81 a6737461747573 01 a4626f6479 c403 6c730a",
+				" a570726f7073 81 a6737461747573 d30000000000000001 a4626f6479 c403 6c730a",
 		},
 		{
 			name: "control pong",
@@ -56,8 +58,8 @@ func TestMarshalMatchesSpecBytes(t *testing.T) {
 			}
 		})
 	}
-	if n := len(mustHex(t, tests[0].hex)); n != 58 {
-		t.Fatalf("spec says the shell output example is 58 bytes, vector has %d", n)
+	if n := len(mustHex(t, tests[0].hex)); n != 58+8 {
+		t.Fatalf("spec says the shell output example is 58 bytes (66 with an int64 status), vector has %d", n)
 	}
 	if n := len(mustHex(t, tests[1].hex)); n != 32 {
 		t.Fatalf("spec says the pong is 32 bytes, vector has %d", n)
@@ -288,5 +290,53 @@ func TestUnmarshalDoesNotAliasFrame(t *testing.T) {
 	}
 	if st, _ := m.Header.IntProp(PropStatus); st != StatusNormal {
 		t.Fatalf("status changed with the frame: %v", st)
+	}
+}
+
+// Go clients (mender-cli) decode props into interface{} and assert int64;
+// every integer property tether writes must decode so, whatever Go type it
+// was built with, and the caller's map must stay as it was.
+func TestIntegerPropsDecodeAsInt64(t *testing.T) {
+	type cliHeader struct {
+		Properties map[string]interface{} `msgpack:"props"`
+	}
+	type cliMsg struct {
+		Header cliHeader `msgpack:"hdr"`
+	}
+	props := map[string]interface{}{
+		PropStatus: StatusError, PropTimeout: 65, "i8": int8(-3), "u16": uint16(7), "u32": uint32(1 << 31),
+		PropOffset: int64(4096), PropUserID: "u", "neg": -1,
+	}
+	tests := []struct {
+		name  string
+		frame func(t *testing.T) []byte
+		want  map[string]int64
+	}{
+		{"marshal", func(t *testing.T) []byte {
+			b, err := Marshal(&ProtoMsg{Header: Header{Proto: ProtoShell, MsgType: ShellPing, SessionID: "s", Properties: props}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		}, map[string]int64{PropStatus: 2, PropTimeout: 65, "i8": -3, "u16": 7, "u32": 1 << 31, PropOffset: 4096, "neg": -1}},
+		{"shell output fast path", func(*testing.T) []byte { return AppendShellOutput(nil, "s", []byte("x")) },
+			map[string]int64{PropStatus: StatusNormal}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var m cliMsg
+			if err := msgpack.Unmarshal(tt.frame(t), &m); err != nil {
+				t.Fatal(err)
+			}
+			for k, want := range tt.want {
+				got, ok := m.Header.Properties[k].(int64)
+				if !ok || got != want {
+					t.Errorf("%s = %#v (%T), want int64 %d", k, m.Header.Properties[k], m.Header.Properties[k], want)
+				}
+			}
+		})
+	}
+	if _, ok := props[PropStatus].(int); !ok {
+		t.Fatal("Marshal changed the caller's props")
 	}
 }
