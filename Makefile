@@ -58,6 +58,7 @@ demo: setup build
 
 bench: setup build
 	$(GO) run ./internal/bench/tetherbench
+	$(GO) run ./internal/bench/fleetsim
 
 clean:
 	rm -rf bin dist build

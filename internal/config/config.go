@@ -131,10 +131,19 @@ type AuthConfig struct {
 	DBusAddress string
 }
 
-// ReconnectConfig is the exponential backoff (with jitter) between dials.
+// ReconnectConfig is the redial policy (internal/reconnect): exponential
+// backoff with full jitter between failed dials, a random delay before the
+// first redial after a drop, Retry-After obeyed.
 type ReconnectConfig struct {
 	BackoffBase Duration
-	BackoffMax  Duration
+	// BackoffMax caps every wait: after an outage the fleet is back
+	// within about this long of the server's return, and the returning
+	// server sees about fleet size ÷ BackoffMax dials a second.
+	BackoffMax Duration
+	// FirstJitter spreads the first redial after a long-lived link drops
+	// over [0, FirstJitter), so a server that sheds its sockets does not
+	// get them all back in the same instant.
+	FirstJitter Duration
 }
 
 // LinkConfig tunes the websocket.
@@ -228,7 +237,8 @@ func Default() *Config {
 		Auth: AuthConfig{Source: AuthSourceDBus},
 		Reconnect: ReconnectConfig{
 			BackoffBase: Duration(time.Second),
-			BackoffMax:  Duration(5 * time.Minute),
+			BackoffMax:  Duration(time.Minute),
+			FirstJitter: Duration(time.Second),
 		},
 		Link: LinkConfig{
 			PingInterval:   Duration(50 * time.Second),

@@ -61,6 +61,7 @@ func (c *Config) Validate(shellsFile string) error {
 	case r.BackoffMax.Duration() > 24*time.Hour:
 		add("Reconnect.BackoffMax", "%s is out of range (at most 24h)", r.BackoffMax)
 	}
+	checkDuration(add, "Reconnect.FirstJitter", r.FirstJitter, 0, 10*time.Minute)
 
 	l := c.Link
 	checkDuration(add, "Link.PingInterval", l.PingInterval, 10*time.Millisecond, time.Hour)

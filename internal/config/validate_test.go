@@ -109,6 +109,8 @@ func TestValidate(t *testing.T) {
 		{"backoff max below base", func(c *Config) { c.Reconnect.BackoffMax = Duration(500 * time.Millisecond) }, []string{"Reconnect.BackoffMax: 500ms must be at least Reconnect.BackoffBase (1s)"}},
 		{"backoff max above 24h", func(c *Config) { c.Reconnect.BackoffMax = Duration(25 * time.Hour) }, []string{"Reconnect.BackoffMax: 25h is out of range (at most 24h)"}},
 		{"backoff max equal base", func(c *Config) { c.Reconnect.BackoffMax = c.Reconnect.BackoffBase }, nil},
+		{"first jitter off", func(c *Config) { c.Reconnect.FirstJitter = 0 }, nil},
+		{"first jitter above 10m", func(c *Config) { c.Reconnect.FirstJitter = Duration(11 * time.Minute) }, []string{"Reconnect.FirstJitter: 11m is out of range (allowed 0s..10m)"}},
 
 		{"link ping low", func(c *Config) { c.Link.PingInterval = Duration(time.Millisecond) }, []string{"Link.PingInterval: 1ms is out of range (allowed 10ms..1h)"}},
 		{"link read timeout not above ping", func(c *Config) { c.Link.ReadTimeout = Duration(50 * time.Second) }, []string{"Link.ReadTimeout: 50s must be greater than Link.PingInterval (50s)"}},

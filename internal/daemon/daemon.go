@@ -101,6 +101,7 @@ func Run(ctx context.Context, o Options) error {
 		MaxMessageSize: cfg.Link.MaxMessageSize,
 		BackoffBase:    cfg.Reconnect.BackoffBase.Duration(),
 		BackoffMax:     cfg.Reconnect.BackoffMax.Duration(),
+		FirstJitter:    cfg.Reconnect.FirstJitter.Duration(),
 		Refresh:        src.Refresh,
 		Reader:         readerLoop,
 		Writer:         writerLoop,

@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
@@ -24,6 +23,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/tether-agent/tether/internal/auth"
+	"github.com/tether-agent/tether/internal/reconnect"
 	"github.com/tether-agent/tether/internal/wire"
 )
 
@@ -70,6 +70,7 @@ type Options struct {
 	MaxMessageSize int
 	BackoffBase    time.Duration
 	BackoffMax     time.Duration
+	FirstJitter    time.Duration // random delay before redialling after a long-lived link drops
 	// Refresh asks the auth service for a new token (after a 401).
 	Refresh func()
 	// Reader and Writer are health handles for the two loops; optional.
@@ -169,16 +170,18 @@ func (l *Link) Connected() (bool, time.Time) {
 	return l.connected, l.lastUp
 }
 
-// stableAfter is how long a connection must have lasted for the next
-// reconnect to go out at once; a server that accepts and drops at once is
-// backed off like one that refuses.
+// stableAfter is how long a connection must have lasted for its drop to be
+// a fresh start (a short random delay, then redial); a server that accepts
+// and drops at once is backed off like one that refuses.
 const stableAfter = 10 * time.Second
 
 // Run keeps the link up with the newest credentials until ctx ends.
 func (l *Link) Run(ctx context.Context, creds <-chan auth.Credentials) error {
 	l.parkLoops()
 	var cur auth.Credentials
-	attempt, dials := 0, 0
+	bo := reconnect.New(reconnect.Policy{Base: l.opts.BackoffBase, Max: l.opts.BackoffMax,
+		FirstJitter: l.opts.FirstJitter, StableAfter: stableAfter})
+	dials := 0
 	for {
 		if !cur.Authorized() {
 			l.opts.State(false, "waiting for authorization")
@@ -188,7 +191,6 @@ func (l *Link) Run(ctx context.Context, creds <-chan auth.Credentials) error {
 			}
 			continue
 		}
-		attempt++
 		if dials++; dials > 1 {
 			l.opts.Observer.LinkReconnect()
 		}
@@ -206,18 +208,18 @@ func (l *Link) Run(ctx context.Context, creds <-chan auth.Credentials) error {
 			}
 		}()
 		uptime, err := l.connectAndServe(connCtx, cur)
-		if uptime >= stableAfter {
-			attempt = 0
-		}
 		if connCtx.Err() == nil {
+			var wait time.Duration
 			if err != nil {
-				l.log.Warn("server connection failed", "error", err, "attempt", attempt)
+				wait = bo.AfterFailure(retryAfter(err))
+				l.log.Warn("server connection failed", "error", err, "attempt", bo.Attempt())
 				if isUnauthorized(err) {
 					l.opts.Refresh()
 				}
+			} else {
+				wait = bo.AfterLink(uptime)
 			}
-			if attempt > 0 {
-				wait := backoff(attempt, l.opts.BackoffBase, l.opts.BackoffMax)
+			if wait > 0 {
 				l.opts.State(false, fmt.Sprintf("reconnecting in %s", wait.Round(time.Millisecond)))
 				t := time.NewTimer(wait)
 				select {
@@ -231,7 +233,7 @@ func (l *Link) Run(ctx context.Context, creds <-chan auth.Credentials) error {
 		<-watcherDone
 		if next != nil {
 			cur = l.adopt(cur, *next)
-			attempt = 0
+			bo.Reset()
 		}
 		if ctx.Err() != nil {
 			return nil
@@ -284,32 +286,25 @@ func (l *Link) adopt(old, c auth.Credentials) auth.Credentials {
 }
 
 type statusError struct {
-	code int
-	err  error
+	code       int
+	retryAfter time.Duration // from a 503 or 429
+	err        error
 }
 
 func (e *statusError) Error() string { return e.err.Error() }
 func (e *statusError) Unwrap() error { return e.err }
 
+func retryAfter(err error) time.Duration {
+	var se *statusError
+	if errors.As(err, &se) {
+		return se.retryAfter
+	}
+	return 0
+}
+
 func isUnauthorized(err error) bool {
 	var se *statusError
 	return errors.As(err, &se) && se.code == http.StatusUnauthorized
-}
-
-// backoff is full jitter after the attempt-th consecutive failure:
-// uniform in [0, min(max, base·2^(attempt-1))).
-func backoff(attempt int, base, max time.Duration) time.Duration {
-	ceil := base
-	for i := 1; i < attempt && ceil < max; i++ {
-		ceil *= 2
-	}
-	if ceil > max {
-		ceil = max
-	}
-	if ceil <= 0 {
-		return 0
-	}
-	return time.Duration(rand.Int64N(int64(ceil)))
 }
 
 // connectAndServe dials and serves one connection. It returns how long the
@@ -325,7 +320,8 @@ func (l *Link) connectAndServe(ctx context.Context, c auth.Credentials) (time.Du
 		if resp != nil {
 			body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 			resp.Body.Close()
-			return 0, &statusError{code: resp.StatusCode, err: fmt.Errorf("dial %s: %s: %s", target, resp.Status, bytes.TrimSpace(body))}
+			return 0, &statusError{code: resp.StatusCode, retryAfter: reconnect.RetryAfter(resp.StatusCode, resp.Header, time.Now()),
+				err: fmt.Errorf("dial %s: %s: %s", target, resp.Status, bytes.TrimSpace(body))}
 		}
 		return 0, fmt.Errorf("dial %s: %w", target, err)
 	}

@@ -28,35 +28,6 @@ func TestDeviceURL(t *testing.T) {
 	}
 }
 
-func TestBackoffFullJitterBounds(t *testing.T) {
-	base, max := 100*time.Millisecond, time.Second
-	for attempt := 1; attempt <= 12; attempt++ {
-		ceil := base << (attempt - 1)
-		if ceil > max || ceil <= 0 {
-			ceil = max
-		}
-		var top time.Duration
-		for i := 0; i < 2000; i++ {
-			d := backoff(attempt, base, max)
-			if d < 0 || d >= ceil {
-				t.Fatalf("attempt %d: %v outside [0, %v)", attempt, d, ceil)
-			}
-			top = max64(top, d)
-		}
-		// Full jitter spreads over the whole range.
-		if top < ceil*8/10 {
-			t.Fatalf("attempt %d: largest of 2000 draws %v, ceiling %v: not full jitter", attempt, top, ceil)
-		}
-	}
-}
-
-func max64(a, b time.Duration) time.Duration {
-	if a > b {
-		return a
-	}
-	return b
-}
-
 func TestMuxRoundRobinAndBackPressure(t *testing.T) {
 	m := NewMux()
 	flood, echo := m.NewQueue(100), m.NewQueue(100)
