@@ -50,8 +50,9 @@ systemd-check:
 check: setup lint unit fuzz systemd-check layers-check
 
 # test: the whole suite, as CI runs it: check, the static cross builds with
-# their ELF, reproducibility and size checks, then the QEMU guests.
-test: check cross-check hil
+# their ELF, reproducibility and size checks, the container image, then the
+# QEMU guests.
+test: check cross-check container-test hil
 
 demo: setup build
 	@bash scripts/demo.sh

@@ -9,7 +9,7 @@
 #
 # CONTAINER_ENGINE=docker builds with BuildKit instead of podman.
 
-.PHONY: container container-images container-setup container-lint container-test
+.PHONY: container container-images container-platforms container-setup container-lint container-test
 
 CONTAINER_BUILD    ?= build/container
 CONTAINER_TAG      ?= tether:dev
@@ -25,6 +25,10 @@ CONTAINER_PLATFORM ?= linux/$(shell $(GO) env GOARCH)$(if $(filter arm,$(shell $
 CONTAINER_PLATFORMS ?= $(filter-out linux/riscv64,$(CROSS_PLATFORMS))
 
 container_word = $(word $(2),$(subst /, ,$(1)))
+
+# The comma-separated list for `docker buildx build -f Dockerfile.cross --platform`.
+container-platforms:
+	@echo $(CONTAINER_PLATFORMS) | tr ' ' ,
 
 container-setup:
 	@bash scripts/setup.sh podman runc

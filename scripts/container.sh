@@ -76,7 +76,9 @@ fetch_busybox() {
         -o Dir::State::status=/dev/null)
       "${apt[@]}" update || die "apt-get update for $arch failed"
     fi
+    # Lists may be missing or stale on a machine that was set up long ago.
     (cd "$dir" && "${apt[@]}" download "busybox-static:$arch") ||
+      { [ "$(id -u)" -eq 0 ] && "${apt[@]}" update && (cd "$dir" && "${apt[@]}" download "busybox-static:$arch"); } ||
       die "cannot download busybox-static:$arch (run apt-get update, or pass BUSYBOX=)"
     dpkg-deb -x "$dir"/busybox-static_*.deb "$dir/root"
   fi

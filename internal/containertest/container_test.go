@@ -568,3 +568,40 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// Dockerfile.cross builds the same image in one step where a registry is
+// at hand; it cannot run here, but its runtime stage must say what the
+// Containerfile says, instruction for instruction, from ARG VERSION on.
+func TestDockerfileCrossMatchesContainerfile(t *testing.T) {
+	root := repoRoot(t)
+	tail := func(name, stage string) []string {
+		b, err := os.ReadFile(filepath.Join(root, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := string(b)
+		if stage != "" {
+			i := strings.Index(text, stage)
+			if i < 0 {
+				t.Fatalf("%s has no %q", name, stage)
+			}
+			text = text[i:]
+		}
+		i := strings.Index(text, "\nARG VERSION=")
+		if i < 0 {
+			t.Fatalf("%s has no ARG VERSION", name)
+		}
+		var lines []string
+		for _, l := range strings.Split(text[i:], "\n") {
+			if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+				lines = append(lines, l)
+			}
+		}
+		return lines
+	}
+	want, got := tail("Containerfile", ""), tail("Dockerfile.cross", "FROM scratch AS runtime")
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("Dockerfile.cross's runtime stage differs from Containerfile:\n%s\nwant:\n%s",
+			strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
