@@ -81,7 +81,9 @@ func TestValidate(t *testing.T) {
 
 		{"server URL scheme", func(c *Config) { c.Auth.Source, c.ServerURL, c.Auth.Token = AuthSourceStatic, "ftp://example.com", "t" }, []string{`ServerURL: "ftp://example.com" must be an http, https, ws or wss URL with a host`}},
 		{"server URL no host", func(c *Config) { c.Auth.Source, c.ServerURL, c.Auth.Token = AuthSourceStatic, "hosted.mender.io", "t" }, []string{`ServerURL: "hosted.mender.io" must be`}},
-		{"server URL ok", func(c *Config) { c.Auth.Source, c.ServerURL, c.Auth.Token = AuthSourceStatic, "wss://127.0.0.1:8443/prefix", "t" }, nil},
+		{"server URL ok", func(c *Config) {
+			c.Auth.Source, c.ServerURL, c.Auth.Token = AuthSourceStatic, "wss://127.0.0.1:8443/prefix", "t"
+		}, nil},
 		// Upstream's deprecated ServerURL means nothing with the dbus source.
 		{"server URL unread with dbus", func(c *Config) { c.ServerURL = "hosted.mender.io" }, nil},
 		{"CA file missing", func(c *Config) { c.Link.CAFile = missing }, []string{"Link.CAFile: open " + missing}},
