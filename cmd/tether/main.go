@@ -79,12 +79,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	// Commands take no arguments; -h/--help after any of them asks for
 	// the usage rather than running it.
-	for _, a := range fs.Args()[min(1, fs.NArg()):] {
-		switch a {
-		case "-h", "--help", "-help", "help":
-			return help()
+	if fs.NArg() > 1 {
+		for _, a := range fs.Args()[1:] {
+			switch a {
+			case "-h", "--help", "-help", "help":
+				return help()
+			}
 		}
-		fmt.Fprintf(stderr, "tether: %s takes no arguments, got %q (global options go before the command; see tether --help)\n", cmd, a)
+		fmt.Fprintf(stderr, "tether: %s takes no arguments, got %q (global options go before the command; see tether --help)\n", cmd, fs.Arg(1))
 		return 1
 	}
 	switch cmd {
