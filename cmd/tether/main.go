@@ -63,9 +63,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	for _, n := range []string{"version", "v"} {
 		fs.BoolVar(&showVersion, n, false, "")
 	}
+	help := func() int {
+		fmt.Fprintf(stdout, usage, config.DefaultPath, config.DefaultFallbackPath)
+		return 0
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return 0
+			return help()
 		}
 		return 1
 	}
@@ -73,13 +77,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if showVersion {
 		cmd = "version"
 	}
+	// Commands take no arguments; -h/--help after any of them asks for
+	// the usage rather than running it.
+	if fs.NArg() > 1 {
+		for _, a := range fs.Args()[1:] {
+			switch a {
+			case "-h", "--help", "-help", "help":
+				return help()
+			}
+		}
+		fmt.Fprintf(stderr, "tether: %s takes no arguments, got %q (global options go before the command; see tether --help)\n", cmd, fs.Arg(1))
+		return 1
+	}
 	switch cmd {
 	case "version":
 		fmt.Fprintf(stdout, "%s\truntime: %s\n", version.Version, version.GoVersion())
 		return 0
 	case "help", "h":
-		fs.Usage()
-		return 0
+		return help()
 	case "check-config":
 		return checkConfig(path, fallback, stdout, stderr)
 	case "daemon":

@@ -272,7 +272,9 @@ func (s *Server) Close() error {
 		<-serveDone
 	}
 	for _, d := range conns {
-		_ = d.Close()
+		// A normal shutdown: the device should reconnect later, not
+		// report a server error.
+		_ = d.closeWith(websocket.CloseGoingAway, "server shutting down")
 	}
 	s.wg.Wait()
 	return err
