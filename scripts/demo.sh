@@ -52,8 +52,9 @@ for _ in $(seq 100); do [ -S "$work/bus.sock" ] && break; sleep 0.05; done
   --login-link admin@tether.local >"$work/server.out" 2>"$work/server.log" &
 pids+=($!)
 # serve prints its URL, then the login link, once it listens.
-for _ in $(seq 100); do [ "$(wc -l <"$work/server.out")" -ge 2 ] && break; sleep 0.05; done
-link=$(sed -n 2p "$work/server.out")
+for _ in $(seq 100); do [ -f "$work/server.out" ] && [ "$(wc -l <"$work/server.out")" -ge 2 ] && break; sleep 0.05; done
+link=$(sed -n 2p "$work/server.out" 2>/dev/null)
+[ -n "$link" ] || { echo "demo: the mock server did not start:" >&2; cat "$work/server.log" >&2; exit 1; }
 
 "$bin/mock-authd" --bus-address "$bus" --server "$server" --control "$work/authd.sock" >"$work/authd.log" 2>&1 &
 pids+=($!)
