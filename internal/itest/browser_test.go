@@ -250,7 +250,16 @@ func TestBrowserConsole(t *testing.T) {
 	t1.waitLine(fmt.Sprintf("%d %d", rows, cols))
 	t.Logf("terminal %dx%d, resized to %dx%d", cols0, rows0, cols, rows)
 
-	// A live terminal for the README and the test's artifacts.
+	// Up to the limit, then the device's refusal on the page.
+	t2 := launch(t, ctx, e.deviceID)
+	t2.waitState("connected")
+	t3 := launch(t, ctx, e.deviceID)
+	if st := t3.waitState("refused"); !strings.Contains(st, "user has too many open sessions") {
+		t.Fatalf("refused session's status line %q", st)
+	}
+
+	// A live terminal, beside the other two tabs, for the README and the
+	// test's artifacts.
 	t1.typeKeys("uname -s; id -un; echo $TERM\n")
 	t1.waitLine(shellUser(t))
 	var png []byte
@@ -260,14 +269,6 @@ func TestBrowserConsole(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("screenshot: %s (%d bytes)", shot, len(png))
-
-	// Up to the limit, then the device's refusal on the page.
-	t2 := launch(t, ctx, e.deviceID)
-	t2.waitState("connected")
-	t3 := launch(t, ctx, e.deviceID)
-	if st := t3.waitState("refused"); !strings.Contains(st, "user has too many open sessions") {
-		t.Fatalf("refused session's status line %q", st)
-	}
 
 	// Closing one terminal ends its shell, down to a stubborn background
 	// job, and leaves the other one alone.
