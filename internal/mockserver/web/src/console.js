@@ -148,6 +148,7 @@ class BaseTab {
     this.dot.className = "dot " + state;
     this.statusEl.className = "status-text " + state;
     this.statusEl.textContent = text;
+    this.statusEl.title = text;
   }
 
   shown() {}
@@ -316,9 +317,9 @@ class TerminalTab extends BaseTab {
       }
       case "stop":
         if (status === STATUS_ERROR && m.body.length > 0) {
-          this.end("ended", "Session ended by the device: " + bodyText(m.body));
+          this.end("ended", "Session ended: " + bodyText(m.body));
         } else {
-          this.end("ended", "Session ended by the device.");
+          this.end("ended", "Session ended.");
         }
         break;
       default:
