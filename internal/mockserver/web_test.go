@@ -1,6 +1,7 @@
 package mockserver
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -190,5 +191,36 @@ func TestWebsocketOrigin(t *testing.T) {
 				t.Fatalf("response %v (err %v), want %d", resp, err, tc.want)
 			}
 		})
+	}
+}
+
+// The console's "last seen" is the status's updated_ts: it moves when the
+// device's websocket goes down.
+func TestDeviceStatusUpdatedAtDisconnect(t *testing.T) {
+	s, base := startServer(t, Options{})
+	fd := startFakeDevice(t, base, s.IssueDeviceToken("dev-a"))
+	ctx := testCtx(t)
+	d, err := s.WaitDevice(ctx, "dev-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	userTok := login(t, base)
+	before, err := DeviceStatus(ctx, base, userTok, "dev-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropped := time.Now()
+	fd.close()
+	<-d.Done()
+	var st struct {
+		Status    string    `json:"status"`
+		UpdatedTS time.Time `json:"updated_ts"`
+	}
+	status, _, body := httpDo(t, http.MethodGet, base+DeviceConnectMgmtDir+"dev-a", nil, http.Header{"Authorization": {"Bearer " + userTok}})
+	if err := json.Unmarshal([]byte(body), &st); err != nil || status != http.StatusOK {
+		t.Fatalf("%d %s: %v", status, body, err)
+	}
+	if st.Status != "disconnected" || st.UpdatedTS.Before(dropped) {
+		t.Fatalf("after the drop at %v: %+v (connected status was %+v)", dropped, st, before)
 	}
 }
