@@ -15,6 +15,8 @@ import (
 	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
+
+	"github.com/tether-agent/tether/internal/mockserver"
 )
 
 // newBrowser starts Debian's headless Chromium with a fresh profile and
@@ -292,4 +294,55 @@ func TestBrowserConsole(t *testing.T) {
 		live, zombies := e.children()
 		return len(live) == 0 && len(zombies) == 0
 	})
+}
+
+// openConsole starts a browser, logs in with the filled-in demo user and
+// waits for the device to show as connected.
+func openConsole(t *testing.T, e *env) context.Context {
+	t.Helper()
+	ctx := newBrowser(t, e.ctx)
+	browse(t, ctx, "log in",
+		chromedp.Navigate(e.url+"/"),
+		chromedp.WaitVisible("#login", chromedp.ByID),
+		chromedp.Click("#login button", chromedp.ByQuery),
+		chromedp.WaitVisible(fmt.Sprintf(`.device[data-device=%q][data-status="connected"] button.launch:not([disabled])`, e.deviceID), chromedp.ByQuery))
+	return ctx
+}
+
+// Every way a session ends is told on the page in words, with the
+// device's (or the server's) own text.
+func TestBrowserSessionEnd(t *testing.T) {
+	tests := []struct {
+		name     string
+		sessions map[string]interface{}
+		end      func(d *mockserver.Device, term consoleTerm)
+		want     string
+	}{
+		{"shell exits", nil,
+			func(_ *mockserver.Device, term consoleTerm) { term.typeKeys("exit 3\n") },
+			"Session ended: shell exited: exit status 3"},
+		{"idle expiry", map[string]interface{}{"ExpireAfterIdle": 1},
+			func(*mockserver.Device, consoleTerm) {},
+			"Session ended: session expired: idle for 1s"},
+		{"device drops off", nil,
+			func(d *mockserver.Device, _ consoleTerm) { _ = d.Close() },
+			"Session ended: device disconnected"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sessions := map[string]interface{}{"StopGrace": "200ms"}
+			for k, v := range tc.sessions {
+				sessions[k] = v
+			}
+			e := newEnv(t, map[string]interface{}{"Sessions": sessions})
+			d := e.waitDevice()
+			ctx := openConsole(t, e)
+			term := launch(t, ctx, e.deviceID)
+			term.waitState("connected")
+			tc.end(d, term)
+			if st := term.waitState("ended"); st != tc.want {
+				t.Fatalf("status line %q, want %q", st, tc.want)
+			}
+		})
+	}
 }
