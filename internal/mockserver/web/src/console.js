@@ -16,8 +16,10 @@ const API = {
 };
 
 const POLL_MS = 2000;
-// How long the page waits for the device's first shell ping before it
-// calls the session dead, as the Mender UI does (PROTOCOL.md 2.4).
+// How long the page waits for the next shell ping when the device's ping
+// names no timeout (PROTOCOL.md 2.4). The wait is armed by the first ping,
+// not at the start as in the Mender UI: tether's ping interval is
+// configurable and may be longer than upstream's 60 s.
 const HEALTH_MS = 65000;
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -294,7 +296,6 @@ class TerminalTab extends BaseTab {
           this.sid = m.sid;
           this.started = true;
           this.setStatus("connected", "Connected: " + (bodyText(m.body) || "shell started"));
-          this.armHealth(HEALTH_MS);
           // The size may have changed while the shell was starting.
           this.send("resize", { terminal_width: this.term.cols, terminal_height: this.term.rows });
           this.term.focus();
