@@ -346,3 +346,22 @@ func TestBrowserSessionEnd(t *testing.T) {
 		})
 	}
 }
+
+// The page answers the device's shell pings: a session outlives many pong
+// timeouts.
+func TestBrowserAnswersShellPings(t *testing.T) {
+	e := newEnv(t, map[string]interface{}{
+		"Sessions": map[string]interface{}{"PingInterval": "100ms", "PongTimeout": "1s", "StopGrace": "200ms"},
+	})
+	e.waitDevice()
+	ctx := openConsole(t, e)
+	term := launch(t, ctx, e.deviceID)
+	term.waitState("connected")
+	// Three pong timeouts, i.e. thirty pings to answer.
+	time.Sleep(3 * time.Second)
+	term.typeKeys("echo alive-$((40+2))\n")
+	term.waitLine("alive-42")
+	if st := term.waitState("connected"); !strings.HasPrefix(st, "Connected") {
+		t.Fatalf("status line %q", st)
+	}
+}
