@@ -9,6 +9,11 @@ command -v make >/dev/null || need+=(make)
 command -v ps >/dev/null || need+=(procps)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v tmux >/dev/null || need+=(tmux)
+# The web console's bundle check (npm) and its browser tests (chromium, and
+# a monospace font for readable screenshots).
+command -v npm >/dev/null || need+=(npm)
+command -v chromium >/dev/null || need+=(chromium)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf ] || need+=(fonts-dejavu-core)
 for extra in "$@"; do
   dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra")
 done

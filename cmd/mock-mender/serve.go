@@ -30,6 +30,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	byteLimit := fs.Int64("session-byte-limit", mockserver.DefaultSessionByteLimit, "terminal output per user session before the server stops it (<0: unlimited)")
 	lifetime := fs.Duration("token-lifetime", mockserver.DefaultTokenLifetime, "validity of issued tokens")
 	strict := fs.Bool("strict", false, "close a device connection on an undecodable frame, like the real server")
+	loginLink := fs.String("login-link", "", "print a one-time link that logs a browser into the web console as this user, on a second line of stdout")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -65,11 +66,20 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	})
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	var link string
+	if *loginLink != "" {
+		if link, err = s.LoginLink(*loginLink); err != nil {
+			return fmt.Errorf("--login-link: %w", err)
+		}
+	}
 	url, err := s.Start(*listen)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintln(stdout, url)
+	if link != "" {
+		fmt.Fprintln(stdout, url+link)
+	}
 	<-ctx.Done()
 	log.Info("shutting down")
 	return s.Close()

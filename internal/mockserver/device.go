@@ -238,6 +238,9 @@ func (d *Device) serve() {
 	d.s.mu.Lock()
 	if d.s.conns[d.id] == d {
 		delete(d.s.conns, d.id)
+		if rec := d.s.devices[d.id]; rec != nil {
+			rec.left = time.Now()
+		}
 	}
 	d.s.notifyLocked()
 	d.s.mu.Unlock()
