@@ -5,6 +5,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/tether-agent/tether/internal/logging"
 	"github.com/tether-agent/tether/internal/wire"
 )
 
@@ -24,7 +25,9 @@ type ctrlSession struct {
 
 // touchCtrl records inbound traffic on a router session, creating it.
 func (r *Router) touchCtrl(sid string) {
-	if sid == "" {
+	if sid == "" || len(sid) > maxIDLen {
+		// The length bound also bounds the table's bytes, not only its
+		// entries: at most maxCtrlSessions × maxIDLen of ids.
 		return
 	}
 	now := time.Now()
@@ -96,10 +99,16 @@ func (r *Router) handleControl(m *wire.ProtoMsg) {
 	case wire.TypeError:
 		var e wire.ErrorBody
 		if err := wire.DecodeBody(m.Body, &e); err != nil {
-			r.log.Warn("undecodable control error from server", "session_id", sid, "error", err)
+			if r.plog.ctrlError.allow(time.Now()) {
+				r.log.Warn("undecodable control error from server", "session_id", sid, "error", err,
+					"suppressed", r.plog.ctrlError.takeSuppressed())
+			}
 			return
 		}
-		r.log.Warn("control error from server", "session_id", sid, "error", e.Error, "close", e.Close)
+		if r.plog.ctrlError.allow(time.Now()) {
+			r.log.Warn("control error from server", "session_id", sid, "error", logging.Clip(e.Error), "close", e.Close,
+				"suppressed", r.plog.ctrlError.takeSuppressed())
+		}
 		if e.Close {
 			r.endCtrl(sid)
 		}
