@@ -125,7 +125,7 @@ func runDaemon(path, fallback string, debug, trace bool, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "tether: logging:", lerr)
 		return 1
 	}
-	for _, w := range warnings {
+	for _, w := range append(warnings, config.PermissionWarnings(config.LoadOptions{Path: path, FallbackPath: fallback})...) {
 		log.Warn(w)
 	}
 	if err != nil {

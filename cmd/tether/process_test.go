@@ -1,7 +1,11 @@
 package main
 
 import (
+	"bytes"
+	"os"
+	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -65,5 +69,25 @@ func TestSetMemoryLimit(t *testing.T) {
 				t.Fatalf("runtime limit %d, reported %d", got, limit)
 			}
 		})
+	}
+}
+
+// The daemon warns at start of a configuration file that exposes the
+// token (the configuration is invalid here, so it goes no further).
+func TestDaemonWarnsOfReadableTokenFile(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "tether.conf")
+	if err := os.WriteFile(p, []byte(`{"User":"nobody","Sessions":{"MaxTotal":0},"Auth":{"Source":"static","Token":"s3cr3t"}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"-c", p, "-b", filepath.Join(dir, "none.conf"), "daemon"}, &stdout, &stderr); code != 1 {
+		t.Fatalf("exit %d", code)
+	}
+	if out := stderr.String(); !strings.Contains(out, "holds Auth.Token and is readable by other users") || strings.Contains(out, "s3cr3t") {
+		t.Fatalf("stderr:\n%s", out)
 	}
 }
