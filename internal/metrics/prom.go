@@ -383,4 +383,3 @@ func (m *Metrics) metricsHandler() http.Handler {
 		}
 	})
 }
-
