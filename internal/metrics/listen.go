@@ -1,3 +1,5 @@
+//go:build !nometrics
+
 package metrics
 
 import (
@@ -9,14 +11,6 @@ import (
 	"strconv"
 	"strings"
 )
-
-// Endpoint says where the metrics endpoint listens.
-type Endpoint struct {
-	// Listen is host:port (a bare port means 127.0.0.1), or unix:/path.
-	Listen string
-	// SocketMode is a unix socket's mode; 0 means 0600.
-	SocketMode os.FileMode
-}
 
 const unixPrefix = "unix:"
 
