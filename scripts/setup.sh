@@ -30,5 +30,15 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
+# The packaged configuration (systemd/tether.conf) names the dedicated
+# shell account; its test loads it, and loading checks the account exists.
+if ! id tether-shell >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  echo "setup: creating the system account tether-shell"
+  $sudo useradd --system --home-dir /var/lib/tether-shell --create-home --shell /bin/sh \
+    --comment "tether remote shells" tether-shell
+fi
+
 command -v go >/dev/null || { echo "setup: Go is required (https://go.dev/doc/install)" >&2; exit 1; }
 go mod download

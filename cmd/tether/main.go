@@ -3,14 +3,11 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/tether-agent/tether/internal/config"
 	"github.com/tether-agent/tether/internal/daemon"
@@ -143,14 +140,20 @@ func runDaemon(path, fallback string, debug, trace bool, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "tether: logging:", lerr)
 		return 1
 	}
-	for _, w := range warnings {
+	for _, w := range append(warnings, config.PermissionWarnings(config.LoadOptions{Path: path, FallbackPath: fallback})...) {
 		log.Warn(w)
 	}
 	if err != nil {
 		log.Error("configuration is invalid; not starting", "error", err)
 		return 1
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	if err := closeInheritedFDs(); err != nil {
+		log.Error("cannot keep inherited descriptors from the shells; not starting", "error", err)
+		return 1
+	}
+	limit, source := setMemoryLimit()
+	log.Debug("Go memory limit", "bytes", limit, "from", source)
+	ctx, stop := stopContext(log)
 	defer stop()
 	if err := daemon.Run(ctx, daemon.Options{Config: cfg, Log: log, Version: version.Version, Subreaper: true}); err != nil {
 		log.Error("tether failed", "error", err)

@@ -169,10 +169,13 @@ type LinkConfig struct {
 
 // MetricsConfig is the Prometheus endpoint.
 type MetricsConfig struct {
-	// Listen is host:port; empty disables the endpoint.
+	// Listen is host:port, or unix:/path for a unix socket; empty
+	// disables the endpoint.
 	Listen string
 	// AllowNonLoopback permits a Listen host other than a loopback address.
 	AllowNonLoopback bool
+	// SocketMode is the octal mode of a unix socket; "" = 0600.
+	SocketMode string
 }
 
 // LogConfig selects the log level and the stderr format.

@@ -72,8 +72,8 @@ func (c *Config) Validate(shellsFile string) error {
 	}
 
 	if c.Metrics.Listen != "" {
-		if err := checkListen(c.Metrics.Listen, c.Metrics.AllowNonLoopback); err != nil {
-			addErr("Metrics.Listen", err)
+		if key, err := checkMetricsEndpoint(c.Metrics); err != nil {
+			addErr(key, err)
 		}
 	}
 

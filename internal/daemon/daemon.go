@@ -139,7 +139,8 @@ func Run(ctx context.Context, o Options) error {
 	start("status", status.run)
 	if cfg.Metrics.Listen != "" {
 		start("metrics", func(c context.Context) {
-			if err := metrics.Serve(c, log, cfg.Metrics.Listen, rec.Handler(monitor.Check)); err != nil {
+			ep := metrics.Endpoint{Listen: cfg.Metrics.Listen, SocketMode: cfg.Metrics.SocketFileMode()}
+			if err := metrics.ServeEndpoint(c, log, ep, rec.Handler(monitor.Check)); err != nil {
 				log.Error("metrics endpoint failed", "error", err, "listen", cfg.Metrics.Listen)
 			}
 		})

@@ -72,7 +72,7 @@ func TestReadmeByHand(t *testing.T) {
 		"TETHER_LOG_JOURNAL=off")
 	subst := strings.NewReplacer(
 		"127.0.0.1:8080", addr,
-		"/tmp/mock.key", filepath.Join(dir, "mock.key"),
+		"~/.config/tether-demo", filepath.Join(dir, "demo"),
 		"/etc/tether/tether.conf", filepath.Join(etc, "tether", "tether.conf"),
 	)
 

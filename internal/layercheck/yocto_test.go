@@ -163,7 +163,7 @@ func TestYoctoRecipe(t *testing.T) {
 		}
 	}
 	inherits := strings.Join(inc.Inherits(), " ")
-	for _, c := range []string{"go-mod", "systemd", "tether-go-mod-compat"} {
+	for _, c := range []string{"go-mod", "systemd", "tether-go-mod-compat", "useradd"} {
 		if !containsWord(inherits, c) {
 			t.Errorf("tether.inc does not inherit %s", c)
 		}
