@@ -14,7 +14,7 @@ GOBUILD     := CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)'
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.6.1
 FUZZTIME    ?= 20s
 
-.PHONY: all build setup lint unit fuzz systemd-check check test demo bench clean
+.PHONY: all build setup lint unit fuzz systemd-check check test demo bench clean web
 
 # Each area keeps its own targets in mk/<area>.mk.
 include $(sort $(wildcard mk/*.mk))
@@ -60,6 +60,11 @@ demo: setup build
 bench: setup build
 	$(GO) run ./internal/bench/tetherbench
 	$(GO) run ./internal/bench/fleetsim
+
+# web: rebuild the mock server's web console bundle (committed and embedded,
+# so `go build` needs no node) from its sources and pinned npm packages.
+web:
+	cd internal/mockserver/web && npm ci --ignore-scripts --no-audit --no-fund && npm run build
 
 clean:
 	rm -rf bin dist build

@@ -109,8 +109,10 @@ go_build ./cmd/mock-authd "$stage/usr/bin/mock-authd"
 
 # As the package installs it (systemd/README.md).
 install -m 0644 "$HIL_REPO/systemd/tether.service" "$stage/usr/lib/systemd/system/tether.service"
-install -m 0644 "$HIL_REPO/systemd/tether.conf" "$stage/etc/tether/tether.conf"
+install -m 0600 "$HIL_REPO/systemd/tether.conf" "$stage/etc/tether/tether.conf"
 install -m 0644 "$HIL_REPO/systemd/README.md" "$stage/usr/share/doc/tether/README.md"
+install -D -m 0644 "$HIL_REPO/systemd/tether.sysusers" "$stage/usr/lib/sysusers.d/tether.conf"
+install -D -m 0644 "$HIL_REPO/systemd/tether.tmpfiles" "$stage/usr/lib/tmpfiles.d/tether.conf"
 # The test double and the test's own settings.
 install -m 0644 "$HIL_REPO/cmd/mock-authd/io.mender.AuthenticationManager.conf" \
   "$stage/usr/share/dbus-1/system.d/io.mender.AuthenticationManager.conf"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # make demo: a mock Mender server, the simulated auth service on a private
 # D-Bus system bus, and tether, all on this machine; then a terminal on
-# "the device" in this terminal. Leave the shell with `exit` (or type ~.
-# at the start of a line to disconnect); everything is cleaned up.
+# "the device" in this terminal, and the web console in a browser at the
+# address printed (a one-time link logs you in). Leave the shell with `exit`
+# (or type ~. at the start of a line to disconnect); the web console stays
+# up until you press Enter; then everything is cleaned up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$PWD/bin
@@ -46,9 +48,13 @@ pids+=($!)
 bus=unix:path=$work/bus.sock
 for _ in $(seq 100); do [ -S "$work/bus.sock" ] && break; sleep 0.05; done
 
-"$bin/mock-mender" serve --listen "127.0.0.1:$port" --key-file "$work/server.key" >"$work/server.log" 2>&1 &
+"$bin/mock-mender" serve --listen "127.0.0.1:$port" --key-file "$work/server.key" \
+  --login-link admin@tether.local >"$work/server.out" 2>"$work/server.log" &
 pids+=($!)
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+# serve prints its URL, then the login link, once it listens.
+for _ in $(seq 100); do [ -f "$work/server.out" ] && [ "$(wc -l <"$work/server.out")" -ge 2 ] && break; sleep 0.05; done
+link=$(sed -n 2p "$work/server.out" 2>/dev/null)
+[ -n "$link" ] || { echo "demo: the mock server did not start:" >&2; cat "$work/server.log" >&2; exit 1; }
 
 "$bin/mock-authd" --bus-address "$bus" --server "$server" --control "$work/authd.sock" >"$work/authd.log" 2>&1 &
 pids+=($!)
@@ -67,6 +73,8 @@ CONF
 pids+=($!)
 
 echo "tether demo: server $server, device shell as '$user'. Logs in $work/*.log while it runs."
+echo "web console: $server/ (admin@tether.local / tether)"
+echo "  one-time login link: $link"
 for _ in $(seq 100); do
   "$bin/mock-mender" devices --server "$server" 2>/dev/null | grep -q connected && break
   sleep 0.1
@@ -75,3 +83,8 @@ done
 echo
 echo "tether log (last lines):"
 tail -n 5 "$work/tether.log"
+if [ -t 0 ]; then
+  echo
+  echo "The web console is still up at $server/ - press Enter to stop the demo."
+  read -r _ || true
+fi

@@ -26,7 +26,7 @@ func TestDefaultConfigLoads(t *testing.T) {
 	if len(warnings) > 0 {
 		t.Fatalf("systemd/tether.conf loads with warnings: %q", warnings)
 	}
-	if cfg.ShellCommand != "/bin/sh" || cfg.User != "nobody" {
+	if cfg.ShellCommand != "/bin/sh" || cfg.User != "tether-shell" {
 		t.Errorf("shell %q as %q", cfg.ShellCommand, cfg.User)
 	}
 	if cfg.Metrics.Listen != "" {

@@ -1,12 +1,14 @@
 // Command mock-mender is a mock Mender server for tests and demos, and a
 // tiny user-side client for it.
 //
-//	mock-mender serve   [--listen ADDR] [--users EMAIL:PASS,...] [--key-file F] [--log-level L]
+//	mock-mender serve   [--listen ADDR] [--users EMAIL:PASS,...] [--key-file F] [--log-level L] [--login-link EMAIL]
 //	mock-mender attach  [--server URL] [--user EMAIL] [--password P] [DEVICE_ID]
 //	mock-mender devices [--server URL] [--user EMAIL] [--password P]
 //
-// serve prints the base URL on stdout once it listens and exits cleanly on
-// SIGINT/SIGTERM. attach opens a remote terminal on a device (the only
+// serve prints the base URL on stdout once it listens (and, with
+// --login-link, a one-time login link for the web console on the next
+// line) and exits cleanly on SIGINT/SIGTERM; the web console is at the base
+// URL. attach opens a remote terminal on a device (the only
 // connected one by default) in raw mode; "~." at the start of a line
 // disconnects. Flags default to MOCK_MENDER_* environment variables (see
 // -h of each command).

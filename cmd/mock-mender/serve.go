@@ -2,14 +2,11 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -30,6 +27,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	byteLimit := fs.Int64("session-byte-limit", mockserver.DefaultSessionByteLimit, "terminal output per user session before the server stops it (<0: unlimited)")
 	lifetime := fs.Duration("token-lifetime", mockserver.DefaultTokenLifetime, "validity of issued tokens")
 	strict := fs.Bool("strict", false, "close a device connection on an undecodable frame, like the real server")
+	loginLink := fs.String("login-link", "", "print a one-time link that logs a browser into the web console as this user, on a second line of stdout")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -65,11 +63,20 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	})
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	var link string
+	if *loginLink != "" {
+		if link, err = s.LoginLink(*loginLink); err != nil {
+			return fmt.Errorf("--login-link: %w", err)
+		}
+	}
 	url, err := s.Start(*listen)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintln(stdout, url)
+	if link != "" {
+		fmt.Fprintln(stdout, url+link)
+	}
 	<-ctx.Done()
 	log.Info("shutting down")
 	return s.Close()
@@ -93,39 +100,4 @@ func parseUsers(spec string) (map[string]string, error) {
 		return nil, errors.New("no users")
 	}
 	return users, nil
-}
-
-// loadOrCreateKey reads a hex signing key, or creates a random one (0600)
-// when the file does not exist.
-func loadOrCreateKey(path string) ([]byte, error) {
-	data, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		key := make([]byte, 32)
-		if _, err := rand.Read(key); err != nil {
-			return nil, fmt.Errorf("generating signing key: %w", err)
-		}
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
-			return nil, fmt.Errorf("creating key file: %w", err)
-		}
-		if _, err := fmt.Fprintln(f, hex.EncodeToString(key)); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("writing key file: %w", err)
-		}
-		if err := f.Close(); err != nil {
-			return nil, fmt.Errorf("writing key file: %w", err)
-		}
-		return key, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading key file: %w", err)
-	}
-	key, err := hex.DecodeString(strings.TrimSpace(string(data)))
-	if err != nil {
-		return nil, fmt.Errorf("key file %s: not hex: %w", path, err)
-	}
-	if len(key) < 16 {
-		return nil, fmt.Errorf("key file %s: key of %d bytes is too short (want ≥ 16)", path, len(key))
-	}
-	return key, nil
 }

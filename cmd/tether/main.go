@@ -3,14 +3,11 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/tether-agent/tether/internal/config"
 	"github.com/tether-agent/tether/internal/daemon"
@@ -63,9 +60,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	for _, n := range []string{"version", "v"} {
 		fs.BoolVar(&showVersion, n, false, "")
 	}
+	help := func() int {
+		fmt.Fprintf(stdout, usage, config.DefaultPath, config.DefaultFallbackPath)
+		return 0
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return 0
+			return help()
 		}
 		return 1
 	}
@@ -73,13 +74,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if showVersion {
 		cmd = "version"
 	}
+	// Commands take no arguments; -h/--help after any of them asks for
+	// the usage rather than running it.
+	if fs.NArg() > 1 {
+		for _, a := range fs.Args()[1:] {
+			switch a {
+			case "-h", "--help", "-help", "help":
+				return help()
+			}
+		}
+		fmt.Fprintf(stderr, "tether: %s takes no arguments, got %q (global options go before the command; see tether --help)\n", cmd, fs.Arg(1))
+		return 1
+	}
 	switch cmd {
 	case "version":
 		fmt.Fprintf(stdout, "%s\truntime: %s\n", version.Version, version.GoVersion())
 		return 0
 	case "help", "h":
-		fs.Usage()
-		return 0
+		return help()
 	case "check-config":
 		return checkConfig(path, fallback, stdout, stderr)
 	case "daemon":
@@ -128,14 +140,20 @@ func runDaemon(path, fallback string, debug, trace bool, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "tether: logging:", lerr)
 		return 1
 	}
-	for _, w := range warnings {
+	for _, w := range append(warnings, config.PermissionWarnings(config.LoadOptions{Path: path, FallbackPath: fallback})...) {
 		log.Warn(w)
 	}
 	if err != nil {
 		log.Error("configuration is invalid; not starting", "error", err)
 		return 1
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	if err := closeInheritedFDs(); err != nil {
+		log.Error("cannot keep inherited descriptors from the shells; not starting", "error", err)
+		return 1
+	}
+	limit, source := setMemoryLimit()
+	log.Debug("Go memory limit", "bytes", limit, "from", source)
+	ctx, stop := stopContext(log)
 	defer stop()
 	if err := daemon.Run(ctx, daemon.Options{Config: cfg, Log: log, Version: version.Version, Subreaper: true}); err != nil {
 		log.Error("tether failed", "error", err)

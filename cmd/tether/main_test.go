@@ -23,6 +23,10 @@ func TestCLI(t *testing.T) {
 	if err := os.WriteFile(bad, []byte(`{"User":"`+user+`","Sessions":{"MaxTotal":0},"Typo":1}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	legacy := filepath.Join(dir, "legacy.conf")
+	if err := os.WriteFile(legacy, []byte(`{"User":"`+user+`","Sessions":{"MaxPerUser":20},"SkipVerify":true,"ServerCertificate":"/path/that/is/gone.pem"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	none := filepath.Join(dir, "none.conf")
 	tests := []struct {
 		name       string
@@ -35,7 +39,15 @@ func TestCLI(t *testing.T) {
 		{name: "version", args: []string{"version"}, stdout: []string{"unknown\truntime: " + runtime.Version()}},
 		{name: "--version", args: []string{"--version"}, stdout: []string{"runtime: go"}},
 		{name: "-v", args: []string{"-v"}, stdout: []string{"runtime: go"}},
-		{name: "help", args: []string{"help"}, stderr: []string{"check-config", "--fallback-config"}},
+		{name: "help", args: []string{"help"}, stdout: []string{"check-config", "--fallback-config"}},
+		{name: "--help", args: []string{"--help"}, stdout: []string{"usage: tether"}},
+		{name: "-h", args: []string{"-h"}, stdout: []string{"usage: tether"}},
+		// Without the help check these would start (or try to start) the daemon.
+		{name: "daemon --help", args: []string{"-c", none, "-b", none, "daemon", "--help"}, stdout: []string{"usage: tether", "daemon"}, notOutputs: []string{"no configuration"}},
+		{name: "daemon -h", args: []string{"-c", none, "-b", none, "daemon", "-h"}, stdout: []string{"usage: tether"}},
+		{name: "check-config -h", args: []string{"-c", good, "-b", none, "check-config", "-h"}, stdout: []string{"usage: tether"}, notOutputs: []string{"<redacted>"}},
+		{name: "version --help", args: []string{"version", "--help"}, stdout: []string{"usage: tether"}, notOutputs: []string{"runtime:"}},
+		{name: "argument after the command", args: []string{"-c", none, "-b", none, "daemon", "now"}, code: 1, stderr: []string{`daemon takes no arguments, got "now"`}},
 		{name: "no command", args: nil, code: 1, stderr: []string{"usage:"}},
 		{name: "unknown command", args: []string{"dance"}, code: 1, stderr: []string{`unknown command "dance"`}},
 		{name: "unknown flag", args: []string{"--nope", "daemon"}, code: 1},
@@ -46,6 +58,11 @@ func TestCLI(t *testing.T) {
 		{
 			name: "check-config reports every problem", args: []string{"--config", bad, "--fallback-config", none, "check-config"}, code: 1,
 			stderr: []string{`unknown configuration key "Typo"`, "Sessions.MaxTotal: 0 is out of range"},
+		},
+		{
+			name: "check-config accepts what mender-connect accepts", args: []string{"-c", legacy, "-b", none, "check-config"},
+			stdout: []string{`"MaxPerUser": 16`, `"InsecureSkipVerify": false`, `"CAFile": ""`},
+			stderr: []string{"warning: Sessions.MaxPerUser 20 is larger", "warning: SkipVerify field is deprecated, ignoring.", "warning: ServerCertificate field is deprecated, ignoring."},
 		},
 		{
 			name: "daemon refuses an invalid config", args: []string{"-c", bad, "-b", none, "daemon"}, code: 1,

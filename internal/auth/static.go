@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"os"
 	"strings"
 	"time"
 )
@@ -97,12 +95,21 @@ type fileWatch struct {
 	path    string
 	started bool
 	problem string // last reported problem, "" when fine
+	exposed bool   // last read found the file readable by others
 	token   string
 }
 
 // read returns the token in the file, "" when there is none.
 func (w *fileWatch) read() string {
 	token, problem := readTokenFile(w.path)
+	exposed := problem == exposedProblem
+	if exposed {
+		problem = ""
+		if !w.exposed {
+			w.log.Warn("token file is readable by other users; the device token is exposed", "path", w.path, "fix", exposedProblem)
+		}
+	}
+	w.exposed = exposed
 	switch {
 	case problem != "" && problem != w.problem:
 		w.log.Warn("token file unusable; no token until it is fixed", "path", w.path, "problem", problem)
@@ -116,12 +123,12 @@ func (w *fileWatch) read() string {
 }
 
 func readTokenFile(path string) (token, problem string) {
-	f, err := os.Open(path)
+	f, exposed, err := openTokenFile(path)
 	if err != nil {
 		return "", err.Error()
 	}
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxTokenFileSize+1))
+	data, err := readLimited(f, maxTokenFileSize)
 	if err != nil {
 		return "", fmt.Sprintf("reading: %v", err)
 	}
@@ -132,5 +139,12 @@ func readTokenFile(path string) (token, problem string) {
 	if token == "" {
 		return "", "empty"
 	}
+	if exposed {
+		// Usable, but worth a warning each time its state changes.
+		return token, exposedProblem
+	}
 	return token, ""
 }
+
+// exposedProblem is the warning for a token file others can read.
+const exposedProblem = "readable by group or others: chmod 0600 it"

@@ -60,13 +60,10 @@ type Config struct {
 	Terminal TerminalConfig
 	Sessions SessionsConfig
 
-	// ServerURL is the server to dial when Auth.Source is static.
+	// ServerURL is the server to dial when Auth.Source is static. Upstream
+	// deprecated the key (the auth service supplies the URL), so with the
+	// dbus source it is ignored with upstream's warning.
 	ServerURL string
-	// ServerCertificate is an optional PEM CA file added to the system pool
-	// for wss connections.
-	ServerCertificate string
-	// SkipVerify disables TLS certificate verification (testing only).
-	SkipVerify bool
 
 	Auth      AuthConfig
 	Reconnect ReconnectConfig
@@ -101,9 +98,12 @@ type SessionsConfig struct {
 	// ExpireAfterIdle is the lifetime since the last input in seconds (0 =
 	// none). Unlike upstream both timeouts are enforced together.
 	ExpireAfterIdle uint32
-	// MaxPerUser limits sessions per user_id; 0 → 1. Must be ≤ MaxTotal.
+	// MaxPerUser limits sessions per user_id; 0 → 1. Must be ≤ MaxTotal
+	// when both are set; when only MaxPerUser is, a larger value is capped
+	// at MaxTotal, as upstream's fixed device limit caps it.
 	MaxPerUser uint32
-	// MaxTotal limits running shells on the device (1..1024).
+	// MaxTotal limits running shells on the device (1..1024); upstream has
+	// no such key and a fixed limit of 16, the default.
 	MaxTotal uint32
 	// EvictOldest makes a new session replace the user's oldest one when
 	// MaxPerUser is reached, instead of refusing it.
@@ -157,14 +157,25 @@ type LinkConfig struct {
 	WriteTimeout Duration
 	// MaxMessageSize is the largest inbound websocket message in bytes.
 	MaxMessageSize int
+	// CAFile is an optional PEM file of CAs trusted for wss:// in addition
+	// to the system pool. Upstream's ServerCertificate is not read: it is
+	// deprecated there and must not change what a legacy file means.
+	CAFile string
+	// InsecureSkipVerify turns TLS certificate verification off (testing
+	// only). Upstream's SkipVerify is deprecated and ignored, so a legacy
+	// file can never weaken TLS.
+	InsecureSkipVerify bool
 }
 
 // MetricsConfig is the Prometheus endpoint.
 type MetricsConfig struct {
-	// Listen is host:port; empty disables the endpoint.
+	// Listen is host:port, or unix:/path for a unix socket; empty
+	// disables the endpoint.
 	Listen string
 	// AllowNonLoopback permits a Listen host other than a loopback address.
 	AllowNonLoopback bool
+	// SocketMode is the octal mode of a unix socket; "" = 0600.
+	SocketMode string
 }
 
 // LogConfig selects the log level and the stderr format.

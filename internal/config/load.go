@@ -43,13 +43,14 @@ func (o LoadOptions) paths() (mainPath, fallbackPath string) {
 func Load(opts LoadOptions) (cfg *Config, warnings []string, err error) {
 	mainPath, fallbackPath := opts.paths()
 	cfg = Default()
-	fallbackFound, err := loadFile(cfg, fallbackPath, &warnings)
+	set := make(map[string]bool) // lower-cased key paths the files give a value
+	fallbackFound, err := loadFile(cfg, fallbackPath, &warnings, set)
 	if err != nil {
 		return nil, warnings, err
 	}
 	mainFound := false
 	if filepath.Clean(mainPath) != filepath.Clean(fallbackPath) {
-		mainFound, err = loadFile(cfg, mainPath, &warnings)
+		mainFound, err = loadFile(cfg, mainPath, &warnings, set)
 		if err != nil {
 			return nil, warnings, err
 		}
@@ -71,6 +72,7 @@ func Load(opts LoadOptions) (cfg *Config, warnings []string, err error) {
 	}
 
 	cfg.normalize()
+	warnings = append(warnings, cfg.upstreamMeaning(set)...)
 	if err := cfg.Validate(opts.ShellsFile); err != nil {
 		return cfg, warnings, err
 	}
@@ -79,7 +81,7 @@ func Load(opts LoadOptions) (cfg *Config, warnings []string, err error) {
 
 // loadFile merges one JSON file into cfg. A missing file is not an error
 // (found is false); anything else wrong with it is, naming the file.
-func loadFile(cfg *Config, path string, warnings *[]string) (found bool, err error) {
+func loadFile(cfg *Config, path string, warnings *[]string, set map[string]bool) (found bool, err error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
@@ -100,7 +102,7 @@ func loadFile(cfg *Config, path string, warnings *[]string) (found bool, err err
 		return true, fmt.Errorf("%s: invalid JSON: %w", path, err)
 	}
 
-	w := walker{data: data, file: path, dec: json.NewDecoder(bytes.NewReader(data))}
+	w := walker{data: data, file: path, dec: json.NewDecoder(bytes.NewReader(data)), set: set}
 	w.dec.UseNumber()
 	if err := w.top(); err != nil {
 		return true, fmt.Errorf("%s: %w", path, err)
@@ -127,6 +129,8 @@ type walker struct {
 	dec      *json.Decoder
 	warnings []string
 	errs     []error
+	// set collects the lower-cased paths of keys given a non-null value.
+	set map[string]bool
 }
 
 func (w *walker) top() error {
@@ -155,7 +159,7 @@ func (w *walker) object(path string, t reflect.Type) error {
 		field, ok := fieldByFold(t, key)
 		if !ok {
 			if dep, isDep := deprecated(path, key); isDep {
-				w.warnings = append(w.warnings, fmt.Sprintf("%q is deprecated and ignored (in %s)", dep, w.file))
+				w.warnings = append(w.warnings, dep.warning(w.file))
 			} else {
 				w.warnings = append(w.warnings, fmt.Sprintf("unknown configuration key %q in %s", full, w.file))
 			}
@@ -187,6 +191,9 @@ func (w *walker) value(path string, t reflect.Type) error {
 	}
 	if tok == nil {
 		return nil // null leaves the current value (the default) alone
+	}
+	if w.set != nil {
+		w.set[strings.ToLower(path)] = true
 	}
 	bad := func(want string) error {
 		line, col := lineCol(w.data, start)
@@ -327,19 +334,71 @@ func fieldByFold(t reflect.Type, key string) (reflect.StructField, bool) {
 	return reflect.StructField{}, false
 }
 
-// deprecated reports whether key is an upstream top-level key that no longer
-// does anything. ServerURL, ServerCertificate and SkipVerify are deprecated
-// upstream but are live keys in tether (static auth source, TLS options).
-func deprecated(path, key string) (string, bool) {
-	if path != "" {
-		return "", false
+// deprecatedKey is an upstream top-level key that mender-connect 2.0 and
+// later parse only to warn about, and how tether says so.
+type deprecatedKey struct {
+	name string
+	// unused marks a key upstream reads without a warning but never uses.
+	unused bool
+	hint   string
+}
+
+// warning is upstream's message ("<field> field is deprecated, ignoring.")
+// with where the key was and what tether offers instead.
+func (k deprecatedKey) warning(file string) string {
+	verb := "is deprecated"
+	if k.unused {
+		verb = "is unused since mender-connect 2.0"
 	}
-	for _, d := range [...]string{"Servers", "ClientProtocol", "HttpsClient", "ReconnectIntervalSeconds"} {
-		if strings.EqualFold(d, key) {
+	return fmt.Sprintf("%s field %s, ignoring. (in %s; %s)", k.name, verb, file, k.hint)
+}
+
+// deprecatedKeys are upstream's deprecated top-level keys other than
+// ServerURL, which tether reads with Auth.Source=static (see
+// upstreamMeaning). None of them has any effect, whatever its value: a file
+// written for mender-connect 1.x must not change how tether connects.
+var deprecatedKeys = [...]deprecatedKey{
+	{name: "ServerCertificate", hint: "tether's own key for an extra CA file is Link.CAFile"},
+	{name: "SkipVerify", hint: "TLS certificates stay verified; tether's own key is Link.InsecureSkipVerify"},
+	{name: "Servers", hint: "the server URL comes from the auth service"},
+	{name: "ClientProtocol", hint: "the auth service's local proxy speaks to the server"},
+	{name: "HttpsClient", hint: "client certificates are the auth service's business"},
+	{name: "ReconnectIntervalSeconds", unused: true, hint: "tether's backoff is Reconnect.BackoffBase and Reconnect.BackoffMax"},
+}
+
+// deprecated reports whether key is one of deprecatedKeys.
+func deprecated(path, key string) (deprecatedKey, bool) {
+	if path != "" {
+		return deprecatedKey{}, false
+	}
+	for _, d := range deprecatedKeys {
+		if strings.EqualFold(d.name, key) {
 			return d, true
 		}
 	}
-	return "", false
+	return deprecatedKey{}, false
+}
+
+// upstreamMeaning gives a file that mender-connect accepts the meaning it
+// has there, with one warning for each difference: set holds the key paths
+// the files gave (lower-cased). It runs after the environment overlay and
+// normalisation, before validation.
+func (c *Config) upstreamMeaning(set map[string]bool) []string {
+	var out []string
+	if c.ServerURL != "" && c.Auth.Source != AuthSourceStatic {
+		out = append(out, fmt.Sprintf("ServerURL field is deprecated, ignoring. (the server URL comes from the auth service; tether reads ServerURL only with Auth.Source=%s)", AuthSourceStatic))
+	}
+	// Upstream has no MaxTotal: its device limit is a fixed 16 (the
+	// default here), which caps any larger MaxPerUser. Only a file (or
+	// environment) stating both keys contradicts itself.
+	s := &c.Sessions
+	_, envTotal := os.LookupEnv(EnvPrefix + "_SESSIONS_MAXTOTAL")
+	if s.MaxPerUser > s.MaxTotal && !set["sessions.maxtotal"] && !envTotal {
+		out = append(out, fmt.Sprintf("Sessions.MaxPerUser %d is larger than the device limit Sessions.MaxTotal (%d, not set); a user can open at most %d sessions, as with mender-connect",
+			s.MaxPerUser, s.MaxTotal, s.MaxTotal))
+		s.MaxPerUser = s.MaxTotal
+	}
+	return out
 }
 
 func joinPath(path, key string) string {

@@ -72,8 +72,8 @@ func (c *Config) Validate(shellsFile string) error {
 	}
 
 	if c.Metrics.Listen != "" {
-		if err := checkListen(c.Metrics.Listen, c.Metrics.AllowNonLoopback); err != nil {
-			addErr("Metrics.Listen", err)
+		if key, err := checkMetricsEndpoint(c.Metrics); err != nil {
+			addErr(key, err)
 		}
 	}
 
@@ -96,7 +96,9 @@ func (c *Config) Validate(shellsFile string) error {
 }
 
 func (c *Config) validateServer(add func(key, format string, args ...any), addErr func(key string, err error)) {
-	if c.ServerURL != "" {
+	// Upstream deprecated ServerURL; only the static source reads it, so
+	// only then can a bad value matter.
+	if c.ServerURL != "" && c.Auth.Source == AuthSourceStatic {
 		u, err := url.Parse(c.ServerURL)
 		switch {
 		case err != nil:
@@ -105,12 +107,12 @@ func (c *Config) validateServer(add func(key, format string, args ...any), addEr
 			add("ServerURL", "%q must be an http, https, ws or wss URL with a host", c.ServerURL)
 		}
 	}
-	if c.ServerCertificate != "" {
-		pem, err := os.ReadFile(c.ServerCertificate)
+	if f := c.Link.CAFile; f != "" {
+		pem, err := os.ReadFile(f)
 		if err != nil {
-			addErr("ServerCertificate", err)
+			addErr("Link.CAFile", err)
 		} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
-			add("ServerCertificate", "%s contains no PEM certificate", c.ServerCertificate)
+			add("Link.CAFile", "%s contains no PEM certificate", f)
 		}
 	}
 }

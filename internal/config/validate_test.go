@@ -79,12 +79,16 @@ func TestValidate(t *testing.T) {
 		{"pong not above ping", func(c *Config) { c.Sessions.PongTimeout = c.Sessions.PingInterval }, []string{"Sessions.PongTimeout: 1m must be greater than Sessions.PingInterval (1m)"}},
 		{"pong above 24h", func(c *Config) { c.Sessions.PongTimeout = Duration(25 * time.Hour) }, []string{"Sessions.PongTimeout: 25h is out of range (at most 24h)"}},
 
-		{"server URL scheme", func(c *Config) { c.ServerURL = "ftp://example.com" }, []string{`ServerURL: "ftp://example.com" must be an http, https, ws or wss URL with a host`}},
-		{"server URL no host", func(c *Config) { c.ServerURL = "hosted.mender.io" }, []string{`ServerURL: "hosted.mender.io" must be`}},
-		{"server URL ok", func(c *Config) { c.ServerURL = "wss://127.0.0.1:8443/prefix" }, nil},
-		{"server certificate missing", func(c *Config) { c.ServerCertificate = missing }, []string{"ServerCertificate: open " + missing}},
-		{"server certificate not PEM", func(c *Config) { c.ServerCertificate = notPEM }, []string{"ServerCertificate: " + notPEM + " contains no PEM certificate"}},
-		{"server certificate ok", func(c *Config) { c.ServerCertificate = caFile }, nil},
+		{"server URL scheme", func(c *Config) { c.Auth.Source, c.ServerURL, c.Auth.Token = AuthSourceStatic, "ftp://example.com", "t" }, []string{`ServerURL: "ftp://example.com" must be an http, https, ws or wss URL with a host`}},
+		{"server URL no host", func(c *Config) { c.Auth.Source, c.ServerURL, c.Auth.Token = AuthSourceStatic, "hosted.mender.io", "t" }, []string{`ServerURL: "hosted.mender.io" must be`}},
+		{"server URL ok", func(c *Config) {
+			c.Auth.Source, c.ServerURL, c.Auth.Token = AuthSourceStatic, "wss://127.0.0.1:8443/prefix", "t"
+		}, nil},
+		// Upstream's deprecated ServerURL means nothing with the dbus source.
+		{"server URL unread with dbus", func(c *Config) { c.ServerURL = "hosted.mender.io" }, nil},
+		{"CA file missing", func(c *Config) { c.Link.CAFile = missing }, []string{"Link.CAFile: open " + missing}},
+		{"CA file not PEM", func(c *Config) { c.Link.CAFile = notPEM }, []string{"Link.CAFile: " + notPEM + " contains no PEM certificate"}},
+		{"CA file ok", func(c *Config) { c.Link.CAFile = caFile }, nil},
 
 		{"auth source unknown", func(c *Config) { c.Auth.Source = "ldap" }, []string{`Auth.Source: "ldap" is not allowed (allowed: dbus, static)`}},
 		{"static without URL or token", func(c *Config) { c.Auth.Source = AuthSourceStatic }, []string{

@@ -93,8 +93,8 @@ func Run(ctx context.Context, o Options) error {
 
 	lnk, err := link.New(link.Options{
 		Log:            log,
-		CAFile:         cfg.ServerCertificate,
-		SkipVerify:     cfg.SkipVerify,
+		CAFile:         cfg.Link.CAFile,
+		SkipVerify:     cfg.Link.InsecureSkipVerify,
 		PingInterval:   cfg.Link.PingInterval.Duration(),
 		ReadTimeout:    cfg.Link.ReadTimeout.Duration(),
 		WriteTimeout:   cfg.Link.WriteTimeout.Duration(),
@@ -111,8 +111,8 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	if cfg.SkipVerify {
-		log.Warn("TLS certificate verification is off (SkipVerify); use only for testing")
+	if cfg.Link.InsecureSkipVerify {
+		log.Warn("TLS certificate verification is off (Link.InsecureSkipVerify); use only for testing")
 	}
 
 	// The link and auth source outlive ctx a little: shutdown first tells
@@ -139,7 +139,8 @@ func Run(ctx context.Context, o Options) error {
 	start("status", status.run)
 	if cfg.Metrics.Listen != "" {
 		start("metrics", func(c context.Context) {
-			if err := metrics.Serve(c, log, cfg.Metrics.Listen, rec.Handler(monitor.Check)); err != nil {
+			ep := metrics.Endpoint{Listen: cfg.Metrics.Listen, SocketMode: cfg.Metrics.SocketFileMode()}
+			if err := metrics.ServeEndpoint(c, log, ep, rec.Handler(monitor.Check)); err != nil {
 				log.Error("metrics endpoint failed", "error", err, "listen", cfg.Metrics.Listen)
 			}
 		})

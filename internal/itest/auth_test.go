@@ -101,18 +101,22 @@ func TestStaticAuthTokenFile(t *testing.T) {
 	}
 }
 
-// TLS is verified by default; a CA file (ServerCertificate) makes a
-// private server trusted; SkipVerify is the explicit escape hatch.
+// TLS is verified by default; a CA file (Link.CAFile) makes a private
+// server trusted; Link.InsecureSkipVerify is the explicit escape hatch.
+// Upstream's deprecated SkipVerify and ServerCertificate change nothing.
 func TestTLSVerification(t *testing.T) {
 	tests := []struct {
 		name    string
 		useCA   bool
 		skip    bool
+		legacy  bool // the same settings under upstream's deprecated keys
 		connect bool
 	}{
-		{"untrusted certificate refused", false, false, false},
-		{"CA file trusts the server", true, false, true},
-		{"skip verify", false, true, true},
+		{"untrusted certificate refused", false, false, false, false},
+		{"CA file trusts the server", true, false, false, true},
+		{"skip verify", false, true, false, true},
+		{"legacy SkipVerify does not weaken TLS", false, true, true, false},
+		{"legacy ServerCertificate is not read", true, false, true, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -131,10 +135,16 @@ func TestTLSVerification(t *testing.T) {
 			}
 			// Restart tether against the TLS endpoint.
 			e.stopDaemon()
-			if tt.useCA {
-				e.cfg["ServerCertificate"] = caFile
+			link := map[string]interface{}{}
+			if tt.legacy {
+				link, e.cfg["ServerCertificate"], e.cfg["SkipVerify"] = nil, caFile, tt.skip
+			} else {
+				link["InsecureSkipVerify"] = tt.skip
+				if tt.useCA {
+					link["CAFile"] = caFile
+				}
 			}
-			e.cfg["SkipVerify"] = tt.skip
+			e.cfg["Link"] = link
 			e.auth.Set(e.srv.IssueDeviceToken(e.deviceID), ts.URL)
 			before := e.srv.DeviceConnects(e.deviceID)
 			e.startDaemon()

@@ -30,7 +30,8 @@ import (
 	"github.com/tether-agent/tether/internal/syncbuf"
 )
 
-var tetherBin string
+// tetherBin is built with -race; binDir holds it and any other build.
+var tetherBin, binDir string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "tether-itest-")
@@ -38,6 +39,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	binDir = dir
 	tetherBin = filepath.Join(dir, "tether")
 	cmd := exec.Command("go", "build", "-race", "-o", tetherBin, "github.com/tether-agent/tether/cmd/tether")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
@@ -76,6 +78,11 @@ type env struct {
 	log      *syncbuf.Buffer
 	jwts     map[string]string
 	extraEnv []string // for the daemon, e.g. NOTIFY_SOCKET
+
+	// Set by a prepare function of newEnvWith:
+	bin   string     // the daemon binary; "" = tetherBin
+	wrap  []string   // command line the daemon is started through (it must exec the binary in $0)
+	files []*os.File // descriptors the daemon inherits from 3 up
 }
 
 // shellUser is nobody when the tests run as root (CI), so the shells'
@@ -94,6 +101,12 @@ func shellUser(t *testing.T) string {
 // newEnv starts bus, server, auth service and daemon. overrides are merged
 // into the config file (nested maps replace whole sections).
 func newEnv(t *testing.T, overrides map[string]interface{}, daemonEnv ...string) *env {
+	t.Helper()
+	return newEnvWith(t, overrides, nil, daemonEnv...)
+}
+
+// newEnvWith is newEnv with prepare called just before the daemon starts.
+func newEnvWith(t *testing.T, overrides map[string]interface{}, prepare func(*env), daemonEnv ...string) *env {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
@@ -127,6 +140,9 @@ func newEnv(t *testing.T, overrides map[string]interface{}, daemonEnv ...string)
 	for k, v := range overrides {
 		e.cfg[k] = v
 	}
+	if prepare != nil {
+		prepare(e)
+	}
 	e.startDaemon()
 	return e
 }
@@ -156,7 +172,13 @@ func (e *env) startDaemon() {
 	if err := os.WriteFile(e.cfgPath, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(tetherBin, "--config", e.cfgPath, "--fallback-config", filepath.Join(t.TempDir(), "none.conf"), "--debug", "daemon")
+	bin := e.bin
+	if bin == "" {
+		bin = tetherBin
+	}
+	args := append(append(append([]string(nil), e.wrap...), bin), "--config", e.cfgPath, "--fallback-config", filepath.Join(t.TempDir(), "none.conf"), "--debug", "daemon")
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.ExtraFiles = e.files
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, e.extraEnv...)
 	cmd.Stdout, cmd.Stderr = e.log, e.log
 	if err := cmd.Start(); err != nil {

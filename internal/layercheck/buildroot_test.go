@@ -132,7 +132,7 @@ source "$BR2_EXTERNAL_TETHER_PATH/Config.in"
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, want := range []string{"BR2_PACKAGE_TETHER=y", "BR2_PACKAGE_HOST_GO=y", "BR2_INIT_SYSTEMD=y", "BR2_PACKAGE_DBUS=y", "BR2_TOOLCHAIN_BUILDROOT_GLIBC=y", "BR2_PACKAGE_TETHER_METRICS=y", `BR2_PACKAGE_TETHER_USER="nobody"`} {
+			for _, want := range []string{"BR2_PACKAGE_TETHER=y", "BR2_PACKAGE_HOST_GO=y", "BR2_INIT_SYSTEMD=y", "BR2_PACKAGE_DBUS=y", "BR2_TOOLCHAIN_BUILDROOT_GLIBC=y", "BR2_PACKAGE_TETHER_METRICS=y", `BR2_PACKAGE_TETHER_USER="tether-shell"`} {
 				if !bytes.Contains(got, []byte("\n"+want+"\n")) {
 					t.Errorf("%s does not end up with %s", filepath.Base(dc), want)
 				}
@@ -195,7 +195,7 @@ func defaultBRConfig() map[string]string {
 		"BR2_PACKAGE_TETHER":                 "y",
 		"BR2_PACKAGE_TETHER_VERSION":         `"v0.0.0-test"`,
 		"BR2_PACKAGE_TETHER_METRICS":         "y",
-		"BR2_PACKAGE_TETHER_USER":            `"nobody"`,
+		"BR2_PACKAGE_TETHER_USER":            `"tether-shell"`,
 		"BR2_PACKAGE_TETHER_SHELL":           `"/bin/sh"`,
 		"BR2_PACKAGE_TETHER_SHELL_ARGUMENTS": `"--login"`,
 	}

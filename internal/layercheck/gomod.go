@@ -244,7 +244,9 @@ func GenerateIncs(repo, userCache string, pkgs []string, knownSPDX map[string]st
 	sortFolded(licLines)
 	var lb strings.Builder
 	lb.WriteString(incNotice)
-	fmt.Fprintf(&lb, "LICENSE += \"& %s\"\n\n", strings.Join(names, " & "))
+	// SPDX operators, as current OE-core's go-mod-update-modules writes
+	// them; tether.inc turns them into "&" for scarthgap and wrynose.
+	fmt.Fprintf(&lb, "LICENSE += \"AND %s\"\n\n", strings.Join(names, " AND "))
 	lb.WriteString("LIC_FILES_CHKSUM += \"\\\n")
 	for _, l := range licLines {
 		fmt.Fprintf(&lb, "    %s \\\n", l)

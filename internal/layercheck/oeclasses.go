@@ -3,6 +3,7 @@ package layercheck
 import (
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"strings"
 )
 
@@ -60,7 +61,38 @@ var OEMachines = []OEMachine{
 // Classes other than go and go-mod are read from classDirs when found there
 // (the layer's own classes) and otherwise only recorded.
 func EvalRecipe(recipe string, classDirs []string, m OEMachine, pcRemove []string) (*BBData, error) {
+	return EvalRecipeFor(OECoreLTS, recipe, classDirs, m, pcRemove)
+}
+
+// OECore is what differs between the OE-core releases the recipe meets.
+type OECore struct {
+	Name string
+	// SPDXLicense: LICENSE is parsed as an SPDX expression (AND, OR) and
+	// the old "&" draws a warning (OE-core after wrynose, which has
+	// lib/oe/spdx_license.py); otherwise only "&" and "|" are operators.
+	SPDXLicense bool
+}
+
+// The OE-core releases the checks evaluate for.
+var (
+	OECoreLTS    = OECore{Name: "scarthgap/wrynose"}
+	OECoreMaster = OECore{Name: "master (after wrynose)", SPDXLicense: true}
+)
+
+// EvalRecipeFor is EvalRecipe against the given OE-core.
+func EvalRecipeFor(oe OECore, recipe string, classDirs []string, m OEMachine, pcRemove []string) (*BBData, error) {
 	d := NewBBData("class-target", "linux", m.Arch, "task-compile", "forcevariable")
+	// tether.inc's tether_license_syntax(d).
+	d.Python["tether_license_syntax(d)"] = func(d *BBData) (string, error) {
+		lic, err := d.Get("LICENSE")
+		if err != nil {
+			return "", err
+		}
+		if oe.SPDXLicense {
+			return regexp.MustCompile(`\s*&\s*`).ReplaceAllString(lic, " AND "), nil
+		}
+		return regexp.MustCompile(`\s+AND\s+`).ReplaceAllString(lic, " & "), nil
+	}
 	d.Python["'-linkshared' if d.getVar('GO_DYNLINK') else ''"] = func(d *BBData) (string, error) {
 		if v, err := d.Get("GO_DYNLINK"); err != nil || v == "" {
 			return "", err

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"sort"
 	"strings"
@@ -162,7 +163,7 @@ func TestYoctoRecipe(t *testing.T) {
 		}
 	}
 	inherits := strings.Join(inc.Inherits(), " ")
-	for _, c := range []string{"go-mod", "systemd", "tether-go-mod-compat"} {
+	for _, c := range []string{"go-mod", "systemd", "tether-go-mod-compat", "useradd"} {
 		if !containsWord(inherits, c) {
 			t.Errorf("tether.inc does not inherit %s", c)
 		}
@@ -179,13 +180,19 @@ func TestYoctoRecipe(t *testing.T) {
 	if v := one(t, inc, "GO_INSTALL"); v != "${GO_IMPORT}/cmd/tether" {
 		t.Errorf("GO_INSTALL = %q, want only the daemon", v)
 	}
-	for _, name := range []string{"SUMMARY", "HOMEPAGE", "LICENSE", "LIC_FILES_CHKSUM", "SRC_URI"} {
+	for _, name := range []string{"SUMMARY", "HOMEPAGE", "LIC_FILES_CHKSUM", "SRC_URI"} {
 		if one(t, inc, name) == "" {
 			t.Errorf("%s is empty", name)
 		}
 	}
-	if v := one(t, inc, "LICENSE"); v != "Apache-2.0" {
-		t.Errorf("LICENSE = %q, want tether's Apache-2.0 (modules add theirs in tether-licenses.inc)", v)
+	// LICENSE = tether's own, then (after tether-licenses.inc) := in the
+	// syntax of the OE-core parsing it (TestYoctoLicenseSyntax).
+	var lics []string
+	for _, st := range inc.Assignments("LICENSE") {
+		lics = append(lics, st.Op+" "+st.Value)
+	}
+	if want := []string{"= Apache-2.0", ":= ${@tether_license_syntax(d)}"}; !reflect.DeepEqual(lics, want) {
+		t.Errorf("tether.inc LICENSE assignments %q, want %q (modules add theirs in tether-licenses.inc)", lics, want)
 	}
 	if !strings.Contains(one(t, inc, "SRC_URI"), "destsuffix=${GO_SRCURI_DESTSUFFIX}") {
 		t.Error("SRC_URI must unpack the source to ${GO_SRCURI_DESTSUFFIX}")
@@ -329,8 +336,8 @@ func TestYoctoLicences(t *testing.T) {
 		want = append(want, n)
 	}
 	sort.Slice(want, func(i, j int) bool { return strings.ToLower(want[i]) < strings.ToLower(want[j]) })
-	if got := strings.TrimSpace(license); got != "& "+strings.Join(want, " & ") {
-		t.Errorf("tether-licenses.inc: LICENSE += %q, want %q (the licences of the files listed)", got, "& "+strings.Join(want, " & "))
+	if got := strings.TrimSpace(license); got != "AND "+strings.Join(want, " AND ") {
+		t.Errorf("tether-licenses.inc: LICENSE += %q, want %q (the licences of the files listed)", got, "AND "+strings.Join(want, " AND "))
 	}
 
 	// Build the module cache from the pinned list only, extract the modules
@@ -480,6 +487,64 @@ func TestYoctoStaticBuild(t *testing.T) {
 				if !strings.HasPrefix(string(v), get("PV")+"\t") {
 					t.Errorf("tether version printed %q, want the recipe's PV %q stamped in", v, get("PV"))
 				}
+			}
+		})
+	}
+}
+
+// TestYoctoLicenseSyntax evaluates the recipe's LICENSE for each OE-core it
+// meets: "&" for scarthgap and wrynose (to whose parser "AND" is a licence
+// name), SPDX "AND" without any "&" or "|" after wrynose (where the old
+// operators draw "LICENSE is using an old syntax"), and in both exactly
+// tether's Apache-2.0 plus the licences of the module files listed.
+func TestYoctoLicenseSyntax(t *testing.T) {
+	_, entries, err := ParseLicensesInc(filepath.Join(recipeDir(t), "tether-licenses.inc"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{"Apache-2.0": true}
+	for _, e := range entries {
+		want[e.SPDX] = true
+	}
+	licName := regexp.MustCompile(`^[a-zA-Z0-9.+_\-]+$`) // OE-core's license_pattern before SPDX
+	classDirs := []string{filepath.Join(layerDir(t), "classes-recipe")}
+	recipe := filepath.Join(recipeDir(t), "tether_git.bb")
+	for _, oe := range []OECore{OECoreLTS, OECoreMaster} {
+		t.Run(oe.Name, func(t *testing.T) {
+			d, err := EvalRecipeFor(oe, recipe, classDirs, OEMachines[0], nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lic, err := d.Get("LICENSE")
+			if err != nil {
+				t.Fatal(err)
+			}
+			op := "&"
+			if oe.SPDXLicense {
+				op = "AND"
+				if strings.ContainsAny(lic, "&|") {
+					t.Errorf("LICENSE = %q: OE-core warns about the old syntax", lic)
+				}
+			}
+			got := map[string]bool{}
+			words := strings.Fields(lic)
+			for i, w := range words {
+				if i%2 == 1 {
+					if w != op {
+						t.Errorf("LICENSE = %q: operator %q at word %d, want %q", lic, w, i, op)
+					}
+					continue
+				}
+				if !licName.MatchString(w) || w == "AND" || w == "OR" {
+					t.Errorf("LICENSE = %q: %q is not a licence name", lic, w)
+				}
+				got[w] = true
+			}
+			if len(words)%2 == 0 {
+				t.Errorf("LICENSE = %q ends with an operator", lic)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("LICENSE = %q: licences %v, want %v", lic, got, want)
 			}
 		})
 	}

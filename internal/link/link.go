@@ -382,9 +382,20 @@ func (l *Link) serve(ctx context.Context, conn *websocket.Conn, target string) {
 
 func firstErr(errs ...error) string {
 	for _, e := range errs {
-		if e != nil {
-			return e.Error()
+		var ce *websocket.CloseError
+		switch {
+		case e == nil:
+			continue
+		case errors.As(e, &ce) && (ce.Code == websocket.CloseNormalClosure || ce.Code == websocket.CloseGoingAway):
+			// A server shutting down or ending the link on purpose is
+			// not a failure; gorilla's text would read like one.
+			name := map[int]string{websocket.CloseNormalClosure: "normal closure", websocket.CloseGoingAway: "going away"}[ce.Code]
+			if ce.Text != "" {
+				name += ": " + ce.Text
+			}
+			return fmt.Sprintf("closed normally by the server (%d %s)", ce.Code, name)
 		}
+		return e.Error()
 	}
 	return "closed"
 }

@@ -14,6 +14,7 @@ package metrics
 import (
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 )
@@ -53,6 +54,14 @@ const (
 
 // ProtoShell is the proto label of shell sessions.
 const ProtoShell = "shell"
+
+// Endpoint says where the metrics endpoint listens.
+type Endpoint struct {
+	// Listen is host:port (a bare port means 127.0.0.1), or unix:/path.
+	Listen string
+	// SocketMode is a unix socket's mode; 0 means 0600.
+	SocketMode os.FileMode
+}
 
 // BuildInfo becomes the labels of tether_build_info.
 type BuildInfo struct {

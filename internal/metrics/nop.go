@@ -78,6 +78,11 @@ func Serve(_ context.Context, _ *slog.Logger, listen string, _ http.Handler) err
 	return errCompiledOut(listen)
 }
 
+// ServeEndpoint is Serve on an Endpoint.
+func ServeEndpoint(ctx context.Context, log *slog.Logger, ep Endpoint, h http.Handler) error {
+	return Serve(ctx, log, ep.Listen, h)
+}
+
 // ServeListener closes ln and returns an error: the endpoint does not exist
 // in the nometrics build.
 func ServeListener(_ context.Context, _ *slog.Logger, ln net.Listener, _ http.Handler) error {

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -37,10 +36,10 @@ type Metrics struct {
 	sessionsClosed   *prometheus.CounterVec
 	sessionDuration  *prometheus.HistogramVec
 	limitRejections  *prometheus.CounterVec
-	terminalBytesIn  prometheus.Counter
-	terminalBytesOut prometheus.Counter
-	framesIn         prometheus.Counter
-	framesOut        prometheus.Counter
+	terminalBytesIn  *coarseCounter
+	terminalBytesOut *coarseCounter
+	framesIn         *coarseCounter
+	framesOut        *coarseCounter
 	malformedFrames  *prometheus.CounterVec
 	linkUp           prometheus.Gauge
 	linkReconnects   prometheus.Counter
@@ -81,13 +80,13 @@ func New(info BuildInfo, limits Limits) *Metrics {
 		"New sessions refused because a limit was reached, by limit (per_user, total).", "limit")
 
 	terminalBytes := f.counterVec("terminal_bytes_total",
-		"Terminal data bytes: in = from the user to the shell, out = from the shell to the user.", "direction")
-	m.terminalBytesIn = terminalBytes.WithLabelValues("in")
-	m.terminalBytesOut = terminalBytes.WithLabelValues("out")
+		"Terminal data bytes in whole KiB (so that single keystrokes do not show): in = from the user to the shell, out = from the shell to the user.", "direction")
+	m.terminalBytesIn = newCoarse(terminalBytes.WithLabelValues("in"), terminalBytesStep)
+	m.terminalBytesOut = newCoarse(terminalBytes.WithLabelValues("out"), terminalBytesStep)
 	frames := f.counterVec("link_frames_total",
-		"Protocol frames over the server link: in = received, out = sent.", "direction")
-	m.framesIn = frames.WithLabelValues("in")
-	m.framesOut = frames.WithLabelValues("out")
+		"Protocol frames over the server link, in steps of 64 (so that single keystrokes do not show): in = received, out = sent.", "direction")
+	m.framesIn = newCoarse(frames.WithLabelValues("in"), linkFramesStep)
+	m.framesOut = newCoarse(frames.WithLabelValues("out"), linkFramesStep)
 	m.malformedFrames = f.counterVec("link_malformed_frames_total",
 		"Received frames that could not be decoded, by kind of defect.", "kind")
 
@@ -202,7 +201,7 @@ func (m *Metrics) TerminalBytesIn(n int) {
 	if m == nil || n <= 0 {
 		return
 	}
-	m.terminalBytesIn.Add(float64(n))
+	m.terminalBytesIn.add(uint64(n))
 }
 
 // TerminalBytesOut counts terminal output bytes (shell → user).
@@ -210,7 +209,7 @@ func (m *Metrics) TerminalBytesOut(n int) {
 	if m == nil || n <= 0 {
 		return
 	}
-	m.terminalBytesOut.Add(float64(n))
+	m.terminalBytesOut.add(uint64(n))
 }
 
 // FrameIn counts a frame received from the server.
@@ -218,7 +217,7 @@ func (m *Metrics) FrameIn() {
 	if m == nil {
 		return
 	}
-	m.framesIn.Inc()
+	m.framesIn.add(1)
 }
 
 // FrameOut counts a frame sent to the server.
@@ -226,7 +225,7 @@ func (m *Metrics) FrameOut() {
 	if m == nil {
 		return
 	}
-	m.framesOut.Inc()
+	m.framesOut.add(1)
 }
 
 // MalformedFrame counts an undecodable frame; kind is a short lower-case
@@ -301,11 +300,15 @@ func (m *Metrics) Handler(health func() (bool, []string)) http.Handler {
 // Metrics.AllowNonLoopback); a bare port means 127.0.0.1. An empty listen
 // means metrics are off: it returns nil at once.
 func Serve(ctx context.Context, log *slog.Logger, listen string, h http.Handler) error {
-	if listen == "" {
+	return ServeEndpoint(ctx, log, Endpoint{Listen: listen}, h)
+}
+
+// ServeEndpoint is Serve on an Endpoint, which may be a unix socket.
+func ServeEndpoint(ctx context.Context, log *slog.Logger, ep Endpoint, h http.Handler) error {
+	if ep.Listen == "" {
 		return nil
 	}
-	addr := listenAddress(listen)
-	ln, err := net.Listen("tcp", addr)
+	ln, err := ep.listen()
 	if err != nil {
 		return fmt.Errorf("metrics endpoint: %w", err)
 	}
@@ -379,12 +382,4 @@ func (m *Metrics) metricsHandler() http.Handler {
 			_ = c.Close()
 		}
 	})
-}
-
-// listenAddress turns a bare port into a loopback address.
-func listenAddress(listen string) string {
-	if _, err := strconv.ParseUint(listen, 10, 16); err == nil {
-		return net.JoinHostPort("127.0.0.1", listen)
-	}
-	return listen
 }

@@ -199,11 +199,13 @@ func TestLiveScrape(t *testing.T) {
 	m.LimitRejected(LimitTotal)
 	m.SessionClosed(ProtoShell, ReasonIdleExpired, 90*time.Second)
 	m.SessionClosed(ProtoShell, "connection reset by peer 10.0.0.1", time.Second) // not a known reason
-	m.TerminalBytesIn(10)
-	m.TerminalBytesOut(100)
-	m.TerminalBytesOut(-5) // ignored
-	m.FrameIn()
-	m.FrameIn()
+	m.TerminalBytesIn(10)                                                         // below a KiB: not shown yet
+	m.TerminalBytesOut(1000)
+	m.TerminalBytesOut(100) // crosses the first KiB
+	m.TerminalBytesOut(-5)  // ignored
+	for i := 0; i < 65; i++ {
+		m.FrameIn()
+	}
 	m.FrameOut()
 	m.MalformedFrame("truncated")
 	m.MalformedFrame("Bad Kind: user 42") // squeezed to other
@@ -226,10 +228,10 @@ func TestLiveScrape(t *testing.T) {
 		{"tether_session_limit_rejections_total", []string{"limit", LimitPerUser}, 2},
 		{"tether_session_limit_rejections_total", []string{"limit", LimitTotal}, 1},
 		{"tether_session_duration_seconds", []string{"proto", "shell"}, 2},
-		{"tether_terminal_bytes_total", []string{"direction", "in"}, 10},
-		{"tether_terminal_bytes_total", []string{"direction", "out"}, 100},
-		{"tether_link_frames_total", []string{"direction", "in"}, 2},
-		{"tether_link_frames_total", []string{"direction", "out"}, 1},
+		{"tether_terminal_bytes_total", []string{"direction", "in"}, 0},
+		{"tether_terminal_bytes_total", []string{"direction", "out"}, 1024},
+		{"tether_link_frames_total", []string{"direction", "in"}, 64},
+		{"tether_link_frames_total", []string{"direction", "out"}, 0},
 		{"tether_link_malformed_frames_total", []string{"kind", "truncated"}, 1},
 		{"tether_link_malformed_frames_total", []string{"kind", "other"}, 1},
 		{"tether_link_up", nil, 1},

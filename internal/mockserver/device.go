@@ -112,10 +112,15 @@ func (d *Device) Subscribe() (frames <-chan *wire.ProtoMsg, cancel func()) {
 }
 
 // Close drops the connection from the server side (close frame 1011, as
-// deviceconnect sends on shutdown) and waits until it is cleaned up.
+// deviceconnect sends when it drops a device) and waits until it is
+// cleaned up. Server.Close says 1001 (going away) instead.
 func (d *Device) Close() error {
+	return d.closeWith(websocket.CloseInternalServerErr, "connection closed by the server")
+}
+
+func (d *Device) closeWith(code int, text string) error {
 	d.closeOnce.Do(func() {
-		msg := websocket.FormatCloseMessage(websocket.CloseInternalServerErr, "connection closed by the server")
+		msg := websocket.FormatCloseMessage(code, text)
 		_ = d.conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(closeTimeout))
 		_ = d.conn.Close()
 	})
@@ -233,6 +238,9 @@ func (d *Device) serve() {
 	d.s.mu.Lock()
 	if d.s.conns[d.id] == d {
 		delete(d.s.conns, d.id)
+		if rec := d.s.devices[d.id]; rec != nil {
+			rec.left = time.Now()
+		}
 	}
 	d.s.notifyLocked()
 	d.s.mu.Unlock()

@@ -45,6 +45,14 @@
 //     device also gets "user disconnected", as from the real server). When
 //     the device goes away, users with a running shell get stop "device
 //     disconnected" and every user socket is closed (1001).
+//   - GET /: the web console (web.go, sources in web/): log in, device
+//     list, xterm.js terminals over the user websocket, a file panel for
+//     the file-transfer REST calls. Login also sets the user JWT as an
+//     HttpOnly, SameSite=Strict "JWT" cookie, which every management
+//     endpoint accepts; POST /api/management/v1/useradm/auth/logout drops
+//     it. LoginLink makes a one-time /ui/login?code= link that sets it.
+//     Websocket upgrades with an Origin header must come from the server's
+//     own origin (403 otherwise); clients without one are let through.
 //   - Errors everywhere are JSON {"error": "..."}.
 //
 // Every JWT is HS256 with sub, iss "Mender", iat, exp, jti and

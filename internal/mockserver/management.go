@@ -52,6 +52,7 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 	tok := s.issueLocked(UserID(email), false)
 	s.mu.Unlock()
 	s.log.Info("user logged in", "email", email, "token_sha256", tokenFingerprint(tok))
+	s.setJWTCookie(w, r, tok)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
 	_, _ = io.WriteString(w, tok)
@@ -131,6 +132,9 @@ func (s *Server) handleDeviceStatus(w http.ResponseWriter, r *http.Request) {
 	var updated time.Time
 	if known {
 		updated = rec.updated
+		if rec.left.After(updated) {
+			updated = rec.left
+		}
 	}
 	s.mu.Unlock()
 	if !known {

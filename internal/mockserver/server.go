@@ -103,6 +103,7 @@ type Server struct {
 	issued    map[string]time.Time // jti → exact issue time of this instance's device tokens
 	httpSrv   *http.Server
 	serveDone chan struct{}
+	console   *console
 
 	// wg counts hijacked websocket handlers: http.Server.Shutdown does
 	// not wait for them.
@@ -116,6 +117,7 @@ type deviceRecord struct {
 	pubKey  string
 	created time.Time
 	updated time.Time
+	left    time.Time // when its websocket last went down
 }
 
 // DeviceInfo describes a device known to the server.
@@ -180,12 +182,13 @@ func New(opts Options) *Server {
 		connects: make(map[string]int),
 		revoked:  make(map[string]time.Time),
 		issued:   make(map[string]time.Time),
+		console:  newConsole(),
 	}
 	s.upgrader = websocket.Upgrader{
 		// Offered but only echoed when the client asks, like the real
 		// server.
 		Subprotocols: []string{"protomsg/msgpack"},
-		CheckOrigin:  func(*http.Request) bool { return true },
+		CheckOrigin:  s.checkOrigin,
 		Error: func(w http.ResponseWriter, _ *http.Request, status int, reason error) {
 			writeError(w, status, reason.Error())
 		},
@@ -197,6 +200,7 @@ func New(opts Options) *Server {
 	mux.HandleFunc(DevicesPath, s.handleListDevices)
 	mux.HandleFunc(DeviceConnectMgmtDir+"{id}", s.handleDeviceStatus)
 	mux.HandleFunc(DeviceConnectMgmtDir+"{id}/connect", s.handleUserConnect)
+	s.registerConsole(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not found: "+r.URL.Path)
 	})
@@ -272,7 +276,9 @@ func (s *Server) Close() error {
 		<-serveDone
 	}
 	for _, d := range conns {
-		_ = d.Close()
+		// A normal shutdown: the device should reconnect later, not
+		// report a server error.
+		_ = d.closeWith(websocket.CloseGoingAway, "server shutting down")
 	}
 	s.wg.Wait()
 	return err

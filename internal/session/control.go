@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tether-agent/tether/internal/link"
+	"github.com/tether-agent/tether/internal/logging"
 	"github.com/tether-agent/tether/internal/proto"
 	"github.com/tether-agent/tether/internal/wire"
 )
@@ -102,7 +103,9 @@ func (r *Router) closeProtos(c *ctrlSession) {
 // touchCtrl records inbound traffic on a router session, creating it, and
 // returns it (nil for the empty sid, which has no router session).
 func (r *Router) touchCtrl(sid string) *ctrlSession {
-	if sid == "" {
+	if sid == "" || len(sid) > maxIDLen {
+		// The length bound also bounds the table's bytes, not only its
+		// entries: at most maxCtrlSessions × maxIDLen of ids.
 		return nil
 	}
 	now := time.Now()
@@ -184,10 +187,16 @@ func (r *Router) handleControl(m *wire.ProtoMsg) {
 	case wire.TypeError:
 		var e wire.ErrorBody
 		if err := wire.DecodeBody(m.Body, &e); err != nil {
-			r.log.Warn("undecodable control error from server", "session_id", sid, "error", err)
+			if r.plog.ctrlError.allow(time.Now()) {
+				r.log.Warn("undecodable control error from server", "session_id", sid, "error", err,
+					"suppressed", r.plog.ctrlError.takeSuppressed())
+			}
 			return
 		}
-		r.log.Warn("control error from server", "session_id", sid, "error", e.Error, "close", e.Close)
+		if r.plog.ctrlError.allow(time.Now()) {
+			r.log.Warn("control error from server", "session_id", sid, "error", logging.Clip(e.Error), "close", e.Close,
+				"suppressed", r.plog.ctrlError.takeSuppressed())
+		}
 		if e.Close {
 			r.endCtrl(sid)
 		}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/tether-agent/tether/internal/link"
+	"github.com/tether-agent/tether/internal/logging"
 	"github.com/tether-agent/tether/internal/proto"
 	"github.com/tether-agent/tether/internal/shell"
 	"github.com/tether-agent/tether/internal/wire"
@@ -124,6 +125,7 @@ type Router struct {
 	bufs sync.Pool
 
 	malformedLog rateLimit
+	plog         peerLogs
 	lastReap     time.Time // janitor only
 }
 
@@ -223,6 +225,9 @@ func (r *Router) Protocols() []uint16 {
 // HandleMessage dispatches one inbound message. Called by the link's read
 // loop: it never blocks.
 func (r *Router) HandleMessage(m *wire.ProtoMsg) {
+	if r.refuseOversized(m) {
+		return
+	}
 	switch m.Header.Proto {
 	case wire.ProtoShell:
 		if r.opts.TerminalDisabled {
@@ -252,7 +257,10 @@ func (r *Router) HandleMessage(m *wire.ProtoMsg) {
 func (r *Router) HandleMalformed(de *wire.DecodeError) {
 	if r.malformedLog.allow(time.Now()) {
 		r.log.Warn("malformed frame from server", "kind", string(de.Kind), "error", de.Err,
-			"session_id", de.Partial.SessionID, "suppressed", r.malformedLog.takeSuppressed())
+			"session_id", logging.Clip(de.Partial.SessionID), "suppressed", r.malformedLog.takeSuppressed())
+	}
+	if field, _ := oversizedField(&de.Partial); field != "" {
+		return // no reply that would echo it
 	}
 	if de.Partial.SessionID != "" {
 		h := de.Partial

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tether-agent/tether/internal/link"
+	"github.com/tether-agent/tether/internal/logging"
 	"github.com/tether-agent/tether/internal/shell"
 	"github.com/tether-agent/tether/internal/wire"
 )
@@ -218,8 +219,10 @@ func (r *Router) newShell(h *wire.Header) {
 }
 
 func (r *Router) reject(sid, user, limit, text string) {
-	r.log.Warn("session refused: limit reached", "event", "limit_reject", "limit", limit,
-		"session_id", sid, "user_id", user)
+	if r.plog.reject.allow(time.Now()) {
+		r.log.Warn("session refused: limit reached", "event", "limit_reject", "limit", limit,
+			"session_id", logging.Clip(sid), "user_id", logging.Clip(user), "suppressed", r.plog.reject.takeSuppressed())
+	}
 	r.opts.Recorder.LimitRejected(limit)
 	r.replyShell(sid, wire.ShellNew, wire.StatusError, text)
 }

@@ -14,6 +14,7 @@ import (
 	"unsafe"
 
 	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
 )
 
 // killWait is how long the teardown waits for SIGKILLed processes to go.
@@ -86,11 +87,12 @@ func Start(s Spec) (*Process, error) {
 // then park a goroutine instead of an OS thread, and Close interrupts them.
 func pollable(f *os.File) (*os.File, syscall.RawConn, error) {
 	defer f.Close()
-	fd, err := syscall.Dup(int(f.Fd()))
+	// One step: between a dup and a separate close-on-exec, a shell
+	// spawned concurrently would inherit this session's master.
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("dup pty master: %w", err)
 	}
-	syscall.CloseOnExec(fd)
 	if err := syscall.SetNonblock(fd, true); err != nil {
 		syscall.Close(fd)
 		return nil, nil, fmt.Errorf("pty master non-blocking: %w", err)

@@ -215,6 +215,10 @@ func isInt(c byte) bool {
 	return msgpcode.IsFixedNum(c) || (c >= msgpcode.Uint8 && c <= msgpcode.Int64)
 }
 
+func isArray(c byte) bool {
+	return msgpcode.IsFixedArray(c) || c == msgpcode.Array16 || c == msgpcode.Array32
+}
+
 func isMap(c byte) bool {
 	return msgpcode.IsFixedMap(c) || c == msgpcode.Map16 || c == msgpcode.Map32
 }
@@ -294,7 +298,15 @@ func decodeProps(v valueReader) (props map[string]interface{}, typeErr, err erro
 		if err != nil {
 			return nil, typeErr, err
 		}
-		val, err := v.value(0, true)
+		// Properties tether reads are all scalars. A container value is
+		// skipped, not built: a 1 MB frame of empty maps would otherwise
+		// cost a hundred megabytes of map headers.
+		c, err := d.PeekCode()
+		if err != nil {
+			return nil, typeErr, fmt.Errorf("%q: %w", k, err)
+		}
+		container := isMap(c) || isArray(c)
+		val, err := v.value(0, !container)
 		if err != nil {
 			return nil, typeErr, fmt.Errorf("%q: %w", k, err)
 		}
@@ -304,7 +316,9 @@ func decodeProps(v valueReader) (props map[string]interface{}, typeErr, err erro
 			}
 			continue
 		}
-		props[k] = val
+		if !container {
+			props[k] = val
+		}
 	}
 	return props, typeErr, nil
 }
@@ -400,7 +414,7 @@ func (v valueReader) value(depth int, keep bool) (interface{}, error) {
 			return m, nil
 		}
 		return nil, nil
-	case msgpcode.IsFixedArray(c) || c == msgpcode.Array16 || c == msgpcode.Array32:
+	case isArray(c):
 		n, err := v.d.DecodeArrayLen()
 		if err != nil {
 			return nil, err

@@ -71,6 +71,14 @@ TETHER_CONF = { \
 	"ShellArguments": [$(subst $(space),$(comma) ,$(foreach a,$(TETHER_SHELL_ARGUMENTS),"$(a)"))], \
 	"User": "$(TETHER_USER)" }
 
+# The dedicated account remote shells run as by default ("nobody" is
+# shared with other services, whose environment and signals it reaches).
+ifeq ($(TETHER_USER),tether-shell)
+define TETHER_USERS
+	tether-shell -1 tether-shell -1 * /var/lib/tether-shell /bin/sh - tether remote shells
+endef
+endif
+
 define TETHER_CHECK_VERSION
 	@if [ -z "$(TETHER_VERSION)" ]; then \
 		echo "tether: set BR2_PACKAGE_TETHER_VERSION to the commit or tag to build," \

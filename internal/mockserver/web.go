@@ -1,0 +1,225 @@
+package mockserver
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"embed"
+	"encoding/hex"
+	"fmt"
+	"html/template"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Paths of the web console and of the session calls it makes.
+const (
+	ConsolePath   = "/"
+	ConsoleAssets = "/ui/"
+	// LoginLinkPath takes a one-time code from LoginLink and logs the
+	// browser in.
+	LoginLinkPath = "/ui/login"
+	LogoutPath    = "/api/management/v1/useradm/auth/logout"
+	// JWTCookie carries the user JWT of a browser session, as in the
+	// Mender UI.
+	JWTCookie = "JWT"
+	// LoginLinkLifetime is how long a one-time login link stays valid.
+	LoginLinkLifetime = 15 * time.Minute
+)
+
+// The bundle is built from web/src by `make web` (esbuild); a test checks
+// that it matches its sources.
+//
+//go:embed web/index.html web/dist/console.js web/dist/console.css
+var consoleFiles embed.FS
+
+var consoleIndex = template.Must(template.ParseFS(consoleFiles, "web/index.html"))
+
+// consoleAsset is a file of the bundle with its validator.
+type consoleAsset struct {
+	body        []byte
+	contentType string
+	etag        string
+}
+
+// console is the web console's state: its files and the one-time login
+// codes.
+type console struct {
+	assets map[string]consoleAsset
+
+	mu    sync.Mutex
+	codes map[string]loginCode
+}
+
+type loginCode struct {
+	email   string
+	expires time.Time
+}
+
+func newConsole() *console {
+	c := &console{assets: make(map[string]consoleAsset), codes: make(map[string]loginCode)}
+	for name, typ := range map[string]string{
+		"console.js":  "text/javascript; charset=utf-8",
+		"console.css": "text/css; charset=utf-8",
+	} {
+		b, err := consoleFiles.ReadFile("web/dist/" + name)
+		if err != nil {
+			// The files are embedded at build time: a missing one is a
+			// broken build, not a runtime condition.
+			panic(fmt.Sprintf("console bundle: %v", err))
+		}
+		sum := sha256.Sum256(b)
+		c.assets[name] = consoleAsset{body: b, contentType: typ, etag: `"` + hex.EncodeToString(sum[:8]) + `"`}
+	}
+	return c
+}
+
+func (s *Server) registerConsole(mux *http.ServeMux) {
+	mux.HandleFunc("GET "+ConsolePath+"{$}", s.handleConsoleIndex)
+	mux.HandleFunc("GET "+ConsoleAssets+"{name}", s.handleConsoleAsset)
+	mux.HandleFunc("GET "+LoginLinkPath, s.handleLoginLink)
+	mux.HandleFunc(LogoutPath, s.handleLogout)
+}
+
+// consoleHeaders keep the page to its own origin.
+func consoleHeaders(w http.ResponseWriter) {
+	h := w.Header()
+	// xterm.js writes <style> elements of its own, hence 'unsafe-inline'
+	// for styles only.
+	h.Set("Content-Security-Policy", "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "no-referrer")
+}
+
+func (s *Server) handleConsoleIndex(w http.ResponseWriter, _ *http.Request) {
+	// The demo user is filled in; its password only while it is the
+	// well-known default.
+	var demo struct{ Email, Password string }
+	if pw, ok := s.users[DefaultUser]; ok {
+		demo.Email = DefaultUser
+		if pw == DefaultPassword {
+			demo.Password = pw
+		}
+	}
+	var buf bytes.Buffer
+	if err := consoleIndex.Execute(&buf, demo); err != nil {
+		s.log.Error("render console page", "err", err)
+		writeError(w, http.StatusInternalServerError, "cannot render the console page")
+		return
+	}
+	consoleHeaders(w)
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write(buf.Bytes())
+}
+
+func (s *Server) handleConsoleAsset(w http.ResponseWriter, r *http.Request) {
+	a, ok := s.console.assets[r.PathValue("name")]
+	if !ok {
+		writeError(w, http.StatusNotFound, "not found: "+r.URL.Path)
+		return
+	}
+	consoleHeaders(w)
+	w.Header().Set("Content-Type", a.contentType)
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("ETag", a.etag)
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(a.body))
+}
+
+// setJWTCookie hands a browser its session. HttpOnly keeps the token away
+// from scripts; SameSite=Strict keeps other sites from riding on it.
+func (s *Server) setJWTCookie(w http.ResponseWriter, r *http.Request, tok string) {
+	http.SetCookie(w, &http.Cookie{
+		Name:     JWTCookie,
+		Value:    tok,
+		Path:     "/",
+		MaxAge:   int(s.opts.TokenLifetime / time.Second),
+		HttpOnly: true,
+		Secure:   r.TLS != nil,
+		SameSite: http.SameSiteStrictMode,
+	})
+}
+
+func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
+	if !allowMethod(w, r, http.MethodPost) {
+		return
+	}
+	http.SetCookie(w, &http.Cookie{Name: JWTCookie, Value: "", Path: "/", MaxAge: -1,
+		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// LoginLink returns the path and query of a link that logs a browser in as
+// email once, within LoginLinkLifetime; append it to the base URL.
+func (s *Server) LoginLink(email string) (string, error) {
+	if _, ok := s.users[email]; !ok {
+		return "", fmt.Errorf("login link: no user %q", email)
+	}
+	var b [24]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("login link: %w", err)
+	}
+	code := hex.EncodeToString(b[:])
+	now := time.Now()
+	s.console.mu.Lock()
+	for c, lc := range s.console.codes {
+		if now.After(lc.expires) {
+			delete(s.console.codes, c)
+		}
+	}
+	s.console.codes[code] = loginCode{email: email, expires: now.Add(LoginLinkLifetime)}
+	s.console.mu.Unlock()
+	return LoginLinkPath + "?code=" + url.QueryEscape(code), nil
+}
+
+func (s *Server) handleLoginLink(w http.ResponseWriter, r *http.Request) {
+	code := r.URL.Query().Get("code")
+	var email string
+	s.console.mu.Lock()
+	for c, lc := range s.console.codes {
+		// Compared in constant time; the table holds a handful of codes.
+		if subtle.ConstantTimeCompare([]byte(c), []byte(code)) == 1 {
+			delete(s.console.codes, c)
+			if time.Now().Before(lc.expires) {
+				email = lc.email
+			}
+			break
+		}
+	}
+	s.console.mu.Unlock()
+	if email == "" {
+		s.log.Info("login link refused: unknown, used or expired code")
+		consoleHeaders(w)
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusUnauthorized)
+		fmt.Fprintln(w, "This login link is unknown, used or expired. Log in with e-mail and password at / instead.")
+		return
+	}
+	s.mu.Lock()
+	tok := s.issueLocked(UserID(email), false)
+	s.mu.Unlock()
+	s.log.Info("user logged in with a login link", "email", email, "token_sha256", tokenFingerprint(tok))
+	s.setJWTCookie(w, r, tok)
+	http.Redirect(w, r, ConsolePath, http.StatusSeeOther)
+}
+
+// checkOrigin admits websocket upgrades from pages of this server only.
+// Programs (devices, mender-cli, the Go client) send no Origin and are
+// let through; a browser always sends one, so another site's page cannot
+// open a terminal with the user's cookie.
+func (s *Server) checkOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err == nil && u.Host != "" && strings.EqualFold(u.Host, r.Host) {
+		return true
+	}
+	s.log.Warn("websocket upgrade from another origin refused", "origin", origin, "host", r.Host, "path", r.URL.Path)
+	return false
+}
