@@ -12,29 +12,35 @@ import (
 )
 
 // openTokenFile opens a token file only if nobody but root (or the
-// daemon's own user) could have put its content there: the file itself,
-// not a symlink to something else, a regular file, and it and its directory
-// owned by root or the daemon's uid and writable by nobody else. A token
+// daemon's own user) could have put its content there: a regular file
+// beneath its directory (no symbolic link out of it), and it and its
+// directory owned by root or the daemon's uid and writable by nobody else. A token
 // file in a directory others can write would let a local user make the
 // daemon send any file's first line to the server as its Bearer token.
 //
 // readableByOthers reports a file that others can read: the token leaks,
 // but nothing is taken over, so that is a warning, not a refusal.
 func openTokenFile(path string) (f *os.File, readableByOthers bool, err error) {
-	dir := filepath.Dir(path)
+	dir, name := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, false, &os.PathError{Op: "open directory", Path: dir, Err: err}
+	}
+	defer unix.Close(dfd)
 	var dst unix.Stat_t
-	if err := unix.Stat(dir, &dst); err != nil {
+	if err := unix.Fstat(dfd, &dst); err != nil {
 		return nil, false, fmt.Errorf("directory %s: %w", dir, err)
 	}
-	if err := trustedOwnerAndMode("directory "+dir, &dst); err != nil {
+	if err := trustedOwnerAndMode("directory "+filepath.Clean(dir), &dst); err != nil {
 		return nil, false, err
 	}
-	// O_NONBLOCK: a FIFO planted in place of the file must not hang the
-	// poller; it is refused below as not a regular file.
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	fd, err := openBeneath(dfd, name)
 	if err != nil {
-		if errors.Is(err, unix.ELOOP) {
-			return nil, false, errors.New("is a symbolic link; refusing to follow it")
+		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV) {
+			return nil, false, errors.New("is a symbolic link leading out of its directory; refusing to follow it")
 		}
 		return nil, false, &os.PathError{Op: "open", Path: path, Err: err}
 	}
@@ -53,6 +59,25 @@ func openTokenFile(path string) (f *os.File, readableByOthers bool, err error) {
 		return nil, false, err
 	}
 	return f, st.Mode&0o044 != 0, nil
+}
+
+// openBeneath opens name in the trusted directory dfd. Symbolic links are
+// followed only while they stay beneath it (a Kubernetes secret volume
+// presents each key as token -> ..data/token, all inside the volume): only
+// root or the daemon's user could have made them, since the directory is
+// theirs alone. A link leading out fails (EXDEV). Kernels before 5.6 have
+// no openat2, so there no symbolic link is followed at all.
+// O_NONBLOCK: a FIFO planted in place of the file must not hang the
+// poller; it is refused as not a regular file.
+func openBeneath(dfd int, name string) (int, error) {
+	const flags = unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NONBLOCK | unix.O_NOCTTY
+	fd, err := unix.Openat2(dfd, name, &unix.OpenHow{Flags: flags,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS})
+	if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) {
+		// No openat2 (or a seccomp filter that refuses it).
+		return unix.Openat(dfd, name, flags|unix.O_NOFOLLOW, 0)
+	}
+	return fd, err
 }
 
 func trustedOwnerAndMode(what string, st *unix.Stat_t) error {

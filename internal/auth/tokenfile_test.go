@@ -28,14 +28,49 @@ func TestStaticTokenFileTrust(t *testing.T) {
 		{"readable by others: used, with a warning", func(t *testing.T, dir string) string {
 			return writeToken(t, dir, "token", tok, 0o644)
 		}, "", "readable by other users"},
-		{"symlink to a private file", func(t *testing.T, dir string) string {
-			target := writeToken(t, dir, "root-only", tok, 0o600)
-			link := filepath.Join(dir, "token")
+		{"symlink out of its directory", func(t *testing.T, dir string) string {
+			other := filepath.Join(dir, "other")
+			if err := os.Mkdir(other, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			target := writeToken(t, other, "root-only", tok, 0o600)
+			sub := filepath.Join(dir, "secrets")
+			if err := os.Mkdir(sub, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			link := filepath.Join(sub, "token")
 			if err := os.Symlink(target, link); err != nil {
 				t.Fatal(err)
 			}
 			return link
-		}, "symbolic link", ""},
+		}, "symbolic link leading out of its directory", ""},
+		{"relative symlink out of its directory", func(t *testing.T, dir string) string {
+			writeToken(t, dir, "root-only", tok, 0o600)
+			sub := filepath.Join(dir, "secrets")
+			if err := os.Mkdir(sub, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			link := filepath.Join(sub, "token")
+			if err := os.Symlink("../root-only", link); err != nil {
+				t.Fatal(err)
+			}
+			return link
+		}, "symbolic link leading out of its directory", ""},
+		{"a secret volume: token -> ..data/token inside the directory", func(t *testing.T, dir string) string {
+			ts := filepath.Join(dir, "..2026_12_01_00_00_00.1")
+			if err := os.Mkdir(ts, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			writeToken(t, ts, "token", tok, 0o600)
+			if err := os.Symlink("..2026_12_01_00_00_00.1", filepath.Join(dir, "..data")); err != nil {
+				t.Fatal(err)
+			}
+			link := filepath.Join(dir, "token")
+			if err := os.Symlink("..data/token", link); err != nil {
+				t.Fatal(err)
+			}
+			return link
+		}, "", ""},
 		{"world-writable file", func(t *testing.T, dir string) string {
 			return writeToken(t, dir, "token", tok, 0o666)
 		}, "writable by group or others", ""},
