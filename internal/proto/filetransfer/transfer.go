@@ -144,7 +144,8 @@ func (s *session) download(m *wire.ProtoMsg) {
 		reason = "the file group does not match"
 	case s.limits() && l.MaxFileSize > 0 && uint64(st.Size) > l.MaxFileSize:
 		reason = "the file size is over the limit"
-	case s.p.tx != nil && s.p.tx.Tokens() < 1:
+	case s.p.tx != nil && s.p.tx.Tokens() < float64(min(max(st.Size, 1), wire.FileChunkSize)):
+		// Not even the first chunk could go out.
 		reason = "transmitted bytes limit exhausted"
 	}
 	if reason != "" {
