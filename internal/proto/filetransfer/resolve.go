@@ -146,6 +146,9 @@ func (r resolver) walk(dirfd int, rel, shown string, flags int, mode uint32) (in
 	for i, c := range comps {
 		if i == len(comps)-1 {
 			fd, err := unix.Openat(cur, c, flags|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
+			if errors.Is(err, unix.ENOTDIR) && isSymlinkAt(cur, c) {
+				err = unix.ELOOP
+			}
 			if err == nil && flags&unix.O_PATH != 0 {
 				// O_PATH|O_NOFOLLOW opens a symlink itself.
 				var st unix.Stat_t
@@ -157,11 +160,8 @@ func (r resolver) walk(dirfd int, rel, shown string, flags int, mode uint32) (in
 			return fd, r.mapErr(shown, err)
 		}
 		next, err := unix.Openat(cur, c, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if errors.Is(err, unix.ENOTDIR) {
-			var st unix.Stat_t
-			if unix.Fstatat(cur, c, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
-				err = unix.ELOOP
-			}
+		if errors.Is(err, unix.ENOTDIR) && isSymlinkAt(cur, c) {
+			err = unix.ELOOP
 		}
 		if err != nil {
 			return -1, r.mapErr(shown, err)
@@ -170,6 +170,11 @@ func (r resolver) walk(dirfd int, rel, shown string, flags int, mode uint32) (in
 		cur = next
 	}
 	return -1, unix.EINVAL // not reached: the loop returns at the last component
+}
+
+func isSymlinkAt(dirfd int, name string) bool {
+	var st unix.Stat_t
+	return unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK
 }
 
 // mapErr turns the kernel's refusals into upstream's denial texts.
