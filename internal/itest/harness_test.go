@@ -76,6 +76,7 @@ type env struct {
 	log      *syncbuf.Buffer
 	jwts     map[string]string
 	extraEnv []string // for the daemon, e.g. NOTIFY_SOCKET
+	bin      string
 }
 
 // shellUser is nobody when the tests run as root (CI), so the shells'
@@ -95,9 +96,15 @@ func shellUser(t *testing.T) string {
 // into the config file (nested maps replace whole sections).
 func newEnv(t *testing.T, overrides map[string]interface{}, daemonEnv ...string) *env {
 	t.Helper()
+	return newEnvBin(t, tetherBin, overrides, daemonEnv...)
+}
+
+// newEnvBin is newEnv with another tether binary.
+func newEnvBin(t *testing.T, bin string, overrides map[string]interface{}, daemonEnv ...string) *env {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
-	e := &env{t: t, ctx: ctx, jwts: map[string]string{}, log: &syncbuf.Buffer{}, extraEnv: daemonEnv}
+	e := &env{t: t, ctx: ctx, jwts: map[string]string{}, log: &syncbuf.Buffer{}, extraEnv: daemonEnv, bin: bin}
 	e.bus = dbustest.Start(t)
 	e.startServer("127.0.0.1:0")
 	e.deviceID = "0f0e0d0c-0b0a-4908-8706-050403020100"
@@ -156,7 +163,7 @@ func (e *env) startDaemon() {
 	if err := os.WriteFile(e.cfgPath, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(tetherBin, "--config", e.cfgPath, "--fallback-config", filepath.Join(t.TempDir(), "none.conf"), "--debug", "daemon")
+	cmd := exec.Command(e.bin, "--config", e.cfgPath, "--fallback-config", filepath.Join(t.TempDir(), "none.conf"), "--debug", "daemon")
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, e.extraEnv...)
 	cmd.Stdout, cmd.Stderr = e.log, e.log
 	if err := cmd.Start(); err != nil {
