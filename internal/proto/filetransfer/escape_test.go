@@ -196,7 +196,7 @@ func TestLeastPrivilege(t *testing.T) {
 		t.Fatal(e)
 	}
 	fi, _ := os.Stat(p)
-	if st := fi.Sys().(interface{}); st == nil || fileUID(fi) != id.UID {
+	if fileUID(fi) != id.UID {
 		t.Errorf("upload owned by uid %d, want nobody's %d", fileUID(fi), id.UID)
 	}
 	// Giving it away is up to the kernel: nobody may not.
