@@ -4,6 +4,7 @@
 //	mock-mender serve   [--listen ADDR] [--users EMAIL:PASS,...] [--key-file F] [--log-level L] [--login-link EMAIL]
 //	mock-mender attach  [--server URL] [--user EMAIL] [--password P] [DEVICE_ID]
 //	mock-mender devices [--server URL] [--user EMAIL] [--password P]
+//	mock-mender cp      [--server URL] [--user EMAIL] [--password P] SRC DEST   (DEVICE:PATH on one side)
 //
 // serve prints the base URL on stdout once it listens (and, with
 // --login-link, a one-time login link for the web console on the next
@@ -32,6 +33,7 @@ commands:
   serve     run the mock server
   attach    open a remote terminal on a device
   devices   list devices and their connection status
+  cp        copy a file to or from a device (DEVICE:PATH on one side)
 
 Run "mock-mender <command> -h" for the flags of a command.
 `
@@ -67,6 +69,8 @@ func run(ctx context.Context, args []string, stdin *os.File, stdout, stderr io.W
 		return attach(ctx, args[1:], stdin, stdout, stderr)
 	case "devices":
 		return devices(ctx, args[1:], stdout, stderr)
+	case "cp":
+		return cp(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil

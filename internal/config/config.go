@@ -71,9 +71,9 @@ type Config struct {
 	Metrics   MetricsConfig
 	Log       LogConfig
 
-	// Upstream feature switches; the features are not implemented yet but
-	// the keys are accepted so upstream files load unchanged.
-	FileTransfer FeatureConfig
+	// Upstream feature switches; the keys are accepted so upstream files
+	// load unchanged.
+	FileTransfer FileTransferConfig
 	PortForward  FeatureConfig
 	MenderClient FeatureConfig
 

@@ -472,7 +472,7 @@ func TestUpstreamConfigFile(t *testing.T) {
 	eq(t, "ExpireAfterIdle", cfg.Sessions.ExpireAfterIdle, uint32(300))
 	eq(t, "MaxPerUser", cfg.Sessions.MaxPerUser, uint32(2))
 	eq(t, "ServerURL", cfg.ServerURL, "https://hosted.mender.io")
-	eq(t, "FileTransfer", cfg.FileTransfer, FeatureConfig{Disable: true})
+	eq(t, "FileTransfer", cfg.FileTransfer, FileTransferConfig{Disable: true})
 	eq(t, "PortForward", cfg.PortForward, FeatureConfig{Disable: false})
 	eq(t, "MenderClient", cfg.MenderClient, FeatureConfig{Disable: true})
 	eq(t, "Limits", cfg.Limits, LimitsConfig{

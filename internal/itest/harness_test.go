@@ -105,6 +105,12 @@ func newEnv(t *testing.T, overrides map[string]interface{}, daemonEnv ...string)
 	return newEnvWith(t, overrides, nil, daemonEnv...)
 }
 
+// newEnvBin is newEnv with another tether binary.
+func newEnvBin(t *testing.T, bin string, overrides map[string]interface{}, daemonEnv ...string) *env {
+	t.Helper()
+	return newEnvWith(t, overrides, func(e *env) { e.bin = bin }, daemonEnv...)
+}
+
 // newEnvWith is newEnv with prepare called just before the daemon starts.
 func newEnvWith(t *testing.T, overrides map[string]interface{}, prepare func(*env), daemonEnv ...string) *env {
 	t.Helper()

@@ -3,6 +3,7 @@ package itest
 import (
 	"bytes"
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -188,7 +189,7 @@ func TestControlProtocolAndUnknownMessages(t *testing.T) {
 	}
 	m := expect("accept", func(m *wire.ProtoMsg) bool { return m.Header.MsgType == wire.TypeAccept && m.Header.SessionID == "c1" })
 	var acc wire.AcceptBody
-	if err := wire.DecodeBody(m.Body, &acc); err != nil || acc.Version != 1 || len(acc.Protocols) != 1 || acc.Protocols[0] != wire.ProtoShell {
+	if err := wire.DecodeBody(m.Body, &acc); err != nil || acc.Version != 1 || !slices.Equal(acc.Protocols, []uint16{wire.ProtoShell, wire.ProtoFileTransfer}) {
 		t.Fatalf("accept %+v %v", acc, err)
 	}
 	_ = d.Send(&wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoControl, MsgType: wire.TypePing, SessionID: "c1"}})

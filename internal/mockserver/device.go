@@ -35,6 +35,9 @@ type Device struct {
 	closed   bool
 	subs     map[*subscription]struct{}
 	sessions map[string]*userSession
+	// peers are the server's own sessions with the device (file
+	// transfer REST calls), by sid.
+	peers map[string]*ftPeer
 }
 
 type subscription struct {
@@ -331,7 +334,12 @@ func (d *Device) pinger(stop <-chan struct{}) {
 func (d *Device) route(m *wire.ProtoMsg) {
 	d.mu.Lock()
 	us := d.sessions[m.Header.SessionID]
+	peer := d.peers[m.Header.SessionID]
 	d.mu.Unlock()
+	if peer != nil {
+		peer.deliver(m)
+		return
+	}
 	if us == nil {
 		d.log.Debug("dropping device message without a live user session",
 			"sid", m.Header.SessionID, "proto", wire.ProtoName(m.Header.Proto), "typ", m.Header.MsgType)

@@ -201,6 +201,8 @@ func New(opts Options) *Server {
 	mux.HandleFunc(DeviceConnectMgmtDir+"{id}", s.handleDeviceStatus)
 	mux.HandleFunc(DeviceConnectMgmtDir+"{id}/connect", s.handleUserConnect)
 	s.registerConsole(mux)
+	mux.HandleFunc(DeviceConnectMgmtDir+"{id}/download", s.handleDownload)
+	mux.HandleFunc(DeviceConnectMgmtDir+"{id}/upload", s.handleUpload)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not found: "+r.URL.Path)
 	})

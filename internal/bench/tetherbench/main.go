@@ -2,7 +2,8 @@
 // the figures `make bench` reports: start to connected, keystroke echo
 // round trip (alone and next to a flooding session), output throughput
 // beside a raw pty baseline measured in the same run, 100 concurrent
-// sessions, RSS idle and with 100 sessions, and stop to shell gone.
+// sessions, RSS idle and with 100 sessions, stop to shell gone, and file
+// download/upload beside a local copy.
 //
 // The bench plays the server itself (a bare websocket endpoint), so the
 // figures are the daemon's, not a relay's.
@@ -320,7 +321,7 @@ func run(bin string, keys, mb int) error {
 	}
 	sortDur(stops)
 	row("stop → shell gone (median of 20)", fmtDur(stops[len(stops)/2]), "upstream ≥ 4 s")
-	return nil
+	return b.fileTransfer(d, mb)
 }
 
 func row(what, value, note string) {

@@ -1,0 +1,240 @@
+package filetransfer
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tether-agent/tether/internal/wire"
+)
+
+// pathOf decodes a stat/get_file body; the error is upstream's text.
+func pathOf(m *wire.ProtoMsg) (string, string) {
+	var b wire.FilePathBody
+	if err := wire.DecodeBody(m.Body, &b); err != nil {
+		return "", "malformed request parameters: " + err.Error()
+	}
+	if b.Path == nil || *b.Path == "" {
+		return "", "invalid request parameters: path: cannot be blank"
+	}
+	return *b.Path, ""
+}
+
+// denial renders an error for the peer: a limit's refusal is "access
+// denied: <reason>", anything else prefix: <err>.
+func denial(prefix string, err error) string {
+	if isDenial(err) {
+		return msgAccessDenied + err.Error()
+	}
+	return prefix + err.Error()
+}
+
+func (s *session) stat(m *wire.ProtoMsg) {
+	path, bad := pathOf(m)
+	if bad != "" {
+		s.replyError(m, bad)
+		return
+	}
+	var st unix.Stat_t
+	err := s.p.opts.Identity.do(func() error {
+		fd, err := s.p.res.open(path, unix.O_PATH, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		return unix.Fstat(fd, &st)
+	})
+	if err != nil {
+		s.replyError(m, denial(fmt.Sprintf("failed to get file info from path '%s': ", path), err))
+		return
+	}
+	size, uid, gid, mode := st.Size, st.Uid, st.Gid, uint32(goMode(st.Mode))
+	mt := time.Unix(st.Mtim.Unix())
+	b, err := wire.EncodeBody(wire.FileInfoBody{Path: &path, Size: &size, UID: &uid, GID: &gid, Mode: &mode, ModTime: &mt})
+	if err != nil {
+		s.replyError(m, err.Error())
+		return
+	}
+	if err := s.send(&wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoFileTransfer, MsgType: wire.FileInfo, SessionID: s.sid}, Body: b}); err != nil {
+		s.log.Info("file transfer: could not send file_info", "error", err)
+	}
+}
+
+// goMode converts st_mode to Go's os.FileMode layout, which the server
+// tests with IsRegular.
+func goMode(m uint32) os.FileMode {
+	fm := os.FileMode(m & 0o777)
+	switch m & unix.S_IFMT {
+	case unix.S_IFDIR:
+		fm |= os.ModeDir
+	case unix.S_IFLNK:
+		fm |= os.ModeSymlink
+	case unix.S_IFIFO:
+		fm |= os.ModeNamedPipe
+	case unix.S_IFSOCK:
+		fm |= os.ModeSocket
+	case unix.S_IFCHR:
+		fm |= os.ModeDevice | os.ModeCharDevice
+	case unix.S_IFBLK:
+		fm |= os.ModeDevice
+	}
+	if m&unix.S_ISUID != 0 {
+		fm |= os.ModeSetuid
+	}
+	if m&unix.S_ISGID != 0 {
+		fm |= os.ModeSetgid
+	}
+	if m&unix.S_ISVTX != 0 {
+		fm |= os.ModeSticky
+	}
+	return fm
+}
+
+func (s *session) limits() bool { return s.p.opts.Limits.Enabled }
+
+func chunk(sid string, off int64, body []byte) *wire.ProtoMsg {
+	return &wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoFileTransfer, MsgType: wire.FileChunk, SessionID: sid,
+		Properties: map[string]interface{}{wire.PropOffset: off}}, Body: body}
+}
+
+// download serves get_file: chunks of at most 4096 bytes, at most 20
+// ahead of the last ack, then the EOF chunk, then it waits for the ack
+// of everything.
+func (s *session) download(m *wire.ProtoMsg) {
+	path, bad := pathOf(m)
+	if bad != "" {
+		s.replyError(m, bad)
+		return
+	}
+	l := s.p.opts.Limits.FileTransfer
+	var f *os.File
+	var st unix.Stat_t
+	err := s.p.opts.Identity.do(func() error {
+		// O_NONBLOCK: opening a FIFO must not wait for a writer.
+		fd, err := s.p.res.open(path, unix.O_RDONLY|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
+		if err != nil {
+			return err
+		}
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
+			return err
+		}
+		f = os.NewFile(uintptr(fd), path)
+		return nil
+	})
+	if err != nil {
+		s.replyError(m, denial("failed to open the file: ", err))
+		return
+	}
+	defer f.Close()
+	// A device or FIFO never ends and a directory cannot be read: only
+	// regular files are served, whatever RegularFilesOnly says (the
+	// server refuses anything else after its stat anyway).
+	var reason string
+	switch {
+	case st.Mode&unix.S_IFMT != unix.S_IFREG:
+		reason = "only regular files are allowed"
+	case s.limits() && len(l.OwnerGet) > 0 && !slices.Contains(l.OwnerGet, userName(st.Uid)):
+		reason = "the file owner does not match"
+	case s.limits() && len(l.GroupGet) > 0 && !slices.Contains(l.GroupGet, groupName(st.Gid)):
+		reason = "the file group does not match"
+	case s.limits() && l.MaxFileSize > 0 && uint64(st.Size) > l.MaxFileSize:
+		reason = "the file size is over the limit"
+	case s.p.tx != nil && s.p.tx.Tokens() < float64(min(max(st.Size, 1), wire.FileChunkSize)):
+		// Not even the first chunk could go out.
+		reason = "transmitted bytes limit exhausted"
+	}
+	if reason != "" {
+		s.replyError(m, msgAccessDenied+reason)
+		return
+	}
+	var r io.Reader = f
+	if s.limits() && l.MaxFileSize > 0 {
+		// A file that grows while it is sent is cut at the limit.
+		r = io.LimitReader(f, int64(l.MaxFileSize))
+	}
+	buf := make([]byte, wire.FileChunkSize)
+	var sent, acked int64
+	eof := false
+	const window = wire.FileChunkSize * wire.FileWindowChunks
+	for {
+		for !eof && sent < acked+window {
+			n, err := io.ReadFull(r, buf)
+			if n > 0 {
+				if s.p.tx != nil && !s.p.tx.AllowN(time.Now(), n) {
+					s.replyError(m, "failed to send file chunk: transmitted bytes limit exhausted")
+					return
+				}
+				if err := s.send(chunk(s.sid, sent, buf[:n])); err != nil {
+					s.log.Info("file transfer: download aborted", "path", path, "error", err)
+					return
+				}
+				sent += int64(n)
+			}
+			switch {
+			case err == io.EOF || err == io.ErrUnexpectedEOF:
+				if err := s.send(chunk(s.sid, sent, nil)); err != nil {
+					s.log.Info("file transfer: download aborted", "path", path, "error", err)
+					return
+				}
+				eof = true
+			case err != nil:
+				s.replyError(m, "failed to read the file: "+err.Error())
+				return
+			}
+		}
+		if eof && acked >= sent {
+			s.finished = sent
+			s.log.Info("file transfer: download complete", "path", path, "bytes", sent)
+			return
+		}
+		a, timedOut := s.next(s.p.opts.AckTimeout)
+		switch {
+		case timedOut:
+			s.log.Warn("file transfer: no ack for the ack timeout; download aborted", "path", path, "sent", sent, "acked", acked)
+			s.replyError(m, "file transfer timed out waiting for ack")
+			return
+		case a == nil:
+			s.log.Info("file transfer: session closed during download", "path", path, "sent", sent)
+			return
+		case s.overflow.Load():
+			s.replyError(m, "file transfer aborted: too many messages from the peer")
+			return
+		case a.Header.MsgType == wire.FileAck:
+			if _, present := a.Header.Properties[wire.PropOffset]; !present {
+				s.replyError(a, "ack message: offset property cannot be blank")
+				return
+			}
+			// Any integer width is taken (upstream insists on int64).
+			off, ok := a.Header.IntProp(wire.PropOffset)
+			if !ok {
+				s.replyError(a, "invalid offset data type: require int64")
+				return
+			}
+			acked = max(acked, off)
+		case a.Header.MsgType == wire.FileError:
+			s.log.Info("file transfer: peer aborted the download", "path", path, "error", peerError(a))
+			return
+		case s.during(a):
+		default:
+			s.replyError(a, fmt.Sprintf("received unexpected message type '%s'; expected 'ack'", a.Header.MsgType))
+			return
+		}
+	}
+}
+
+// ownerOK checks OwnerPut/GroupPut against an existing file.
+func (s *session) ownerCheck(st *unix.Stat_t) string {
+	l := s.p.opts.Limits.FileTransfer
+	switch {
+	case l.OwnerPut != "" && userName(st.Uid) != l.OwnerPut:
+		return "the file owner does not match"
+	case l.GroupPut != "" && groupName(st.Gid) != l.GroupPut:
+		return "the file group does not match"
+	}
+	return ""
+}

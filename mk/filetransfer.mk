@@ -1,0 +1,6 @@
+# File transfer: fuzz the proto 2 bodies and handler beside the envelope.
+.PHONY: fuzz-filetransfer
+fuzz: fuzz-filetransfer
+fuzz-filetransfer:
+	$(GO) test -run '^$$' -fuzz FuzzFileTransferBodies -fuzztime $(FUZZTIME) ./internal/wire
+	$(GO) test -run '^$$' -fuzz FuzzHandle -fuzztime $(FUZZTIME) ./internal/proto/filetransfer
