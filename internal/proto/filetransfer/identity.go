@@ -51,19 +51,19 @@ func (id *Identity) enter() error {
 	if len(groups) > 0 {
 		p = unsafe.Pointer(&groups[0])
 	}
-	if _, _, e := unix.RawSyscall(unix.SYS_SETGROUPS, uintptr(len(groups)), uintptr(p), 0); e != 0 {
+	if _, _, e := unix.RawSyscall(sysSetgroups, uintptr(len(groups)), uintptr(p), 0); e != 0 {
 		return fmt.Errorf("switch to user %s: setgroups: %w", id.Name, e)
 	}
 	runtime.KeepAlive(groups)
-	unix.RawSyscall(unix.SYS_SETFSGID, uintptr(id.GID), 0, 0)
-	unix.RawSyscall(unix.SYS_SETFSUID, uintptr(id.UID), 0, 0)
+	unix.RawSyscall(sysSetfsgid, uintptr(id.GID), 0, 0)
+	unix.RawSyscall(sysSetfsuid, uintptr(id.UID), 0, 0)
 	// Both calls return the previous value and never fail loudly: an
 	// invalid id (-1) reads the current one back for the check.
-	cur, _, _ := unix.RawSyscall(unix.SYS_SETFSGID, ^uintptr(0), 0, 0)
+	cur, _, _ := unix.RawSyscall(sysSetfsgid, ^uintptr(0), 0, 0)
 	if uint32(cur) != id.GID {
 		return fmt.Errorf("switch to user %s: setfsgid(%d) did not take", id.Name, id.GID)
 	}
-	cur, _, _ = unix.RawSyscall(unix.SYS_SETFSUID, ^uintptr(0), 0, 0)
+	cur, _, _ = unix.RawSyscall(sysSetfsuid, ^uintptr(0), 0, 0)
 	if uint32(cur) != id.UID {
 		return fmt.Errorf("switch to user %s: setfsuid(%d) did not take", id.Name, id.UID)
 	}
