@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 
 	"github.com/tether-agent/tether/internal/config"
 	"github.com/tether-agent/tether/internal/daemon"
@@ -34,6 +35,13 @@ global options (before the command, as with mender-connect):
 Every configuration key can also be set from the environment with the
 prefix TETHER_ (for example TETHER_USER, TETHER_SESSIONS_MAXPERUSER).
 `
+
+// The main goroutine keeps the main thread for itself. File transfer
+// switches one thread at a time to the shell account's filesystem ids and
+// lets that thread die with its goroutine; the main thread cannot die, so
+// were it picked it would stay parked with those ids, and /proc/PID/status
+// (which shows the main thread) would say the daemon runs as that account.
+func init() { runtime.LockOSThread() }
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
