@@ -77,8 +77,8 @@ type Config struct {
 	// Upstream feature switches; the features are not implemented yet but
 	// the keys are accepted so upstream files load unchanged.
 	FileTransfer FeatureConfig
-	PortForward  FeatureConfig
-	MenderClient FeatureConfig
+	PortForward  PortForwardConfig
+	MenderClient MenderClientConfig
 
 	// Limits is upstream's file-transfer limits tree, parsed as-is.
 	Limits LimitsConfig
@@ -236,7 +236,9 @@ func Default() *Config {
 			WriteTimeout:   Duration(10 * time.Second),
 			MaxMessageSize: DefaultMaxMessageSize,
 		},
-		Log: LogConfig{Level: "info", Format: "text", Journal: "auto"},
+		Log:          LogConfig{Level: "info", Format: "text", Journal: "auto"},
+		PortForward:  defaultPortForward(),
+		MenderClient: defaultMenderClient(),
 	}
 }
 
