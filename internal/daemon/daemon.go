@@ -66,6 +66,12 @@ func Run(ctx context.Context, o Options) error {
 		metrics.Limits{MaxPerUser: int(cfg.Sessions.MaxPerUser), MaxTotal: int(cfg.Sessions.MaxTotal),
 			IdleTimeout: cfg.IdleTimeout(), AbsoluteTimeout: cfg.AbsoluteTimeout()})
 
+	protos, closeProtos, err := protocols(cfg, log, rec)
+	if err != nil {
+		return err
+	}
+	defer closeProtos()
+
 	mux := link.NewMux()
 	router := session.New(session.Options{
 		Log:              log,
@@ -76,6 +82,7 @@ func Run(ctx context.Context, o Options) error {
 		DefaultCols:      cfg.Terminal.Width,
 		DefaultRows:      cfg.Terminal.Height,
 		TerminalDisabled: cfg.Terminal.Disable,
+		Protocols:        protos,
 		MaxPerUser:       int(cfg.Sessions.MaxPerUser),
 		MaxTotal:         int(cfg.Sessions.MaxTotal),
 		EvictOldest:      cfg.Sessions.EvictOldest,
