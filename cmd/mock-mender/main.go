@@ -4,6 +4,7 @@
 //	mock-mender serve   [--listen ADDR] [--users EMAIL:PASS,...] [--key-file F] [--log-level L]
 //	mock-mender attach  [--server URL] [--user EMAIL] [--password P] [DEVICE_ID]
 //	mock-mender devices [--server URL] [--user EMAIL] [--password P]
+//	mock-mender port-forward [--server URL] [--bind HOST] DEVICE_ID [tcp|udp/]LOCAL[:[HOST:]REMOTE]...
 //
 // serve prints the base URL on stdout once it listens and exits cleanly on
 // SIGINT/SIGTERM. attach opens a remote terminal on a device (the only
@@ -30,6 +31,7 @@ commands:
   serve     run the mock server
   attach    open a remote terminal on a device
   devices   list devices and their connection status
+  port-forward  forward local ports to a device, like mender-cli
 
 Run "mock-mender <command> -h" for the flags of a command.
 `
@@ -65,6 +67,8 @@ func run(ctx context.Context, args []string, stdin *os.File, stdout, stderr io.W
 		return attach(ctx, args[1:], stdin, stdout, stderr)
 	case "devices":
 		return devices(ctx, args[1:], stdout, stderr)
+	case "port-forward":
+		return portForward(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil

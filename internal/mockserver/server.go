@@ -197,6 +197,8 @@ func New(opts Options) *Server {
 	mux.HandleFunc(DevicesPath, s.handleListDevices)
 	mux.HandleFunc(DeviceConnectMgmtDir+"{id}", s.handleDeviceStatus)
 	mux.HandleFunc(DeviceConnectMgmtDir+"{id}/connect", s.handleUserConnect)
+	mux.HandleFunc(DeviceConnectMgmtDir+"{id}/"+CommandCheckUpdate, s.handleMenderCommand(CommandCheckUpdate))
+	mux.HandleFunc(DeviceConnectMgmtDir+"{id}/"+CommandSendInventory, s.handleMenderCommand(CommandSendInventory))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not found: "+r.URL.Path)
 	})
