@@ -252,9 +252,10 @@ func (p *PortForward) tcpConn(c net.Conn, id string, in chan *wire.ProtoMsg, hos
 	defer p.unregister(id)
 	slot := make(chan struct{}, 1)
 	slot <- struct{}{}
-	stopped := make(chan struct{}) // the device stopped the connection
+	stopped := make(chan struct{}) // the connection is over for the reader
 	localDone := make(chan struct{})
 	defer func() {
+		close(stopped)
 		c.Close()
 		<-localDone
 	}()
@@ -300,7 +301,6 @@ func (p *PortForward) tcpConn(c net.Conn, id string, in chan *wire.ProtoMsg, hos
 					p.strayAcks.Add(1)
 				}
 			case pfStop:
-				close(stopped)
 				return
 			}
 		case <-localDone:
