@@ -45,6 +45,9 @@
 //     device also gets "user disconnected", as from the real server). When
 //     the device goes away, users with a running shell get stop "device
 //     disconnected" and every user socket is closed (1001).
+//   - POST /api/management/v1/deviceconnect/devices/{id}/check-update and
+//     .../send-inventory: the device gets the proto 4 message with no sid
+//     and the user's user_id; 202 (404 for a device not connected).
 //   - Errors everywhere are JSON {"error": "..."}.
 //
 // Every JWT is HS256 with sub, iss "Mender", iat, exp, jti and
@@ -81,4 +84,8 @@
 // from HTTP calls (including a refused websocket handshake) wrap an
 // *HTTPError with the status code; Err() of an ended Terminal is the
 // *websocket.CloseError with the server's close code.
+//
+// OpenPortForward does mender-cli's port-forward handshake; its ServeTCP
+// and ServeUDP forward local sockets to the device's side as mender-cli
+// does. SendMenderCommand calls the check-update / send-inventory API.
 package mockserver
