@@ -13,7 +13,9 @@ func TestValidateProtocols(t *testing.T) {
 		want string // "" = valid
 	}{
 		{"defaults", func(*Config) {}, ""},
-		{"allow list", func(c *Config) { c.PortForward.Allow = []string{"tcp/127.0.0.0/8:*", "[::1]:22", "localhost:8000-8080"} }, ""},
+		{"allow list", func(c *Config) {
+			c.PortForward.Allow = []string{"tcp/127.0.0.0/8:*", "[::1]:22", "localhost:8000-8080"}
+		}, ""},
 		{"empty allow list", func(c *Config) { c.PortForward.Allow = []string{} }, ""},
 		{"bad rule", func(c *Config) { c.PortForward.Allow = []string{"tcp/127.0.0.1"} }, "PortForward.Allow"},
 		{"bad port range", func(c *Config) { c.PortForward.Allow = []string{"127.0.0.1:9-1"} }, "PortForward.Allow"},

@@ -170,6 +170,7 @@ func (p *Protocol) binary() (string, error) {
 			return b, nil
 		}
 	}
+	//lint:ignore ST1005 upstream's exact text; people and scripts match it
 	return "", fmt.Errorf("Cannot find Mender client binary, tried %v", p.o.Binaries)
 }
 
