@@ -5,6 +5,7 @@
 //	mock-mender attach  [--server URL] [--user EMAIL] [--password P] [DEVICE_ID]
 //	mock-mender devices [--server URL] [--user EMAIL] [--password P]
 //	mock-mender cp      [--server URL] [--user EMAIL] [--password P] SRC DEST   (DEVICE:PATH on one side)
+//	mock-mender port-forward [--server URL] [--bind HOST] DEVICE_ID [tcp|udp/]LOCAL[:[HOST:]REMOTE]...
 //
 // serve prints the base URL on stdout once it listens (and, with
 // --login-link, a one-time login link for the web console on the next
@@ -34,6 +35,7 @@ commands:
   attach    open a remote terminal on a device
   devices   list devices and their connection status
   cp        copy a file to or from a device (DEVICE:PATH on one side)
+  port-forward  forward local ports to a device, like mender-cli
 
 Run "mock-mender <command> -h" for the flags of a command.
 `
@@ -71,6 +73,8 @@ func run(ctx context.Context, args []string, stdin *os.File, stdout, stderr io.W
 		return devices(ctx, args[1:], stdout, stderr)
 	case "cp":
 		return cp(ctx, args[1:], stdout, stderr)
+	case "port-forward":
+		return portForward(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil

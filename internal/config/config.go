@@ -71,11 +71,10 @@ type Config struct {
 	Metrics   MetricsConfig
 	Log       LogConfig
 
-	// Upstream feature switches; the keys are accepted so upstream files
-	// load unchanged.
+	// Upstream's feature switches, each with its protocol's settings.
 	FileTransfer FileTransferConfig
-	PortForward  FeatureConfig
-	MenderClient FeatureConfig
+	PortForward  PortForwardConfig
+	MenderClient MenderClientConfig
 
 	// Limits is upstream's file-transfer limits tree, parsed as-is.
 	Limits LimitsConfig
@@ -257,7 +256,9 @@ func Default() *Config {
 			WriteTimeout:   Duration(10 * time.Second),
 			MaxMessageSize: DefaultMaxMessageSize,
 		},
-		Log: LogConfig{Level: "info", Format: "text", Journal: "auto"},
+		Log:          LogConfig{Level: "info", Format: "text", Journal: "auto"},
+		PortForward:  defaultPortForward(),
+		MenderClient: defaultMenderClient(),
 	}
 }
 

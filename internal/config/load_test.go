@@ -473,8 +473,8 @@ func TestUpstreamConfigFile(t *testing.T) {
 	eq(t, "MaxPerUser", cfg.Sessions.MaxPerUser, uint32(2))
 	eq(t, "ServerURL", cfg.ServerURL, "https://hosted.mender.io")
 	eq(t, "FileTransfer", cfg.FileTransfer, FileTransferConfig{Disable: true})
-	eq(t, "PortForward", cfg.PortForward, FeatureConfig{Disable: false})
-	eq(t, "MenderClient", cfg.MenderClient, FeatureConfig{Disable: true})
+	eq(t, "PortForward.Disable", cfg.PortForward.Disable, false)
+	eq(t, "MenderClient.Disable", cfg.MenderClient.Disable, true)
 	eq(t, "Limits", cfg.Limits, LimitsConfig{
 		Enabled: true,
 		FileTransfer: FileTransferLimits{

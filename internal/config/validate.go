@@ -77,6 +77,8 @@ func (c *Config) Validate(shellsFile string) error {
 		}
 	}
 
+	c.validateProtocols(add)
+
 	switch c.Log.Level {
 	case "error", "warn", "info", "debug", "trace":
 	default:

@@ -17,8 +17,6 @@ import (
 	"github.com/tether-agent/tether/internal/health"
 	"github.com/tether-agent/tether/internal/link"
 	"github.com/tether-agent/tether/internal/metrics"
-	"github.com/tether-agent/tether/internal/proto"
-	"github.com/tether-agent/tether/internal/proto/filetransfer"
 	"github.com/tether-agent/tether/internal/session"
 	"github.com/tether-agent/tether/internal/shell"
 	"github.com/tether-agent/tether/internal/version"
@@ -68,10 +66,12 @@ func Run(ctx context.Context, o Options) error {
 		metrics.Limits{MaxPerUser: int(cfg.Sessions.MaxPerUser), MaxTotal: int(cfg.Sessions.MaxTotal),
 			IdleTimeout: cfg.IdleTimeout(), AbsoluteTimeout: cfg.AbsoluteTimeout()})
 
-	protos, err := protocols(cfg, log)
+	protos, closeProtos, err := protocols(cfg, log, rec)
 	if err != nil {
 		return err
 	}
+	defer closeProtos()
+
 	mux := link.NewMux()
 	router := session.New(session.Options{
 		Log:              log,
@@ -184,32 +184,6 @@ func Run(ctx context.Context, o Options) error {
 	wg.Wait()
 	log.Info("tether stopped")
 	return nil
-}
-
-// protocols builds the enabled protocols besides the terminal, in
-// upstream's order.
-func protocols(cfg *config.Config, log *slog.Logger) ([]proto.Protocol, error) {
-	var out []proto.Protocol
-	if !cfg.FileTransfer.Disable {
-		name := cfg.FileTransfer.User
-		if name == "" {
-			name = cfg.User
-		}
-		a, err := shell.LookupAccount(name)
-		if err != nil {
-			return nil, fmt.Errorf("file transfer user: %w", err)
-		}
-		if a.UID == 0 {
-			log.Warn("file transfer runs as root: a remote user can read and write every file", "user", a.Name)
-		}
-		ft, err := filetransfer.New(filetransfer.Options{Log: log, Limits: cfg.Limits,
-			Identity: &filetransfer.Identity{Name: a.Name, UID: a.UID, GID: a.GID, Groups: a.Groups}})
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, ft)
-	}
-	return out, nil
 }
 
 // report logs the link state and every session: who, since when, idle

@@ -189,7 +189,7 @@ func TestControlProtocolAndUnknownMessages(t *testing.T) {
 	}
 	m := expect("accept", func(m *wire.ProtoMsg) bool { return m.Header.MsgType == wire.TypeAccept && m.Header.SessionID == "c1" })
 	var acc wire.AcceptBody
-	if err := wire.DecodeBody(m.Body, &acc); err != nil || acc.Version != 1 || !slices.Equal(acc.Protocols, []uint16{wire.ProtoShell, wire.ProtoFileTransfer}) {
+	if err := wire.DecodeBody(m.Body, &acc); err != nil || acc.Version != 1 || !slices.Equal(acc.Protocols, []uint16{wire.ProtoShell, wire.ProtoFileTransfer, wire.ProtoPortForward, wire.ProtoMenderClient}) {
 		t.Fatalf("accept %+v %v", acc, err)
 	}
 	_ = d.Send(&wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoControl, MsgType: wire.TypePing, SessionID: "c1"}})
@@ -203,12 +203,12 @@ func TestControlProtocolAndUnknownMessages(t *testing.T) {
 		t.Fatalf("rejection %+v %v", eb, err)
 	}
 
-	_ = d.Send(&wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoPortForward, MsgType: "new", SessionID: "c3",
+	_ = d.Send(&wire.ProtoMsg{Header: wire.Header{Proto: 7, MsgType: "new", SessionID: "c3",
 		Properties: map[string]interface{}{"msgid": "m-9"}}})
 	m = expect("no handler", func(m *wire.ProtoMsg) bool { return m.Header.MsgType == wire.TypeError && m.Header.SessionID == "c3" })
 	eb = wire.ErrorBody{}
-	if err := wire.DecodeBody(m.Body, &eb); err != nil || eb.Error != "no handler registered for protocol: 0x0003" ||
-		eb.Close || eb.MessageProto != 3 || eb.MessageType != "new" || eb.MessageID != "m-9" {
+	if err := wire.DecodeBody(m.Body, &eb); err != nil || eb.Error != "no handler registered for protocol: 0x0007" ||
+		eb.Close || eb.MessageProto != 7 || eb.MessageType != "new" || eb.MessageID != "m-9" {
 		t.Fatalf("no-handler error %+v %v", eb, err)
 	}
 

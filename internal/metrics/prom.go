@@ -46,6 +46,7 @@ type Metrics struct {
 	lastConnect      prometheus.Gauge
 	tokenChanges     prometheus.Counter
 	gatherErrors     prometheus.Counter
+	pf               portForward
 
 	limitPerUser, limitTotal, limitIdle, limitAbsolute prometheus.Gauge
 
@@ -109,6 +110,8 @@ func New(info BuildInfo, limits Limits) *Metrics {
 	m.SetLimits(limits)
 	m.gatherErrors = f.counter("metrics_gather_errors_total",
 		"Scrapes during which a collector failed; the scrape still serves what it could gather.")
+
+	m.pf = newPortForward(f)
 
 	m.reg.MustRegister(
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

@@ -53,6 +53,9 @@
 //     it. LoginLink makes a one-time /ui/login?code= link that sets it.
 //     Websocket upgrades with an Origin header must come from the server's
 //     own origin (403 otherwise); clients without one are let through.
+//   - POST /api/management/v1/deviceconnect/devices/{id}/check-update and
+//     .../send-inventory: the device gets the proto 4 message with no sid
+//     and the user's user_id; 202 (404 for a device not connected).
 //   - Errors everywhere are JSON {"error": "..."}.
 //
 // Every JWT is HS256 with sub, iss "Mender", iat, exp, jti and
@@ -89,4 +92,8 @@
 // from HTTP calls (including a refused websocket handshake) wrap an
 // *HTTPError with the status code; Err() of an ended Terminal is the
 // *websocket.CloseError with the server's close code.
+//
+// OpenPortForward does mender-cli's port-forward handshake; its ServeTCP
+// and ServeUDP forward local sockets to the device's side as mender-cli
+// does. SendMenderCommand calls the check-update / send-inventory API.
 package mockserver

@@ -203,6 +203,8 @@ func New(opts Options) *Server {
 	s.registerConsole(mux)
 	mux.HandleFunc(DeviceConnectMgmtDir+"{id}/download", s.handleDownload)
 	mux.HandleFunc(DeviceConnectMgmtDir+"{id}/upload", s.handleUpload)
+	mux.HandleFunc(DeviceConnectMgmtDir+"{id}/"+CommandCheckUpdate, s.handleMenderCommand(CommandCheckUpdate))
+	mux.HandleFunc(DeviceConnectMgmtDir+"{id}/"+CommandSendInventory, s.handleMenderCommand(CommandSendInventory))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not found: "+r.URL.Path)
 	})

@@ -41,10 +41,18 @@ func main() {
 	bin := flag.String("tether", "bin/tether", "tether binary to measure")
 	keys := flag.Int("keys", 1000, "keystrokes for the echo round trip")
 	mb := flag.Int("mb", 256, "MiB of output for the throughput run")
+	pfOnly := flag.Bool("portforward-only", false, "measure only port forwarding")
 	flag.Parse()
 	if os.Getenv(echoServerEnv) == "1" {
 		if err := serveEcho(); err != nil {
 			fmt.Fprintln(os.Stderr, "tetherbench echo server:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *pfOnly {
+		if err := portForwardBench(*bin); err != nil {
+			fmt.Fprintln(os.Stderr, "tetherbench:", err)
 			os.Exit(1)
 		}
 		return
@@ -321,7 +329,10 @@ func run(bin string, keys, mb int) error {
 	}
 	sortDur(stops)
 	row("stop → shell gone (median of 20)", fmtDur(stops[len(stops)/2]), "upstream ≥ 4 s")
-	return b.fileTransfer(d, mb)
+	if err := b.fileTransfer(d, mb); err != nil {
+		return err
+	}
+	return portForwardBench(bin)
 }
 
 func row(what, value, note string) {

@@ -1,0 +1,70 @@
+package daemon
+
+import (
+	"fmt"
+	"log/slog"
+
+	"github.com/tether-agent/tether/internal/config"
+	"github.com/tether-agent/tether/internal/metrics"
+	"github.com/tether-agent/tether/internal/proto"
+	"github.com/tether-agent/tether/internal/proto/filetransfer"
+	"github.com/tether-agent/tether/internal/proto/menderclient"
+	"github.com/tether-agent/tether/internal/proto/portforward"
+	"github.com/tether-agent/tether/internal/shell"
+)
+
+// protocols builds the enabled protocols besides the terminal; the
+// returned func frees what they hold once the router is shut down.
+func protocols(cfg *config.Config, log *slog.Logger, rec *metrics.Metrics) ([]proto.Protocol, func(), error) {
+	var ps []proto.Protocol
+	closers := []func(){}
+	if !cfg.FileTransfer.Disable {
+		name := cfg.FileTransfer.User
+		if name == "" {
+			name = cfg.User
+		}
+		a, err := shell.LookupAccount(name)
+		if err != nil {
+			return nil, nil, fmt.Errorf("file transfer user: %w", err)
+		}
+		if a.UID == 0 {
+			log.Warn("file transfer runs as root: a remote user can read and write every file", "user", a.Name)
+		}
+		ft, err := filetransfer.New(filetransfer.Options{Log: log, Limits: cfg.Limits,
+			Identity: &filetransfer.Identity{Name: a.Name, UID: a.UID, GID: a.GID, Groups: a.Groups}})
+		if err != nil {
+			return nil, nil, err
+		}
+		ps = append(ps, ft)
+	}
+	if pf := cfg.PortForward; !pf.Disable {
+		allow, err := portforward.ParseAllow(pf.Allow)
+		if err != nil {
+			return nil, nil, fmt.Errorf("PortForward.Allow: %w", err)
+		}
+		ps = append(ps, portforward.New(portforward.Options{
+			Log:           log,
+			DialTimeout:   pf.DialTimeout.Duration(),
+			IdleTimeout:   pf.IdleTimeout.Duration(),
+			MaxPerSession: int(pf.MaxConnections),
+			MaxTotal:      int(pf.MaxTotal),
+			Window:        int(pf.Window),
+			ReadSize:      pf.ReadSize,
+			Allow:         allow,
+			Recorder:      rec,
+		}))
+		if allow == nil {
+			log.Info("port forwarding allows any destination (PortForward.Allow is not set)")
+		}
+	}
+	if mc := cfg.MenderClient; !mc.Disable {
+		p := menderclient.New(menderclient.Options{Log: log, Binaries: mc.Binaries, Timeout: mc.Timeout.Duration()})
+		ps = append(ps, p)
+		closers = append(closers, p.Close)
+	}
+	return ps, func() {
+		for _, c := range closers {
+			c()
+		}
+	}, nil
+}

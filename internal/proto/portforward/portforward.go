@@ -1,0 +1,705 @@
+// Package portforward is port forwarding (proto 3, PROTOCOL.md 2.7): a
+// peer asks the device to dial a TCP or UDP destination and the bytes
+// travel both ways in `forward` messages, each answered by an `ack`.
+//
+// The wire is upstream's; the behaviour is bounded where upstream's is
+// not: dials run off the read loop with a timeout, connections are
+// limited per session and in total, a peer's unacknowledged data and
+// its stray messages cost at most one bounded buffer per connection, and
+// an allow list restricts the destinations.
+package portforward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/tether-agent/tether/internal/proto"
+	"github.com/tether-agent/tether/internal/wire"
+)
+
+// Message types of proto 3.
+const (
+	TypeNew     = "new"
+	TypeForward = "forward"
+	TypeAck     = "ack"
+	TypeStop    = "stop"
+	TypeError   = "error"
+)
+
+// Values of NewBody.Protocol.
+const (
+	ProtoTCP = "tcp"
+	ProtoUDP = "udp"
+)
+
+// Upstream's error texts; peers may match them.
+const (
+	ErrTextInvalid     = "invalid port-forward message: missing connection_id, remote_port or protocol"
+	ErrTextUnknownType = "unknown message type"
+	ErrTextUnknownConn = "unknown connection"
+)
+
+// Reasons a `new` is denied (the metrics label).
+const (
+	DenyAllowList    = "allow_list"
+	DenySessionLimit = "session_limit"
+	DenyTotalLimit   = "total_limit"
+)
+
+// Kinds of peer messages that are answered with an error or ignored, and
+// counted (the metrics label).
+const (
+	IgnoredStrayAck    = "stray_ack"
+	IgnoredUnknownConn = "unknown_connection"
+	IgnoredUnknownType = "unknown_type"
+	IgnoredOverflow    = "overflow"
+	IgnoredDuplicate   = "duplicate_new"
+	IgnoredInvalid     = "invalid"
+	IgnoredReplyDrop   = "reply_dropped"
+)
+
+// NewBody is the body of a peer's `new`.
+type NewBody struct {
+	RemoteHost *string `msgpack:"remote_host"`
+	RemotePort *uint16 `msgpack:"remote_port"`
+	Protocol   *string `msgpack:"protocol"`
+}
+
+// ErrorBody is the body of an `error`.
+type ErrorBody struct {
+	Error       string `msgpack:"err"`
+	MessageType string `msgpack:"msgtype,omitempty"`
+}
+
+// Recorder is told what happens, for metrics. Directions: "in" is from
+// the peer to the destination, "out" from the destination to the peer.
+type Recorder interface {
+	PortForwardOpened(proto string)
+	PortForwardClosed(proto string)
+	PortForwardBytes(direction string, n int)
+	PortForwardDenied(reason string)
+	PortForwardIgnored(kind string)
+}
+
+// Options configure the protocol. Zero values take the defaults noted.
+type Options struct {
+	Log *slog.Logger
+	// DialTimeout bounds each dial (10 s).
+	DialTimeout time.Duration
+	// IdleTimeout ends a connection that read nothing from its
+	// destination for this long (600 s, upstream's).
+	IdleTimeout time.Duration
+	// MaxPerSession and MaxTotal limit open connections (32, 64).
+	MaxPerSession, MaxTotal int
+	// Window is how many device forwards may await the peer's ack (8).
+	Window int
+	// ReadSize is the largest forward body read from a TCP destination
+	// (16 KiB). UDP datagrams are read whole.
+	ReadSize int
+	// Allow restricts destinations; nil allows any (as upstream), an
+	// empty non-nil list none.
+	Allow []Rule
+	// Resolver resolves host names when Allow is set (net.DefaultResolver).
+	Resolver *net.Resolver
+	Recorder Recorder
+}
+
+// maxPending bounds the peer's data waiting to be written to one
+// destination. A peer that honours the acks never has more than its own
+// window there; one that does not gets an error once this is exceeded.
+const maxPending = 128 << 10
+
+// maxUDP is the largest UDP payload.
+const maxUDP = 65535
+
+// flushTimeout bounds how long the data a peer sent before its `stop`
+// may take to reach the destination.
+const flushTimeout = 5 * time.Second
+
+// Protocol is port forwarding, shared by every router session.
+type Protocol struct {
+	o     Options
+	acl   *acl
+	log   *slog.Logger
+	total atomic.Int64
+}
+
+// New builds the protocol.
+func New(o Options) *Protocol {
+	if o.Log == nil {
+		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = 10 * time.Second
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 600 * time.Second
+	}
+	if o.MaxPerSession <= 0 {
+		o.MaxPerSession = 32
+	}
+	if o.MaxTotal <= 0 {
+		o.MaxTotal = 64
+	}
+	if o.Window <= 0 {
+		o.Window = 8
+	}
+	if o.ReadSize <= 0 {
+		o.ReadSize = 16 << 10
+	}
+	if o.Resolver == nil {
+		o.Resolver = net.DefaultResolver
+	}
+	if o.Recorder == nil {
+		o.Recorder = nopRecorder{}
+	}
+	p := &Protocol{o: o, log: o.Log}
+	if o.Allow != nil {
+		p.acl = &acl{rules: o.Allow}
+	}
+	return p
+}
+
+// Number is proto 3.
+func (p *Protocol) Number() uint16 { return wire.ProtoPortForward }
+
+// Active is the number of open connections of every session.
+func (p *Protocol) Active() int { return int(p.total.Load()) }
+
+// Open starts the protocol's state for one router session.
+func (p *Protocol) Open(sid string, out proto.Sender) proto.Session {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &session{p: p, sid: sid, out: out, ctx: ctx, cancel: cancel,
+		replies: make(chan *wire.ProtoMsg, 64), conns: make(map[string]*conn)}
+	go s.sendReplies()
+	return s
+}
+
+// session is the protocol's state in one router session.
+type session struct {
+	p      *Protocol
+	sid    string
+	out    proto.Sender
+	ctx    context.Context
+	cancel context.CancelFunc
+	// replies carries what Handle answers (it must not block on the
+	// link); one goroutine sends them in order.
+	replies chan *wire.ProtoMsg
+
+	mu     sync.Mutex
+	conns  map[string]*conn
+	closed bool
+}
+
+func (s *session) sendReplies() {
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case m := <-s.replies:
+			if err := s.out.Send(s.ctx, m); err != nil && s.ctx.Err() == nil {
+				s.p.log.Debug("port-forward reply not sent", "session_id", s.sid, "type", m.Header.MsgType, "error", err)
+			}
+		}
+	}
+}
+
+// reply queues an answer without blocking; a peer that floods the
+// device with bad messages loses answers, not memory.
+func (s *session) reply(m *wire.ProtoMsg) {
+	select {
+	case s.replies <- m:
+	default:
+		s.p.o.Recorder.PortForwardIgnored(IgnoredReplyDrop)
+	}
+}
+
+func (s *session) msg(typ, connID string, body []byte) *wire.ProtoMsg {
+	h := wire.Header{Proto: wire.ProtoPortForward, MsgType: typ, SessionID: s.sid}
+	if connID != "" {
+		h.Properties = map[string]interface{}{wire.PropConnectionID: connID}
+	}
+	return &wire.ProtoMsg{Header: h, Body: body}
+}
+
+// errorMsg is upstream's error reply, plus the connection_id when there
+// is one (upstream leaves it out, so a peer cannot tell which connection
+// failed; a property more is harmless to peers that ignore it).
+func (s *session) errorMsg(connID, typ, text string) *wire.ProtoMsg {
+	b, _ := msgpack.Marshal(&ErrorBody{Error: text, MessageType: typ})
+	return s.msg(TypeError, connID, b)
+}
+
+func (s *session) replyError(connID, typ, text string) {
+	s.reply(s.errorMsg(connID, typ, text))
+}
+
+// Handle takes one message from the read loop; it never blocks.
+func (s *session) Handle(m *wire.ProtoMsg) {
+	id := m.Header.StringProp(wire.PropConnectionID)
+	switch m.Header.MsgType {
+	case TypeNew:
+		s.handleNew(m, id)
+	case TypeForward:
+		if c := s.lookup(id); c != nil {
+			c.enqueue(m.Body)
+			return
+		}
+		s.unknown(id, m.Header.MsgType)
+	case TypeAck:
+		if c := s.lookup(id); c != nil {
+			c.ack()
+			return
+		}
+		s.unknown(id, m.Header.MsgType)
+	case TypeStop:
+		s.mu.Lock()
+		c := s.conns[id]
+		delete(s.conns, id)
+		s.mu.Unlock()
+		if c == nil {
+			s.unknown(id, m.Header.MsgType)
+			return
+		}
+		c.peerStop()
+	default:
+		s.p.o.Recorder.PortForwardIgnored(IgnoredUnknownType)
+		s.replyError(id, m.Header.MsgType, ErrTextUnknownType)
+	}
+}
+
+func (s *session) unknown(id, typ string) {
+	s.p.o.Recorder.PortForwardIgnored(IgnoredUnknownConn)
+	s.replyError(id, typ, ErrTextUnknownConn)
+}
+
+func (s *session) lookup(id string) *conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conns[id]
+}
+
+func (s *session) handleNew(m *wire.ProtoMsg, id string) {
+	var req NewBody
+	if len(m.Body) > 0 {
+		if err := msgpack.Unmarshal(m.Body, &req); err != nil {
+			s.p.o.Recorder.PortForwardIgnored(IgnoredInvalid)
+			s.replyError(id, TypeNew, err.Error())
+			return
+		}
+	}
+	if req.Protocol == nil || *req.Protocol == "" || req.RemoteHost == nil || *req.RemoteHost == "" ||
+		req.RemotePort == nil || *req.RemotePort == 0 || id == "" {
+		s.p.o.Recorder.PortForwardIgnored(IgnoredInvalid)
+		s.replyError(id, TypeNew, ErrTextInvalid)
+		return
+	}
+	network := *req.Protocol
+	if network != ProtoTCP && network != ProtoUDP {
+		s.p.o.Recorder.PortForwardIgnored(IgnoredInvalid)
+		s.replyError(id, TypeNew, "unknown protocol: "+network)
+		return
+	}
+	p := s.p
+	s.mu.Lock()
+	switch {
+	case s.closed:
+		s.mu.Unlock()
+		return
+	case s.conns[id] != nil:
+		s.mu.Unlock()
+		p.o.Recorder.PortForwardIgnored(IgnoredDuplicate)
+		s.replyError(id, TypeNew, "connection_id already in use: "+id)
+		return
+	case len(s.conns) >= p.o.MaxPerSession:
+		s.mu.Unlock()
+		p.o.Recorder.PortForwardDenied(DenySessionLimit)
+		s.replyError(id, TypeNew, fmt.Sprintf("too many port-forward connections in this session (limit %d)", p.o.MaxPerSession))
+		return
+	}
+	if n := p.total.Add(1); n > int64(p.o.MaxTotal) {
+		p.total.Add(-1)
+		s.mu.Unlock()
+		p.o.Recorder.PortForwardDenied(DenyTotalLimit)
+		s.replyError(id, TypeNew, fmt.Sprintf("too many port-forward connections on the device (limit %d)", p.o.MaxTotal))
+		return
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	c := &conn{s: s, id: id, network: network, host: *req.RemoteHost, port: *req.RemotePort,
+		ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1), credits: make(chan struct{}, p.o.Window)}
+	for i := 0; i < p.o.Window; i++ {
+		c.credits <- struct{}{}
+	}
+	s.conns[id] = c
+	s.mu.Unlock()
+	p.log.Info("port-forward: new", "session_id", s.sid, "connection_id", id, "protocol", network,
+		"remote", net.JoinHostPort(c.host, strconv.Itoa(int(c.port))), "user_id", m.Header.StringProp(wire.PropUserID))
+	go c.run()
+}
+
+// forget removes c from the table if it is still there.
+func (s *session) forget(c *conn) {
+	s.mu.Lock()
+	if s.conns[c.id] == c {
+		delete(s.conns, c.id)
+	}
+	s.mu.Unlock()
+}
+
+// Close ends every connection without `stop` messages, as upstream.
+func (s *session) Close() {
+	s.mu.Lock()
+	conns := s.conns
+	s.conns, s.closed = map[string]*conn{}, true
+	s.mu.Unlock()
+	s.cancel()
+	for _, c := range conns {
+		c.abort()
+	}
+}
+
+// conn is one forwarded connection.
+type conn struct {
+	s       *session
+	id      string
+	network string
+	host    string
+	port    uint16
+	ctx     context.Context
+	cancel  context.CancelFunc
+	// credits holds one token per forward the device may still send
+	// before the peer acks; an ack puts one back.
+	credits chan struct{}
+	wake    chan struct{}
+
+	mu       sync.Mutex
+	nc       net.Conn
+	dead     bool // aborted: nc must be closed by whoever sets it
+	pending  [][]byte
+	pendingN int
+	stopping atomic.Bool // the peer sent stop: flush, close, answer stop
+	ended    sync.Once
+	opened   bool
+}
+
+func (c *conn) log() *slog.Logger {
+	return c.s.p.log.With("session_id", c.s.sid, "connection_id", c.id)
+}
+
+// enqueue takes peer data for the destination. It is bounded: a peer
+// that ignores the acks gets an error and the connection ends.
+func (c *conn) enqueue(b []byte) {
+	c.mu.Lock()
+	if c.pendingN+len(b) > maxPending {
+		c.mu.Unlock()
+		c.s.p.o.Recorder.PortForwardIgnored(IgnoredOverflow)
+		c.s.forget(c)
+		c.s.reply(c.s.errorMsg(c.id, TypeForward, fmt.Sprintf("too much unacknowledged data for connection (limit %d bytes)", maxPending)))
+		c.end(stopReply, "peer overran the ack window")
+		return
+	}
+	c.pending = append(c.pending, b)
+	c.pendingN += len(b)
+	c.mu.Unlock()
+	notify(c.wake)
+}
+
+func (c *conn) ack() {
+	select {
+	case c.credits <- struct{}{}:
+	default:
+		// Nothing outstanding: upstream crashes here; ignore and count.
+		c.s.p.o.Recorder.PortForwardIgnored(IgnoredStrayAck)
+	}
+}
+
+func (c *conn) peerStop() {
+	c.stopping.Store(true)
+	c.mu.Lock()
+	if nc := c.nc; nc != nil {
+		// Ends a blocked read now; the reader sees stopping and leaves.
+		_ = nc.SetReadDeadline(time.Unix(1, 0))
+	}
+	c.mu.Unlock()
+	notify(c.wake)
+}
+
+// abort ends the connection at once, without messages (session end).
+func (c *conn) abort() {
+	c.cancel()
+	c.mu.Lock()
+	nc := c.nc
+	c.dead = true
+	c.mu.Unlock()
+	if nc != nil {
+		_ = nc.Close()
+	}
+	c.end(stopNone, "session closed")
+}
+
+// How end tells the peer: not at all, by a Send that may wait (the
+// connection's goroutines), or by a reply that never waits (the read loop).
+const (
+	stopNone = iota
+	stopSend
+	stopReply
+)
+
+// end frees the connection once: the destination socket, its slot and
+// a `stop` to the peer as mode says.
+func (c *conn) end(mode int, why string) {
+	c.ended.Do(func() {
+		c.s.forget(c)
+		c.cancel()
+		c.mu.Lock()
+		nc := c.nc
+		c.dead = true
+		c.pending, c.pendingN = nil, 0
+		opened := c.opened
+		c.mu.Unlock()
+		if nc != nil {
+			_ = nc.Close()
+		}
+		c.s.p.total.Add(-1)
+		if opened {
+			c.s.p.o.Recorder.PortForwardClosed(c.network)
+		}
+		c.log().Debug("port-forward: closed", "reason", why)
+		switch mode {
+		case stopSend:
+			// The connection's context is gone; the session's bounds it.
+			if err := c.s.out.Send(c.s.ctx, c.s.msg(TypeStop, c.id, nil)); err != nil {
+				c.log().Debug("port-forward: stop not sent", "error", err)
+			}
+		case stopReply:
+			c.s.reply(c.s.msg(TypeStop, c.id, nil))
+		}
+	})
+}
+
+func notify(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// run dials, answers `new`, starts the reader and writes the peer's
+// data to the destination.
+func (c *conn) run() {
+	nc, err := c.dial()
+	if err != nil {
+		if c.ctx.Err() != nil {
+			c.end(stopNone, "session closed while dialing")
+			return
+		}
+		if c.stopping.Load() {
+			c.end(stopSend, "stopped while dialing")
+			return
+		}
+		c.log().Info("port-forward: dial failed", "error", err)
+		c.s.forget(c)
+		_ = c.s.out.Send(c.s.ctx, c.s.errorMsg(c.id, TypeNew, err.Error()))
+		c.end(stopNone, "dial failed")
+		return
+	}
+	c.mu.Lock()
+	if c.dead {
+		c.mu.Unlock()
+		_ = nc.Close()
+		return
+	}
+	c.nc, c.opened = nc, true
+	c.mu.Unlock()
+	c.s.p.o.Recorder.PortForwardOpened(c.network)
+	if err := c.s.out.Send(c.ctx, c.s.msg(TypeNew, c.id, nil)); err != nil {
+		c.end(stopNone, "link gone")
+		return
+	}
+	go c.read(nc)
+	c.write(nc)
+}
+
+func (c *conn) dial() (net.Conn, error) {
+	p := c.s.p
+	ctx, cancel := context.WithTimeout(c.ctx, p.o.DialTimeout)
+	defer cancel()
+	var d net.Dialer
+	port := strconv.Itoa(int(c.port))
+	if p.acl == nil {
+		return d.DialContext(ctx, c.network, net.JoinHostPort(c.host, port))
+	}
+	// Check the addresses actually dialed, so that a name cannot lead
+	// somewhere the list does not allow.
+	var addrs []netip.Addr
+	if ip, err := netip.ParseAddr(c.host); err == nil {
+		addrs = []netip.Addr{ip}
+	} else {
+		addrs, err = p.o.Resolver.LookupNetIP(ctx, "ip", c.host)
+		if err != nil {
+			return nil, err
+		}
+	}
+	byName := p.acl.allowsName(c.network, c.host, c.port)
+	var lastErr error
+	for _, ip := range addrs {
+		if !byName && !p.acl.allowsAddr(c.network, ip, c.port) {
+			continue
+		}
+		nc, err := d.DialContext(ctx, c.network, net.JoinHostPort(ip.String(), port))
+		if err == nil {
+			return nc, nil
+		}
+		lastErr = err
+	}
+	if lastErr != nil {
+		return nil, lastErr
+	}
+	p.o.Recorder.PortForwardDenied(DenyAllowList)
+	return nil, fmt.Errorf("access denied: %s/%s is not in PortForward.Allow", c.network, net.JoinHostPort(c.host, port))
+}
+
+// write drains the peer's data into the destination, acking each
+// forward after its write as upstream does.
+func (c *conn) write(nc net.Conn) {
+	rec := c.s.p.o.Recorder
+	for {
+		c.mu.Lock()
+		for len(c.pending) == 0 {
+			if c.stopping.Load() {
+				c.mu.Unlock()
+				c.end(stopSend, "stopped by the peer")
+				return
+			}
+			c.mu.Unlock()
+			select {
+			case <-c.wake:
+			case <-c.ctx.Done():
+				return
+			}
+			c.mu.Lock()
+		}
+		b := c.pending[0]
+		c.pending[0] = nil
+		c.pending = c.pending[1:]
+		c.mu.Unlock()
+		stopping := c.stopping.Load()
+		if stopping {
+			_ = nc.SetWriteDeadline(time.Now().Add(flushTimeout))
+		}
+		_, err := nc.Write(b)
+		c.mu.Lock()
+		c.pendingN -= len(b)
+		c.mu.Unlock()
+		rec.PortForwardBytes("in", len(b))
+		if stopping {
+			if err != nil {
+				c.end(stopSend, "stopped by the peer; flush failed")
+				return
+			}
+			continue
+		}
+		if e := c.s.out.Send(c.ctx, c.s.msg(TypeAck, c.id, nil)); e != nil {
+			return
+		}
+		if err != nil {
+			c.log().Info("port-forward: write failed", "error", err)
+			_ = c.s.out.Send(c.ctx, c.s.errorMsg(c.id, TypeForward, err.Error()))
+			if c.network == ProtoTCP {
+				c.end(stopSend, "write failed")
+				return
+			}
+		}
+	}
+}
+
+// read sends what the destination says, at most Window forwards ahead
+// of the peer's acks; IdleTimeout without data ends the connection.
+func (c *conn) read(nc net.Conn) {
+	p := c.s.p
+	size := p.o.ReadSize
+	if c.network == ProtoUDP {
+		size = maxUDP
+	}
+	buf := make([]byte, size)
+	last := time.Now()
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		select {
+		case <-c.credits:
+		default:
+			wait := time.Until(last.Add(p.o.IdleTimeout))
+			if timer == nil {
+				timer = time.NewTimer(wait)
+			} else {
+				timer.Reset(wait)
+			}
+			select {
+			case <-c.credits:
+				if !timer.Stop() {
+					<-timer.C
+				}
+			case <-timer.C:
+				timer = nil
+				c.end(stopSend, "idle timeout (peer not acknowledging)")
+				return
+			case <-c.ctx.Done():
+				return
+			}
+		}
+		_ = nc.SetReadDeadline(last.Add(p.o.IdleTimeout))
+		if c.stopping.Load() {
+			return
+		}
+		n, err := nc.Read(buf)
+		if n > 0 {
+			last = time.Now()
+			p.o.Recorder.PortForwardBytes("out", n)
+			// Marshal copies buf into the frame.
+			if e := c.s.out.Send(c.ctx, c.s.msg(TypeForward, c.id, buf[:n])); e != nil {
+				c.end(stopNone, "link gone")
+				return
+			}
+		} else {
+			notify(c.credits) // the credit was not used
+		}
+		if err != nil {
+			switch {
+			case c.stopping.Load() || c.ctx.Err() != nil:
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				c.end(stopSend, "idle timeout")
+			case errors.Is(err, io.EOF):
+				c.end(stopSend, "destination closed")
+			default:
+				c.log().Info("port-forward: read failed", "error", err)
+				c.end(stopSend, "read failed")
+			}
+			return
+		}
+	}
+}
+
+type nopRecorder struct{}
+
+func (nopRecorder) PortForwardOpened(string)     {}
+func (nopRecorder) PortForwardClosed(string)     {}
+func (nopRecorder) PortForwardBytes(string, int) {}
+func (nopRecorder) PortForwardDenied(string)     {}
+func (nopRecorder) PortForwardIgnored(string)    {}
