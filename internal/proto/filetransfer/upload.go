@@ -238,12 +238,23 @@ func (s *session) upload(m *wire.ProtoMsg) {
 		return
 	}
 	committed := false
-	defer func() {
+	// discard drops the temporary file before any error reply goes out,
+	// so a client that sees the error never finds the file still there.
+	discard := func() {
+		if f == nil {
+			return
+		}
 		f.Close()
+		f = nil
 		if !committed {
 			_ = s.p.opts.Identity.do(func() error { return unix.Unlinkat(t.dirfd, tmp, 0) })
 		}
-	}()
+	}
+	defer discard()
+	fail := func(about *wire.ProtoMsg, text string) {
+		discard()
+		s.replyError(about, text)
+	}
 	if err := s.send(&wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoFileTransfer, MsgType: wire.FileAck, SessionID: s.sid,
 		Properties: map[string]interface{}{wire.PropOffset: int64(0)}}}); err != nil {
 		s.log.Info("file transfer: upload aborted", "path", path, "error", err)
@@ -256,13 +267,13 @@ func (s *session) upload(m *wire.ProtoMsg) {
 		switch {
 		case timedOut:
 			s.log.Warn("file transfer: no chunk for the ack timeout; upload aborted", "path", path, "written", u.written)
-			s.replyError(m, "file transfer timed out waiting for file chunk")
+			fail(m, "file transfer timed out waiting for file chunk")
 			return
 		case c == nil:
 			s.log.Info("file transfer: session closed during upload; nothing kept", "path", path, "written", u.written)
 			return
 		case s.overflow.Load():
-			s.replyError(m, "file transfer aborted: too many messages from the peer")
+			fail(m, "file transfer aborted: too many messages from the peer")
 			return
 		case c.Header.MsgType == wire.FileChunk:
 		case c.Header.MsgType == wire.FileError:
@@ -271,14 +282,14 @@ func (s *session) upload(m *wire.ProtoMsg) {
 		case s.during(c):
 			continue
 		default:
-			s.replyError(c, fmt.Sprintf("received unexpected message type '%s' during file upload", c.Header.MsgType))
+			fail(c, fmt.Sprintf("received unexpected message type '%s' during file upload", c.Header.MsgType))
 			return
 		}
 		// Take the chunks already waiting (up to 10 per ack, as upstream).
 		last := c
 		for i := 0; ; i++ {
 			if text := u.put(last); text != "" {
-				s.replyError(last, text)
+				fail(last, text)
 				return
 			}
 			if u.eof || i == wire.FileAckEvery-1 {
@@ -297,7 +308,7 @@ func (s *session) upload(m *wire.ProtoMsg) {
 		if u.eof {
 			if err := s.commit(f, t, tmp, perm, uid, gid); err != nil {
 				s.log.Warn("file transfer: upload failed", "path", path, "error", err)
-				s.replyError(last, err.Error())
+				fail(last, err.Error())
 				return
 			}
 			committed = true
