@@ -97,6 +97,7 @@ func TestProtocolsDisabled(t *testing.T) {
 	e := newEnv(t, map[string]interface{}{
 		"PortForward":  map[string]interface{}{"Disable": true},
 		"MenderClient": map[string]interface{}{"Disable": true},
+		"FileTransfer": map[string]interface{}{"Disable": true},
 	})
 	e.waitDevice()
 	if _, err := mockserver.OpenPortForward(e.ctx, e.url, e.jwt(adminEmail), e.deviceID, nil); !errors.Is(err, mockserver.ErrPortForwardNotImplemented) {
