@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tether-agent/tether/internal/link"
+	"github.com/tether-agent/tether/internal/mux"
 	"github.com/tether-agent/tether/internal/proto"
 	"github.com/tether-agent/tether/internal/wire"
 )
@@ -31,12 +31,12 @@ type ctrlSession struct {
 	// message after it was closed.
 	pmu    sync.Mutex
 	protos map[uint16]proto.Session
-	q      *link.Queue // the session's outbound frames, made on first use
+	q      *mux.Queue // the session's outbound frames, made on first use
 	ended  bool
 }
 
 // ctrlSender is a router session's proto.Sender.
-type ctrlSender struct{ q *link.Queue }
+type ctrlSender struct{ q *mux.Queue }
 
 func (s ctrlSender) Send(ctx context.Context, m *wire.ProtoMsg) error {
 	b, err := wire.Marshal(m)
@@ -105,7 +105,7 @@ func (r *Router) touchCtrl(sid string) *ctrlSession {
 	if sid == "" {
 		return nil
 	}
-	now := time.Now()
+	now := r.now()
 	r.mu.Lock()
 	if c, ok := r.ctrl[sid]; ok {
 		c.lastIn, c.pinged = now, time.Time{}
