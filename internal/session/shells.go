@@ -47,7 +47,7 @@ type shellSession struct {
 	proc       *shell.Process
 	cols, rows uint16
 
-	reads atomic.Int64 // pty reads, to tell an idle pump from a busy one
+	reads  atomic.Int64 // pty reads, to tell an idle pump from a busy one
 	inRead atomic.Bool
 
 	stopOnce sync.Once

@@ -36,8 +36,8 @@ type Spec struct {
 // Process is a running shell with its pty master. Read and Write go to the
 // pty; Done is closed once the shell has been reaped.
 type Process struct {
-	pty  *os.File // non-blocking, in the runtime poller
-	raw  syscall.RawConn
+	pty    *os.File // non-blocking, in the runtime poller
+	raw    syscall.RawConn
 	cmd    *exec.Cmd
 	reaper *Reaper
 	done   chan struct{}
