@@ -56,15 +56,6 @@ type shellSession struct {
 	cancel   context.CancelFunc
 }
 
-func (s *shellSession) pid() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.proc == nil {
-		return 0
-	}
-	return s.proc.Pid()
-}
-
 func (r *Router) handleShell(m *wire.ProtoMsg) {
 	h := &m.Header
 	switch h.MsgType {
