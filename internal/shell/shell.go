@@ -39,6 +39,7 @@ type Process struct {
 	pty    *os.File // non-blocking, in the runtime poller
 	raw    syscall.RawConn
 	cmd    *exec.Cmd
+	pid    int // kept: the reaper's Release clears cmd.Process.Pid
 	reaper *Reaper
 	done   chan struct{}
 	err    error // exit status, valid after done
@@ -75,7 +76,8 @@ func (r *Reaper) Start(s Spec) (*Process, error) {
 		r.mu.Unlock()
 		return nil, fmt.Errorf("start %s as %s: %w", s.Command, s.Account.Name, err)
 	}
-	r.procs[cmd.Process.Pid] = p
+	p.pid = cmd.Process.Pid
+	r.procs[p.pid] = p
 	r.mu.Unlock()
 	master, raw, err := pollable(f)
 	if err != nil {
@@ -129,7 +131,7 @@ func environment(s Spec) []string {
 }
 
 // Pid is the shell's process id, which is also its terminal session id.
-func (p *Process) Pid() int { return p.cmd.Process.Pid }
+func (p *Process) Pid() int { return p.pid }
 
 // Read reads shell output from the pty master. After the shell and every
 // process holding the terminal have gone it returns an error (EIO).
