@@ -242,7 +242,7 @@ func Default() *Config {
 			MaxTotal:     DefaultMaxTotal,
 			StopGrace:    Duration(2 * time.Second),
 			PingInterval: Duration(60 * time.Second),
-			PongTimeout:  Duration(130 * time.Second),
+			PongTimeout:  Duration(65 * time.Second),
 		},
 		Auth: AuthConfig{Source: AuthSourceDBus},
 		Reconnect: ReconnectConfig{

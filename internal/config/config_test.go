@@ -28,7 +28,7 @@ func TestRedacted(t *testing.T) {
 	eq(t, "Token", back.Auth.Token, "<redacted>")
 	eq(t, "User", back.User, "nobody")
 	eq(t, "StopGrace", back.Sessions.StopGrace, Duration(2*time.Second))
-	for _, want := range []string{`"Token": "<redacted>"`, `"StopGrace": "2s"`, `"BackoffMax": "1m"`, `"FirstJitter": "1s"`, `"PongTimeout": "2m10s"`, "\n  \"User\": \"nobody\""} {
+	for _, want := range []string{`"Token": "<redacted>"`, `"StopGrace": "2s"`, `"BackoffMax": "1m"`, `"FirstJitter": "1s"`, `"PongTimeout": "1m5s"`, "\n  \"User\": \"nobody\""} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("output lacks %s:\n%s", want, out)
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/tether-agent/tether/internal/health"
 	"github.com/tether-agent/tether/internal/link"
 	"github.com/tether-agent/tether/internal/metrics"
+	"github.com/tether-agent/tether/internal/mux"
 	"github.com/tether-agent/tether/internal/session"
 	"github.com/tether-agent/tether/internal/shell"
 	"github.com/tether-agent/tether/internal/version"
@@ -30,15 +31,17 @@ type Options struct {
 	// Subreaper makes the daemon adopt orphaned descendants of its shells
 	// so that none is left as a zombie of whatever PID 1 is.
 	Subreaper bool
-	// ShutdownTimeout bounds the whole shutdown (default 2 s).
+	// ShutdownTimeout bounds the whole shutdown (default: shutdownBudget
+	// of Sessions.StopGrace).
 	ShutdownTimeout time.Duration
 }
 
 // Run runs the daemon until ctx ends, then shuts down cleanly.
 func Run(ctx context.Context, o Options) error {
 	cfg, log := o.Config, o.Log
+	grace := cfg.Sessions.StopGrace.Duration()
 	if o.ShutdownTimeout <= 0 {
-		o.ShutdownTimeout = 2 * time.Second
+		o.ShutdownTimeout = shutdownBudget(grace)
 	}
 	acct, err := shell.LookupAccount(cfg.User)
 	if err != nil {
@@ -66,13 +69,13 @@ func Run(ctx context.Context, o Options) error {
 		metrics.Limits{MaxPerUser: int(cfg.Sessions.MaxPerUser), MaxTotal: int(cfg.Sessions.MaxTotal),
 			IdleTimeout: cfg.IdleTimeout(), AbsoluteTimeout: cfg.AbsoluteTimeout()})
 
-	protos, closeProtos, err := protocols(cfg, log, rec)
+	out := mux.New(nil)
+	reaper := shell.NewReaper()
+	protos, closeProtos, err := protocols(cfg, log, rec, reaper)
 	if err != nil {
 		return err
 	}
 	defer closeProtos()
-
-	mux := link.NewMux()
 	router := session.New(session.Options{
 		Log:              log,
 		ShellCommand:     cfg.ShellCommand,
@@ -91,11 +94,11 @@ func Run(ctx context.Context, o Options) error {
 		StopGrace:        cfg.Sessions.StopGrace.Duration(),
 		PingInterval:     cfg.Sessions.PingInterval.Duration(),
 		PongTimeout:      cfg.Sessions.PongTimeout.Duration(),
-		ReapOrphans:      o.Subreaper,
+		Reaper:           reaper,
 		Recorder:         rec,
 		Janitor:          janitorLoop,
 		Changed:          status.publish,
-	}, mux)
+	}, out)
 	status.counts = router.Counts
 
 	lnk, err := link.New(link.Options{
@@ -114,7 +117,7 @@ func Run(ctx context.Context, o Options) error {
 		Writer:         writerLoop,
 		Observer:       rec,
 		State:          status.setLink,
-	}, router, mux)
+	}, router, out)
 	if err != nil {
 		return err
 	}
@@ -135,6 +138,9 @@ func Run(ctx context.Context, o Options) error {
 			log.Debug("stopped", "part", name)
 		}()
 	}
+	// The reaper outlives the shells: it stops with the link, after the
+	// router's shutdown has torn every shell down.
+	start("reaper", reaper.Run)
 	start("auth", func(c context.Context) {
 		if err := src.Run(c); err != nil {
 			log.Error("auth source failed", "error", err)
@@ -177,13 +183,22 @@ func Run(ctx context.Context, o Options) error {
 	notifier.Stopping()
 	deadline, cancel := context.WithTimeout(context.Background(), o.ShutdownTimeout-200*time.Millisecond)
 	defer cancel()
-	// Grace per signal step: HUP, TERM, KILL must all fit in the budget.
-	router.Shutdown(deadline, o.ShutdownTimeout/8)
-	flush(deadline, mux)
+	// Every shell gets the configured grace per step (HUP, TERM, KILL),
+	// as on any other stop; the budget was sized for it.
+	router.Shutdown(deadline, grace)
+	flush(deadline, out)
 	stopLink()
 	wg.Wait()
 	log.Info("tether stopped")
 	return nil
+}
+
+// shutdownBudget is how long a shutdown may take with the given grace: two
+// graces (HUP→TERM→KILL), the wait for killed processes, and a second for
+// the stop notices to go out. systemd/tether.service's TimeoutStopSec
+// must exceed it for the default grace.
+func shutdownBudget(grace time.Duration) time.Duration {
+	return 2*grace + shell.KillWait + time.Second
 }
 
 // report logs the link state and every session: who, since when, idle
@@ -202,10 +217,10 @@ func report(log *slog.Logger, lnk *link.Link, router *session.Router) {
 
 // flush waits (briefly) for queued frames, such as the stop notices, to be
 // written before the link closes.
-func flush(ctx context.Context, mux *link.Mux) {
+func flush(ctx context.Context, m *mux.Mux) {
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
-	for mux.Pending() {
+	for m.Pending() {
 		select {
 		case <-ctx.Done():
 			return

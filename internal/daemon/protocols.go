@@ -15,7 +15,7 @@ import (
 
 // protocols builds the enabled protocols besides the terminal; the
 // returned func frees what they hold once the router is shut down.
-func protocols(cfg *config.Config, log *slog.Logger, rec *metrics.Metrics) ([]proto.Protocol, func(), error) {
+func protocols(cfg *config.Config, log *slog.Logger, rec *metrics.Metrics, reaper *shell.Reaper) ([]proto.Protocol, func(), error) {
 	var ps []proto.Protocol
 	closers := []func(){}
 	if !cfg.FileTransfer.Disable {
@@ -58,7 +58,8 @@ func protocols(cfg *config.Config, log *slog.Logger, rec *metrics.Metrics) ([]pr
 		}
 	}
 	if mc := cfg.MenderClient; !mc.Disable {
-		p := menderclient.New(menderclient.Options{Log: log, Binaries: mc.Binaries, Timeout: mc.Timeout.Duration()})
+		p := menderclient.New(menderclient.Options{Log: log, Binaries: mc.Binaries, Timeout: mc.Timeout.Duration(),
+			Exec: reaper.Exec})
 		ps = append(ps, p)
 		closers = append(closers, p.Close)
 	}

@@ -371,6 +371,9 @@ func (e *env) metric(name string) float64 {
 			return v
 		}
 	}
+	// A renamed or vanished series must fail the test that reads it, not
+	// read as 0 and switch its assertion off.
+	e.t.Fatalf("metric %s not found in the scrape", name)
 	return 0
 }
 
@@ -380,7 +383,11 @@ func (e *env) goroutines() int {
 }
 
 func (e *env) fdCount() int {
-	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", e.daemon.Process.Pid))
+	e.t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", e.daemon.Process.Pid))
+	if err != nil {
+		e.t.Fatalf("count the daemon's fds: %v", err)
+	}
 	return len(ents)
 }
 

@@ -59,9 +59,7 @@ func TestNoLeaksAfterManySessions(t *testing.T) {
 		return len(live) == 0 && len(zombies) == 0
 	})
 	eventually(t, 5*time.Second, fmt.Sprintf("fd count back to %d", fds0), func() bool { return e.fdCount() <= fds0 })
-	if g0 > 0 {
-		eventually(t, 5*time.Second, fmt.Sprintf("goroutines back to %d", g0), func() bool { return e.goroutines() <= g0 })
-	}
+	eventually(t, 5*time.Second, fmt.Sprintf("goroutines back to %d", g0), func() bool { return e.goroutines() <= g0 })
 	if strings.Contains(e.log.String(), "DATA RACE") {
 		t.Fatal("the race detector fired in the daemon")
 	}

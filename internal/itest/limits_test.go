@@ -95,6 +95,10 @@ func TestExpiry(t *testing.T) {
 			go func() { stopped <- e.waitStop(term) }()
 			tick := time.NewTicker(300 * time.Millisecond)
 			defer tick.Stop()
+			// Armed once: a timer re-armed on every turn would never fire
+			// while the ticker keeps the loop turning.
+			timeout := time.NewTimer(10 * time.Second)
+			defer timeout.Stop()
 			for {
 				select {
 				case body := <-stopped:
@@ -110,7 +114,7 @@ func TestExpiry(t *testing.T) {
 					if tt.keepBusy {
 						_, _ = term.Write([]byte("true\n"))
 					}
-				case <-time.After(10 * time.Second):
+				case <-timeout.C:
 					t.Fatal("session did not expire")
 				}
 			}

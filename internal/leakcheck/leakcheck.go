@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 )
@@ -16,7 +17,7 @@ import (
 // count to settle back to what it was before; if it does not, it prints
 // every goroutine's stack and exits non-zero.
 func Main(m *testing.M) {
-	before := runtime.NumGoroutine()
+	before := count()
 	code := m.Run()
 	if code == 0 {
 		if err := Settled(before, 3*time.Second); err != nil {
@@ -31,7 +32,7 @@ func Main(m *testing.M) {
 func Settled(want int, d time.Duration) error {
 	deadline := time.Now().Add(d)
 	for {
-		n := runtime.NumGoroutine()
+		n := count()
 		if n <= want {
 			return nil
 		}
@@ -41,4 +42,35 @@ func Settled(want int, d time.Duration) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// permanent are goroutines the runtime starts once and never ends; they
+// are not leaks of the code under test.
+var permanent = []string{"os/signal.loop"}
+
+// count is the number of goroutines, the runtime's permanent ones aside.
+func count() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	total := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.TrimSpace(g) == "" {
+			continue
+		}
+		total++
+		for _, p := range permanent {
+			if strings.Contains(g, p) {
+				total--
+				break
+			}
+		}
+	}
+	return total
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/tether-agent/tether/internal/auth"
+	"github.com/tether-agent/tether/internal/mux"
 	"github.com/tether-agent/tether/internal/reconnect"
 	"github.com/tether-agent/tether/internal/wire"
 )
@@ -85,7 +86,7 @@ type Link struct {
 	opts    Options
 	log     *slog.Logger
 	handler Handler
-	mux     *Mux
+	mux     *mux.Mux
 	dialer  *websocket.Dialer
 
 	mu        sync.Mutex
@@ -94,7 +95,7 @@ type Link struct {
 }
 
 // New builds a link; frames to send come from mux.
-func New(opts Options, h Handler, mux *Mux) (*Link, error) {
+func New(opts Options, h Handler, m *mux.Mux) (*Link, error) {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -108,6 +109,7 @@ func New(opts Options, h Handler, mux *Mux) (*Link, error) {
 		TLSClientConfig:  tlsConf,
 		ReadBufferSize:   64 << 10,
 		WriteBufferSize:  64 << 10,
+		NetDialContext:   dialTCP(opts.WriteTimeout),
 	}
 	if opts.Observer == nil {
 		opts.Observer = nopObserver{}
@@ -118,7 +120,7 @@ func New(opts Options, h Handler, mux *Mux) (*Link, error) {
 	if opts.State == nil {
 		opts.State = func(bool, string) {}
 	}
-	return &Link{opts: opts, log: opts.Log, handler: h, mux: mux, dialer: d}, nil
+	return &Link{opts: opts, log: opts.Log, handler: h, mux: m, dialer: d}, nil
 }
 
 func tlsConfig(caFile string, skip bool) (*tls.Config, error) {
@@ -198,13 +200,22 @@ func (l *Link) Run(ctx context.Context, creds <-chan auth.Credentials) error {
 		var next *auth.Credentials
 		watcherDone := make(chan struct{})
 		go func() {
-			// New credentials end the connection or the backoff wait.
+			// New credentials end the connection or the backoff wait;
+			// the same ones again (a flap the auth source coalesced) do
+			// not: dropping a working link for them is needless.
 			defer close(watcherDone)
-			select {
-			case c := <-creds:
-				next = &c
-				cancel()
-			case <-connCtx.Done():
+			for {
+				select {
+				case c := <-creds:
+					if c == cur {
+						continue
+					}
+					next = &c
+					cancel()
+					return
+				case <-connCtx.Done():
+					return
+				}
 			}
 		}()
 		uptime, err := l.connectAndServe(connCtx, cur)
@@ -339,28 +350,35 @@ func (l *Link) serve(ctx context.Context, conn *websocket.Conn, target string) {
 	l.opts.State(true, "connected to "+target)
 	var wg sync.WaitGroup
 	done := make(chan struct{})
-	var readErr error
-	var writeErr atomicError
-	// Producers may write a frame themselves when the writer is idle.
-	l.mux.setUp(true, func(f []byte) {
-		if err := l.writeFrame(conn, f); err != nil {
-			writeErr.set(err)
-			closeOnce(done)
+	// cause keeps the first failure: the writer's timeout, not the
+	// reader's "use of closed network connection" that follows it.
+	var cause atomicError
+	fail := func(err error) {
+		if err != nil {
+			cause.set(err)
 		}
+		closeOnce(done)
+	}
+	// Producers may write a frame themselves when the writer is idle.
+	l.mux.Up(func(f []byte) error {
+		err := l.writeFrame(conn, f)
+		if err != nil {
+			fail(err)
+		}
+		return err
 	})
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		readErr = l.readLoop(conn)
-		closeOnce(done)
+		fail(l.readLoop(conn))
 	}()
 	go func() {
 		defer wg.Done()
-		writeErr.set(l.writeLoop(conn, done))
-		closeOnce(done)
+		fail(l.writeLoop(conn, done))
 	}()
 	select {
 	case <-ctx.Done():
+		cause.set(errors.New("closed by the device"))
 		// Unlike upstream, say goodbye properly before closing.
 		_ = conn.WriteControl(websocket.CloseMessage,
 			websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
@@ -369,12 +387,12 @@ func (l *Link) serve(ctx context.Context, conn *websocket.Conn, target string) {
 	}
 	conn.Close() // unblocks the reader
 	wg.Wait()
-	l.mux.setUp(false, nil)
+	l.mux.Down()
 	l.parkLoops()
 	l.mu.Lock()
 	l.connected = false
 	l.mu.Unlock()
-	reason := firstErr(readErr, writeErr.get(), ctx.Err())
+	reason := firstErr(cause.get())
 	l.log.Info("disconnected from server", "event", "link_down", "reason", reason)
 	l.opts.Observer.LinkDown()
 	l.handler.LinkDown()
@@ -485,6 +503,7 @@ func (l *Link) readLoop(conn *websocket.Conn) error {
 			l.malformed(de)
 			continue
 		}
+		l.traceMsg("frame in", msg, len(buf))
 		l.handler.HandleMessage(msg)
 	}
 }
@@ -506,9 +525,9 @@ func (l *Link) writeLoop(conn *websocket.Conn, done <-chan struct{}) error {
 	defer beat.Stop()
 	for {
 		l.beat(l.opts.Writer)
-		for f := l.mux.next(); f != nil; f = l.mux.next() {
+		for f := l.mux.Next(); f != nil; f = l.mux.Next() {
 			err := l.writeFrame(conn, f)
-			l.mux.written()
+			l.mux.Written(err)
 			if err != nil {
 				return err
 			}
@@ -522,7 +541,7 @@ func (l *Link) writeLoop(conn *websocket.Conn, done <-chan struct{}) error {
 		select {
 		case <-done:
 			return nil
-		case <-l.mux.wake:
+		case <-l.mux.Wake():
 		case <-beat.C:
 		case <-ping.C:
 			if err := conn.WriteControl(websocket.PingMessage, []byte("60"), time.Now().Add(l.opts.WriteTimeout)); err != nil {
@@ -533,12 +552,14 @@ func (l *Link) writeLoop(conn *websocket.Conn, done <-chan struct{}) error {
 }
 
 // writeFrame writes one data frame; the mux makes sure only one goroutine
-// does at a time.
+// does at a time. The connection enforces the write timeout as "no
+// progress for that long" (progressConn), so a slow but live server never
+// trips it.
 func (l *Link) writeFrame(conn *websocket.Conn, f []byte) error {
-	_ = conn.SetWriteDeadline(time.Now().Add(l.opts.WriteTimeout))
 	if err := conn.WriteMessage(websocket.BinaryMessage, f); err != nil {
 		return fmt.Errorf("write: %w", err)
 	}
+	l.traceFrame("frame out", f)
 	l.opts.Observer.FrameOut()
 	return nil
 }

@@ -3,9 +3,25 @@ package link
 import (
 	"context"
 	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/tether-agent/tether/internal/auth"
+	"github.com/tether-agent/tether/internal/leakcheck"
+	"github.com/tether-agent/tether/internal/mux"
+	"github.com/tether-agent/tether/internal/wire"
 )
+
+// TestMain fails the run if goroutines started by the tests outlive them.
+func TestMain(m *testing.M) { leakcheck.Main(m) }
 
 func TestDeviceURL(t *testing.T) {
 	tests := []struct{ in, want string }{
@@ -28,96 +44,141 @@ func TestDeviceURL(t *testing.T) {
 	}
 }
 
-func TestMuxRoundRobinAndBackPressure(t *testing.T) {
-	m := NewMux()
-	flood, echo := m.NewQueue(100), m.NewQueue(100)
-	if err := flood.Put(context.Background(), []byte("x")); !errors.Is(err, ErrDown) {
-		t.Fatalf("put while down: %v", err)
-	}
-	m.setUp(true, nil)
-	for i := 0; i < 3; i++ {
-		if err := flood.Put(context.Background(), make([]byte, 30)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// Full: the next put waits until the writer takes a frame.
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	if err := flood.Put(ctx, make([]byte, 30)); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("put on a full queue did not wait: %v", err)
-	}
-	cancel()
-	if flood.TryPut(make([]byte, 30)) {
-		t.Fatal("TryPut on a full queue succeeded")
-	}
-	if !echo.TryPut([]byte("e")) {
-		t.Fatal("echo TryPut failed")
-	}
-	// The echo goes out after at most one flood frame.
-	if f := m.next(); len(f) != 30 {
-		t.Fatalf("first frame %d bytes", len(f))
-	}
-	if m.next() != nil {
-		t.Fatal("a second frame was handed out while the first was being written")
-	}
-	m.written()
-	if f := m.next(); string(f) != "e" {
-		t.Fatalf("echo not served second: %q", f)
-	}
-	m.written()
-	done := make(chan error, 1)
-	go func() { done <- flood.Put(context.Background(), make([]byte, 30)) }()
-	select {
-	case err := <-done:
+type nopHandler struct{}
+
+func (nopHandler) HandleMessage(*wire.ProtoMsg)      {}
+func (nopHandler) HandleMalformed(*wire.DecodeError) {}
+func (nopHandler) LinkDown()                         {}
+func (nopHandler) TokenCleared()                     {}
+
+// tokenServer accepts device websockets and reports each connection's
+// bearer token, in order, holding the connection open until it ends.
+func tokenServer(t *testing.T) (url string, tokens <-chan string) {
+	ch := make(chan string, 16)
+	up := websocket.Upgrader{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := up.Upgrade(w, r, nil)
 		if err != nil {
-			t.Fatal(err)
+			return
 		}
-	case <-time.After(time.Second):
-		t.Fatal("put not woken after room was made")
-	}
-	// Going down drops the queue and wakes blocked producers with ErrDown.
-	go func() { done <- flood.Put(context.Background(), make([]byte, 90)) }()
-	time.Sleep(20 * time.Millisecond)
-	m.setUp(false, nil)
-	if err := <-done; !errors.Is(err, ErrDown) {
-		t.Fatalf("blocked put after down: %v", err)
-	}
-	if m.Pending() || m.next() != nil {
-		t.Fatal("frames survived the link going down")
-	}
-	// A closed queue refuses frames but its pending ones still go out.
-	m.setUp(true, nil)
-	q := m.NewQueue(100)
-	_ = q.Put(context.Background(), []byte("last words"))
-	q.Close()
-	if err := q.Put(context.Background(), []byte("x")); !errors.Is(err, ErrQueueClosed) {
-		t.Fatalf("put after close: %v", err)
-	}
-	if f := m.next(); string(f) != "last words" {
-		t.Fatalf("pending frame of a closed queue lost: %q", f)
-	}
-	m.written()
+		defer c.Close()
+		ch <- strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		for {
+			if _, _, err := c.ReadMessage(); err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL, ch
 }
 
-func TestMuxDirectWrite(t *testing.T) {
-	m := NewMux()
-	var direct [][]byte
-	m.setUp(true, func(f []byte) { direct = append(direct, f) })
-	q := m.NewQueue(100)
-	// Idle: the producer writes itself.
-	if err := q.Put(context.Background(), []byte("a")); err != nil || len(direct) != 1 || m.Pending() {
-		t.Fatalf("idle put not written directly: %v %q", err, direct)
+// The same credentials announced again (a flap A, "", A that the auth
+// source coalesced into A) must not drop the working connection.
+func TestEqualCredentialsKeepTheConnection(t *testing.T) {
+	url, tokens := tokenServer(t)
+	m := mux.New(nil)
+	l, err := New(Options{PingInterval: time.Minute, ReadTimeout: time.Minute, WriteTimeout: time.Second,
+		BackoffBase: time.Millisecond, BackoffMax: 10 * time.Millisecond}, nopHandler{}, m)
+	if err != nil {
+		t.Fatal(err)
 	}
-	// Busy writer: frames queue up in order.
-	if f := q.TryPut([]byte("b")); !f {
-		t.Fatal("TryPut failed")
+	creds := make(chan auth.Credentials) // unbuffered: each send is taken before the next
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = l.Run(ctx, creds) }()
+	defer func() { cancel(); <-done }()
+
+	a := auth.Credentials{Token: "A", ServerURL: url}
+	b := auth.Credentials{Token: "B", ServerURL: url}
+	creds <- a
+	var got []string
+	next := func() string {
+		select {
+		case tok := <-tokens:
+			got = append(got, tok)
+			return tok
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no connection; tokens so far %q", got)
+			return ""
+		}
 	}
-	_ = m.next() // the writer is now writing "b"
-	if err := q.Put(context.Background(), []byte("c")); err != nil || len(direct) != 1 {
-		t.Fatalf("put while the writer writes went direct: %q", direct)
+	next()
+	creds <- a // equal: nothing to do
+	creds <- b // different: reconnect with it
+	for next() != "B" {
 	}
-	m.written()
-	if f := m.next(); string(f) != "c" {
-		t.Fatalf("queued frame lost: %q", f)
+	if len(got) != 2 || got[0] != "A" {
+		t.Fatalf("connections with tokens %q, want [A B]: equal credentials reconnected", got)
 	}
-	m.written()
+}
+
+// The write deadline counts from the last progress, not from the start of
+// a write: a slow reader that keeps taking bytes never trips it, a stalled
+// one does.
+func TestWriteTimeoutMeansNoProgress(t *testing.T) {
+	tests := []struct {
+		name     string
+		readGap  time.Duration // between the reader's 16 KiB reads
+		wantFail bool
+	}{
+		{"slow but live", 10 * time.Millisecond, false},
+		{"stalled", time.Hour, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// A small receive window, set before the handshake, so bytes
+			// back up in the sender as they would behind a slow server.
+			lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+				return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 16<<10) })
+			}}
+			ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			stop := make(chan struct{})
+			readerDone := make(chan struct{})
+			go func() {
+				defer close(readerDone)
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				buf := make([]byte, 16<<10)
+				for {
+					if _, err := c.Read(buf); err != nil {
+						return
+					}
+					select {
+					case <-stop:
+						return
+					case <-time.After(tt.readGap):
+					}
+				}
+			}()
+			defer func() { close(stop); <-readerDone }()
+			c, err := dialTCP(500*time.Millisecond)(context.Background(), "tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			// Far more than the 500 ms timeout's worth at the reader's pace
+			// when it is live.
+			start := time.Now()
+			_, err = c.Write(make([]byte, 2<<20))
+			took := time.Since(start)
+			if gotFail := err != nil; gotFail != tt.wantFail {
+				t.Fatalf("write error %v after %v, want failure %v", err, took, tt.wantFail)
+			}
+			if !tt.wantFail && took < time.Second {
+				t.Fatalf("write took only %v: the reader was not slow enough to prove anything", took)
+			}
+			if tt.wantFail && !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("stalled write failed with %v, want a deadline", err)
+			}
+			c.Close()
+		})
+	}
 }

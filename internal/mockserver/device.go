@@ -41,8 +41,12 @@ type Device struct {
 }
 
 type subscription struct {
-	ch chan *wire.ProtoMsg
+	ch   chan *wire.ProtoMsg
+	tap  bool // spans the device's connections (Server.Tap)
+	once sync.Once
 }
+
+func (sub *subscription) close() { sub.once.Do(func() { close(sub.ch) }) }
 
 // ID is the device id (the token's sub claim).
 func (d *Device) ID() string { return d.id }
@@ -109,7 +113,7 @@ func (d *Device) Subscribe() (frames <-chan *wire.ProtoMsg, cancel func()) {
 		defer d.mu.Unlock()
 		if _, ok := d.subs[sub]; ok {
 			delete(d.subs, sub)
-			close(sub.ch)
+			sub.close()
 		}
 	}
 }
@@ -197,6 +201,9 @@ func (s *Server) handleDeviceConnect(w http.ResponseWriter, r *http.Request) {
 	}
 	old := s.conns[d.id]
 	s.conns[d.id] = d
+	for _, sub := range s.taps[d.id] {
+		d.subs[sub] = struct{}{}
+	}
 	s.notifyLocked()
 	s.mu.Unlock()
 	if old != nil {
@@ -226,7 +233,9 @@ func (d *Device) serve() {
 	sessions := d.sessions
 	d.sessions = nil
 	for sub := range d.subs {
-		close(sub.ch)
+		if !sub.tap {
+			sub.close()
+		}
 	}
 	d.subs = nil
 	d.mu.Unlock()
@@ -358,7 +367,7 @@ func (d *Device) publish(m *wire.ProtoMsg) {
 		default:
 			d.log.Warn("subscriber fell behind; closing its channel", "buffer", SubscriptionBuffer)
 			delete(d.subs, sub)
-			close(sub.ch)
+			sub.close()
 		}
 	}
 }

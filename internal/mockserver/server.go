@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/tether-agent/tether/internal/wire"
 )
 
 // API paths served by the mock, identical to the real server's.
@@ -97,6 +99,7 @@ type Server struct {
 	changed   chan struct{} // closed and replaced on every connect/disconnect
 	devices   map[string]*deviceRecord
 	conns     map[string]*Device
+	taps      map[string][]*subscription
 	pending   map[string]int // device websockets being upgraded
 	connects  map[string]int
 	revoked   map[string]time.Time // device id → tokens issued up to then are invalid
@@ -455,6 +458,46 @@ func (s *Server) DeviceConnects(deviceID string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.connects[deviceID]
+}
+
+// Tap returns every frame that decodes from every connection of the
+// device from its next connection on (the current one too, if it is up),
+// in order: a test can follow a session across reconnects without missing
+// what a new connection sends first. Overflow closes it, as Subscribe.
+func (s *Server) Tap(deviceID string) (frames <-chan *wire.ProtoMsg, cancel func()) {
+	sub := &subscription{ch: make(chan *wire.ProtoMsg, SubscriptionBuffer), tap: true}
+	s.mu.Lock()
+	if s.taps == nil {
+		s.taps = make(map[string][]*subscription)
+	}
+	s.taps[deviceID] = append(s.taps[deviceID], sub)
+	d := s.conns[deviceID]
+	s.mu.Unlock()
+	if d != nil {
+		d.mu.Lock()
+		if !d.closed {
+			d.subs[sub] = struct{}{}
+		}
+		d.mu.Unlock()
+	}
+	return sub.ch, func() {
+		s.mu.Lock()
+		taps := s.taps[deviceID]
+		for i, t := range taps {
+			if t == sub {
+				s.taps[deviceID] = append(taps[:i], taps[i+1:]...)
+				break
+			}
+		}
+		d := s.conns[deviceID]
+		s.mu.Unlock()
+		if d != nil {
+			d.mu.Lock()
+			delete(d.subs, sub)
+			d.mu.Unlock()
+		}
+		sub.close()
+	}
 }
 
 // WaitDevice waits until deviceID ("" = any device) has a live websocket

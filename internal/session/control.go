@@ -7,8 +7,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tether-agent/tether/internal/link"
 	"github.com/tether-agent/tether/internal/logging"
+	"github.com/tether-agent/tether/internal/mux"
 	"github.com/tether-agent/tether/internal/proto"
 	"github.com/tether-agent/tether/internal/wire"
 )
@@ -32,12 +32,12 @@ type ctrlSession struct {
 	// message after it was closed.
 	pmu    sync.Mutex
 	protos map[uint16]proto.Session
-	q      *link.Queue // the session's outbound frames, made on first use
+	q      *mux.Queue // the session's outbound frames, made on first use
 	ended  bool
 }
 
 // ctrlSender is a router session's proto.Sender.
-type ctrlSender struct{ q *link.Queue }
+type ctrlSender struct{ q *mux.Queue }
 
 func (s ctrlSender) Send(ctx context.Context, m *wire.ProtoMsg) error {
 	b, err := wire.Marshal(m)
@@ -108,7 +108,7 @@ func (r *Router) touchCtrl(sid string) *ctrlSession {
 		// entries: at most maxCtrlSessions × maxIDLen of ids.
 		return nil
 	}
-	now := time.Now()
+	now := r.now()
 	r.mu.Lock()
 	if c, ok := r.ctrl[sid]; ok {
 		c.lastIn, c.pinged = now, time.Time{}
@@ -187,13 +187,13 @@ func (r *Router) handleControl(m *wire.ProtoMsg) {
 	case wire.TypeError:
 		var e wire.ErrorBody
 		if err := wire.DecodeBody(m.Body, &e); err != nil {
-			if r.plog.ctrlError.allow(time.Now()) {
+			if r.plog.ctrlError.allow(r.now()) {
 				r.log.Warn("undecodable control error from server", "session_id", sid, "error", err,
 					"suppressed", r.plog.ctrlError.takeSuppressed())
 			}
 			return
 		}
-		if r.plog.ctrlError.allow(time.Now()) {
+		if r.plog.ctrlError.allow(r.now()) {
 			r.log.Warn("control error from server", "session_id", sid, "error", logging.Clip(e.Error), "close", e.Close,
 				"suppressed", r.plog.ctrlError.takeSuppressed())
 		}

@@ -2,7 +2,6 @@ package session
 
 import (
 	"fmt"
-	"time"
 
 	"github.com/tether-agent/tether/internal/logging"
 	"github.com/tether-agent/tether/internal/wire"
@@ -52,7 +51,7 @@ func (r *Router) refuseOversized(m *wire.ProtoMsg) bool {
 	if field == "" {
 		return false
 	}
-	if r.plog.oversized.allow(time.Now()) {
+	if r.plog.oversized.allow(r.now()) {
 		r.log.Warn("message refused: "+field+" too long", "proto", wire.ProtoName(h.Proto),
 			"type", logging.Clip(h.MsgType), logging.KeySessionID, logging.Clip(h.SessionID),
 			logging.KeyUserID, logging.Clip(h.StringProp(wire.PropUserID)), "length", n,

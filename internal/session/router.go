@@ -16,8 +16,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tether-agent/tether/internal/link"
 	"github.com/tether-agent/tether/internal/logging"
+	"github.com/tether-agent/tether/internal/mux"
 	"github.com/tether-agent/tether/internal/proto"
 	"github.com/tether-agent/tether/internal/shell"
 	"github.com/tether-agent/tether/internal/wire"
@@ -82,13 +82,16 @@ type Options struct {
 	PingInterval    time.Duration
 	PongTimeout     time.Duration
 
-	// QueueLimit bounds each session's outbound bytes (back-pressure).
+	// QueueLimit bounds each session's outbound bytes (back-pressure);
+	// 0 = OutputBudget shared by MaxTotal sessions, at most 256 KiB each.
 	QueueLimit int
 	// ReadBuffer is the pty read size; a busy shell fills it by itself.
 	ReadBuffer int
-	// ReapOrphans makes the janitor reap zombie children it does not own
-	// (the daemon is a child subreaper).
-	ReapOrphans bool
+	// Reaper starts and reaps the shells (and the orphans it adopts).
+	Reaper *shell.Reaper
+	// Now is the clock (nil: time.Now); durations are measured on its
+	// monotonic reading, and tests drive time with their own.
+	Now func() time.Time
 
 	Recorder Recorder
 	Janitor  Beater
@@ -101,8 +104,10 @@ type Options struct {
 type Router struct {
 	opts Options
 	log  *slog.Logger
-	mux  *link.Mux
-	ctl  *link.Queue // replies that belong to no live shell session
+	mux  *mux.Mux
+	ctl  *mux.Queue // replies that belong to no live shell session
+	now  func() time.Time
+	base time.Time // the clock at New: r.mono() counts from it
 
 	protos map[uint16]proto.Protocol
 	// anon holds the protocol sessions of messages without a sid (the
@@ -126,11 +131,23 @@ type Router struct {
 
 	malformedLog rateLimit
 	plog         peerLogs
-	lastReap     time.Time // janitor only
+	done         chan struct{} // closed by Shutdown
+	doneOnce     sync.Once
+}
+
+// OutputBudget is what all shell sessions' outbound queues may hold
+// together: a 64 MB device keeps 4 MiB for output the link cannot take
+// yet (16 sessions × 256 KiB, or 1,024 × 16 KiB; a queue always takes one
+// frame of up to ReadBuffer when empty).
+const OutputBudget = 4 << 20
+
+// queueLimit is the per-session share of OutputBudget.
+func queueLimit(maxTotal int) int {
+	return max(16<<10, min(256<<10, OutputBudget/max(1, maxTotal)))
 }
 
 // New builds a router that sends through mux.
-func New(opts Options, mux *link.Mux) *Router {
+func New(opts Options, m *mux.Mux) *Router {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -141,7 +158,13 @@ func New(opts Options, mux *link.Mux) *Router {
 		opts.Changed = func() {}
 	}
 	if opts.QueueLimit <= 0 {
-		opts.QueueLimit = 256 << 10
+		opts.QueueLimit = queueLimit(opts.MaxTotal)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Reaper == nil {
+		opts.Reaper = shell.NewReaper() // not running: for routers that start no shell
 	}
 	if opts.ReadBuffer <= 0 {
 		opts.ReadBuffer = 32 << 10
@@ -149,8 +172,11 @@ func New(opts Options, mux *link.Mux) *Router {
 	r := &Router{
 		opts:   opts,
 		log:    opts.Log,
-		mux:    mux,
-		ctl:    mux.NewQueue(256 << 10),
+		mux:    m,
+		ctl:    m.NewQueue(256 << 10),
+		now:    opts.Now,
+		base:   opts.Now(),
+		done:   make(chan struct{}),
 		protos: make(map[uint16]proto.Protocol),
 		anon:   &ctrlSession{},
 		shells: make(map[string]*shellSession),
@@ -161,6 +187,9 @@ func New(opts Options, mux *link.Mux) *Router {
 	}
 	return r
 }
+
+// mono is the router clock's monotonic time since New.
+func (r *Router) mono() time.Duration { return r.now().Sub(r.base) }
 
 func (r *Router) getBuf() []byte {
 	if b, ok := r.bufs.Get().(*[]byte); ok {
@@ -201,7 +230,7 @@ func (r *Router) Sessions() []SessionInfo {
 	out := make([]SessionInfo, 0, len(r.shells))
 	for _, s := range r.shells {
 		out = append(out, SessionInfo{SessionID: s.sid, UserID: s.userID, Started: s.created,
-			LastInput: time.Unix(0, s.lastInputNano.Load())})
+			LastInput: r.base.Add(time.Duration(s.lastInput.Load()))})
 	}
 	r.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Started.Before(out[j].Started) })
@@ -255,7 +284,7 @@ func (r *Router) HandleMessage(m *wire.ProtoMsg) {
 // error to its session if a session id could be read, and a log line
 // (rate-limited, so a hostile peer cannot flood the journal).
 func (r *Router) HandleMalformed(de *wire.DecodeError) {
-	if r.malformedLog.allow(time.Now()) {
+	if r.malformedLog.allow(r.now()) {
 		r.log.Warn("malformed frame from server", "kind", string(de.Kind), "error", de.Err,
 			"session_id", logging.Clip(de.Partial.SessionID), "suppressed", r.malformedLog.takeSuppressed())
 	}
@@ -293,6 +322,7 @@ func (r *Router) TokenCleared() {
 func (r *Router) Shutdown(ctx context.Context, grace time.Duration) {
 	r.mu.Lock()
 	r.closed = true
+	r.doneOnce.Do(func() { close(r.done) })
 	ended := r.ctrl
 	r.ctrl = make(map[string]*ctrlSession)
 	r.mu.Unlock()
@@ -332,11 +362,8 @@ func (r *Router) stopAllGrace(reason, notice string, grace time.Duration) {
 	}
 }
 
-// reapEvery is how often the janitor reaps adopted orphans.
-const reapEvery = 2 * time.Second
-
-// Run is the janitor: expiry, shell health pings, pong timeouts, control
-// session supervision and orphan reaping. It ends with ctx.
+// Run is the janitor: expiry, shell health pings, pong timeouts and
+// control session supervision. It ends with ctx.
 func (r *Router) Run(ctx context.Context) {
 	tick := time.Second
 	for _, d := range []time.Duration{r.opts.PingInterval / 4, r.opts.IdleTimeout / 4, r.opts.AbsoluteTimeout / 4} {
@@ -356,40 +383,24 @@ func (r *Router) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case now := <-t.C:
-			r.sweep(now)
+		case <-t.C:
+			r.sweep()
 		}
 	}
 }
 
-func (r *Router) sweep(now time.Time) {
+func (r *Router) sweep() {
 	r.mu.Lock()
 	all := make([]*shellSession, 0, len(r.shells))
 	for _, s := range r.shells {
 		all = append(all, s)
 	}
 	r.mu.Unlock()
+	now := r.mono()
 	for _, s := range all {
 		s.supervise(now)
 	}
-	r.superviseCtrl(now)
-	// Reaping scans /proc; orphans are rare, so every couple of seconds
-	// is plenty even when the janitor ticks faster.
-	if r.opts.ReapOrphans && now.Sub(r.lastReap) >= reapEvery {
-		r.lastReap = now
-		shell.ReapOrphans(r.isShellPid)
-	}
-}
-
-func (r *Router) isShellPid(pid int) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, s := range r.shells {
-		if s.pid() == pid {
-			return true
-		}
-	}
-	return false
+	r.superviseCtrl(r.now())
 }
 
 // send queues a frame that belongs to no shell session (or whose session
@@ -419,11 +430,6 @@ func (r *Router) sendControlError(sid, text string, closeSession bool, about *wi
 		return
 	}
 	r.send(&wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoControl, MsgType: wire.TypeError, SessionID: sid}, Body: b})
-}
-
-// sortedByAge lists sessions oldest first by last input.
-func sortedByIdle(ss []*shellSession) {
-	sort.Slice(ss, func(i, j int) bool { return ss[i].lastInputNano.Load() < ss[j].lastInputNano.Load() })
 }
 
 type nopRecorder struct{}

@@ -2,14 +2,13 @@ package session
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/tether-agent/tether/internal/link"
 	"github.com/tether-agent/tether/internal/logging"
+	"github.com/tether-agent/tether/internal/mux"
 	"github.com/tether-agent/tether/internal/shell"
 	"github.com/tether-agent/tether/internal/wire"
 )
@@ -29,40 +28,33 @@ type shellSession struct {
 	r       *Router
 	sid     string
 	userID  string
-	created time.Time
-	q       *link.Queue
+	created time.Time     // wall clock, for reports
+	born    time.Duration // router clock (monotonic)
+	q       *mux.Queue
+	in      *inputQueue
 
-	// Input waiting for the pty; a writer goroutine exists only while
-	// there is some.
-	inMu      sync.Mutex
-	inBuf     [][]byte
-	inBytes   int
-	writing   bool
-	inDone    bool
-	inWriters sync.WaitGroup
+	lastInput atomic.Int64  // router clock (monotonic), nanoseconds
+	peerEpoch atomic.Uint64 // router epoch of the peer's latest message
 
-	lastInputNano atomic.Int64
-	lastPongNano  atomic.Int64
-	lastPingNano  atomic.Int64
-	peerEpoch     atomic.Uint64 // router epoch of the peer's latest message
+	// Health check, in link-up time (mux.UpTime): a ping is queued every
+	// PingInterval; its deadline runs from when it actually left.
+	hmu        sync.Mutex
+	pingQueued bool          // a ping waits in the queue
+	lastPingAt time.Duration // up-time when the latest ping was queued
+	awaiting   bool          // a ping left and no pong came since
+	pingLeft   time.Duration // up-time when the oldest unanswered ping left
 
 	mu         sync.Mutex
 	proc       *shell.Process
 	cols, rows uint16
 
+	reads  atomic.Int64 // pty reads, to tell an idle pump from a busy one
+	inRead atomic.Bool
+
 	stopOnce sync.Once
 	stopCh   chan stopRequest // capacity 1: the first request wins
 	ctx      context.Context  // ends when the session is stopping
 	cancel   context.CancelFunc
-}
-
-func (s *shellSession) pid() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.proc == nil {
-		return 0
-	}
-	return s.proc.Pid()
 }
 
 func (r *Router) handleShell(m *wire.ProtoMsg) {
@@ -76,11 +68,11 @@ func (r *Router) handleShell(m *wire.ProtoMsg) {
 			r.replyShell(h.SessionID, wire.ShellData, wire.StatusError, msgNoSession)
 			return
 		}
-		s.lastInputNano.Store(time.Now().UnixNano())
+		s.lastInput.Store(int64(r.mono()))
 		if len(m.Body) == 0 {
 			return
 		}
-		if !s.write(m.Body) {
+		if !s.in.Write(m.Body) {
 			// The shell has not read its terminal for a long time; say
 			// so rather than stall every other session.
 			r.replyShell(h.SessionID, wire.ShellData, wire.StatusError, "terminal input queue full: input dropped")
@@ -91,16 +83,16 @@ func (r *Router) handleShell(m *wire.ProtoMsg) {
 			r.log.Debug("resize for unknown session", "session_id", h.SessionID)
 			return
 		}
-		w, okw := h.IntProp(wire.PropTerminalWidth)
-		ht, okh := h.IntProp(wire.PropTerminalHeight)
-		if okw && okh {
-			s.resize(uint16(w), uint16(ht))
+		if cols, rows, ok := termSize(h); ok {
+			s.resize(cols, rows)
 		}
 	case wire.ShellStop:
 		r.stopShell(h, m.Body)
 	case wire.ShellPong:
 		if s := r.lookup(h.SessionID); s != nil {
-			s.lastPongNano.Store(time.Now().UnixNano())
+			s.hmu.Lock()
+			s.awaiting = false
+			s.hmu.Unlock()
 		}
 	default:
 		r.unknownShellMessage(m)
@@ -137,13 +129,27 @@ func (r *Router) lookup(sid string) *shellSession {
 	return s
 }
 
+// maxTermDim bounds a terminal dimension from the wire: the kernel takes
+// 16 bits, and nothing real is wider than this.
+const maxTermDim = 4096
+
+// termSize reads the terminal size properties. Values that are missing,
+// not positive or absurd (a 65536 that uint16 would make 0, a -1 that it
+// would make 65535) are refused; sizes above maxTermDim are clamped.
+func termSize(h *wire.Header) (cols, rows uint16, ok bool) {
+	w, okw := h.IntProp(wire.PropTerminalWidth)
+	ht, okh := h.IntProp(wire.PropTerminalHeight)
+	if !okw || !okh || w <= 0 || ht <= 0 {
+		return 0, 0, false
+	}
+	return uint16(min(w, maxTermDim)), uint16(min(ht, maxTermDim)), true
+}
+
 func (r *Router) newShell(h *wire.Header) {
 	sid, user := h.SessionID, h.StringProp(wire.PropUserID)
 	cols, rows := r.opts.DefaultCols, r.opts.DefaultRows
-	w, okw := h.IntProp(wire.PropTerminalWidth)
-	ht, okh := h.IntProp(wire.PropTerminalHeight)
-	if okw && okh && w > 0 && ht > 0 {
-		cols, rows = uint16(w), uint16(ht)
+	if c, rr, ok := termSize(h); ok {
+		cols, rows = c, rr
 	}
 
 	r.mu.Lock()
@@ -157,69 +163,59 @@ func (r *Router) newShell(h *wire.Header) {
 		r.replyShell(sid, wire.ShellNew, wire.StatusError, msgAlreadyRunning)
 		return
 	}
-	var mine []*shellSession
-	for _, s := range r.shells {
-		if s.userID == user {
-			mine = append(mine, s)
-		}
-	}
-	var evict *shellSession
-	evictNotice := "session replaced by a newer session of the same user"
-	if len(mine) >= r.opts.MaxPerUser {
-		sortedByIdle(mine)
-		// Unlike upstream, a session orphaned by a lost connection does
-		// not lock its user out until its health check gives up.
-		for _, o := range mine {
-			if o.peerEpoch.Load() < r.epoch {
-				evict, evictNotice = o, "session replaced: its connection was lost"
-				break
-			}
-		}
-		if evict == nil && r.opts.EvictOldest && len(mine) > 0 {
-			evict = mine[0]
-		}
-		if evict == nil {
-			r.mu.Unlock()
-			r.reject(sid, user, "per_user", msgTooManyForUser)
-			return
-		}
-		delete(r.shells, evict.sid) // its slot goes to the new session now
-	}
-	if len(r.shells) >= r.opts.MaxTotal {
-		if evict != nil {
-			r.shells[evict.sid] = evict
-		}
+	a := admit(r.slotsLocked(), user, r.opts.MaxPerUser, r.opts.MaxTotal, r.opts.EvictOldest)
+	switch a.refuse {
+	case "per_user":
+		r.mu.Unlock()
+		r.reject(sid, user, "per_user", msgTooManyForUser)
+		return
+	case "total":
 		r.mu.Unlock()
 		r.reject(sid, user, "total", msgTooManyShells)
 		return
 	}
+	evict := r.shells[a.evict]
+	if evict != nil {
+		delete(r.shells, evict.sid) // its slot goes to the new session now
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &shellSession{
-		r: r, sid: sid, userID: user, created: time.Now(),
+		r: r, sid: sid, userID: user, created: r.now(),
 		q:    r.mux.NewQueue(r.opts.QueueLimit),
 		cols: cols, rows: rows,
 		stopCh: make(chan stopRequest, 1),
 		ctx:    ctx, cancel: cancel,
 	}
-	now := s.created.UnixNano()
-	s.lastInputNano.Store(now)
-	s.lastPongNano.Store(now)
-	s.lastPingNano.Store(now)
+	s.in = newInputQueue(inputLimit, r.opts.Recorder.TerminalBytesIn,
+		func(err error) { r.log.Debug("terminal write failed", "session_id", sid, "error", err) })
+	s.born = r.mono()
+	s.lastInput.Store(int64(s.born))
+	s.lastPingAt = r.mux.UpTime()
 	s.peerEpoch.Store(r.epoch)
 	r.shells[sid] = s
 	r.wg.Add(1)
 	r.mu.Unlock()
 
 	if evict != nil {
-		r.log.Info("evicting the user's oldest idle session for a new one", "event", "session_evict",
+		r.log.Info("evicting a session of the user for a new one", "event", "session_evict",
 			"session_id", evict.sid, "user_id", user, "new_session_id", sid)
-		evict.requestStop(ReasonEvicted, evictNotice, r.opts.StopGrace)
+		evict.requestStop(ReasonEvicted, a.evictNotice, r.opts.StopGrace)
 	}
 	go s.run()
 }
 
+// slotsLocked lists the live sessions for admission; r.mu is held.
+func (r *Router) slotsLocked() []slot {
+	out := make([]slot, 0, len(r.shells))
+	for _, s := range r.shells {
+		out = append(out, slot{sid: s.sid, user: s.userID, lastInput: time.Duration(s.lastInput.Load()),
+			orphan: s.peerEpoch.Load() < r.epoch})
+	}
+	return out
+}
+
 func (r *Router) reject(sid, user, limit, text string) {
-	if r.plog.reject.allow(time.Now()) {
+	if r.plog.reject.allow(r.now()) {
 		r.log.Warn("session refused: limit reached", "event", "limit_reject", "limit", limit,
 			"session_id", logging.Clip(sid), "user_id", logging.Clip(user), "suppressed", r.plog.reject.takeSuppressed())
 	}
@@ -295,50 +291,61 @@ func (s *shellSession) resize(cols, rows uint16) {
 }
 
 // supervise runs on every janitor tick: expiry, pings, pong timeout.
-func (s *shellSession) supervise(now time.Time) {
+// Expiry runs on the router's monotonic clock; the health check on link-up
+// time, so a flaky link never ends a session whose peer could not answer.
+func (s *shellSession) supervise(now time.Duration) {
 	o := &s.r.opts
-	n := now.UnixNano()
-	switch {
-	case o.AbsoluteTimeout > 0 && now.Sub(s.created) >= o.AbsoluteTimeout:
+	if o.AbsoluteTimeout > 0 && now-s.born >= o.AbsoluteTimeout {
 		s.requestStop(ReasonAbsoluteExpired, fmt.Sprintf("session expired: open for %s", o.AbsoluteTimeout), o.StopGrace)
-	case o.IdleTimeout > 0 && time.Duration(n-s.lastInputNano.Load()) >= o.IdleTimeout:
+		return
+	}
+	if o.IdleTimeout > 0 && now-time.Duration(s.lastInput.Load()) >= o.IdleTimeout {
 		s.requestStop(ReasonIdleExpired, fmt.Sprintf("session expired: idle for %s", o.IdleTimeout), o.StopGrace)
-	case o.PongTimeout > 0 && time.Duration(n-s.lastPongNano.Load()) >= o.PongTimeout:
+		return
+	}
+	up := s.r.mux.UpTime()
+	s.hmu.Lock()
+	late := o.PongTimeout > 0 && s.awaiting && up-s.pingLeft >= o.PongTimeout
+	ping := !late && o.PingInterval > 0 && !s.pingQueued && up-s.lastPingAt >= o.PingInterval
+	if ping {
+		s.pingQueued, s.lastPingAt = true, up
+	}
+	s.hmu.Unlock()
+	switch {
+	case late:
 		s.requestStop(ReasonHealthTimeout, fmt.Sprintf("health check failed: no pong for %s", o.PongTimeout), o.StopGrace)
-	case o.PingInterval > 0 && time.Duration(n-s.lastPingNano.Load()) >= o.PingInterval:
-		s.lastPingNano.Store(n)
+	case ping:
 		m := shellMsg(s.sid, wire.ShellPing, wire.StatusControl, "")
-		// The peer re-arms its own health timer with this; give it a
-		// little more than our interval, as upstream does (60 s → 65).
-		m.Header.Properties[wire.PropTimeout] = int((o.PingInterval + 5*time.Second) / time.Second)
-		s.sendNow(m)
+		// The peer re-arms its own health timer with this; it is the
+		// very deadline this side keeps (upstream: 65 s).
+		m.Header.Properties[wire.PropTimeout] = int((o.PongTimeout + time.Second - 1) / time.Second)
+		s.sendControl(m, s.pingSent)
 	}
 }
 
-// sendNow queues a frame without waiting: on the session's queue so it
-// keeps its place after earlier output, else on the router's.
-func (s *shellSession) sendNow(m *wire.ProtoMsg) {
+// pingSent runs (in the link's writer) when a ping left: its pong deadline
+// starts now, unless an older ping is still unanswered.
+func (s *shellSession) pingSent() {
+	up := s.r.mux.UpTime()
+	s.hmu.Lock()
+	s.pingQueued = false
+	if !s.awaiting {
+		s.awaiting, s.pingLeft = true, up
+	}
+	s.hmu.Unlock()
+}
+
+// sendControl queues a small frame behind the session's output even when
+// the queue is full; it waits for the link if need be, and sent (may be
+// nil) is told when it left. Once the queue is closed it goes on the
+// router's.
+func (s *shellSession) sendControl(m *wire.ProtoMsg, sent func()) {
 	b, err := wire.Marshal(m)
 	if err != nil {
 		s.r.log.Error("encode", "error", err)
 		return
 	}
-	if !s.q.TryPut(b) {
-		s.r.send(m)
-	}
-}
-
-// sendWait queues a frame behind the session's output, waiting up to d for
-// room.
-func (s *shellSession) sendWait(m *wire.ProtoMsg, d time.Duration) {
-	b, err := wire.Marshal(m)
-	if err != nil {
-		s.r.log.Error("encode", "error", err)
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	if err := s.q.Put(ctx, b); err != nil && !errors.Is(err, link.ErrDown) {
+	if !s.q.Control(b, sent) {
 		s.r.send(m)
 	}
 }
@@ -354,12 +361,12 @@ func (s *shellSession) run() {
 	s.mu.Lock()
 	cols, rows := s.cols, s.rows
 	s.mu.Unlock()
-	proc, err := shell.Start(shell.Spec{Command: r.opts.ShellCommand, Args: r.opts.ShellArgs,
+	proc, err := r.opts.Reaper.Start(shell.Spec{Command: r.opts.ShellCommand, Args: r.opts.ShellArgs,
 		Account: r.opts.Account, Lang: r.opts.Lang, Cols: cols, Rows: rows})
 	if err != nil {
 		r.remove(s)
 		r.log.Error("shell failed to start", "event", "session_start_failed", "session_id", s.sid, "user_id", s.userID, "error", err)
-		s.sendWait(shellMsg(s.sid, wire.ShellNew, wire.StatusError, "failed to start shell: "+err.Error()), time.Second)
+		s.sendControl(shellMsg(s.sid, wire.ShellNew, wire.StatusError, "failed to start shell: "+err.Error()), nil)
 		return
 	}
 	s.mu.Lock()
@@ -369,7 +376,7 @@ func (s *shellSession) run() {
 	}
 	s.mu.Unlock()
 
-	s.sendWait(shellMsg(s.sid, wire.ShellNew, wire.StatusNormal, msgShellStarted), time.Second)
+	s.sendControl(shellMsg(s.sid, wire.ShellNew, wire.StatusNormal, msgShellStarted), nil)
 	r.log.Info("session opened", "event", "session_open", "session_id", s.sid, "user_id", s.userID,
 		"proto", "shell", "pid", proc.Pid(), "cols", cols, "rows", rows)
 	r.opts.Recorder.SessionOpened("shell")
@@ -380,7 +387,7 @@ func (s *shellSession) run() {
 		defer close(pumpDone)
 		s.pumpOutput(proc)
 	}()
-	s.startInput(proc)
+	s.in.Start(proc)
 
 	var req stopRequest
 	select {
@@ -388,27 +395,30 @@ func (s *shellSession) run() {
 		// Tell the peer first, behind the output it already has, so the
 		// notice is not held up by the teardown.
 		if req.notice != "" {
-			s.sendNow(shellMsg(s.sid, wire.ShellStop, wire.StatusError, req.notice))
+			s.sendControl(shellMsg(s.sid, wire.ShellStop, wire.StatusError, req.notice), nil)
 			req.notice = ""
 		}
 		proc.Stop(req.grace)
 	case <-proc.Done():
-		// The shell exited by itself: end what it left behind, let the
-		// pump deliver its last output, then tell the peer.
+		// The shell exited by itself: end what it left behind with the
+		// terminal still open, deliver its last output, then tell the
+		// peer.
 		req = stopRequest{reason: ReasonShellExit, notice: exitNotice(proc.ExitErr()), grace: r.opts.StopGrace}
 		r.remove(s)
 		s.stopOnce.Do(func() {}) // later stop requests are moot
-		proc.Stop(req.grace)
-		<-pumpDone
+		proc.Finish(req.grace)
+		<-proc.Stopped()
+		s.drain(pumpDone, req.grace)
 	}
-	s.cancel() // unblocks a pump waiting for queue room and the input pump
+	s.cancel() // unblocks a pump waiting for queue room
 	<-proc.Stopped()
+	_ = proc.Close()
 	<-pumpDone
-	s.endInput()
+	s.in.End()
 	if req.notice != "" {
-		s.sendWait(shellMsg(s.sid, wire.ShellStop, wire.StatusError, req.notice), time.Second)
+		s.sendControl(shellMsg(s.sid, wire.ShellStop, wire.StatusError, req.notice), nil)
 	}
-	d := time.Since(s.created)
+	d := r.mono() - s.born
 	r.log.Info("session closed", "event", "session_close", "session_id", s.sid, "user_id", s.userID,
 		"proto", "shell", "reason", req.reason, "duration", d.Round(time.Millisecond).String())
 	r.opts.Recorder.SessionClosed("shell", req.reason, d)
@@ -422,21 +432,52 @@ func exitNotice(err error) string {
 	return "shell exited: " + err.Error()
 }
 
+// drain waits for the pump to read the terminal to its end (EIO once no
+// process holds it) after the shell exited. It waits as long as the pump
+// makes progress or waits for queue room (back-pressure is not an end);
+// a pump idle in a read for a whole grace means someone outside the
+// session still holds the terminal, and the master is closed under it.
+func (s *shellSession) drain(pumpDone <-chan struct{}, grace time.Duration) {
+	grace = max(grace, 100*time.Millisecond)
+	t := time.NewTicker(grace)
+	defer t.Stop()
+	last := s.reads.Load()
+	for {
+		select {
+		case <-pumpDone:
+			return
+		case <-s.ctx.Done():
+			return
+		case <-s.r.done:
+			return
+		case <-t.C:
+			n := s.reads.Load()
+			if n == last && s.inRead.Load() {
+				return
+			}
+			last = n
+		}
+	}
+}
+
 // pumpOutput sends pty output the moment a read returns: a busy shell fills
 // big frames by itself while an echo goes out at once. It blocks on a full
-// queue (back-pressure) and ends when the pty fails or the session stops.
+// queue (back-pressure, also while the link is down) and ends when the pty
+// fails or the session stops.
 func (s *shellSession) pumpOutput(proc *shell.Process) {
 	overhead := wire.ShellOutputOverhead(len(s.sid))
 	for {
+		s.inRead.Store(true)
 		buf, n, err := proc.ReadPooled(s.r.getBuf, s.r.putBuf)
+		s.inRead.Store(false)
+		s.reads.Add(1)
 		if n > 0 {
 			frame := wire.AppendShellOutput(make([]byte, 0, n+overhead), s.sid, buf[:n])
 			s.r.putBuf(buf)
-			if perr := s.q.Put(s.ctx, frame); perr == nil {
-				s.r.opts.Recorder.TerminalBytesOut(n)
-			} else if !errors.Is(perr, link.ErrDown) {
+			if perr := s.q.Put(s.ctx, frame); perr != nil {
 				return // stopping
 			}
+			s.r.opts.Recorder.TerminalBytesOut(n)
 		} else if buf != nil {
 			s.r.putBuf(buf)
 		}
@@ -444,90 +485,4 @@ func (s *shellSession) pumpOutput(proc *shell.Process) {
 			return
 		}
 	}
-}
-
-// write takes terminal input from the read path. When nothing is queued it
-// writes straight to the pty without waiting; what the pty does not take
-// goes to a writer goroutine that lives only while input is pending. It
-// reports false when the input had to be dropped.
-func (s *shellSession) write(b []byte) bool {
-	s.inMu.Lock()
-	defer s.inMu.Unlock()
-	if s.inDone {
-		return true // stopping: input is moot
-	}
-	s.mu.Lock()
-	proc := s.proc
-	s.mu.Unlock()
-	if !s.writing && proc != nil {
-		n, err := proc.TryWrite(b)
-		if err != nil {
-			s.r.log.Debug("terminal write failed", "session_id", s.sid, "error", err)
-			return true
-		}
-		s.r.opts.Recorder.TerminalBytesIn(n)
-		b = b[n:]
-		if len(b) == 0 {
-			return true
-		}
-	}
-	if s.inBytes+len(b) > inputLimit {
-		return false
-	}
-	s.inBuf = append(s.inBuf, b)
-	s.inBytes += len(b)
-	if !s.writing && proc != nil {
-		s.startWriterLocked(proc)
-	}
-	return true
-}
-
-// startWriterLocked starts the input writer; s.inMu is held.
-func (s *shellSession) startWriterLocked(proc *shell.Process) {
-	s.writing = true
-	s.inWriters.Add(1)
-	go func() {
-		defer s.inWriters.Done()
-		for {
-			s.inMu.Lock()
-			if len(s.inBuf) == 0 || s.inDone {
-				s.inBuf, s.inBytes, s.writing = nil, 0, false
-				s.inMu.Unlock()
-				return
-			}
-			b := s.inBuf[0]
-			s.inBuf[0] = nil
-			s.inBuf = s.inBuf[1:]
-			s.inBytes -= len(b)
-			s.inMu.Unlock()
-			if _, err := proc.Write(b); err != nil {
-				s.r.log.Debug("terminal write failed", "session_id", s.sid, "error", err)
-				s.inMu.Lock()
-				s.inBuf, s.inBytes, s.writing = nil, 0, false
-				s.inMu.Unlock()
-				return
-			}
-			s.r.opts.Recorder.TerminalBytesIn(len(b))
-		}
-	}()
-}
-
-// startInput hands input that arrived while the shell was starting to a
-// writer.
-func (s *shellSession) startInput(proc *shell.Process) {
-	s.inMu.Lock()
-	defer s.inMu.Unlock()
-	if len(s.inBuf) > 0 && !s.writing && !s.inDone {
-		s.startWriterLocked(proc)
-	}
-}
-
-// endInput drops pending input and waits for a writer to finish (it ends
-// once the pty master is closed).
-func (s *shellSession) endInput() {
-	s.inMu.Lock()
-	s.inDone = true
-	s.inBuf, s.inBytes = nil, 0
-	s.inMu.Unlock()
-	s.inWriters.Wait()
 }

@@ -84,22 +84,3 @@ func signalSession(sid int, sig syscall.Signal) int {
 	}
 	return len(pids)
 }
-
-// ReapOrphans reaps zombie children of this process that were not started
-// through this package: descendants of shells that were reparented to the
-// daemon because it is a child subreaper. tracked reports the pids whose
-// owners reap them themselves.
-func ReapOrphans(tracked func(pid int) bool) int {
-	self := os.Getpid()
-	n := 0
-	for _, e := range scanProcs(func(e procEntry) bool { return e.ppid == self && e.zombie }) {
-		if tracked(e.pid) {
-			continue
-		}
-		var ws syscall.WaitStatus
-		if p, err := syscall.Wait4(e.pid, &ws, syscall.WNOHANG, nil); err == nil && p == e.pid {
-			n++
-		}
-	}
-	return n
-}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -17,8 +18,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// killWait is how long the teardown waits for SIGKILLed processes to go.
-const killWait = 5 * time.Second
+// KillWait is how long the teardown waits for SIGKILLed processes to go.
+const KillWait = 5 * time.Second
 
 // DefaultPath is PATH for shells; a login shell's profile may replace it.
 const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -36,11 +37,15 @@ type Spec struct {
 // Process is a running shell with its pty master. Read and Write go to the
 // pty; Done is closed once the shell has been reaped.
 type Process struct {
-	pty  *os.File // non-blocking, in the runtime poller
-	raw  syscall.RawConn
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error // exit status, valid after done
+	pty    *os.File // non-blocking, in the runtime poller
+	raw    syscall.RawConn
+	cmd    *exec.Cmd
+	pid    int // kept: the reaper's Release clears cmd.Process.Pid
+	reaper *Reaper
+	done   chan struct{}
+	err    error // exit status, valid after done
+
+	scans atomic.Int64 // /proc scans by the teardown, for tests
 
 	stopOnce sync.Once
 	stopped  chan struct{} // closed when Stop has finished its teardown
@@ -48,7 +53,7 @@ type Process struct {
 
 // Start spawns the shell. The window size is set before the child runs, so
 // the shell never sees a 0x0 terminal.
-func Start(s Spec) (*Process, error) {
+func (r *Reaper) Start(s Spec) (*Process, error) {
 	if s.Account == nil {
 		return nil, errors.New("start shell: no account")
 	}
@@ -64,21 +69,24 @@ func Start(s Spec) (*Process, error) {
 		},
 	}
 	ws := &pty.Winsize{Cols: s.Cols, Rows: s.Rows}
+	p := &Process{cmd: cmd, reaper: r, done: make(chan struct{}), stopped: make(chan struct{})}
+	// Registered before the reaper can see the child exit.
+	r.mu.Lock()
 	f, err := pty.StartWithAttrs(cmd, ws, cmd.SysProcAttr)
 	if err != nil {
+		r.mu.Unlock()
 		return nil, fmt.Errorf("start %s as %s: %w", s.Command, s.Account.Name, err)
 	}
+	p.pid = cmd.Process.Pid
+	r.procs[p.pid] = p
+	r.mu.Unlock()
 	master, raw, err := pollable(f)
 	if err != nil {
 		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
+		<-p.done
 		return nil, fmt.Errorf("start %s: %w", s.Command, err)
 	}
-	p := &Process{pty: master, raw: raw, cmd: cmd, done: make(chan struct{}), stopped: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
+	p.pty, p.raw = master, raw
 	return p, nil
 }
 
@@ -125,7 +133,7 @@ func environment(s Spec) []string {
 }
 
 // Pid is the shell's process id, which is also its terminal session id.
-func (p *Process) Pid() int { return p.cmd.Process.Pid }
+func (p *Process) Pid() int { return p.pid }
 
 // Read reads shell output from the pty master. After the shell and every
 // process holding the terminal have gone it returns an error (EIO).
@@ -229,18 +237,26 @@ func (p *Process) ExitErr() error {
 // pty master. It returns at once; Stopped is closed when the shell has been
 // reaped and no process of the session is left. Calling it again is a no-op.
 func (p *Process) Stop(grace time.Duration) {
-	p.stopOnce.Do(func() { go p.teardown(grace) })
+	p.stopOnce.Do(func() { go p.teardown(grace, true) })
+}
+
+// Finish is Stop for a shell that exited by itself: the rest of its session
+// is torn down the same way, but the pty master stays open so that the
+// output still in the terminal can be read to the end (the reader gets EIO
+// once no process holds the terminal). The caller closes it with Close.
+func (p *Process) Finish(grace time.Duration) {
+	p.stopOnce.Do(func() { go p.teardown(grace, false) })
 }
 
 // Stopped is closed when a Stop has completed.
 func (p *Process) Stopped() <-chan struct{} { return p.stopped }
 
-func (p *Process) teardown(grace time.Duration) {
+func (p *Process) teardown(grace time.Duration, closeMaster bool) {
 	defer close(p.stopped)
 	sid := p.Pid()
 	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGTERM, syscall.SIGKILL} {
 		signalSession(sid, sig)
-		if sig == syscall.SIGHUP {
+		if sig == syscall.SIGHUP && closeMaster {
 			// The hangup the kernel sends when the master closes reaches
 			// the foreground job even if it was not found by the scan.
 			_ = p.pty.Close()
@@ -249,7 +265,7 @@ func (p *Process) teardown(grace time.Duration) {
 		if sig == syscall.SIGKILL {
 			// Killed processes still take a moment to exit on a busy
 			// machine; only uninterruptible sleepers take longer.
-			wait = max(grace, killWait)
+			wait = max(grace, KillWait)
 		}
 		if p.waitGone(sid, wait) {
 			return
@@ -261,23 +277,34 @@ func (p *Process) teardown(grace time.Duration) {
 }
 
 // waitGone waits up to d for the shell to be reaped and its session to be
-// empty.
+// empty. It scans /proc only when the reaper has reaped something (the
+// session's processes are adopted by the daemon as they are orphaned) or,
+// as a backstop for members still parented elsewhere, at a slowing pace.
 func (p *Process) waitGone(sid int, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	select {
+	case <-p.done:
+	case <-deadline.C:
+		return false
+	}
+	backoff := 10 * time.Millisecond
 	for {
-		select {
-		case <-p.done:
-			if len(SessionMembers(sid)) == 0 {
-				return true
-			}
-		default:
+		changed := p.reaper.Changed()
+		p.scans.Add(1)
+		if len(SessionMembers(sid)) == 0 {
+			return true
 		}
-		if !time.Now().Before(deadline) {
+		t := time.NewTimer(backoff)
+		select {
+		case <-changed:
+		case <-t.C:
+			backoff = min(2*backoff, 500*time.Millisecond)
+		case <-deadline.C:
+			t.Stop()
 			return false
 		}
-		<-tick.C
+		t.Stop()
 	}
 }
 

@@ -2,12 +2,18 @@ package shell
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tether-agent/tether/internal/leakcheck"
 )
+
+// TestMain fails the run if goroutines started by the tests outlive them.
+func TestMain(m *testing.M) { leakcheck.Main(m) }
 
 // testAccount is nobody when the test runs as root (CI), so the identity
 // switch is exercised; otherwise the current user.
@@ -74,7 +80,7 @@ func (r *reader) expect(s string) string {
 
 func start(t *testing.T, cols, rows uint16) (*Process, *reader) {
 	t.Helper()
-	p, err := Start(Spec{Command: "/bin/sh", Args: []string{"-i"}, Account: testAccount(t), Lang: "C.UTF-8", Cols: cols, Rows: rows})
+	p, err := newReaper(t).Start(Spec{Command: "/bin/sh", Args: []string{"-i"}, Account: testAccount(t), Lang: "C.UTF-8", Cols: cols, Rows: rows})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,13 +133,7 @@ func TestStopEndsWholeSession(t *testing.T) {
 	// survives anything but a session-wide SIGKILL.
 	fmt.Fprintf(p, "(trap '' HUP TERM; exec sleep 301) & echo started\n")
 	r.expect("started")
-	deadline := time.Now().Add(5 * time.Second)
-	for len(SessionMembers(p.Pid())) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("background job did not start")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventually(t, "background job started", func() bool { return len(SessionMembers(p.Pid())) >= 2 })
 	begin := time.Now()
 	p.Stop(50 * time.Millisecond)
 	select {
@@ -192,10 +192,86 @@ func TestLookupAccountErrors(t *testing.T) {
 	if _, err := LookupAccount("no-such-user-tether"); err == nil {
 		t.Fatal("bogus user resolved")
 	}
-	if _, err := Start(Spec{Command: "/bin/sh"}); err == nil {
+	r := newReaper(t)
+	if _, err := r.Start(Spec{Command: "/bin/sh"}); err == nil {
 		t.Fatal("start without account succeeded")
 	}
-	if _, err := Start(Spec{Command: "/nonexistent/sh", Account: testAccount(t), Cols: 80, Rows: 24}); err == nil {
+	if _, err := r.Start(Spec{Command: "/nonexistent/sh", Account: testAccount(t), Cols: 80, Rows: 24}); err == nil {
 		t.Fatal("start of a missing binary succeeded")
+	}
+}
+
+// newReaper runs a reaper for one test; tests do not run in parallel, so
+// only one reaper waits for children at a time.
+func newReaper(t *testing.T) *Reaper {
+	r := NewReaper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return r
+}
+
+// A job that ignores HUP and TERM keeps the teardown waiting for two
+// graces; it must not rescan /proc every few milliseconds meanwhile
+// (16 sessions stopping at once ran 16 such scanners).
+func TestTeardownDoesNotBusyPoll(t *testing.T) {
+	p, r := start(t, 80, 24)
+	fmt.Fprintf(p, "(trap '' HUP TERM; exec sleep 302) & echo started\n")
+	r.expect("started")
+	eventually(t, "background job started", func() bool { return len(SessionMembers(p.Pid())) >= 2 })
+	const grace = 500 * time.Millisecond
+	p.Stop(grace)
+	select {
+	case <-p.Stopped():
+	case <-time.After(10 * time.Second):
+		t.Fatal("stop did not finish")
+	}
+	// Over two graces (1 s) the old 5 ms ticker scanned ~200 times.
+	if n := p.scans.Load(); n > 30 {
+		t.Fatalf("%d /proc scans during a 2×%v teardown", n, grace)
+	}
+}
+
+// A shell that exits by itself leaves its last output in the terminal;
+// Finish keeps the master open so that all of it can be read.
+func TestFinishKeepsOutputReadable(t *testing.T) {
+	p, err := newReaper(t).Start(Spec{Command: "/bin/sh", Args: []string{"-c", "seq 1 500"}, Account: testAccount(t), Cols: 80, Rows: 24})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	<-p.Done() // the output is still in the pty, nobody has read it yet
+	p.Finish(50 * time.Millisecond)
+	<-p.Stopped()
+	var all []byte
+	buf := make([]byte, 4096)
+	for {
+		n, err := p.Read(buf)
+		all = append(all, buf[:n]...)
+		if err != nil {
+			break
+		}
+	}
+	if !strings.HasSuffix(strings.TrimSpace(string(all)), "\n500") && !strings.HasSuffix(strings.TrimSpace(string(all)), "500") {
+		t.Fatalf("last output lost: read %d bytes ending %q", len(all), tail(all))
+	}
+}
+
+func tail(b []byte) string {
+	if len(b) > 40 {
+		b = b[len(b)-40:]
+	}
+	return string(b)
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -41,6 +41,10 @@ type Options struct {
 	Binaries []string
 	// Timeout ends a run that takes longer (default 10 min).
 	Timeout time.Duration
+	// Exec runs a command as a child the daemon's reaper collects
+	// (shell.Reaper.Exec; the reaper waits for every child). nil runs it
+	// with os/exec's own wait, for a program without a reaper.
+	Exec func(ctx context.Context, cmd *exec.Cmd, kill func(pid int)) error
 }
 
 // Protocol runs the commands; runs are shared by every router session.
@@ -182,14 +186,17 @@ func (p *Protocol) execute(cmd, userID string) error {
 	}
 	ctx, cancel := context.WithTimeout(p.ctx, p.o.Timeout)
 	defer cancel()
-	c := exec.CommandContext(ctx, bin, cmd)
+	c := exec.Command(bin, cmd)
 	// Its own process group, so a timeout ends whatever it started too.
 	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	c.Cancel = func() error { return syscall.Kill(-c.Process.Pid, syscall.SIGKILL) }
-	c.WaitDelay = time.Second
+	kill := func(pid int) { _ = syscall.Kill(-pid, syscall.SIGKILL) }
 	start := time.Now()
 	p.log.Info("mender client: running", "command", cmd, "binary", bin, "user_id", userID)
-	err = c.Run()
+	run := p.o.Exec
+	if run == nil {
+		run = execWait
+	}
+	err = run(ctx, c, kill)
 	switch {
 	case ctx.Err() == context.DeadlineExceeded:
 		err = fmt.Errorf("%s %s: timed out after %s", bin, cmd, p.o.Timeout)
@@ -202,4 +209,23 @@ func (p *Protocol) execute(cmd, userID string) error {
 	}
 	p.log.Info("mender client: done", "command", cmd, "took", time.Since(start).Round(time.Millisecond).String())
 	return nil
+}
+
+// execWait runs c with os/exec's own wait, calling kill when ctx ends
+// first.
+func execWait(ctx context.Context, c *exec.Cmd, kill func(pid int)) error {
+	if err := c.Start(); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			kill(c.Process.Pid)
+		case <-done:
+		}
+	}()
+	err := c.Wait()
+	close(done)
+	return err
 }

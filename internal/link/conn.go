@@ -1,0 +1,123 @@
+package link
+
+import (
+	"context"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tether-agent/tether/internal/logging"
+	"github.com/tether-agent/tether/internal/wire"
+)
+
+// notSentLowat bounds the bytes the kernel holds that have not been sent
+// yet. Without it the send buffer grows to megabytes: one write can then
+// block past any sensible timeout on a slow server, and a keystroke echo
+// waits behind everything already in the socket. With it the fair writer,
+// not the kernel, decides what goes next.
+const notSentLowat = 16 << 10
+
+// progressChunk is the most handed to the kernel in one write: each chunk
+// gets a fresh deadline, so the write timeout means "no progress".
+const progressChunk = 16 << 10
+
+// dialTCP dials with a small unsent-bytes bound and wraps the connection
+// so that its write deadline counts from the last progress.
+func dialTCP(writeTimeout time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := &net.Dialer{
+		Timeout: 30 * time.Second,
+		Control: func(_, _ string, c syscall.RawConn) error {
+			// Best effort: an old kernel without the option still works,
+			// only with more latency behind bulk output.
+			return c.Control(func(fd uintptr) {
+				_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, notSentLowat)
+			})
+		},
+	}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &progressConn{Conn: c, timeout: writeTimeout}, nil
+	}
+}
+
+// progressConn fails a write only when no chunk of it got through for
+// timeout (or an explicit, earlier deadline passed).
+type progressConn struct {
+	net.Conn
+	timeout time.Duration
+
+	mu       sync.Mutex
+	deadline time.Time // explicit write deadline; zero = none
+}
+
+func (c *progressConn) SetWriteDeadline(t time.Time) error {
+	c.mu.Lock()
+	c.deadline = t
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *progressConn) SetDeadline(t time.Time) error {
+	_ = c.SetWriteDeadline(t)
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *progressConn) Write(b []byte) (int, error) {
+	total := 0
+	for len(b) > 0 {
+		chunk := b
+		if len(chunk) > progressChunk {
+			chunk = chunk[:progressChunk]
+		}
+		var d time.Time
+		if c.timeout > 0 {
+			d = time.Now().Add(c.timeout)
+		}
+		c.mu.Lock()
+		if !c.deadline.IsZero() && (d.IsZero() || c.deadline.Before(d)) {
+			d = c.deadline
+		}
+		c.mu.Unlock()
+		if err := c.Conn.SetWriteDeadline(d); err != nil {
+			return total, err
+		}
+		n, err := c.Conn.Write(chunk)
+		total += n
+		b = b[n:]
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// traceMsg logs a frame's header at trace level: never its body, which may
+// hold keystrokes, nor its properties' values.
+func (l *Link) traceMsg(what string, m *wire.ProtoMsg, size int) {
+	if !l.log.Enabled(context.Background(), logging.LevelTrace) {
+		return
+	}
+	h := &m.Header
+	l.log.Log(context.Background(), logging.LevelTrace, what, "proto", wire.ProtoName(h.Proto), "type", h.MsgType,
+		"session_id", h.SessionID, "props", len(h.Properties), "body_bytes", len(m.Body), "frame_bytes", size)
+}
+
+// traceFrame decodes an outbound frame's header for the trace, only when
+// tracing is on.
+func (l *Link) traceFrame(what string, f []byte) {
+	if !l.log.Enabled(context.Background(), logging.LevelTrace) {
+		return
+	}
+	m, err := wire.Unmarshal(f)
+	if err != nil {
+		l.log.Log(context.Background(), logging.LevelTrace, what, "frame_bytes", len(f), "error", err)
+		return
+	}
+	l.traceMsg(what, m, len(f))
+}

@@ -1,0 +1,313 @@
+// Package mux shares the device's one websocket fairly between sessions.
+// Producers (the router's sessions and the protocols) fill bounded
+// per-session queues; the link drains them, one frame from each queue with
+// pending frames in turn. Neither side imports the other: the link knows
+// only a Mux, the producers only their Queue.
+//
+// Queues keep their frames while the link is down and send them, in order,
+// after the reconnect: a short gap loses nothing. A full queue blocks its
+// producer (the pty reader), which is how back-pressure reaches a shell,
+// and why no CPU is spent on output nobody can take.
+package mux
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+)
+
+// ErrQueueClosed is returned by Put on a closed queue.
+var ErrQueueClosed = errors.New("queue closed")
+
+// DirectMax is the largest frame a producer writes itself. Bigger frames
+// come from a busy shell; handing them to the writer lets the shell's next
+// read overlap this write.
+const DirectMax = 2048
+
+type frame struct {
+	b    []byte
+	sent func() // called once the frame is on the connection; may be nil
+}
+
+// Mux is the set of queues and the link's view of them.
+type Mux struct {
+	now func() time.Time
+
+	mu    sync.Mutex
+	ready []*Queue // queues with pending frames, in service order
+	up    bool
+	wake  chan struct{}
+
+	// writing is held by whoever writes a frame on the connection: the
+	// writer goroutine, or a producer taking the direct path.
+	writing  bool
+	inFlight *Queue // the queue of the frame the writer took with Next
+	flight   frame
+	direct   func([]byte) error // writes one frame on the live connection
+
+	// Link-up time, from the monotonic clock: health checks count only
+	// time in which the peer could have answered.
+	upTotal time.Duration
+	upSince time.Time
+}
+
+// New returns a mux in the down state. now is the clock (nil: time.Now);
+// tests drive link-up time with their own.
+func New(now func() time.Time) *Mux {
+	if now == nil {
+		now = time.Now
+	}
+	return &Mux{now: now, wake: make(chan struct{}, 1)}
+}
+
+// Queue is one producer's outbound frames.
+type Queue struct {
+	m       *Mux
+	limit   int
+	frames  []frame
+	bytes   int
+	inReady bool
+	closed  bool
+	space   chan struct{} // signalled when bytes drop or state changes
+}
+
+// NewQueue makes a queue holding at most limit bytes (a single larger
+// frame is still accepted when the queue is empty).
+func (m *Mux) NewQueue(limit int) *Queue {
+	return &Queue{m: m, limit: limit, space: make(chan struct{}, 1)}
+}
+
+// Put queues a frame, waiting while the queue is full; while the link is
+// down it is kept for the next connection. It fails only with
+// ErrQueueClosed or ctx's error. The mux owns frame afterwards.
+func (q *Queue) Put(ctx context.Context, b []byte) error {
+	m := q.m
+	for {
+		m.mu.Lock()
+		switch {
+		case q.closed:
+			m.mu.Unlock()
+			return ErrQueueClosed
+		case len(b) <= DirectMax && q.bytes == 0 && len(m.ready) == 0 && !m.writing && m.direct != nil:
+			// Nothing is queued anywhere and nobody is writing: write
+			// the frame now instead of handing it to the writer, which
+			// saves a goroutine wake-up on every keystroke echo.
+			m.writing = true
+			write := m.direct
+			m.mu.Unlock()
+			err := write(b)
+			m.mu.Lock()
+			m.writing = false
+			if err != nil {
+				// The connection failed under the write: the frame goes
+				// first on the next one, not into the void.
+				q.pushFrontLocked(frame{b: b})
+			}
+			more := len(m.ready) > 0
+			m.mu.Unlock()
+			if more {
+				m.signal()
+			}
+			return nil
+		case q.fits(len(b)):
+			q.enqueueLocked(frame{b: b})
+			m.mu.Unlock()
+			m.signal()
+			return nil
+		}
+		m.mu.Unlock()
+		select {
+		case <-q.space:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// TryPut queues a frame without waiting; it reports false when the queue is
+// full or closed. For replies from the read path, which must never block.
+func (q *Queue) TryPut(b []byte) bool {
+	m := q.m
+	m.mu.Lock()
+	if q.closed || !q.fits(len(b)) {
+		m.mu.Unlock()
+		return false
+	}
+	q.enqueueLocked(frame{b: b})
+	m.mu.Unlock()
+	m.signal()
+	return true
+}
+
+// Control queues a small control frame behind the queue's output even when
+// the queue is full; the caller bounds how many it has outstanding. sent is
+// called (from the writer, so it must be quick) once the frame is on the
+// connection. It reports false on a closed queue.
+func (q *Queue) Control(b []byte, sent func()) bool {
+	m := q.m
+	m.mu.Lock()
+	if q.closed {
+		m.mu.Unlock()
+		return false
+	}
+	q.enqueueLocked(frame{b: b, sent: sent})
+	m.mu.Unlock()
+	m.signal()
+	return true
+}
+
+// fits reports whether n bytes may be queued: a queue takes frames up to
+// its limit, and always one frame when empty.
+func (q *Queue) fits(n int) bool {
+	return q.bytes == 0 || q.bytes+n <= q.limit
+}
+
+// enqueueLocked appends f and puts q in the service order; m.mu is held.
+func (q *Queue) enqueueLocked(f frame) {
+	q.frames = append(q.frames, f)
+	q.bytes += len(f.b)
+	if !q.inReady {
+		q.inReady = true
+		q.m.ready = append(q.m.ready, q)
+	}
+}
+
+// pushFrontLocked puts f back at the head of q, and q at the head of the
+// service order, after a write that failed; m.mu is held.
+func (q *Queue) pushFrontLocked(f frame) {
+	q.frames = append([]frame{f}, q.frames...)
+	q.bytes += len(f.b)
+	if q.inReady {
+		for i, r := range q.m.ready {
+			if r == q {
+				q.m.ready = append(q.m.ready[:i], q.m.ready[i+1:]...)
+				break
+			}
+		}
+	}
+	q.inReady = true
+	q.m.ready = append([]*Queue{q}, q.m.ready...)
+}
+
+// Close refuses further frames and wakes a blocked Put. Frames already
+// queued are still written, after a reconnect if need be: a session's last
+// words, such as its stop notice, must not be lost.
+func (q *Queue) Close() {
+	m := q.m
+	m.mu.Lock()
+	q.closed = true
+	m.mu.Unlock()
+	notify(q.space)
+}
+
+// Bytes is what the queue holds.
+func (q *Queue) Bytes() int {
+	q.m.mu.Lock()
+	defer q.m.mu.Unlock()
+	return q.bytes
+}
+
+func (m *Mux) signal() { notify(m.wake) }
+
+func notify(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// Wake is signalled when frames become pending or a direct write ends.
+func (m *Mux) Wake() <-chan struct{} { return m.wake }
+
+// Up switches the mux up; direct writes one frame on the new connection
+// (producers use it when the writer is idle).
+func (m *Mux) Up(direct func([]byte) error) {
+	m.mu.Lock()
+	if !m.up {
+		m.up, m.upSince = true, m.now()
+	}
+	m.direct = direct
+	pending := len(m.ready) > 0
+	m.mu.Unlock()
+	if pending {
+		m.signal()
+	}
+}
+
+// Down switches the mux down; queued frames wait for the next connection.
+func (m *Mux) Down() {
+	m.mu.Lock()
+	if m.up {
+		m.upTotal += m.now().Sub(m.upSince)
+		m.up = false
+	}
+	m.direct = nil
+	m.mu.Unlock()
+}
+
+// UpTime is the total time the link has been up, by the monotonic clock.
+func (m *Mux) UpTime() time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	d := m.upTotal
+	if m.up {
+		d += m.now().Sub(m.upSince)
+	}
+	return d
+}
+
+// Next pops the next frame in round-robin order, or nil if none is pending
+// or a producer is writing directly. The caller writes it and then calls
+// Written.
+func (m *Mux) Next() []byte {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.writing {
+		return nil // the direct writer signals wake when it is done
+	}
+	for len(m.ready) > 0 {
+		q := m.ready[0]
+		m.ready = m.ready[1:]
+		if len(q.frames) == 0 {
+			q.inReady = false
+			continue
+		}
+		f := q.frames[0]
+		q.frames[0] = frame{}
+		q.frames = q.frames[1:]
+		q.bytes -= len(f.b)
+		if len(q.frames) > 0 {
+			m.ready = append(m.ready, q)
+		} else {
+			q.inReady = false
+			q.frames = nil
+		}
+		notify(q.space)
+		m.writing, m.inFlight, m.flight = true, q, f
+		return f.b
+	}
+	return nil
+}
+
+// Written ends the write of the frame from Next. A failed write puts the
+// frame back at the head of its queue for the next connection.
+func (m *Mux) Written(err error) {
+	m.mu.Lock()
+	q, f := m.inFlight, m.flight
+	m.writing, m.inFlight, m.flight = false, nil, frame{}
+	if err != nil && q != nil {
+		q.pushFrontLocked(f)
+	}
+	m.mu.Unlock()
+	if err == nil && f.sent != nil {
+		f.sent()
+	}
+}
+
+// Pending reports whether frames are waiting to be written.
+func (m *Mux) Pending() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.ready) > 0
+}
