@@ -5,7 +5,11 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -273,5 +277,50 @@ func eventually(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A command the daemon runs goes through the reaper, which waits for every
+// child: its exit status arrives, and a cancelled run is killed and still
+// reaped.
+func TestReaperExec(t *testing.T) {
+	r := newReaper(t)
+	tests := []struct {
+		name    string
+		script  string
+		cancel  time.Duration // 0: let it finish
+		wantErr string
+	}{
+		{"success", "exit 0", 0, ""},
+		{"exit status", "exit 3", 0, "exit status 3"},
+		{"killed when cancelled", "exec sleep 300", 100 * time.Millisecond, "signal: killed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			if tt.cancel > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tt.cancel)
+				defer cancel()
+			}
+			pidFile := filepath.Join(t.TempDir(), "pid")
+			cmd := exec.Command("/bin/sh", "-c", "echo $$ >"+pidFile+"; "+tt.script)
+			start := time.Now()
+			err := r.Exec(ctx, cmd, func(pid int) { _ = syscall.Kill(pid, syscall.SIGKILL) })
+			if got := fmt.Sprint(err); (tt.wantErr == "" && err != nil) || (tt.wantErr != "" && got != tt.wantErr) {
+				t.Fatalf("Exec error %v, want %q", err, tt.wantErr)
+			}
+			if time.Since(start) > 10*time.Second {
+				t.Fatal("Exec did not return")
+			}
+			b, err := os.ReadFile(pidFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+			if err := syscall.Kill(pid, 0); pid <= 0 || err == nil {
+				t.Fatalf("pid %d still exists (not reaped)", pid)
+			}
+		})
 	}
 }
