@@ -87,8 +87,9 @@ func TestPropsReadAsMenderCLIReadsThem(t *testing.T) {
 		t.Fatalf("new reply status %#v (%T), want int64 1", started.Header.Properties["status"], started.Header.Properties["status"])
 	}
 	ping := first.next("ping", 15*time.Second)
-	if to, ok := ping.Header.Properties["timeout"].(int64); !ok || to != 5 {
-		t.Fatalf("ping timeout %#v (%T), want int64 5", ping.Header.Properties["timeout"], ping.Header.Properties["timeout"])
+	// Every ping announces the pong deadline the device keeps (PongTimeout).
+	if to, ok := ping.Header.Properties["timeout"].(int64); !ok || to != 10 {
+		t.Fatalf("ping timeout %#v (%T), want int64 10", ping.Header.Properties["timeout"], ping.Header.Properties["timeout"])
 	}
 	if st, ok := ping.Header.Properties["status"].(int64); !ok || st != 3 {
 		t.Fatalf("ping status %#v (%T), want int64 3", ping.Header.Properties["status"], ping.Header.Properties["status"])
