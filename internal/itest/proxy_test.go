@@ -1,7 +1,6 @@
 package itest
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -190,32 +189,9 @@ func (p *proxy) pump(dst, src net.Conn, fromDevice bool) {
 	}
 }
 
-// procStatus reads one "Key: value kB" (or plain number) field of the
-// daemon's /proc status.
-func (e *env) procStatus(key string) int {
-	e.t.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", e.daemon.Process.Pid))
-	if err != nil {
-		e.t.Fatalf("daemon status: %v", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), key+":"); ok {
-			n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-			if err != nil {
-				e.t.Fatalf("%s line %q: %v", key, sc.Text(), err)
-			}
-			return n
-		}
-	}
-	e.t.Fatalf("no %s line in the daemon's status", key)
-	return 0
-}
-
 // rssAnonKB is the daemon's anonymous resident memory, the part the kernel
 // cannot reclaim (VmRSS is mostly the binary's file pages).
-func (e *env) rssAnonKB() int { return e.procStatus("RssAnon") }
+func (e *env) rssAnonKB() int { return procStatusKB(e.t, e.daemon.Process.Pid, "RssAnon") }
 
 // cpuTicks is the daemon's user+system CPU time in clock ticks (1/100 s
 // on Linux).
@@ -242,3 +218,4 @@ func (e *env) cpuTicks() int {
 	}
 	return u + s
 }
+
