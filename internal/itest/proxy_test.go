@@ -218,4 +218,3 @@ func (e *env) cpuTicks() int {
 	}
 	return u + s
 }
-
