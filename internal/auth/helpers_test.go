@@ -13,6 +13,7 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/tether-agent/tether/internal/auth"
+	"github.com/tether-agent/tether/internal/leakcheck"
 )
 
 // secretPrefix starts every token the tests use; logs must never show it.
@@ -185,3 +186,5 @@ func goroutineBaseline(t testing.TB) func() {
 		}
 	}
 }
+
+func TestMain(m *testing.M) { leakcheck.Main(m) }
