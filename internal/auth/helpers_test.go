@@ -188,3 +188,24 @@ func goroutineBaseline(t testing.TB) func() {
 }
 
 func TestMain(m *testing.M) { leakcheck.Main(m) }
+
+// logTimes returns the time= of every log line containing substr.
+func logTimes(t testing.TB, l *logCapture, substr string) []time.Time {
+	t.Helper()
+	var out []time.Time
+	for _, line := range strings.Split(l.String(), "\n") {
+		if !strings.Contains(line, substr) {
+			continue
+		}
+		v, ok := strings.CutPrefix(strings.Fields(line)[0], "time=")
+		if !ok {
+			t.Fatalf("log line without a time: %q", line)
+		}
+		ts, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		out = append(out, ts)
+	}
+	return out
+}
