@@ -230,3 +230,31 @@ func TestSlowServerKeepsLinkAndEcho(t *testing.T) {
 		t.Errorf("link dropped under the slow server")
 	}
 }
+
+// The end of a finished command's output is not lost under back-pressure:
+// `seq 1 30000; exit` read through a 100 KB/s server arrives complete
+// before the session's stop (the pty is drained before it is closed).
+func TestExitOutputCompleteUnderBackPressure(t *testing.T) {
+	var p *proxy
+	// MaxTotal 256 leaves each session a 16 KiB queue, far less than the
+	// 169 KB the command prints: the shell exits while most of it is
+	// still in the pty.
+	e := newEnvWith(t, map[string]interface{}{
+		"Sessions": map[string]interface{}{"StopGrace": "100ms", "MaxTotal": 256},
+	}, behindProxy(t, &p, 100_000))
+	e.waitDevice()
+	term := e.open("alice@tether.local")
+	e.expect(term, "$ ")
+	const n = 30000
+	fmt.Fprintf(term, "stty -echo; seq 1 %d; exit\n", n)
+	ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+	defer cancel()
+	stop, err := term.WaitStop(ctx)
+	if err != nil {
+		t.Fatalf("no stop: %v", err)
+	}
+	out := strings.ReplaceAll(term.Output(), "\r", "")
+	if want := seqLines(n); !strings.Contains(out, want) {
+		t.Fatalf("output lost before the stop (%q): %d bytes, tail %q", stop.Body, len(out), out[max(0, len(out)-120):])
+	}
+}
