@@ -115,18 +115,44 @@ func TestDBusRotateClearSet(t *testing.T) {
 
 func TestDBusNewestWins(t *testing.T) {
 	addr := dbustest.Start(t)
-	svc := startMock(t, addr, mockauth.Options{Token: credsA.Token, ServerURL: credsA.ServerURL})
-	log, _ := newLogger(t)
+	svcConn := dial(t, addr)
+	svc, err := mockauth.New(discardLogger(t), svcConn, mockauth.Options{Token: credsA.Token, ServerURL: credsA.ServerURL})
+	if err != nil {
+		t.Fatalf("mockauth.New: %v", err)
+	}
+	t.Cleanup(func() { _ = svc.Close() })
+	log, logs := newLogger(t)
 	src := auth.NewDBus(log, fastOpts(addr))
 	runSource(t, src)
 	expectNext(t, src, credsA)
+
+	// handled returns once the source has handled every signal the
+	// service sent so far: a round trip on the service's connection puts
+	// them on the bus, and a signal from another sender routed after them
+	// is logged (and ignored) by the source only after it handled them.
+	impostor := dial(t, addr)
+	marks := 0
+	handled := func() {
+		t.Helper()
+		var id string
+		if err := svcConn.BusObject().Call("org.freedesktop.DBus.GetId", 0).Store(&id); err != nil {
+			t.Fatalf("GetId: %v", err)
+		}
+		if err := impostor.Emit(auth.ObjectPath, auth.SignalJwtTokenStateChange, "", ""); err != nil {
+			t.Fatalf("marker Emit: %v", err)
+		}
+		marks++
+		eventually(t, 5*time.Second, "the source handled the signals", func() bool {
+			return logs.count("not sent by the owner") >= marks
+		})
+	}
 
 	// The upstream bug: "empty → new token" quickly, with a slow consumer,
 	// left the daemon unauthorised. Here the consumer reads only after
 	// both, and must see the new token, and only that.
 	svc.Clear()
 	svc.Set(credsB.Token, credsB.ServerURL)
-	time.Sleep(300 * time.Millisecond)
+	handled()
 	expectNext(t, src, credsB)
 	expectNone(t, src, 100*time.Millisecond)
 
@@ -136,7 +162,7 @@ func TestDBusNewestWins(t *testing.T) {
 		svc.Set(credsA.Token, credsA.ServerURL)
 	}
 	svc.Clear()
-	time.Sleep(300 * time.Millisecond)
+	handled()
 	expectNext(t, src, none)
 	expectNone(t, src, 100*time.Millisecond)
 }
@@ -180,33 +206,36 @@ func TestDBusIgnoresSignalsFromNonOwner(t *testing.T) {
 func TestDBusRefreshIsRateLimited(t *testing.T) {
 	addr := dbustest.Start(t)
 	svc := startMock(t, addr, mockauth.Options{Token: credsA.Token, ServerURL: credsA.ServerURL})
-	log, _ := newLogger(t)
+	log, logs := newLogger(t)
 	opts := fastOpts(addr)
 	opts.RefreshMinInterval = 500 * time.Millisecond
 	src := auth.NewDBus(log, opts)
 	runSource(t, src)
 	expectNext(t, src, credsA)
 
-	start := time.Now()
 	src.Refresh()
 	eventually(t, 2*time.Second, "the first FetchJwtToken", func() bool { return svc.FetchCount() == 1 })
 	// Requests within the interval are merged into one call, made when the
-	// interval is over.
+	// interval is over: the calls' own log times show the spacing.
 	for i := 0; i < 4; i++ {
 		src.Refresh()
-		time.Sleep(10 * time.Millisecond)
-	}
-	time.Sleep(250 * time.Millisecond)
-	if n := svc.FetchCount(); n != 1 && time.Since(start) < 500*time.Millisecond {
-		t.Fatalf("FetchJwtToken called %d times within the rate limit", n)
 	}
 	eventually(t, 2*time.Second, "the deferred FetchJwtToken", func() bool { return svc.FetchCount() == 2 })
-	if elapsed := time.Since(start); elapsed < 500*time.Millisecond {
-		t.Fatalf("second FetchJwtToken after %v, want >= 500ms", elapsed)
+	times := logTimes(t, logs, "asking the auth service for a new token")
+	if len(times) != 2 {
+		t.Fatalf("%d FetchJwtToken calls logged, want 2", len(times))
 	}
-	time.Sleep(700 * time.Millisecond)
-	if n := svc.FetchCount(); n != 2 {
-		t.Fatalf("FetchJwtToken called %d times, want 2", n)
+	if gap := times[1].Sub(times[0]); gap < opts.RefreshMinInterval {
+		t.Fatalf("second FetchJwtToken %v after the first, want >= %v", gap, opts.RefreshMinInterval)
+	}
+	// Nothing else was pending: no third call in the next interval (a
+	// window the assertion must span, not a synchronisation).
+	window := time.Now().Add(opts.RefreshMinInterval + 200*time.Millisecond)
+	for time.Now().Before(window) {
+		if n := svc.FetchCount(); n != 2 {
+			t.Fatalf("FetchJwtToken called %d times, want 2", n)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	// Re-authentication announced the same token: nothing new to deliver.
 	expectNone(t, src, 50*time.Millisecond)
@@ -214,8 +243,7 @@ func TestDBusRefreshIsRateLimited(t *testing.T) {
 	// After a failed re-authentication the token is gone, and a later
 	// refresh brings it back.
 	svc.SetFetchFailure(mockauth.FetchAuthFails)
-	time.Sleep(opts.RefreshMinInterval)
-	src.Refresh()
+	src.Refresh() // rate-limited: made when the interval is over
 	expectNext(t, src, none)
 	svc.SetFetchFailure(mockauth.FetchWorks)
 	src.Refresh()

@@ -13,6 +13,7 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/tether-agent/tether/internal/auth"
+	"github.com/tether-agent/tether/internal/leakcheck"
 )
 
 // secretPrefix starts every token the tests use; logs must never show it.
@@ -184,4 +185,27 @@ func goroutineBaseline(t testing.TB) func() {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+}
+
+func TestMain(m *testing.M) { leakcheck.Main(m) }
+
+// logTimes returns the time= of every log line containing substr.
+func logTimes(t testing.TB, l *logCapture, substr string) []time.Time {
+	t.Helper()
+	var out []time.Time
+	for _, line := range strings.Split(l.String(), "\n") {
+		if !strings.Contains(line, substr) {
+			continue
+		}
+		v, ok := strings.CutPrefix(strings.Fields(line)[0], "time=")
+		if !ok {
+			t.Fatalf("log line without a time: %q", line)
+		}
+		ts, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		out = append(out, ts)
+	}
+	return out
 }

@@ -69,6 +69,7 @@ func Run(ctx context.Context, o Options) error {
 		metrics.Limits{MaxPerUser: int(cfg.Sessions.MaxPerUser), MaxTotal: int(cfg.Sessions.MaxTotal),
 			IdleTimeout: cfg.IdleTimeout(), AbsoluteTimeout: cfg.AbsoluteTimeout()})
 
+	var release *memoryReleaser // needs the router, which calls it
 	out := mux.New(nil)
 	reaper := shell.NewReaper()
 	protos, closeProtos, err := protocols(cfg, log, rec, reaper)
@@ -97,9 +98,10 @@ func Run(ctx context.Context, o Options) error {
 		Reaper:           reaper,
 		Recorder:         rec,
 		Janitor:          janitorLoop,
-		Changed:          status.publish,
+		Changed:          func() { status.publish(); release.changed() },
 	}, out)
 	status.counts = router.Counts
+	release = newMemoryReleaser(router.Counts)
 
 	lnk, err := link.New(link.Options{
 		Log:            log,
@@ -150,6 +152,7 @@ func Run(ctx context.Context, o Options) error {
 	start("janitor", router.Run)
 	start("watchdog", func(c context.Context) { notifier.RunWatchdog(c, monitor) })
 	start("status", status.run)
+	start("memory", release.run)
 	if cfg.Metrics.Listen != "" {
 		start("metrics", func(c context.Context) {
 			ep := metrics.Endpoint{Listen: cfg.Metrics.Listen, SocketMode: cfg.Metrics.SocketFileMode()}

@@ -83,6 +83,7 @@ type env struct {
 	bin   string     // the daemon binary; "" = tetherBin
 	wrap  []string   // command line the daemon is started through (it must exec the binary in $0)
 	files []*os.File // descriptors the daemon inherits from 3 up
+	flags []string   // extra command-line flags, e.g. --trace
 }
 
 // shellUser is nobody when the tests run as root (CI), so the shells'
@@ -182,7 +183,8 @@ func (e *env) startDaemon() {
 	if bin == "" {
 		bin = tetherBin
 	}
-	args := append(append(append([]string(nil), e.wrap...), bin), "--config", e.cfgPath, "--fallback-config", filepath.Join(t.TempDir(), "none.conf"), "--debug", "daemon")
+	args := append(append(append([]string(nil), e.wrap...), bin), "--config", e.cfgPath, "--fallback-config", filepath.Join(t.TempDir(), "none.conf"), "--debug")
+	args = append(append(args, e.flags...), "daemon")
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.ExtraFiles = e.files
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, e.extraEnv...)
