@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"bytes"
 	"fmt"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -38,10 +39,24 @@ func EncodeBody(v interface{}) ([]byte, error) {
 	return b, nil
 }
 
-// DecodeBody decodes a msgpack body into v.
+// checkBounds walks one msgpack value without keeping it.
+func checkBounds(b []byte) error {
+	r := bytes.NewReader(b)
+	_, err := valueReader{d: msgpack.NewDecoder(r), r: r}.value(0, false)
+	return err
+}
+
+// DecodeBody decodes a msgpack body into v. The body is walked first with
+// the frame decoder's bounds (claimed lengths checked against the bytes
+// left, nesting depth limited): msgpack's own decoder allocates what a
+// string's header claims, so a 10-byte body claiming a 3 GB map key would
+// otherwise cost 3 GB.
 func DecodeBody(b []byte, v interface{}) error {
 	if len(b) == 0 {
 		return fmt.Errorf("decode %T: empty body", v)
+	}
+	if err := checkBounds(b); err != nil {
+		return fmt.Errorf("decode %T: %w", v, err)
 	}
 	if err := msgpack.Unmarshal(b, v); err != nil {
 		return fmt.Errorf("decode %T: %w", v, err)

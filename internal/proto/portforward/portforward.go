@@ -294,7 +294,7 @@ func (s *session) lookup(id string) *conn {
 func (s *session) handleNew(m *wire.ProtoMsg, id string) {
 	var req NewBody
 	if len(m.Body) > 0 {
-		if err := msgpack.Unmarshal(m.Body, &req); err != nil {
+		if err := wire.DecodeBody(m.Body, &req); err != nil {
 			s.p.o.Recorder.PortForwardIgnored(IgnoredInvalid)
 			s.replyError(id, TypeNew, err.Error())
 			return
