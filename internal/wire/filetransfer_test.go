@@ -32,9 +32,9 @@ func FuzzFileTransferBodies(f *testing.F) {
 // allocating them (msgpack's decoder would take the claim at its word).
 func TestDecodeBodyRefusesClaimedLengths(t *testing.T) {
 	bombs := [][]byte{
-		[]byte("\x81\xdb\xa4path\xabdata/a.txt"),     // map key str32 claiming 2.7 GB
-		[]byte("\x81\xa4path\xdb\xff\xff\xff\xf0abc"), // value str32 claiming 4 GB
-		[]byte("\x81\xa4path\xc6\xff\xff\xff\xf0abc"), // bin32
+		[]byte("\x81\xdb\xa4path\xabdata/a.txt"),       // map key str32 claiming 2.7 GB
+		[]byte("\x81\xa4path\xdb\xff\xff\xff\xf0abc"),  // value str32 claiming 4 GB
+		[]byte("\x81\xa4path\xc6\xff\xff\xff\xf0abc"),  // bin32
 		[]byte("\x81\xa4path\xdd\xff\xff\xff\xf0\xc0"), // array32
 		[]byte("\xdf\xff\xff\xff\xf0\xa1a\xc0"),        // map32
 	}
