@@ -1,0 +1,519 @@
+// Package terminal is the shell protocol (proto 1, PROTOCOL.md 2.4): a
+// peer's "new" starts a login shell on a pty as the configured user,
+// "data" carries keystrokes and output, "resize" sets the terminal size,
+// "stop" ends the session, and ping/pong check the peer's health.
+//
+// Its sessions count against the device's session limits, so the router
+// (internal/session) admits them, expires them and stops them on token
+// loss or shutdown; every session here owns its pty, process and queue.
+// Nothing here blocks the link's read loop.
+package terminal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tether-agent/tether/internal/mux"
+	"github.com/tether-agent/tether/internal/proto"
+	"github.com/tether-agent/tether/internal/shell"
+	"github.com/tether-agent/tether/internal/wire"
+)
+
+// Upstream's reply texts (PROTOCOL.md 2.4); peers and people match them.
+const (
+	msgShellStarted   = "Shell started"
+	msgTooManyShells  = "too many shells spawned"
+	msgTooManyForUser = "user has too many open sessions"
+	msgAlreadyRunning = "failed to start shell: shell is already running"
+	msgNoSession      = "session not found"
+)
+
+// Recorder is told what happens, for metrics.
+type Recorder interface {
+	SessionOpened(proto string)
+	SessionClosed(proto, reason string, d time.Duration)
+	TerminalBytesIn(n int)
+	TerminalBytesOut(n int)
+}
+
+// Options configure the terminal.
+type Options struct {
+	Log *slog.Logger
+
+	ShellCommand string
+	ShellArgs    []string
+	Account      *shell.Account
+	Lang         string
+	DefaultCols  uint16
+	DefaultRows  uint16
+
+	StopGrace    time.Duration
+	PingInterval time.Duration
+	PongTimeout  time.Duration
+
+	// ReadBuffer is the pty read size; a busy shell fills it by itself.
+	ReadBuffer int
+	// Reaper starts and reaps the shells (and the orphans it adopts).
+	Reaper *shell.Reaper
+
+	Recorder Recorder
+	// Changed is called after a session opened or closed (for the
+	// systemd status line); it must not block.
+	Changed func()
+}
+
+// Protocol is the terminal, shared by every session.
+type Protocol struct {
+	opts Options
+	log  *slog.Logger
+
+	// bufs holds pty read buffers: a session takes one only while output
+	// is ready, so idle sessions cost no buffer.
+	bufs sync.Pool
+}
+
+// New builds the terminal.
+func New(opts Options) *Protocol {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if opts.Recorder == nil {
+		opts.Recorder = nopRecorder{}
+	}
+	if opts.Changed == nil {
+		opts.Changed = func() {}
+	}
+	if opts.Reaper == nil {
+		opts.Reaper = shell.NewReaper() // not running: for tests that start no shell
+	}
+	if opts.ReadBuffer <= 0 {
+		opts.ReadBuffer = 32 << 10
+	}
+	return &Protocol{opts: opts, log: opts.Log}
+}
+
+// Number is proto 1.
+func (t *Protocol) Number() uint16 { return wire.ProtoShell }
+
+func (t *Protocol) getBuf() []byte {
+	if b, ok := t.bufs.Get().(*[]byte); ok {
+		return *b
+	}
+	return make([]byte, t.opts.ReadBuffer)
+}
+
+func (t *Protocol) putBuf(b []byte) {
+	if cap(b) >= t.opts.ReadBuffer {
+		b = b[:t.opts.ReadBuffer]
+		t.bufs.Put(&b)
+	}
+}
+
+type nopRecorder struct{}
+
+func (nopRecorder) SessionOpened(string)                        {}
+func (nopRecorder) SessionClosed(string, string, time.Duration) {}
+func (nopRecorder) TerminalBytesIn(int)                         {}
+func (nopRecorder) TerminalBytesOut(int)                        {}
+
+// inputLimit bounds terminal input waiting for a shell that does not read
+// its terminal, in bytes.
+const inputLimit = 256 << 10
+
+type stopRequest struct {
+	reason string
+	notice string // sent to the peer as a status-2 stop; "" = none
+	grace  time.Duration
+}
+
+// session is one terminal: it owns its pty, process and queue.
+type session struct {
+	t       *Protocol
+	table   proto.Table
+	lease   proto.Lease
+	sid     string
+	userID  string
+	created time.Time // with its monotonic reading, for the duration
+	q       *mux.Queue
+	in      *inputQueue
+
+	// Health check, in link-up time (mux.UpTime): a ping is queued every
+	// PingInterval; its deadline runs from when it actually left.
+	hmu        sync.Mutex
+	pingQueued bool          // a ping waits in the queue
+	lastPingAt time.Duration // up-time when the latest ping was queued
+	awaiting   bool          // a ping left and no pong came since
+	pingLeft   time.Duration // up-time when the oldest unanswered ping left
+
+	mu         sync.Mutex
+	proc       *shell.Process
+	cols, rows uint16
+
+	reads  atomic.Int64 // pty reads, to tell an idle pump from a busy one
+	inRead atomic.Bool
+
+	stopOnce sync.Once
+	stopCh   chan stopRequest // capacity 1: the first request wins
+	ctx      context.Context  // ends when the session is stopping
+	cancel   context.CancelFunc
+}
+
+// Handle takes a message of a sid that has no session: a "new", or one
+// that gets upstream's answer for a session that does not exist.
+func (t *Protocol) Handle(tb proto.Table, m *wire.ProtoMsg) {
+	h := &m.Header
+	switch h.MsgType {
+	case wire.ShellNew:
+		t.newShell(tb, h)
+	case wire.ShellData:
+		tb.Reply(shellMsg(h.SessionID, wire.ShellData, wire.StatusError, msgNoSession))
+	case wire.ShellResize:
+		t.log.Debug("resize for unknown session", "session_id", h.SessionID)
+	case wire.ShellStop:
+		t.stopShell(tb, nil, h, m.Body)
+	case wire.ShellPong:
+	default:
+		tb.Reply(UnknownMessage(m))
+	}
+}
+
+// Handle takes a message of the session, from the read loop.
+func (s *session) Handle(m *wire.ProtoMsg) {
+	h := &m.Header
+	switch h.MsgType {
+	case wire.ShellNew:
+		s.table.Reply(shellMsg(h.SessionID, wire.ShellNew, wire.StatusError, msgAlreadyRunning))
+	case wire.ShellData:
+		s.lease.Active()
+		if len(m.Body) == 0 {
+			return
+		}
+		if !s.in.Write(m.Body) {
+			// The shell has not read its terminal for a long time; say
+			// so rather than stall every other session.
+			s.table.Reply(shellMsg(h.SessionID, wire.ShellData, wire.StatusError, "terminal input queue full: input dropped"))
+		}
+	case wire.ShellResize:
+		if cols, rows, ok := termSize(h); ok {
+			s.resize(cols, rows)
+		}
+	case wire.ShellStop:
+		s.t.stopShell(s.table, s, h, m.Body)
+	case wire.ShellPong:
+		s.hmu.Lock()
+		s.awaiting = false
+		s.hmu.Unlock()
+	default:
+		s.table.Reply(UnknownMessage(m))
+	}
+}
+
+// UnknownMessage is upstream's answer to a shell message it does not
+// know, and to every shell message when the terminal is disabled.
+func UnknownMessage(m *wire.ProtoMsg) *wire.ProtoMsg {
+	return shellMsg(m.Header.SessionID, m.Header.MsgType, wire.StatusError,
+		fmt.Sprintf("unknown message protocol and type: %d/%s", m.Header.Proto, m.Header.MsgType))
+}
+
+func shellMsg(sid, typ string, status int, body string) *wire.ProtoMsg {
+	m := &wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoShell, MsgType: typ, SessionID: sid,
+		Properties: map[string]interface{}{wire.PropStatus: status}}}
+	if body != "" {
+		m.Body = []byte(body)
+	}
+	return m
+}
+
+// maxTermDim bounds a terminal dimension from the wire: the kernel takes
+// 16 bits, and nothing real is wider than this.
+const maxTermDim = 4096
+
+// termSize reads the terminal size properties. Values that are missing,
+// not positive or absurd (a 65536 that uint16 would make 0, a -1 that it
+// would make 65535) are refused; sizes above maxTermDim are clamped.
+func termSize(h *wire.Header) (cols, rows uint16, ok bool) {
+	w, okw := h.IntProp(wire.PropTerminalWidth)
+	ht, okh := h.IntProp(wire.PropTerminalHeight)
+	if !okw || !okh || w <= 0 || ht <= 0 {
+		return 0, 0, false
+	}
+	return uint16(min(w, maxTermDim)), uint16(min(ht, maxTermDim)), true
+}
+
+func (t *Protocol) newShell(tb proto.Table, h *wire.Header) {
+	sid, user := h.SessionID, h.StringProp(wire.PropUserID)
+	cols, rows := t.opts.DefaultCols, t.opts.DefaultRows
+	if c, rr, ok := termSize(h); ok {
+		cols, rows = c, rr
+	}
+	var s *session
+	err := tb.Admit(sid, user, func(l proto.Lease) proto.AdmittedSession {
+		ctx, cancel := context.WithCancel(context.Background())
+		s = &session{
+			t: t, table: tb, lease: l, sid: sid, userID: user, created: time.Now(),
+			q:    l.Queue(),
+			cols: cols, rows: rows,
+			stopCh: make(chan stopRequest, 1),
+			ctx:    ctx, cancel: cancel,
+		}
+		s.in = newInputQueue(inputLimit, t.opts.Recorder.TerminalBytesIn,
+			func(err error) { t.log.Debug("terminal write failed", "session_id", sid, "error", err) })
+		s.lastPingAt = l.UpTime()
+		return s
+	})
+	switch {
+	case errors.Is(err, proto.ErrUserLimit):
+		tb.Reply(shellMsg(sid, wire.ShellNew, wire.StatusError, msgTooManyForUser))
+	case errors.Is(err, proto.ErrTotalLimit):
+		tb.Reply(shellMsg(sid, wire.ShellNew, wire.StatusError, msgTooManyShells))
+	case errors.Is(err, proto.ErrExists):
+		tb.Reply(shellMsg(sid, wire.ShellNew, wire.StatusError, msgAlreadyRunning))
+	case err != nil:
+		tb.Reply(shellMsg(sid, wire.ShellNew, wire.StatusError, "failed to start shell: "+err.Error()))
+	default:
+		go s.run()
+	}
+}
+
+// stopShell answers a "stop"; s is the session of its sid, if any.
+func (t *Protocol) stopShell(tb proto.Table, s *session, h *wire.Header, body []byte) {
+	sid, user := h.SessionID, h.StringProp(wire.PropUserID)
+	reason := proto.ReasonStop
+	if string(body) == "user disconnected" {
+		reason = proto.ReasonUser
+	}
+	if sid == "" {
+		if user == "" {
+			tb.Reply(shellMsg("", wire.ShellStop, wire.StatusError, "StopShellMessage: sessionId not given and userId empty"))
+			return
+		}
+		tb.StopUser(user, reason)
+		tb.Reply(shellMsg("", wire.ShellStop, wire.StatusNormal, ""))
+		return
+	}
+	if s == nil {
+		tb.Reply(shellMsg(sid, wire.ShellStop, wire.StatusError, "routeMessage: StopShellMessage: session not found for id "+sid))
+		return
+	}
+	s.Stop(reason, "", t.opts.StopGrace)
+	tb.Reply(shellMsg(sid, wire.ShellStop, wire.StatusNormal, ""))
+}
+
+// Stop frees the session's slot at once and hands the teardown to the
+// session's own goroutine; the caller never waits for the shell.
+func (s *session) Stop(reason, notice string, grace time.Duration) {
+	s.stopOnce.Do(func() {
+		s.lease.Release()
+		s.stopCh <- stopRequest{reason: reason, notice: notice, grace: grace}
+		s.cancel()
+	})
+}
+
+func (s *session) resize(cols, rows uint16) {
+	if cols == 0 || rows == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cols, s.rows = cols, rows
+	if s.proc != nil {
+		if err := s.proc.Resize(cols, rows); err != nil {
+			s.t.log.Warn("resize failed", "session_id", s.sid, "error", err)
+		}
+	}
+}
+
+// Supervise runs on every janitor tick: pings and the pong timeout. The
+// health check runs on link-up time, so a flaky link never ends a session
+// whose peer could not answer.
+func (s *session) Supervise() {
+	o := &s.t.opts
+	up := s.lease.UpTime()
+	s.hmu.Lock()
+	late := o.PongTimeout > 0 && s.awaiting && up-s.pingLeft >= o.PongTimeout
+	ping := !late && o.PingInterval > 0 && !s.pingQueued && up-s.lastPingAt >= o.PingInterval
+	if ping {
+		s.pingQueued, s.lastPingAt = true, up
+	}
+	s.hmu.Unlock()
+	switch {
+	case late:
+		s.Stop(proto.ReasonHealthTimeout, fmt.Sprintf("health check failed: no pong for %s", o.PongTimeout), o.StopGrace)
+	case ping:
+		m := shellMsg(s.sid, wire.ShellPing, wire.StatusControl, "")
+		// The peer re-arms its own health timer with this; it is the
+		// very deadline this side keeps (upstream: 65 s).
+		m.Header.Properties[wire.PropTimeout] = int((o.PongTimeout + time.Second - 1) / time.Second)
+		s.sendControl(m, s.pingSent)
+	}
+}
+
+// pingSent runs (in the link's writer) when a ping left: its pong deadline
+// starts now, unless an older ping is still unanswered.
+func (s *session) pingSent() {
+	up := s.lease.UpTime()
+	s.hmu.Lock()
+	s.pingQueued = false
+	if !s.awaiting {
+		s.awaiting, s.pingLeft = true, up
+	}
+	s.hmu.Unlock()
+}
+
+// sendControl queues a small frame behind the session's output even when
+// the queue is full; it waits for the link if need be, and sent (may be
+// nil) is told when it left. Once the queue is closed it goes on the
+// router's.
+func (s *session) sendControl(m *wire.ProtoMsg, sent func()) {
+	b, err := wire.Marshal(m)
+	if err != nil {
+		s.t.log.Error("encode", "error", err)
+		return
+	}
+	if !s.q.Control(b, sent) {
+		s.table.Reply(m)
+	}
+}
+
+// run is the session's supervisor goroutine: start the shell, pump its
+// output and input, and tear everything down on exit or stop.
+func (s *session) run() {
+	t := s.t
+	defer s.lease.Done()
+	defer s.q.Close()
+	defer s.cancel()
+
+	s.mu.Lock()
+	cols, rows := s.cols, s.rows
+	s.mu.Unlock()
+	proc, err := t.opts.Reaper.Start(shell.Spec{Command: t.opts.ShellCommand, Args: t.opts.ShellArgs,
+		Account: t.opts.Account, Lang: t.opts.Lang, Cols: cols, Rows: rows})
+	if err != nil {
+		s.lease.Release()
+		t.log.Error("shell failed to start", "event", "session_start_failed", "session_id", s.sid, "user_id", s.userID, "error", err)
+		s.sendControl(shellMsg(s.sid, wire.ShellNew, wire.StatusError, "failed to start shell: "+err.Error()), nil)
+		return
+	}
+	s.mu.Lock()
+	s.proc = proc
+	if s.cols != cols || s.rows != rows { // a resize raced the start
+		_ = proc.Resize(s.cols, s.rows)
+	}
+	s.mu.Unlock()
+
+	s.sendControl(shellMsg(s.sid, wire.ShellNew, wire.StatusNormal, msgShellStarted), nil)
+	t.log.Info("session opened", "event", "session_open", "session_id", s.sid, "user_id", s.userID,
+		"proto", "shell", "pid", proc.Pid(), "cols", cols, "rows", rows)
+	t.opts.Recorder.SessionOpened("shell")
+	t.opts.Changed()
+
+	pumpDone := make(chan struct{})
+	go func() {
+		defer close(pumpDone)
+		s.pumpOutput(proc)
+	}()
+	s.in.Start(proc)
+
+	var req stopRequest
+	select {
+	case req = <-s.stopCh:
+		// Tell the peer first, behind the output it already has, so the
+		// notice is not held up by the teardown.
+		if req.notice != "" {
+			s.sendControl(shellMsg(s.sid, wire.ShellStop, wire.StatusError, req.notice), nil)
+			req.notice = ""
+		}
+		proc.Stop(req.grace)
+	case <-proc.Done():
+		// The shell exited by itself: end what it left behind with the
+		// terminal still open, deliver its last output, then tell the
+		// peer.
+		req = stopRequest{reason: proto.ReasonShellExit, notice: exitNotice(proc.ExitErr()), grace: t.opts.StopGrace}
+		s.lease.Release()
+		s.stopOnce.Do(func() {}) // later stop requests are moot
+		proc.Finish(req.grace)
+		<-proc.Stopped()
+		s.drain(pumpDone, req.grace)
+	}
+	s.cancel() // unblocks a pump waiting for queue room
+	<-proc.Stopped()
+	_ = proc.Close()
+	<-pumpDone
+	s.in.End()
+	if req.notice != "" {
+		s.sendControl(shellMsg(s.sid, wire.ShellStop, wire.StatusError, req.notice), nil)
+	}
+	d := time.Since(s.created)
+	t.log.Info("session closed", "event", "session_close", "session_id", s.sid, "user_id", s.userID,
+		"proto", "shell", "reason", req.reason, "duration", d.Round(time.Millisecond).String())
+	t.opts.Recorder.SessionClosed("shell", req.reason, d)
+	t.opts.Changed()
+}
+
+func exitNotice(err error) string {
+	if err == nil {
+		return "shell exited: exit status 0"
+	}
+	return "shell exited: " + err.Error()
+}
+
+// drain waits for the pump to read the terminal to its end (EIO once no
+// process holds it) after the shell exited. It waits as long as the pump
+// makes progress or waits for queue room (back-pressure is not an end);
+// a pump idle in a read for a whole grace means someone outside the
+// session still holds the terminal, and the master is closed under it.
+func (s *session) drain(pumpDone <-chan struct{}, grace time.Duration) {
+	grace = max(grace, 100*time.Millisecond)
+	t := time.NewTicker(grace)
+	defer t.Stop()
+	last := s.reads.Load()
+	for {
+		select {
+		case <-pumpDone:
+			return
+		case <-s.ctx.Done():
+			return
+		case <-s.lease.ShuttingDown():
+			return
+		case <-t.C:
+			n := s.reads.Load()
+			if n == last && s.inRead.Load() {
+				return
+			}
+			last = n
+		}
+	}
+}
+
+// pumpOutput sends pty output the moment a read returns: a busy shell fills
+// big frames by itself while an echo goes out at once. It blocks on a full
+// queue (back-pressure, also while the link is down) and ends when the pty
+// fails or the session stops.
+func (s *session) pumpOutput(proc *shell.Process) {
+	overhead := wire.ShellOutputOverhead(len(s.sid))
+	for {
+		s.inRead.Store(true)
+		buf, n, err := proc.ReadPooled(s.t.getBuf, s.t.putBuf)
+		s.inRead.Store(false)
+		s.reads.Add(1)
+		if n > 0 {
+			frame := wire.AppendShellOutput(make([]byte, 0, n+overhead), s.sid, buf[:n])
+			s.t.putBuf(buf)
+			if perr := s.q.Put(s.ctx, frame); perr != nil {
+				return // stopping
+			}
+			s.t.opts.Recorder.TerminalBytesOut(n)
+		} else if buf != nil {
+			s.t.putBuf(buf)
+		}
+		if err != nil {
+			return
+		}
+	}
+}
