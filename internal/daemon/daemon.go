@@ -87,7 +87,6 @@ func Run(ctx context.Context, o Options) error {
 		AbsoluteTimeout: cfg.AbsoluteTimeout(),
 		StopGrace:       cfg.Sessions.StopGrace.Duration(),
 		PingInterval:    cfg.Sessions.PingInterval.Duration(),
-		PongTimeout:     cfg.Sessions.PongTimeout.Duration(),
 		Recorder:        rec,
 		Janitor:         janitorLoop,
 	}, out)

@@ -46,8 +46,9 @@ type Options struct {
 	IdleTimeout     time.Duration // 0 = off
 	AbsoluteTimeout time.Duration // 0 = off
 	StopGrace       time.Duration
-	PingInterval    time.Duration
-	PongTimeout     time.Duration
+	// PingInterval is the terminal's health ping interval: the janitor,
+	// which runs the health checks, ticks at least four times per interval.
+	PingInterval time.Duration
 
 	// QueueLimit bounds each session's outbound bytes (back-pressure);
 	// 0 = OutputBudget shared by MaxTotal sessions, at most 256 KiB each.
