@@ -111,9 +111,9 @@ func (r *Router) Admit(sid, user string, open func(proto.Lease) proto.AdmittedSe
 	l.born = r.mono()
 	l.lastInput.Store(int64(l.born))
 	l.peerEpoch.Store(r.epoch)
+	r.wg.Add(1) // before open: the session may end (Done) as soon as it exists
 	l.s = open(l)
 	r.shells[sid] = l
-	r.wg.Add(1)
 	r.mu.Unlock()
 
 	if evict != nil {

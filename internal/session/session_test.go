@@ -1,6 +1,8 @@
 package session
 
 import (
+	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -124,6 +126,57 @@ func TestExpiryFollowsClock(t *testing.T) {
 			r.sweep()
 			if got := s.stopped(); got != tt.reason {
 				t.Fatalf("reason %q, want %q", got, tt.reason)
+			}
+		})
+	}
+}
+
+// Admit keeps the limits and says which one refused; the protocol words
+// the refusal itself.
+func TestAdmitRefusals(t *testing.T) {
+	tests := []struct {
+		name     string
+		shutdown bool
+		live     [][2]string // sid, user admitted first
+		sid      string
+		user     string
+		want     error
+	}{
+		{"admitted", false, [][2]string{{"a", "u"}}, "b", "v", nil},
+		{"sid taken", false, [][2]string{{"a", "u"}}, "a", "v", proto.ErrExists},
+		{"per user", false, [][2]string{{"a", "u"}}, "b", "u", proto.ErrUserLimit},
+		{"total", false, [][2]string{{"a", "u"}, {"c", "x"}}, "b", "w", proto.ErrTotalLimit},
+		{"shutting down", true, [][2]string{{"a", "u"}}, "b", "v", proto.ErrClosed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := New(Options{MaxPerUser: 1, MaxTotal: 2}, mux.New(nil))
+			admit := func(sid, user string) (*testSession, error) {
+				s := &testSession{}
+				return s, r.Admit(sid, user, func(l proto.Lease) proto.AdmittedSession {
+					l.Done() // no goroutines behind a test session
+					return s
+				})
+			}
+			var first *testSession
+			for _, l := range tt.live {
+				s, err := admit(l[0], l[1])
+				if err != nil {
+					t.Fatal(err)
+				}
+				if first == nil {
+					first = s
+				}
+			}
+			if tt.shutdown {
+				r.Shutdown(context.Background(), 0)
+				if got := first.stopped(); got != proto.ReasonShutdown {
+					t.Fatalf("shutdown stopped the session for %q", got)
+				}
+			}
+			_, err := admit(tt.sid, tt.user)
+			if !errors.Is(err, tt.want) || (err == nil) != (tt.want == nil) {
+				t.Fatalf("Admit = %v, want %v", err, tt.want)
 			}
 		})
 	}

@@ -71,7 +71,7 @@ func (t *Protocol) Handle(tb proto.Table, m *wire.ProtoMsg) {
 		t.stopShell(tb, nil, h, m.Body)
 	case wire.ShellPong:
 	default:
-		tb.Reply(UnknownMessage(m))
+		tb.Reply(unknownMessage(m))
 	}
 }
 
@@ -102,13 +102,13 @@ func (s *session) Handle(m *wire.ProtoMsg) {
 		s.awaiting = false
 		s.hmu.Unlock()
 	default:
-		s.table.Reply(UnknownMessage(m))
+		s.table.Reply(unknownMessage(m))
 	}
 }
 
-// UnknownMessage is upstream's answer to a shell message it does not
-// know, and to every shell message when the terminal is disabled.
-func UnknownMessage(m *wire.ProtoMsg) *wire.ProtoMsg {
+// unknownMessage is upstream's answer to a shell message it does not
+// know (the router gives the same one when the terminal is disabled).
+func unknownMessage(m *wire.ProtoMsg) *wire.ProtoMsg {
 	return shellMsg(m.Header.SessionID, m.Header.MsgType, wire.StatusError,
 		fmt.Sprintf("unknown message protocol and type: %d/%s", m.Header.Proto, m.Header.MsgType))
 }
