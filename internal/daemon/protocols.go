@@ -10,8 +10,33 @@ import (
 	"github.com/tether-agent/tether/internal/proto/filetransfer"
 	"github.com/tether-agent/tether/internal/proto/menderclient"
 	"github.com/tether-agent/tether/internal/proto/portforward"
+	"github.com/tether-agent/tether/internal/proto/terminal"
 	"github.com/tether-agent/tether/internal/shell"
 )
+
+// terminalProtocol builds the terminal (proto 1), or nil when it is
+// disabled; changed is told when a shell opens or closes.
+func terminalProtocol(cfg *config.Config, log *slog.Logger, acct *shell.Account, rec *metrics.Metrics,
+	reaper *shell.Reaper, changed func()) proto.Admitted {
+	if cfg.Terminal.Disable {
+		return nil
+	}
+	return terminal.New(terminal.Options{
+		Log:          log,
+		ShellCommand: cfg.ShellCommand,
+		ShellArgs:    cfg.ShellArguments,
+		Account:      acct,
+		Lang:         cfg.Lang,
+		DefaultCols:  cfg.Terminal.Width,
+		DefaultRows:  cfg.Terminal.Height,
+		StopGrace:    cfg.Sessions.StopGrace.Duration(),
+		PingInterval: cfg.Sessions.PingInterval.Duration(),
+		PongTimeout:  cfg.Sessions.PongTimeout.Duration(),
+		Reaper:       reaper,
+		Recorder:     rec,
+		Changed:      changed,
+	})
+}
 
 // protocols builds the enabled protocols besides the terminal; the
 // returned func frees what they hold once the router is shut down.

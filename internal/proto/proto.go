@@ -7,7 +7,10 @@ package proto
 
 import (
 	"context"
+	"errors"
+	"time"
 
+	"github.com/tether-agent/tether/internal/mux"
 	"github.com/tether-agent/tether/internal/wire"
 )
 
@@ -44,3 +47,89 @@ type Session interface {
 	// slow I/O. Calling it more than once is harmless.
 	Close()
 }
+
+// Admitted is a protocol whose sessions count against the device's
+// session limits: the terminal (proto 1). Such a session is not part of a
+// router session: it outlives link drops and the router owns its place in
+// the table by sid, its admission, its idle and absolute expiry and its
+// stop on token loss or shutdown; the protocol owns the rest.
+type Admitted interface {
+	// Number is the hdr.proto value it serves (wire.Proto*).
+	Number() uint16
+	// Handle takes a message whose sid has no session in the table; the
+	// protocol may open one with t.Admit. Messages of a live session go
+	// to its Handle. Called from the link's read loop; must not block.
+	Handle(t Table, m *wire.ProtoMsg)
+}
+
+// Table is the router's session table as an Admitted protocol sees it.
+type Table interface {
+	// Admit gives a new session sid of user its place in the table, or
+	// refuses it with ErrUserLimit, ErrTotalLimit, ErrExists or ErrClosed. open
+	// builds the session around its lease; it runs under the table's
+	// lock, so it must only build, not start. A session of the user that
+	// gives up its slot is stopped after open returns.
+	Admit(sid, user string, open func(Lease) AdmittedSession) error
+	// StopUser stops every session of user.
+	StopUser(user, reason string)
+	// Reply queues a frame that belongs to no live session (or whose
+	// session's queue is closed). It never blocks; a frame that does not
+	// fit is dropped.
+	Reply(m *wire.ProtoMsg)
+}
+
+// Lease is an admitted session's place in the table.
+type Lease interface {
+	// Queue is the session's outbound queue, its share of the output
+	// budget.
+	Queue() *mux.Queue
+	// UpTime is the link-up time, which health checks count.
+	UpTime() time.Duration
+	// Active records input from the peer: idle expiry counts from the
+	// latest.
+	Active()
+	// Release frees the slot at once (the session is stopping or ended
+	// by itself). Calling it more than once is harmless.
+	Release()
+	// Done says every goroutine of the session has ended; the router's
+	// shutdown waits for it. Call it once.
+	Done()
+	// ShuttingDown is closed when the daemon shuts down.
+	ShuttingDown() <-chan struct{}
+}
+
+// AdmittedSession is the protocol's side of an admitted session.
+type AdmittedSession interface {
+	// Handle takes one inbound message of the session, in arrival order,
+	// from the link's read loop; it must not block.
+	Handle(m *wire.ProtoMsg)
+	// Stop asks the session to end, for reason (a Reason* value), with
+	// notice ("" = none) for the peer, tearing its processes down with
+	// grace per step. It releases the lease and returns at once; the
+	// first request wins.
+	Stop(reason, notice string, grace time.Duration)
+	// Supervise runs on every janitor tick (the session's health check).
+	Supervise()
+}
+
+// Admission refusals; the protocol answers its peer in its own words.
+var (
+	ErrUserLimit  = errors.New("the user's session limit is reached")
+	ErrTotalLimit = errors.New("the device's session limit is reached")
+	ErrClosed     = errors.New("device agent shutting down")
+	ErrExists     = errors.New("session exists")
+)
+
+// Reasons a session ends; they are the metrics label values too.
+const (
+	ReasonUser            = "user"
+	ReasonStop            = "stop"
+	ReasonIdleExpired     = "idle_expired"
+	ReasonAbsoluteExpired = "absolute_expired"
+	ReasonShellExit       = "shell_exit"
+	ReasonHealthTimeout   = "health_timeout"
+	ReasonTokenCleared    = "token_cleared"
+	ReasonShutdown        = "shutdown"
+	ReasonEvicted         = "evicted"
+	ReasonStartFailed     = "start_failed"
+)

@@ -1,9 +1,9 @@
-// Package session routes the device's inbound messages by protocol and
-// session id, runs shell sessions with their limits and expiry, and answers
-// the control protocol. The router owns the session table; every shell
-// session owns its pty and process. Nothing here blocks the link's read
-// loop: slow work happens in each session's goroutines behind bounded
-// queues.
+// Package session is the router: it routes the device's inbound messages
+// by protocol and session id to the protocols (internal/proto/...), keeps
+// the table of sessions that count against the limits (the terminal's),
+// admits them, expires them and stops them, and answers the control
+// protocol. Each protocol owns its sessions' work; nothing here blocks the
+// link's read loop.
 package session
 
 import (
@@ -19,40 +19,12 @@ import (
 	"github.com/tether-agent/tether/internal/logging"
 	"github.com/tether-agent/tether/internal/mux"
 	"github.com/tether-agent/tether/internal/proto"
-	"github.com/tether-agent/tether/internal/shell"
 	"github.com/tether-agent/tether/internal/wire"
-)
-
-// Reasons a session ends; they are the metrics label values too.
-const (
-	ReasonUser            = "user"
-	ReasonStop            = "stop"
-	ReasonIdleExpired     = "idle_expired"
-	ReasonAbsoluteExpired = "absolute_expired"
-	ReasonShellExit       = "shell_exit"
-	ReasonHealthTimeout   = "health_timeout"
-	ReasonTokenCleared    = "token_cleared"
-	ReasonShutdown        = "shutdown"
-	ReasonEvicted         = "evicted"
-	ReasonStartFailed     = "start_failed"
-)
-
-// Upstream's reply texts (PROTOCOL.md 2.4); peers and people match them.
-const (
-	msgShellStarted   = "Shell started"
-	msgTooManyShells  = "too many shells spawned"
-	msgTooManyForUser = "user has too many open sessions"
-	msgAlreadyRunning = "failed to start shell: shell is already running"
-	msgNoSession      = "session not found"
 )
 
 // Recorder is told what happens, for metrics.
 type Recorder interface {
-	SessionOpened(proto string)
-	SessionClosed(proto, reason string, d time.Duration)
 	LimitRejected(limit string)
-	TerminalBytesIn(n int)
-	TerminalBytesOut(n int)
 }
 
 // Beater is a health loop handle.
@@ -62,14 +34,9 @@ type Beater interface{ Beat() }
 type Options struct {
 	Log *slog.Logger
 
-	ShellCommand string
-	ShellArgs    []string
-	Account      *shell.Account
-	Lang         string
-	DefaultCols  uint16
-	DefaultRows  uint16
-
-	TerminalDisabled bool
+	// Terminal serves proto 1 (nil: disabled); its sessions count
+	// against the limits below.
+	Terminal proto.Admitted
 	// Protocols are the other protocols compiled in and enabled, served
 	// in router sessions by sid.
 	Protocols       []proto.Protocol
@@ -79,25 +46,19 @@ type Options struct {
 	IdleTimeout     time.Duration // 0 = off
 	AbsoluteTimeout time.Duration // 0 = off
 	StopGrace       time.Duration
-	PingInterval    time.Duration
-	PongTimeout     time.Duration
+	// PingInterval is the terminal's health ping interval: the janitor,
+	// which runs the health checks, ticks at least four times per interval.
+	PingInterval time.Duration
 
 	// QueueLimit bounds each session's outbound bytes (back-pressure);
 	// 0 = OutputBudget shared by MaxTotal sessions, at most 256 KiB each.
 	QueueLimit int
-	// ReadBuffer is the pty read size; a busy shell fills it by itself.
-	ReadBuffer int
-	// Reaper starts and reaps the shells (and the orphans it adopts).
-	Reaper *shell.Reaper
 	// Now is the clock (nil: time.Now); durations are measured on its
 	// monotonic reading, and tests drive time with their own.
 	Now func() time.Time
 
 	Recorder Recorder
 	Janitor  Beater
-	// Changed is called after a session opened or closed (for the
-	// systemd status line); it must not block.
-	Changed func()
 }
 
 // Router is the session table and message dispatcher.
@@ -105,7 +66,7 @@ type Router struct {
 	opts Options
 	log  *slog.Logger
 	mux  *mux.Mux
-	ctl  *mux.Queue // replies that belong to no live shell session
+	ctl  *mux.Queue // replies that belong to no live admitted session
 	now  func() time.Time
 	base time.Time // the clock at New: r.mono() counts from it
 
@@ -115,7 +76,7 @@ type Router struct {
 	anon *ctrlSession
 
 	mu     sync.Mutex
-	shells map[string]*shellSession
+	shells map[string]*leased // the admitted sessions: the shells
 	ctrl   map[string]*ctrlSession
 	closed bool
 	// epoch counts link drops. A session whose peer has not been heard
@@ -123,11 +84,7 @@ type Router struct {
 	// connection a new session id, so nobody can reach it again.
 	epoch uint64
 
-	wg sync.WaitGroup // every shell session's goroutines
-
-	// bufs holds pty read buffers: a session takes one only while output
-	// is ready, so idle sessions cost no buffer.
-	bufs sync.Pool
+	wg sync.WaitGroup // every admitted session's goroutines
 
 	malformedLog rateLimit
 	plog         peerLogs
@@ -154,20 +111,11 @@ func New(opts Options, m *mux.Mux) *Router {
 	if opts.Recorder == nil {
 		opts.Recorder = nopRecorder{}
 	}
-	if opts.Changed == nil {
-		opts.Changed = func() {}
-	}
 	if opts.QueueLimit <= 0 {
 		opts.QueueLimit = queueLimit(opts.MaxTotal)
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
-	}
-	if opts.Reaper == nil {
-		opts.Reaper = shell.NewReaper() // not running: for routers that start no shell
-	}
-	if opts.ReadBuffer <= 0 {
-		opts.ReadBuffer = 32 << 10
 	}
 	r := &Router{
 		opts:   opts,
@@ -179,7 +127,7 @@ func New(opts Options, m *mux.Mux) *Router {
 		done:   make(chan struct{}),
 		protos: make(map[uint16]proto.Protocol),
 		anon:   &ctrlSession{},
-		shells: make(map[string]*shellSession),
+		shells: make(map[string]*leased),
 		ctrl:   make(map[string]*ctrlSession),
 	}
 	for _, p := range opts.Protocols {
@@ -190,20 +138,6 @@ func New(opts Options, m *mux.Mux) *Router {
 
 // mono is the router clock's monotonic time since New.
 func (r *Router) mono() time.Duration { return r.now().Sub(r.base) }
-
-func (r *Router) getBuf() []byte {
-	if b, ok := r.bufs.Get().(*[]byte); ok {
-		return *b
-	}
-	return make([]byte, r.opts.ReadBuffer)
-}
-
-func (r *Router) putBuf(b []byte) {
-	if cap(b) >= r.opts.ReadBuffer {
-		b = b[:r.opts.ReadBuffer]
-		r.bufs.Put(&b)
-	}
-}
 
 // Counts reports the live shell sessions and distinct users.
 func (r *Router) Counts() (shells, users int) {
@@ -241,8 +175,8 @@ func (r *Router) Sessions() []SessionInfo {
 // upstream's order (clients only test membership).
 func (r *Router) Protocols() []uint16 {
 	out := []uint16{}
-	if !r.opts.TerminalDisabled {
-		out = append(out, wire.ProtoShell)
+	if r.opts.Terminal != nil {
+		out = append(out, r.opts.Terminal.Number())
 	}
 	for n := range r.protos {
 		out = append(out, n)
@@ -259,11 +193,11 @@ func (r *Router) HandleMessage(m *wire.ProtoMsg) {
 	}
 	switch m.Header.Proto {
 	case wire.ProtoShell:
-		if r.opts.TerminalDisabled {
+		if r.opts.Terminal == nil {
 			r.unknownShellMessage(m)
 			return
 		}
-		r.handleShell(m)
+		r.handleAdmitted(r.opts.Terminal, m)
 	case wire.ProtoControl:
 		r.handleControl(m)
 	default:
@@ -314,7 +248,7 @@ func (r *Router) LinkDown() {
 
 // TokenCleared stops every shell: the device lost its authorization.
 func (r *Router) TokenCleared() {
-	r.stopAll(ReasonTokenCleared, "")
+	r.stopAll(proto.ReasonTokenCleared, "")
 }
 
 // Shutdown tells every peer its session stops and tears all shells down
@@ -330,7 +264,7 @@ func (r *Router) Shutdown(ctx context.Context, grace time.Duration) {
 		r.closeProtos(c)
 	}
 	r.closeProtos(r.anon)
-	r.stopAllGrace(ReasonShutdown, "device agent shutting down", grace)
+	r.stopAllGrace(proto.ReasonShutdown, "device agent shutting down", grace)
 	done := make(chan struct{})
 	go func() {
 		r.wg.Wait()
@@ -352,13 +286,13 @@ func (r *Router) stopAll(reason, notice string) {
 
 func (r *Router) stopAllGrace(reason, notice string, grace time.Duration) {
 	r.mu.Lock()
-	all := make([]*shellSession, 0, len(r.shells))
+	all := make([]*leased, 0, len(r.shells))
 	for _, s := range r.shells {
 		all = append(all, s)
 	}
 	r.mu.Unlock()
 	for _, s := range all {
-		s.requestStop(reason, notice, grace)
+		s.s.Stop(reason, notice, grace)
 	}
 }
 
@@ -391,7 +325,7 @@ func (r *Router) Run(ctx context.Context) {
 
 func (r *Router) sweep() {
 	r.mu.Lock()
-	all := make([]*shellSession, 0, len(r.shells))
+	all := make([]*leased, 0, len(r.shells))
 	for _, s := range r.shells {
 		all = append(all, s)
 	}
@@ -434,11 +368,7 @@ func (r *Router) sendControlError(sid, text string, closeSession bool, about *wi
 
 type nopRecorder struct{}
 
-func (nopRecorder) SessionOpened(string)                        {}
-func (nopRecorder) SessionClosed(string, string, time.Duration) {}
-func (nopRecorder) LimitRejected(string)                        {}
-func (nopRecorder) TerminalBytesIn(int)                         {}
-func (nopRecorder) TerminalBytesOut(int)                        {}
+func (nopRecorder) LimitRejected(string) {}
 
 // rateLimit lets a burst of log lines through, then one per interval, and
 // counts what it held back.

@@ -3,108 +3,17 @@ package session
 import (
 	"context"
 	"errors"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/tether-agent/tether/internal/leakcheck"
 	"github.com/tether-agent/tether/internal/mux"
+	"github.com/tether-agent/tether/internal/proto"
 	"github.com/tether-agent/tether/internal/wire"
 )
 
 func TestMain(m *testing.M) { leakcheck.Main(m) }
-
-// fakePty takes at most room bytes per TryWrite, and its Write can be held.
-type fakePty struct {
-	mu   sync.Mutex
-	got  strings.Builder
-	room int
-	hold chan struct{} // Write waits for it when non-nil
-}
-
-func (p *fakePty) TryWrite(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := min(len(b), p.room)
-	p.got.Write(b[:n])
-	return n, nil
-}
-
-func (p *fakePty) Write(b []byte) (int, error) {
-	if p.hold != nil {
-		<-p.hold
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.got.Write(b)
-	return len(b), nil
-}
-
-func (p *fakePty) String() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.got.String()
-}
-
-// Keystrokes reach the pty in the order typed: input that arrived while the
-// shell was starting, or that the pty did not take at once, is never
-// overtaken by later input taking the direct path.
-func TestInputKeepsOrder(t *testing.T) {
-	tests := []struct {
-		name   string
-		before []string // typed before Start
-		after  []string // typed after Start
-		room   int
-	}{
-		{"typed while the shell starts", []string{"A"}, []string{"B", "C"}, 100},
-		{"pty full, then room", nil, []string{"AAAA", "B", "C"}, 2},
-		{"everything direct", nil, []string{"A", "B"}, 100},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			p := &fakePty{room: tt.room, hold: make(chan struct{})}
-			q := newInputQueue(1<<10, func(int) {}, func(error) {})
-			var want string
-			for _, s := range tt.before {
-				q.Write([]byte(s))
-				want += s
-			}
-			q.Start(p)
-			for _, s := range tt.after {
-				q.Write([]byte(s))
-				want += s
-			}
-			close(p.hold) // the writer may now finish its first write
-			q.writers.Wait()
-			q.End()
-			if got := p.String(); got != want {
-				t.Fatalf("pty read %q, want %q", got, want)
-			}
-		})
-	}
-}
-
-func TestInputQueueBoundAndEnd(t *testing.T) {
-	p := &fakePty{room: 100}
-	q := newInputQueue(4, func(int) {}, func(error) {})
-	// Before Start everything waits, within the bound.
-	if !q.Write([]byte("abcd")) {
-		t.Fatal("input within the bound dropped")
-	}
-	if q.Write([]byte("e")) {
-		t.Fatal("the bound was not kept")
-	}
-	q.Start(p)
-	q.writers.Wait()
-	q.End()
-	if got := p.String(); got != "abcd" {
-		t.Fatalf("pty read %q", got)
-	}
-	if !q.Write([]byte("late")) || p.String() != "abcd" {
-		t.Fatal("input after End must be dropped quietly")
-	}
-}
 
 func TestAdmit(t *testing.T) {
 	live := func(sid, user string, idle time.Duration, orphan bool) slot {
@@ -139,31 +48,6 @@ func TestAdmit(t *testing.T) {
 	}
 }
 
-func TestTermSize(t *testing.T) {
-	tests := []struct {
-		w, h       interface{}
-		cols, rows uint16
-		ok         bool
-	}{
-		{80, 24, 80, 24, true},
-		{65536, 24, maxTermDim, 24, true}, // uint16 made it 0
-		{-1, 24, 0, 0, false},             // uint16 made it 65535
-		{0, 24, 0, 0, false},
-		{nil, 24, 0, 0, false},
-		{int64(1) << 40, 1 << 40, maxTermDim, maxTermDim, true},
-	}
-	for _, tt := range tests {
-		h := &wire.Header{Properties: map[string]interface{}{wire.PropTerminalHeight: tt.h}}
-		if tt.w != nil {
-			h.Properties[wire.PropTerminalWidth] = tt.w
-		}
-		c, r, ok := termSize(h)
-		if c != tt.cols || r != tt.rows || ok != tt.ok {
-			t.Errorf("termSize(%v, %v) = %d, %d, %v; want %d, %d, %v", tt.w, tt.h, c, r, ok, tt.cols, tt.rows, tt.ok)
-		}
-	}
-}
-
 // clock is a test clock that only moves when told.
 type clock struct {
 	mu  sync.Mutex
@@ -177,97 +61,33 @@ func (c *clock) Add(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// testSession is a shell session without a shell: only its table entry,
-// queue and health state.
-func testSession(r *Router, sid string) *shellSession {
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &shellSession{r: r, sid: sid, userID: "u", q: r.mux.NewQueue(1 << 10), stopCh: make(chan stopRequest, 1), ctx: ctx, cancel: cancel}
-	s.born = r.mono()
-	s.lastInput.Store(int64(s.born))
-	s.lastPingAt = r.mux.UpTime()
-	r.mu.Lock()
-	r.shells[sid] = s
-	r.mu.Unlock()
+// testSession is an admitted session without a protocol behind it: it
+// records the stop the router asked for.
+type testSession struct {
+	mu      sync.Mutex
+	reason  string
+	checked int
+}
+
+func (s *testSession) Handle(*wire.ProtoMsg) {}
+func (s *testSession) Supervise()            { s.mu.Lock(); s.checked++; s.mu.Unlock() }
+func (s *testSession) Stop(reason, _ string, _ time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.reason == "" {
+		s.reason = reason
+	}
+}
+
+func (s *testSession) stopped() string { s.mu.Lock(); defer s.mu.Unlock(); return s.reason }
+
+func admitTest(t *testing.T, r *Router, sid string) *testSession {
+	t.Helper()
+	s := &testSession{}
+	if err := r.Admit(sid, "u", func(proto.Lease) proto.AdmittedSession { return s }); err != nil {
+		t.Fatalf("admit %s: %v", sid, err)
+	}
 	return s
-}
-
-func frames(m *mux.Mux) []*wire.ProtoMsg {
-	var out []*wire.ProtoMsg
-	for f := m.Next(); f != nil; f = m.Next() {
-		msg, err := wire.Unmarshal(f)
-		if err != nil {
-			panic(err)
-		}
-		out = append(out, msg)
-		m.Written(nil)
-	}
-	return out
-}
-
-// The health check counts only link-up time and starts a ping's deadline
-// when the ping left: a ping that fell into a gap goes out after the
-// reconnect, and a session whose peer could not answer is not ended.
-func TestHealthCheckCountsLinkUpTime(t *testing.T) {
-	c := &clock{now: time.Unix(0, 0)} // a board without RTC boots in 1970
-	m := mux.New(c.Now)
-	r := New(Options{PingInterval: time.Second, PongTimeout: 3 * time.Second, StopGrace: time.Millisecond, Now: c.Now}, m)
-	s := testSession(r, "s1")
-	m.Up(nil)
-	c.Add(time.Second)
-	r.sweep() // a ping is queued, but the link drops before it leaves
-	m.Down()
-	for i := 0; i < 100; i++ {
-		c.Add(time.Second)
-		r.sweep()
-	}
-	c.Add(time.Hour)
-	r.sweep()
-	if stopped(s) {
-		t.Fatal("session ended while the link was down")
-	}
-	// Up again: the ping that fell into the gap goes out now, announcing
-	// the deadline it keeps.
-	m.Up(nil)
-	got := frames(m)
-	if len(got) != 1 || got[0].Header.MsgType != wire.ShellPing {
-		t.Fatalf("after the reconnect: %v", got)
-	}
-	if to, _ := got[0].Header.IntProp(wire.PropTimeout); to != 3 {
-		t.Fatalf("ping announces timeout %d, want the 3 s it keeps", to)
-	}
-	// Its deadline runs from now, in link-up time.
-	c.Add(2500 * time.Millisecond)
-	r.sweep()
-	frames(m)
-	if stopped(s) {
-		t.Fatal("ended before 3 s of link-up time since the ping left")
-	}
-	c.Add(500 * time.Millisecond)
-	r.sweep()
-	if !stopped(s) {
-		t.Fatal("no pong for 3 s of link-up time, yet the session lives")
-	}
-	req := <-s.stopCh
-	if req.reason != ReasonHealthTimeout {
-		t.Fatalf("stopped for %q", req.reason)
-	}
-}
-
-func TestPongKeepsSession(t *testing.T) {
-	c := &clock{now: time.Unix(0, 0)}
-	m := mux.New(c.Now)
-	r := New(Options{PingInterval: time.Second, PongTimeout: 3 * time.Second, Now: c.Now}, m)
-	s := testSession(r, "s1")
-	m.Up(nil)
-	for i := 0; i < 20; i++ {
-		c.Add(time.Second)
-		r.sweep()
-		frames(m)
-		r.HandleMessage(&wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoShell, MsgType: wire.ShellPong, SessionID: "s1"}})
-	}
-	if stopped(s) {
-		t.Fatal("a session that answers every ping was ended")
-	}
 }
 
 // Idle and absolute expiry follow the injected clock, whatever the wall
@@ -279,37 +99,85 @@ func TestExpiryFollowsClock(t *testing.T) {
 		input  bool
 		reason string
 	}{
-		{"idle", Options{IdleTimeout: 10 * time.Second}, false, ReasonIdleExpired},
-		{"absolute despite input", Options{AbsoluteTimeout: 10 * time.Second, IdleTimeout: time.Hour}, true, ReasonAbsoluteExpired},
+		{"idle", Options{IdleTimeout: 10 * time.Second}, false, proto.ReasonIdleExpired},
+		{"absolute despite input", Options{AbsoluteTimeout: 10 * time.Second, IdleTimeout: time.Hour}, true, proto.ReasonAbsoluteExpired},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := &clock{now: time.Unix(0, 0)}
 			tt.opts.Now = c.Now
+			tt.opts.MaxPerUser, tt.opts.MaxTotal = 1, 1
 			r := New(tt.opts, mux.New(c.Now))
-			s := testSession(r, "s1")
+			s := admitTest(t, r, "s1")
 			for i := 0; i < 9; i++ {
 				c.Add(time.Second)
 				if tt.input {
-					s.lastInput.Store(int64(r.mono()))
+					r.shells["s1"].Active()
 				}
 				r.sweep()
 			}
-			if stopped(s) {
-				t.Fatal("expired early")
+			if got := s.stopped(); got != "" {
+				t.Fatalf("expired early: %s", got)
+			}
+			if s.checked != 9 {
+				t.Fatalf("health check ran %d times in 9 ticks", s.checked)
 			}
 			c.Add(time.Second)
 			r.sweep()
-			if !stopped(s) {
-				t.Fatal("did not expire")
-			}
-			if req := <-s.stopCh; req.reason != tt.reason {
-				t.Fatalf("reason %q, want %q", req.reason, tt.reason)
+			if got := s.stopped(); got != tt.reason {
+				t.Fatalf("reason %q, want %q", got, tt.reason)
 			}
 		})
 	}
 }
 
-func stopped(s *shellSession) bool {
-	return errors.Is(s.ctx.Err(), context.Canceled)
+// Admit keeps the limits and says which one refused; the protocol words
+// the refusal itself.
+func TestAdmitRefusals(t *testing.T) {
+	tests := []struct {
+		name     string
+		shutdown bool
+		live     [][2]string // sid, user admitted first
+		sid      string
+		user     string
+		want     error
+	}{
+		{"admitted", false, [][2]string{{"a", "u"}}, "b", "v", nil},
+		{"sid taken", false, [][2]string{{"a", "u"}}, "a", "v", proto.ErrExists},
+		{"per user", false, [][2]string{{"a", "u"}}, "b", "u", proto.ErrUserLimit},
+		{"total", false, [][2]string{{"a", "u"}, {"c", "x"}}, "b", "w", proto.ErrTotalLimit},
+		{"shutting down", true, [][2]string{{"a", "u"}}, "b", "v", proto.ErrClosed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := New(Options{MaxPerUser: 1, MaxTotal: 2}, mux.New(nil))
+			admit := func(sid, user string) (*testSession, error) {
+				s := &testSession{}
+				return s, r.Admit(sid, user, func(l proto.Lease) proto.AdmittedSession {
+					l.Done() // no goroutines behind a test session
+					return s
+				})
+			}
+			var first *testSession
+			for _, l := range tt.live {
+				s, err := admit(l[0], l[1])
+				if err != nil {
+					t.Fatal(err)
+				}
+				if first == nil {
+					first = s
+				}
+			}
+			if tt.shutdown {
+				r.Shutdown(context.Background(), 0)
+				if got := first.stopped(); got != proto.ReasonShutdown {
+					t.Fatalf("shutdown stopped the session for %q", got)
+				}
+			}
+			_, err := admit(tt.sid, tt.user)
+			if !errors.Is(err, tt.want) || (err == nil) != (tt.want == nil) {
+				t.Fatalf("Admit = %v, want %v", err, tt.want)
+			}
+		})
+	}
 }

@@ -1,14 +1,15 @@
-package session
+package terminal
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/tether-agent/tether/internal/logging"
 	"github.com/tether-agent/tether/internal/mux"
+	"github.com/tether-agent/tether/internal/proto"
 	"github.com/tether-agent/tether/internal/shell"
 	"github.com/tether-agent/tether/internal/wire"
 )
@@ -23,18 +24,16 @@ type stopRequest struct {
 	grace  time.Duration
 }
 
-// shellSession is one terminal: it owns its pty, process and queue.
-type shellSession struct {
-	r       *Router
+// session is one terminal: it owns its pty, process and queue.
+type session struct {
+	t       *Protocol
+	table   proto.Table
+	lease   proto.Lease
 	sid     string
 	userID  string
-	created time.Time     // wall clock, for reports
-	born    time.Duration // router clock (monotonic)
+	created time.Time // with its monotonic reading, for the duration
 	q       *mux.Queue
 	in      *inputQueue
-
-	lastInput atomic.Int64  // router clock (monotonic), nanoseconds
-	peerEpoch atomic.Uint64 // router epoch of the peer's latest message
 
 	// Health check, in link-up time (mux.UpTime): a ping is queued every
 	// PingInterval; its deadline runs from when it actually left.
@@ -57,50 +56,60 @@ type shellSession struct {
 	cancel   context.CancelFunc
 }
 
-func (r *Router) handleShell(m *wire.ProtoMsg) {
+// Handle takes a message of a sid that has no session: a "new", or one
+// that gets upstream's answer for a session that does not exist.
+func (t *Protocol) Handle(tb proto.Table, m *wire.ProtoMsg) {
 	h := &m.Header
 	switch h.MsgType {
 	case wire.ShellNew:
-		r.newShell(h)
+		t.newShell(tb, h)
 	case wire.ShellData:
-		s := r.lookup(h.SessionID)
-		if s == nil {
-			r.replyShell(h.SessionID, wire.ShellData, wire.StatusError, msgNoSession)
-			return
-		}
-		s.lastInput.Store(int64(r.mono()))
+		tb.Reply(shellMsg(h.SessionID, wire.ShellData, wire.StatusError, msgNoSession))
+	case wire.ShellResize:
+		t.log.Debug("resize for unknown session", "session_id", h.SessionID)
+	case wire.ShellStop:
+		t.stopShell(tb, nil, h, m.Body)
+	case wire.ShellPong:
+	default:
+		tb.Reply(unknownMessage(m))
+	}
+}
+
+// Handle takes a message of the session, from the read loop.
+func (s *session) Handle(m *wire.ProtoMsg) {
+	h := &m.Header
+	switch h.MsgType {
+	case wire.ShellNew:
+		s.table.Reply(shellMsg(h.SessionID, wire.ShellNew, wire.StatusError, msgAlreadyRunning))
+	case wire.ShellData:
+		s.lease.Active()
 		if len(m.Body) == 0 {
 			return
 		}
 		if !s.in.Write(m.Body) {
 			// The shell has not read its terminal for a long time; say
 			// so rather than stall every other session.
-			r.replyShell(h.SessionID, wire.ShellData, wire.StatusError, "terminal input queue full: input dropped")
+			s.table.Reply(shellMsg(h.SessionID, wire.ShellData, wire.StatusError, "terminal input queue full: input dropped"))
 		}
 	case wire.ShellResize:
-		s := r.lookup(h.SessionID)
-		if s == nil {
-			r.log.Debug("resize for unknown session", "session_id", h.SessionID)
-			return
-		}
 		if cols, rows, ok := termSize(h); ok {
 			s.resize(cols, rows)
 		}
 	case wire.ShellStop:
-		r.stopShell(h, m.Body)
+		s.t.stopShell(s.table, s, h, m.Body)
 	case wire.ShellPong:
-		if s := r.lookup(h.SessionID); s != nil {
-			s.hmu.Lock()
-			s.awaiting = false
-			s.hmu.Unlock()
-		}
+		s.hmu.Lock()
+		s.awaiting = false
+		s.hmu.Unlock()
 	default:
-		r.unknownShellMessage(m)
+		s.table.Reply(unknownMessage(m))
 	}
 }
 
-func (r *Router) unknownShellMessage(m *wire.ProtoMsg) {
-	r.replyShell(m.Header.SessionID, m.Header.MsgType, wire.StatusError,
+// unknownMessage is upstream's answer to a shell message it does not
+// know (the router gives the same one when the terminal is disabled).
+func unknownMessage(m *wire.ProtoMsg) *wire.ProtoMsg {
+	return shellMsg(m.Header.SessionID, m.Header.MsgType, wire.StatusError,
 		fmt.Sprintf("unknown message protocol and type: %d/%s", m.Header.Proto, m.Header.MsgType))
 }
 
@@ -111,22 +120,6 @@ func shellMsg(sid, typ string, status int, body string) *wire.ProtoMsg {
 		m.Body = []byte(body)
 	}
 	return m
-}
-
-func (r *Router) replyShell(sid, typ string, status int, body string) {
-	r.send(shellMsg(sid, typ, status, body))
-}
-
-// lookup finds a session; the message being handled proves its peer is
-// alive in this link epoch.
-func (r *Router) lookup(sid string) *shellSession {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	s := r.shells[sid]
-	if s != nil {
-		s.peerEpoch.Store(r.epoch)
-	}
-	return s
 }
 
 // maxTermDim bounds a terminal dimension from the wire: the kernel takes
@@ -145,138 +138,76 @@ func termSize(h *wire.Header) (cols, rows uint16, ok bool) {
 	return uint16(min(w, maxTermDim)), uint16(min(ht, maxTermDim)), true
 }
 
-func (r *Router) newShell(h *wire.Header) {
+func (t *Protocol) newShell(tb proto.Table, h *wire.Header) {
 	sid, user := h.SessionID, h.StringProp(wire.PropUserID)
-	cols, rows := r.opts.DefaultCols, r.opts.DefaultRows
+	cols, rows := t.opts.DefaultCols, t.opts.DefaultRows
 	if c, rr, ok := termSize(h); ok {
 		cols, rows = c, rr
 	}
-
-	r.mu.Lock()
-	if r.closed {
-		r.mu.Unlock()
-		r.replyShell(sid, wire.ShellNew, wire.StatusError, "failed to start shell: device agent shutting down")
-		return
+	var s *session
+	err := tb.Admit(sid, user, func(l proto.Lease) proto.AdmittedSession {
+		ctx, cancel := context.WithCancel(context.Background())
+		s = &session{
+			t: t, table: tb, lease: l, sid: sid, userID: user, created: time.Now(),
+			q:    l.Queue(),
+			cols: cols, rows: rows,
+			stopCh: make(chan stopRequest, 1),
+			ctx:    ctx, cancel: cancel,
+		}
+		s.in = newInputQueue(inputLimit, t.opts.Recorder.TerminalBytesIn,
+			func(err error) { t.log.Debug("terminal write failed", "session_id", sid, "error", err) })
+		s.lastPingAt = l.UpTime()
+		return s
+	})
+	switch {
+	case errors.Is(err, proto.ErrUserLimit):
+		tb.Reply(shellMsg(sid, wire.ShellNew, wire.StatusError, msgTooManyForUser))
+	case errors.Is(err, proto.ErrTotalLimit):
+		tb.Reply(shellMsg(sid, wire.ShellNew, wire.StatusError, msgTooManyShells))
+	case errors.Is(err, proto.ErrExists):
+		tb.Reply(shellMsg(sid, wire.ShellNew, wire.StatusError, msgAlreadyRunning))
+	case err != nil:
+		tb.Reply(shellMsg(sid, wire.ShellNew, wire.StatusError, "failed to start shell: "+err.Error()))
+	default:
+		go s.run()
 	}
-	if _, ok := r.shells[sid]; ok {
-		r.mu.Unlock()
-		r.replyShell(sid, wire.ShellNew, wire.StatusError, msgAlreadyRunning)
-		return
-	}
-	a := admit(r.slotsLocked(), user, r.opts.MaxPerUser, r.opts.MaxTotal, r.opts.EvictOldest)
-	switch a.refuse {
-	case "per_user":
-		r.mu.Unlock()
-		r.reject(sid, user, "per_user", msgTooManyForUser)
-		return
-	case "total":
-		r.mu.Unlock()
-		r.reject(sid, user, "total", msgTooManyShells)
-		return
-	}
-	evict := r.shells[a.evict]
-	if evict != nil {
-		delete(r.shells, evict.sid) // its slot goes to the new session now
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &shellSession{
-		r: r, sid: sid, userID: user, created: r.now(),
-		q:    r.mux.NewQueue(r.opts.QueueLimit),
-		cols: cols, rows: rows,
-		stopCh: make(chan stopRequest, 1),
-		ctx:    ctx, cancel: cancel,
-	}
-	s.in = newInputQueue(inputLimit, r.opts.Recorder.TerminalBytesIn,
-		func(err error) { r.log.Debug("terminal write failed", "session_id", sid, "error", err) })
-	s.born = r.mono()
-	s.lastInput.Store(int64(s.born))
-	s.lastPingAt = r.mux.UpTime()
-	s.peerEpoch.Store(r.epoch)
-	r.shells[sid] = s
-	r.wg.Add(1)
-	r.mu.Unlock()
-
-	if evict != nil {
-		r.log.Info("evicting a session of the user for a new one", "event", "session_evict",
-			"session_id", evict.sid, "user_id", user, "new_session_id", sid)
-		evict.requestStop(ReasonEvicted, a.evictNotice, r.opts.StopGrace)
-	}
-	go s.run()
 }
 
-// slotsLocked lists the live sessions for admission; r.mu is held.
-func (r *Router) slotsLocked() []slot {
-	out := make([]slot, 0, len(r.shells))
-	for _, s := range r.shells {
-		out = append(out, slot{sid: s.sid, user: s.userID, lastInput: time.Duration(s.lastInput.Load()),
-			orphan: s.peerEpoch.Load() < r.epoch})
-	}
-	return out
-}
-
-func (r *Router) reject(sid, user, limit, text string) {
-	if r.plog.reject.allow(r.now()) {
-		r.log.Warn("session refused: limit reached", "event", "limit_reject", "limit", limit,
-			"session_id", logging.Clip(sid), "user_id", logging.Clip(user), "suppressed", r.plog.reject.takeSuppressed())
-	}
-	r.opts.Recorder.LimitRejected(limit)
-	r.replyShell(sid, wire.ShellNew, wire.StatusError, text)
-}
-
-// remove takes s out of the table if it is still there.
-func (r *Router) remove(s *shellSession) {
-	r.mu.Lock()
-	if r.shells[s.sid] == s {
-		delete(r.shells, s.sid)
-	}
-	r.mu.Unlock()
-}
-
-func (r *Router) stopShell(h *wire.Header, body []byte) {
+// stopShell answers a "stop"; s is the session of its sid, if any.
+func (t *Protocol) stopShell(tb proto.Table, s *session, h *wire.Header, body []byte) {
 	sid, user := h.SessionID, h.StringProp(wire.PropUserID)
-	reason := ReasonStop
+	reason := proto.ReasonStop
 	if string(body) == "user disconnected" {
-		reason = ReasonUser
+		reason = proto.ReasonUser
 	}
 	if sid == "" {
 		if user == "" {
-			r.replyShell("", wire.ShellStop, wire.StatusError, "StopShellMessage: sessionId not given and userId empty")
+			tb.Reply(shellMsg("", wire.ShellStop, wire.StatusError, "StopShellMessage: sessionId not given and userId empty"))
 			return
 		}
-		r.mu.Lock()
-		var mine []*shellSession
-		for _, s := range r.shells {
-			if s.userID == user {
-				mine = append(mine, s)
-			}
-		}
-		r.mu.Unlock()
-		for _, s := range mine {
-			s.requestStop(reason, "", r.opts.StopGrace)
-		}
-		r.replyShell("", wire.ShellStop, wire.StatusNormal, "")
+		tb.StopUser(user, reason)
+		tb.Reply(shellMsg("", wire.ShellStop, wire.StatusNormal, ""))
 		return
 	}
-	s := r.lookup(sid)
 	if s == nil {
-		r.replyShell(sid, wire.ShellStop, wire.StatusError, "routeMessage: StopShellMessage: session not found for id "+sid)
+		tb.Reply(shellMsg(sid, wire.ShellStop, wire.StatusError, "routeMessage: StopShellMessage: session not found for id "+sid))
 		return
 	}
-	s.requestStop(reason, "", r.opts.StopGrace)
-	r.replyShell(sid, wire.ShellStop, wire.StatusNormal, "")
+	s.Stop(reason, "", t.opts.StopGrace)
+	tb.Reply(shellMsg(sid, wire.ShellStop, wire.StatusNormal, ""))
 }
 
-// requestStop frees the session's slot at once and hands the teardown to
-// the session's own goroutine; the caller never waits for the shell.
-func (s *shellSession) requestStop(reason, notice string, grace time.Duration) {
+// Stop frees the session's slot at once and hands the teardown to the
+// session's own goroutine; the caller never waits for the shell.
+func (s *session) Stop(reason, notice string, grace time.Duration) {
 	s.stopOnce.Do(func() {
-		s.r.remove(s)
+		s.lease.Release()
 		s.stopCh <- stopRequest{reason: reason, notice: notice, grace: grace}
 		s.cancel()
 	})
 }
 
-func (s *shellSession) resize(cols, rows uint16) {
+func (s *session) resize(cols, rows uint16) {
 	if cols == 0 || rows == 0 {
 		return
 	}
@@ -285,25 +216,17 @@ func (s *shellSession) resize(cols, rows uint16) {
 	s.cols, s.rows = cols, rows
 	if s.proc != nil {
 		if err := s.proc.Resize(cols, rows); err != nil {
-			s.r.log.Warn("resize failed", "session_id", s.sid, "error", err)
+			s.t.log.Warn("resize failed", "session_id", s.sid, "error", err)
 		}
 	}
 }
 
-// supervise runs on every janitor tick: expiry, pings, pong timeout.
-// Expiry runs on the router's monotonic clock; the health check on link-up
-// time, so a flaky link never ends a session whose peer could not answer.
-func (s *shellSession) supervise(now time.Duration) {
-	o := &s.r.opts
-	if o.AbsoluteTimeout > 0 && now-s.born >= o.AbsoluteTimeout {
-		s.requestStop(ReasonAbsoluteExpired, fmt.Sprintf("session expired: open for %s", o.AbsoluteTimeout), o.StopGrace)
-		return
-	}
-	if o.IdleTimeout > 0 && now-time.Duration(s.lastInput.Load()) >= o.IdleTimeout {
-		s.requestStop(ReasonIdleExpired, fmt.Sprintf("session expired: idle for %s", o.IdleTimeout), o.StopGrace)
-		return
-	}
-	up := s.r.mux.UpTime()
+// Supervise runs on every janitor tick: pings and the pong timeout. The
+// health check runs on link-up time, so a flaky link never ends a session
+// whose peer could not answer.
+func (s *session) Supervise() {
+	o := &s.t.opts
+	up := s.lease.UpTime()
 	s.hmu.Lock()
 	late := o.PongTimeout > 0 && s.awaiting && up-s.pingLeft >= o.PongTimeout
 	ping := !late && o.PingInterval > 0 && !s.pingQueued && up-s.lastPingAt >= o.PingInterval
@@ -313,7 +236,7 @@ func (s *shellSession) supervise(now time.Duration) {
 	s.hmu.Unlock()
 	switch {
 	case late:
-		s.requestStop(ReasonHealthTimeout, fmt.Sprintf("health check failed: no pong for %s", o.PongTimeout), o.StopGrace)
+		s.Stop(proto.ReasonHealthTimeout, fmt.Sprintf("health check failed: no pong for %s", o.PongTimeout), o.StopGrace)
 	case ping:
 		m := shellMsg(s.sid, wire.ShellPing, wire.StatusControl, "")
 		// The peer re-arms its own health timer with this; it is the
@@ -325,8 +248,8 @@ func (s *shellSession) supervise(now time.Duration) {
 
 // pingSent runs (in the link's writer) when a ping left: its pong deadline
 // starts now, unless an older ping is still unanswered.
-func (s *shellSession) pingSent() {
-	up := s.r.mux.UpTime()
+func (s *session) pingSent() {
+	up := s.lease.UpTime()
 	s.hmu.Lock()
 	s.pingQueued = false
 	if !s.awaiting {
@@ -339,33 +262,33 @@ func (s *shellSession) pingSent() {
 // the queue is full; it waits for the link if need be, and sent (may be
 // nil) is told when it left. Once the queue is closed it goes on the
 // router's.
-func (s *shellSession) sendControl(m *wire.ProtoMsg, sent func()) {
+func (s *session) sendControl(m *wire.ProtoMsg, sent func()) {
 	b, err := wire.Marshal(m)
 	if err != nil {
-		s.r.log.Error("encode", "error", err)
+		s.t.log.Error("encode", "error", err)
 		return
 	}
 	if !s.q.Control(b, sent) {
-		s.r.send(m)
+		s.table.Reply(m)
 	}
 }
 
 // run is the session's supervisor goroutine: start the shell, pump its
 // output and input, and tear everything down on exit or stop.
-func (s *shellSession) run() {
-	r := s.r
-	defer r.wg.Done()
+func (s *session) run() {
+	t := s.t
+	defer s.lease.Done()
 	defer s.q.Close()
 	defer s.cancel()
 
 	s.mu.Lock()
 	cols, rows := s.cols, s.rows
 	s.mu.Unlock()
-	proc, err := r.opts.Reaper.Start(shell.Spec{Command: r.opts.ShellCommand, Args: r.opts.ShellArgs,
-		Account: r.opts.Account, Lang: r.opts.Lang, Cols: cols, Rows: rows})
+	proc, err := t.opts.Reaper.Start(shell.Spec{Command: t.opts.ShellCommand, Args: t.opts.ShellArgs,
+		Account: t.opts.Account, Lang: t.opts.Lang, Cols: cols, Rows: rows})
 	if err != nil {
-		r.remove(s)
-		r.log.Error("shell failed to start", "event", "session_start_failed", "session_id", s.sid, "user_id", s.userID, "error", err)
+		s.lease.Release()
+		t.log.Error("shell failed to start", "event", "session_start_failed", "session_id", s.sid, "user_id", s.userID, "error", err)
 		s.sendControl(shellMsg(s.sid, wire.ShellNew, wire.StatusError, "failed to start shell: "+err.Error()), nil)
 		return
 	}
@@ -377,10 +300,10 @@ func (s *shellSession) run() {
 	s.mu.Unlock()
 
 	s.sendControl(shellMsg(s.sid, wire.ShellNew, wire.StatusNormal, msgShellStarted), nil)
-	r.log.Info("session opened", "event", "session_open", "session_id", s.sid, "user_id", s.userID,
+	t.log.Info("session opened", "event", "session_open", "session_id", s.sid, "user_id", s.userID,
 		"proto", "shell", "pid", proc.Pid(), "cols", cols, "rows", rows)
-	r.opts.Recorder.SessionOpened("shell")
-	r.opts.Changed()
+	t.opts.Recorder.SessionOpened("shell")
+	t.opts.Changed()
 
 	pumpDone := make(chan struct{})
 	go func() {
@@ -403,8 +326,8 @@ func (s *shellSession) run() {
 		// The shell exited by itself: end what it left behind with the
 		// terminal still open, deliver its last output, then tell the
 		// peer.
-		req = stopRequest{reason: ReasonShellExit, notice: exitNotice(proc.ExitErr()), grace: r.opts.StopGrace}
-		r.remove(s)
+		req = stopRequest{reason: proto.ReasonShellExit, notice: exitNotice(proc.ExitErr()), grace: t.opts.StopGrace}
+		s.lease.Release()
 		s.stopOnce.Do(func() {}) // later stop requests are moot
 		proc.Finish(req.grace)
 		<-proc.Stopped()
@@ -418,11 +341,11 @@ func (s *shellSession) run() {
 	if req.notice != "" {
 		s.sendControl(shellMsg(s.sid, wire.ShellStop, wire.StatusError, req.notice), nil)
 	}
-	d := r.mono() - s.born
-	r.log.Info("session closed", "event", "session_close", "session_id", s.sid, "user_id", s.userID,
+	d := time.Since(s.created)
+	t.log.Info("session closed", "event", "session_close", "session_id", s.sid, "user_id", s.userID,
 		"proto", "shell", "reason", req.reason, "duration", d.Round(time.Millisecond).String())
-	r.opts.Recorder.SessionClosed("shell", req.reason, d)
-	r.opts.Changed()
+	t.opts.Recorder.SessionClosed("shell", req.reason, d)
+	t.opts.Changed()
 }
 
 func exitNotice(err error) string {
@@ -437,7 +360,7 @@ func exitNotice(err error) string {
 // makes progress or waits for queue room (back-pressure is not an end);
 // a pump idle in a read for a whole grace means someone outside the
 // session still holds the terminal, and the master is closed under it.
-func (s *shellSession) drain(pumpDone <-chan struct{}, grace time.Duration) {
+func (s *session) drain(pumpDone <-chan struct{}, grace time.Duration) {
 	grace = max(grace, 100*time.Millisecond)
 	t := time.NewTicker(grace)
 	defer t.Stop()
@@ -448,7 +371,7 @@ func (s *shellSession) drain(pumpDone <-chan struct{}, grace time.Duration) {
 			return
 		case <-s.ctx.Done():
 			return
-		case <-s.r.done:
+		case <-s.lease.ShuttingDown():
 			return
 		case <-t.C:
 			n := s.reads.Load()
@@ -464,22 +387,22 @@ func (s *shellSession) drain(pumpDone <-chan struct{}, grace time.Duration) {
 // big frames by itself while an echo goes out at once. It blocks on a full
 // queue (back-pressure, also while the link is down) and ends when the pty
 // fails or the session stops.
-func (s *shellSession) pumpOutput(proc *shell.Process) {
+func (s *session) pumpOutput(proc *shell.Process) {
 	overhead := wire.ShellOutputOverhead(len(s.sid))
 	for {
 		s.inRead.Store(true)
-		buf, n, err := proc.ReadPooled(s.r.getBuf, s.r.putBuf)
+		buf, n, err := proc.ReadPooled(s.t.getBuf, s.t.putBuf)
 		s.inRead.Store(false)
 		s.reads.Add(1)
 		if n > 0 {
 			frame := wire.AppendShellOutput(make([]byte, 0, n+overhead), s.sid, buf[:n])
-			s.r.putBuf(buf)
+			s.t.putBuf(buf)
 			if perr := s.q.Put(s.ctx, frame); perr != nil {
 				return // stopping
 			}
-			s.r.opts.Recorder.TerminalBytesOut(n)
+			s.t.opts.Recorder.TerminalBytesOut(n)
 		} else if buf != nil {
-			s.r.putBuf(buf)
+			s.t.putBuf(buf)
 		}
 		if err != nil {
 			return

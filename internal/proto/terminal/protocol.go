@@ -1,0 +1,117 @@
+// Package terminal is the shell protocol (proto 1, PROTOCOL.md 2.4): a
+// peer's "new" starts a login shell on a pty as the configured user,
+// "shell" carries keystrokes and output, "resize" sets the terminal size,
+// "stop" ends the session, and ping/pong check the peer's health.
+//
+// Its sessions count against the device's session limits, so the router
+// (internal/session) admits them, expires them and stops them on token
+// loss or shutdown; every session here owns its pty, process and queue.
+// Nothing here blocks the link's read loop.
+package terminal
+
+import (
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/tether-agent/tether/internal/shell"
+	"github.com/tether-agent/tether/internal/wire"
+)
+
+// Upstream's reply texts (PROTOCOL.md 2.4); peers and people match them.
+const (
+	msgShellStarted   = "Shell started"
+	msgTooManyShells  = "too many shells spawned"
+	msgTooManyForUser = "user has too many open sessions"
+	msgAlreadyRunning = "failed to start shell: shell is already running"
+	msgNoSession      = "session not found"
+)
+
+// Recorder is told what happens, for metrics.
+type Recorder interface {
+	SessionOpened(proto string)
+	SessionClosed(proto, reason string, d time.Duration)
+	TerminalBytesIn(n int)
+	TerminalBytesOut(n int)
+}
+
+// Options configure the terminal.
+type Options struct {
+	Log *slog.Logger
+
+	ShellCommand string
+	ShellArgs    []string
+	Account      *shell.Account
+	Lang         string
+	DefaultCols  uint16
+	DefaultRows  uint16
+
+	StopGrace    time.Duration
+	PingInterval time.Duration
+	PongTimeout  time.Duration
+
+	// ReadBuffer is the pty read size; a busy shell fills it by itself.
+	ReadBuffer int
+	// Reaper starts and reaps the shells (and the orphans it adopts).
+	Reaper *shell.Reaper
+
+	Recorder Recorder
+	// Changed is called after a session opened or closed (for the
+	// systemd status line); it must not block.
+	Changed func()
+}
+
+// Protocol is the terminal, shared by every session.
+type Protocol struct {
+	opts Options
+	log  *slog.Logger
+
+	// bufs holds pty read buffers: a session takes one only while output
+	// is ready, so idle sessions cost no buffer.
+	bufs sync.Pool
+}
+
+// New builds the terminal.
+func New(opts Options) *Protocol {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if opts.Recorder == nil {
+		opts.Recorder = nopRecorder{}
+	}
+	if opts.Changed == nil {
+		opts.Changed = func() {}
+	}
+	if opts.Reaper == nil {
+		opts.Reaper = shell.NewReaper() // not running: for tests that start no shell
+	}
+	if opts.ReadBuffer <= 0 {
+		opts.ReadBuffer = 32 << 10
+	}
+	return &Protocol{opts: opts, log: opts.Log}
+}
+
+// Number is proto 1.
+func (t *Protocol) Number() uint16 { return wire.ProtoShell }
+
+func (t *Protocol) getBuf() []byte {
+	if b, ok := t.bufs.Get().(*[]byte); ok {
+		return *b
+	}
+	return make([]byte, t.opts.ReadBuffer)
+}
+
+func (t *Protocol) putBuf(b []byte) {
+	if cap(b) >= t.opts.ReadBuffer {
+		b = b[:t.opts.ReadBuffer]
+		t.bufs.Put(&b)
+	}
+}
+
+type nopRecorder struct{}
+
+func (nopRecorder) SessionOpened(string)                        {}
+func (nopRecorder) SessionClosed(string, string, time.Duration) {}
+func (nopRecorder) TerminalBytesIn(int)                         {}
+func (nopRecorder) TerminalBytesOut(int)                        {}
