@@ -231,4 +231,3 @@ func eventuallyTrue(t *testing.T, cond func() bool) {
 	}
 	t.Fatal("condition not reached")
 }
-
