@@ -313,3 +313,112 @@ func TestExpiryFollowsClock(t *testing.T) {
 func stopped(s *shellSession) bool {
 	return errors.Is(s.ctx.Err(), context.Canceled)
 }
+
+// The janitor sleeps until the next thing is due: nothing without
+// sessions, the nearest of expiry, ping and pong deadline otherwise, and
+// no health timer while link-up time stands still.
+func TestSweepNextDue(t *testing.T) {
+	tests := []struct {
+		name    string
+		opts    Options
+		session bool
+		up      bool
+		pingOut bool // a ping left 1 s after the start
+		want    time.Duration
+	}{
+		{name: "no session", opts: Options{IdleTimeout: time.Hour, PingInterval: 60 * time.Second}, up: true, want: 0},
+		{name: "idle expiry", opts: Options{IdleTimeout: 10 * time.Second}, session: true, up: true, want: 10 * time.Second},
+		{name: "absolute before idle", opts: Options{IdleTimeout: time.Hour, AbsoluteTimeout: 20 * time.Second}, session: true, want: 20 * time.Second},
+		{name: "ping, a quarter early", opts: Options{IdleTimeout: time.Hour, PingInterval: 60 * time.Second}, session: true, up: true, want: 45 * time.Second},
+		{name: "no ping timer while the link is down", opts: Options{IdleTimeout: time.Hour, PingInterval: 60 * time.Second}, session: true, want: time.Hour},
+		{name: "pong deadline", opts: Options{PingInterval: 60 * time.Second, PongTimeout: 5 * time.Second}, session: true, up: true, pingOut: true, want: 5 * time.Second},
+		{name: "nothing configured", session: true, up: true, want: 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &clock{now: time.Unix(0, 0)}
+			tt.opts.Now = c.Now
+			m := mux.New(c.Now)
+			r := New(tt.opts, m)
+			if tt.up {
+				m.Up(nil)
+			}
+			if tt.session {
+				s := testSession(r, "s1")
+				if tt.pingOut {
+					s.pingSent()
+				}
+			}
+			if got := r.sweep(); got != tt.want {
+				t.Fatalf("sweep() = %v, want %v", got, tt.want)
+			}
+			if len(frames(m)) != 0 {
+				t.Fatal("sent a frame although nothing was due")
+			}
+		})
+	}
+}
+
+// A control session's idle ping and its answer deadline are what the
+// janitor waits for.
+func TestSweepNextDueControl(t *testing.T) {
+	c := &clock{now: time.Unix(0, 0)}
+	m := mux.New(c.Now)
+	r := New(Options{Now: c.Now}, m)
+	m.Up(nil)
+	r.touchCtrl("c1")
+	c.Add(8 * time.Second)
+	if got := r.sweep(); got != ctrlPingAfter-8*time.Second {
+		t.Fatalf("sweep() = %v, want the idle ping in %v", got, ctrlPingAfter-8*time.Second)
+	}
+	c.Add(ctrlPingAfter - 8*time.Second)
+	if got := r.sweep(); got != ctrlTimeoutAfter {
+		t.Fatalf("sweep() after the ping = %v, want its deadline %v", got, ctrlTimeoutAfter)
+	}
+}
+
+// probeLoop is a health handle whose probes the test sends.
+type probeLoop struct {
+	probe chan struct{}
+	beats chan struct{}
+}
+
+func (p *probeLoop) Probe() <-chan struct{} { return p.probe }
+func (p *probeLoop) Beat()                  { p.beats <- struct{}{} }
+
+// The running janitor answers probes while it has nothing to do, and a
+// session opened while it sleeps is swept at once (its ping goes out).
+func TestJanitorAnswersProbesAndWakes(t *testing.T) {
+	p := &probeLoop{probe: make(chan struct{}, 1), beats: make(chan struct{}, 1)}
+	m := mux.New(nil)
+	m.Up(nil)
+	r := New(Options{PingInterval: 4 * time.Millisecond, Janitor: p}, m)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for i := 0; i < 3; i++ {
+		p.probe <- struct{}{}
+		select {
+		case <-p.beats:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("probe %d not answered", i)
+		}
+	}
+	testSession(r, "s1")
+	r.wake()
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case <-m.Wake():
+		case <-deadline:
+			t.Fatal("no ping after the janitor was woken for a new session")
+		}
+		if got := frames(m); len(got) > 0 {
+			if got[0].Header.MsgType != wire.ShellPing {
+				t.Fatalf("got %v, want a ping", got[0].Header)
+			}
+			return
+		}
+	}
+}

@@ -195,6 +195,7 @@ func (r *Router) newShell(h *wire.Header) {
 	r.shells[sid] = s
 	r.wg.Add(1)
 	r.mu.Unlock()
+	r.wake() // its expiry and first ping are due
 
 	if evict != nil {
 		r.log.Info("evicting a session of the user for a new one", "event", "session_evict",
@@ -290,30 +291,54 @@ func (s *shellSession) resize(cols, rows uint16) {
 	}
 }
 
-// supervise runs on every janitor tick: expiry, pings, pong timeout.
+// supervise runs on every janitor sweep: expiry, pings, pong timeout. It
+// returns how long until it is next due (0: not while nothing changes).
 // Expiry runs on the router's monotonic clock; the health check on link-up
 // time, so a flaky link never ends a session whose peer could not answer.
-func (s *shellSession) supervise(now time.Duration) {
+func (s *shellSession) supervise(now time.Duration) time.Duration {
 	o := &s.r.opts
-	if o.AbsoluteTimeout > 0 && now-s.born >= o.AbsoluteTimeout {
-		s.requestStop(ReasonAbsoluteExpired, fmt.Sprintf("session expired: open for %s", o.AbsoluteTimeout), o.StopGrace)
-		return
+	var next time.Duration
+	if o.AbsoluteTimeout > 0 {
+		left := s.born + o.AbsoluteTimeout - now
+		if left <= 0 {
+			s.requestStop(ReasonAbsoluteExpired, fmt.Sprintf("session expired: open for %s", o.AbsoluteTimeout), o.StopGrace)
+			return 0
+		}
+		next = sooner(next, left)
 	}
-	if o.IdleTimeout > 0 && now-time.Duration(s.lastInput.Load()) >= o.IdleTimeout {
-		s.requestStop(ReasonIdleExpired, fmt.Sprintf("session expired: idle for %s", o.IdleTimeout), o.StopGrace)
-		return
+	if o.IdleTimeout > 0 {
+		left := time.Duration(s.lastInput.Load()) + o.IdleTimeout - now
+		if left <= 0 {
+			s.requestStop(ReasonIdleExpired, fmt.Sprintf("session expired: idle for %s", o.IdleTimeout), o.StopGrace)
+			return 0
+		}
+		next = sooner(next, left)
 	}
-	up := s.r.mux.UpTime()
+	up, linkUp := s.r.mux.UpState()
+	// Pings may go a little early, so that sessions opened at different
+	// times fall into step and share the janitor's wakeups.
+	early := o.PingInterval / 4
 	s.hmu.Lock()
 	late := o.PongTimeout > 0 && s.awaiting && up-s.pingLeft >= o.PongTimeout
-	ping := !late && o.PingInterval > 0 && !s.pingQueued && up-s.lastPingAt >= o.PingInterval
+	ping := !late && o.PingInterval > 0 && !s.pingQueued && up-s.lastPingAt >= o.PingInterval-early
 	if ping {
 		s.pingQueued, s.lastPingAt = true, up
+	}
+	if linkUp && !late {
+		// Link-up time stands still while the link is down; the mux
+		// wakes the janitor when it comes back.
+		if o.PongTimeout > 0 && s.awaiting {
+			next = sooner(next, s.pingLeft+o.PongTimeout-up)
+		}
+		if o.PingInterval > 0 && !s.pingQueued {
+			next = sooner(next, s.lastPingAt+o.PingInterval-early-up)
+		}
 	}
 	s.hmu.Unlock()
 	switch {
 	case late:
 		s.requestStop(ReasonHealthTimeout, fmt.Sprintf("health check failed: no pong for %s", o.PongTimeout), o.StopGrace)
+		return 0
 	case ping:
 		m := shellMsg(s.sid, wire.ShellPing, wire.StatusControl, "")
 		// The peer re-arms its own health timer with this; it is the
@@ -321,10 +346,12 @@ func (s *shellSession) supervise(now time.Duration) {
 		m.Header.Properties[wire.PropTimeout] = int((o.PongTimeout + time.Second - 1) / time.Second)
 		s.sendControl(m, s.pingSent)
 	}
+	return next
 }
 
 // pingSent runs (in the link's writer) when a ping left: its pong deadline
-// starts now, unless an older ping is still unanswered.
+// starts now, unless an older ping is still unanswered. The janitor learns
+// of the new deadline and the next ping's time.
 func (s *shellSession) pingSent() {
 	up := s.r.mux.UpTime()
 	s.hmu.Lock()
@@ -333,6 +360,7 @@ func (s *shellSession) pingSent() {
 		s.awaiting, s.pingLeft = true, up
 	}
 	s.hmu.Unlock()
+	s.r.wake()
 }
 
 // sendControl queues a small frame behind the session's output even when
