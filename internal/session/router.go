@@ -448,11 +448,22 @@ func (r *Router) sweep() time.Duration {
 	}
 	r.mu.Unlock()
 	now := r.mono()
-	var next time.Duration
-	for _, s := range all {
-		next = sooner(next, s.supervise(now))
+	next, pinged := superviseAll(all, now, 0)
+	if early := r.opts.PingInterval / 4; pinged && early > 0 {
+		// Pings going out anyway take along those due soon, so that
+		// sessions opened at different times fall into step and share
+		// the janitor's wakeups; alone, a session pings on time.
+		next, _ = superviseAll(all, now, early)
 	}
 	return sooner(next, r.superviseCtrl(r.now()))
+}
+
+func superviseAll(all []*shellSession, now, early time.Duration) (next time.Duration, pinged bool) {
+	for _, s := range all {
+		d, p := s.supervise(now, early)
+		next, pinged = sooner(next, d), pinged || p
+	}
+	return next, pinged
 }
 
 // send queues a frame that belongs to no shell session (or whose session

@@ -329,7 +329,7 @@ func TestSweepNextDue(t *testing.T) {
 		{name: "no session", opts: Options{IdleTimeout: time.Hour, PingInterval: 60 * time.Second}, up: true, want: 0},
 		{name: "idle expiry", opts: Options{IdleTimeout: 10 * time.Second}, session: true, up: true, want: 10 * time.Second},
 		{name: "absolute before idle", opts: Options{IdleTimeout: time.Hour, AbsoluteTimeout: 20 * time.Second}, session: true, want: 20 * time.Second},
-		{name: "ping, a quarter early", opts: Options{IdleTimeout: time.Hour, PingInterval: 60 * time.Second}, session: true, up: true, want: 45 * time.Second},
+		{name: "ping", opts: Options{IdleTimeout: time.Hour, PingInterval: 60 * time.Second}, session: true, up: true, want: 60 * time.Second},
 		{name: "no ping timer while the link is down", opts: Options{IdleTimeout: time.Hour, PingInterval: 60 * time.Second}, session: true, want: time.Hour},
 		{name: "pong deadline", opts: Options{PingInterval: 60 * time.Second, PongTimeout: 5 * time.Second}, session: true, up: true, pingOut: true, want: 5 * time.Second},
 		{name: "nothing configured", session: true, up: true, want: 0},
@@ -420,5 +420,29 @@ func TestJanitorAnswersProbesAndWakes(t *testing.T) {
 			}
 			return
 		}
+	}
+}
+
+// A session whose ping is due soon goes along with one that is due now,
+// and both then share one wakeup; a session alone pings on time.
+func TestPingsFallIntoStep(t *testing.T) {
+	c := &clock{now: time.Unix(0, 0)}
+	m := mux.New(c.Now)
+	r := New(Options{PingInterval: 60 * time.Second, Now: c.Now}, m)
+	m.Up(nil)
+	testSession(r, "a")
+	c.Add(10 * time.Second)
+	testSession(r, "b")
+	c.Add(45 * time.Second)
+	if got := r.sweep(); got != 5*time.Second || len(frames(m)) != 0 {
+		t.Fatalf("sweep() = %v before any ping is due, want 5s and no frame", got)
+	}
+	c.Add(5 * time.Second)
+	r.sweep()
+	if got := frames(m); len(got) != 2 {
+		t.Fatalf("%d pings, want both sessions pinged together", len(got))
+	}
+	if got := r.sweep(); got != 60*time.Second {
+		t.Fatalf("next due in %v, want both in step at 60s", got)
 	}
 }

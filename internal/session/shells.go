@@ -292,17 +292,18 @@ func (s *shellSession) resize(cols, rows uint16) {
 }
 
 // supervise runs on every janitor sweep: expiry, pings, pong timeout. It
-// returns how long until it is next due (0: not while nothing changes).
+// returns how long until it is next due (0: not while nothing changes) and
+// whether it queued a ping; a ping goes up to early before it is due.
 // Expiry runs on the router's monotonic clock; the health check on link-up
 // time, so a flaky link never ends a session whose peer could not answer.
-func (s *shellSession) supervise(now time.Duration) time.Duration {
+func (s *shellSession) supervise(now, early time.Duration) (time.Duration, bool) {
 	o := &s.r.opts
 	var next time.Duration
 	if o.AbsoluteTimeout > 0 {
 		left := s.born + o.AbsoluteTimeout - now
 		if left <= 0 {
 			s.requestStop(ReasonAbsoluteExpired, fmt.Sprintf("session expired: open for %s", o.AbsoluteTimeout), o.StopGrace)
-			return 0
+			return 0, false
 		}
 		next = sooner(next, left)
 	}
@@ -310,14 +311,11 @@ func (s *shellSession) supervise(now time.Duration) time.Duration {
 		left := time.Duration(s.lastInput.Load()) + o.IdleTimeout - now
 		if left <= 0 {
 			s.requestStop(ReasonIdleExpired, fmt.Sprintf("session expired: idle for %s", o.IdleTimeout), o.StopGrace)
-			return 0
+			return 0, false
 		}
 		next = sooner(next, left)
 	}
 	up, linkUp := s.r.mux.UpState()
-	// Pings may go a little early, so that sessions opened at different
-	// times fall into step and share the janitor's wakeups.
-	early := o.PingInterval / 4
 	s.hmu.Lock()
 	late := o.PongTimeout > 0 && s.awaiting && up-s.pingLeft >= o.PongTimeout
 	ping := !late && o.PingInterval > 0 && !s.pingQueued && up-s.lastPingAt >= o.PingInterval-early
@@ -331,14 +329,14 @@ func (s *shellSession) supervise(now time.Duration) time.Duration {
 			next = sooner(next, s.pingLeft+o.PongTimeout-up)
 		}
 		if o.PingInterval > 0 && !s.pingQueued {
-			next = sooner(next, s.lastPingAt+o.PingInterval-early-up)
+			next = sooner(next, s.lastPingAt+o.PingInterval-up)
 		}
 	}
 	s.hmu.Unlock()
 	switch {
 	case late:
 		s.requestStop(ReasonHealthTimeout, fmt.Sprintf("health check failed: no pong for %s", o.PongTimeout), o.StopGrace)
-		return 0
+		return 0, false
 	case ping:
 		m := shellMsg(s.sid, wire.ShellPing, wire.StatusControl, "")
 		// The peer re-arms its own health timer with this; it is the
@@ -346,7 +344,7 @@ func (s *shellSession) supervise(now time.Duration) time.Duration {
 		m.Header.Properties[wire.PropTimeout] = int((o.PongTimeout + time.Second - 1) / time.Second)
 		s.sendControl(m, s.pingSent)
 	}
-	return next
+	return next, ping
 }
 
 // pingSent runs (in the link's writer) when a ping left: its pong deadline
