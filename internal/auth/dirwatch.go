@@ -16,14 +16,16 @@ type dirWatch struct {
 }
 
 // watchDir watches dir for the changes that can alter a file in it:
-// written, replaced by a rename, created, deleted, its mode changed.
+// written and closed, replaced by a rename, deleted, its mode changed. Not
+// a creation nor a single write: the file is read only once its writer is
+// done, never half-written (an empty read would withdraw the token).
 func watchDir(dir string) (*dirWatch, error) {
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
 		return nil, fmt.Errorf("inotify: %w", err)
 	}
-	const mask = unix.IN_CLOSE_WRITE | unix.IN_MOVED_TO | unix.IN_MOVED_FROM | unix.IN_CREATE |
-		unix.IN_DELETE | unix.IN_ATTRIB | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF | unix.IN_MODIFY
+	const mask = unix.IN_CLOSE_WRITE | unix.IN_MOVED_TO | unix.IN_MOVED_FROM |
+		unix.IN_DELETE | unix.IN_ATTRIB | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF
 	if _, err := unix.InotifyAddWatch(fd, dir, mask); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("inotify watch %s: %w", dir, err)

@@ -264,7 +264,7 @@ func startBeater(l *Loop) *beater {
 				return
 			case <-l.Probe():
 				b.gate.Lock()
-				//lint:ignore SA2001 an empty critical section is the point: wait while wedged
+				// An empty critical section: wait here while wedged.
 				b.gate.Unlock()
 				l.Beat()
 			}
