@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -21,7 +22,8 @@ type StaticOptions struct {
 	// TokenFile is read for the token and re-read when it changes; while it
 	// is missing, unreadable or empty there is no token.
 	TokenFile string
-	// PollInterval is how often TokenFile is checked; default 1 s.
+	// PollInterval is how often TokenFile is checked when its directory
+	// cannot be watched (inotify); default 1 s.
 	PollInterval time.Duration
 }
 
@@ -75,14 +77,36 @@ func (s *Static) Run(ctx context.Context) error {
 	}
 
 	w := fileWatch{log: s.log, path: s.opts.TokenFile}
+	// Watch first, then read: a change in between is not missed.
+	dw, err := watchDir(filepath.Dir(s.opts.TokenFile))
+	if err != nil {
+		s.log.Warn("cannot watch the token file's directory; polling it", "error", err, "interval", s.opts.PollInterval)
+	}
 	s.box.put(Credentials{Token: w.read(), ServerURL: s.opts.ServerURL})
-	ticker := time.NewTicker(s.opts.PollInterval)
-	defer ticker.Stop()
+	var changed <-chan struct{}
+	var poll <-chan time.Time
+	if dw != nil {
+		defer dw.Close()
+		changed = dw.changed
+	} else {
+		ticker := time.NewTicker(s.opts.PollInterval)
+		defer ticker.Stop()
+		poll = ticker.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-ticker.C:
+		case _, ok := <-changed:
+			if !ok {
+				// The directory went away: poll until it is back.
+				s.log.Warn("token file's directory is gone; polling it", "path", s.opts.TokenFile, "interval", s.opts.PollInterval)
+				changed = nil
+				ticker := time.NewTicker(s.opts.PollInterval)
+				defer ticker.Stop()
+				poll = ticker.C
+			}
+		case <-poll:
 		case <-s.refresh:
 		}
 		s.box.put(Credentials{Token: w.read(), ServerURL: s.opts.ServerURL})

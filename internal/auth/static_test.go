@@ -124,3 +124,39 @@ func TestStaticNoGoroutineLeak(t *testing.T) {
 	stop()
 	check()
 }
+
+// A write to the token file, or its replacement by a rename, is noticed
+// without polling (inotify on its directory).
+func TestStaticTokenFileWatched(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "token")
+	if err := os.WriteFile(file, []byte(secretPrefix+"1"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	log, _ := newLogger(t)
+	opts := staticOpts(file)
+	opts.PollInterval = time.Hour
+	src := auth.NewStatic(log, opts)
+	runSource(t, src)
+	expectNext(t, src, auth.Credentials{Token: secretPrefix + "1", ServerURL: opts.ServerURL})
+	tests := []struct {
+		name  string
+		token string
+		write func(string) error
+	}{
+		{"written in place", secretPrefix + "2", func(tok string) error { return os.WriteFile(file, []byte(tok), 0o600) }},
+		{"replaced by a rename", secretPrefix + "3", func(tok string) error {
+			tmp := filepath.Join(dir, ".token.new")
+			if err := os.WriteFile(tmp, []byte(tok), 0o600); err != nil {
+				return err
+			}
+			return os.Rename(tmp, file)
+		}},
+	}
+	for _, tt := range tests {
+		if err := tt.write(tt.token); err != nil {
+			t.Fatal(err)
+		}
+		expectNext(t, src, auth.Credentials{Token: tt.token, ServerURL: opts.ServerURL})
+	}
+}

@@ -59,9 +59,13 @@ func Run(ctx context.Context, o Options) error {
 	}
 
 	monitor := health.New(nil)
-	readerLoop := monitor.Register("link-reader", cfg.Link.ReadTimeout.Duration()+10*time.Second)
+	// How long each loop may leave a probe unanswered: the reader is
+	// parked while it waits in a read, so its figure covers handling one
+	// frame (and answering a ping, bounded by WriteTimeout); the writer
+	// may be in a write that progresses slowly; the janitor only sweeps.
+	readerLoop := monitor.Register("link-reader", cfg.Link.WriteTimeout.Duration()+10*time.Second)
 	writerLoop := monitor.Register("link-writer", 30*time.Second)
-	janitorLoop := monitor.Register("janitor", 30*time.Second)
+	janitorLoop := monitor.Register("janitor", 10*time.Second)
 	notifier := health.NewNotifier(log)
 	status := &statusLine{n: notifier, maxTotal: int(cfg.Sessions.MaxTotal), link: "starting"}
 
@@ -142,7 +146,6 @@ func Run(ctx context.Context, o Options) error {
 	start("link", func(c context.Context) { _ = lnk.Run(c, src.Updates()) })
 	start("janitor", router.Run)
 	start("watchdog", func(c context.Context) { notifier.RunWatchdog(c, monitor) })
-	start("status", status.run)
 	start("memory", release.run)
 	if cfg.Metrics.Listen != "" {
 		start("metrics", func(c context.Context) {
@@ -268,19 +271,4 @@ func (s *statusLine) publish() {
 	s.mu.Unlock()
 	n, u := s.counts()
 	s.n.Status(health.Summary{Link: l, Sessions: n, Users: u, MaxTotal: s.maxTotal}.String())
-}
-
-// run refreshes the status now and then as a backstop; changes are
-// published as they happen.
-func (s *statusLine) run(ctx context.Context) {
-	t := time.NewTicker(30 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			s.publish()
-		}
-	}
 }

@@ -7,29 +7,41 @@ import (
 	"time"
 )
 
-// fakeClock is a settable clock for deterministic staleness.
+// fakeClock is a settable clock: a monotonic reading the monitor uses and
+// a wall reading that tests step the way NTP does on a board without RTC.
 type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
+	mu   sync.Mutex
+	mono time.Duration
+	wall time.Time
 }
 
-func newFakeClock() *fakeClock { return &fakeClock{t: time.Unix(1_700_000_000, 0)} }
+func newFakeClock() *fakeClock { return &fakeClock{wall: time.Unix(0, 0)} }
 
-func (c *fakeClock) Now() time.Time {
+func (c *fakeClock) Mono() time.Duration {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.t
+	return c.mono
 }
 
+// Advance moves both readings, as time passing does.
 func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Lock()
-	c.t = c.t.Add(d)
+	c.mono += d
+	c.wall = c.wall.Add(d)
+	c.mu.Unlock()
+}
+
+// StepWall moves only the wall reading, as settimeofday does.
+func (c *fakeClock) StepWall(d time.Duration) {
+	c.mu.Lock()
+	c.wall = c.wall.Add(d)
 	c.mu.Unlock()
 }
 
 func TestMonitorCheck(t *testing.T) {
 	type step struct {
 		advance time.Duration
+		wall    time.Duration // wall-clock step before the check
 		do      func(l map[string]*Loop)
 		healthy bool
 		stale   []string
@@ -41,6 +53,7 @@ func TestMonitorCheck(t *testing.T) {
 			}
 		}
 	}
+	const years = 50 * 365 * 24 * time.Hour
 	tests := []struct {
 		name  string
 		steps []step
@@ -50,8 +63,9 @@ func TestMonitorCheck(t *testing.T) {
 			steps: []step{{healthy: true}},
 		},
 		{
-			name: "exactly maxSilence is not stale, just beyond is",
+			name: "a probe unanswered for exactly maxSilence is not stale, just beyond is",
 			steps: []step{
+				{healthy: true}, // probes
 				{advance: 2 * time.Second, healthy: true},
 				{advance: time.Nanosecond, healthy: false, stale: []string{"janitor", "reader", "router"}},
 			},
@@ -59,33 +73,60 @@ func TestMonitorCheck(t *testing.T) {
 		{
 			name: "only the silent loop is stale, names sorted",
 			steps: []step{
+				{healthy: true},
 				{advance: 1500 * time.Millisecond, do: beat("router", "reader"), healthy: true},
 				{advance: 1 * time.Second, healthy: false, stale: []string{"janitor"}},
 				{do: beat("janitor"), healthy: true},
 			},
 		},
 		{
-			name: "parked loop never stale; unpark counts as a beat",
+			name: "without a check nobody is asked, so nobody is stale",
+			steps: []step{
+				{advance: time.Hour, healthy: true},
+				{advance: 2 * time.Second, healthy: true},
+				{advance: time.Nanosecond, healthy: false, stale: []string{"janitor", "reader", "router"}},
+			},
+		},
+		{
+			name: "parked loop never stale; unpark counts as an answer",
 			steps: []step{
 				{do: func(l map[string]*Loop) { l["reader"].Park() }, healthy: true},
 				{advance: time.Hour, do: beat("router", "janitor"), healthy: true},
 				{do: func(l map[string]*Loop) { l["reader"].Unpark() }, healthy: true},
 				{advance: 1500 * time.Millisecond, do: beat("router", "janitor"), healthy: true},
 				{advance: 1 * time.Second, do: beat("router", "janitor"), healthy: false, stale: []string{"reader"}},
+				{do: func(l map[string]*Loop) { l["reader"].Park() }, healthy: true},
 			},
 		},
 		{
-			name: "a stale loop recovers by beating",
+			name: "a stale loop recovers by answering",
 			steps: []step{
+				{healthy: true},
 				{advance: 3 * time.Second, healthy: false, stale: []string{"janitor", "reader", "router"}},
 				{do: beat("router", "janitor", "reader"), healthy: true},
+			},
+		},
+		{
+			name: "a wall clock stepping forward trips nothing",
+			steps: []step{
+				{healthy: true},
+				{advance: time.Second, wall: years, healthy: true},
+				{advance: 500 * time.Millisecond, do: beat("router", "janitor", "reader"), healthy: true},
+			},
+		},
+		{
+			name: "a wall clock stepping back does not hide a wedged loop",
+			steps: []step{
+				{healthy: true},
+				{advance: time.Second, wall: -years, do: beat("router", "reader"), healthy: true},
+				{advance: 1500 * time.Millisecond, wall: -time.Hour, do: beat("router", "reader"), healthy: false, stale: []string{"janitor"}},
 			},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			clk := newFakeClock()
-			m := New(clk.Now)
+			m := New(clk.Mono)
 			loops := map[string]*Loop{
 				"router":  m.Register("router", 2*time.Second),
 				"janitor": m.Register("janitor", 2*time.Second),
@@ -93,6 +134,7 @@ func TestMonitorCheck(t *testing.T) {
 			}
 			for i, s := range tt.steps {
 				clk.Advance(s.advance)
+				clk.StepWall(s.wall)
 				if s.do != nil {
 					s.do(loops)
 				}
@@ -102,6 +144,31 @@ func TestMonitorCheck(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A check puts one probe on each loop's channel, a beat takes it back, and
+// an outstanding probe is not sent twice.
+func TestMonitorProbes(t *testing.T) {
+	m := New(newFakeClock().Mono)
+	l := m.Register("janitor", time.Second)
+	pending := func() int { return len(l.Probe()) }
+	m.Check()
+	if pending() != 1 {
+		t.Fatalf("after a check %d probes wait, want 1", pending())
+	}
+	m.Check()
+	if pending() != 1 {
+		t.Fatalf("after a second check %d probes wait, want 1", pending())
+	}
+	l.Beat()
+	if pending() != 0 {
+		t.Fatalf("after a beat %d probes wait, want 0", pending())
+	}
+	<-func() <-chan struct{} { m.Check(); return l.Probe() }()
+	l.Beat()
+	if ok, _ := m.Check(); !ok {
+		t.Fatal("a loop that answered its probe is stale")
 	}
 }
 
@@ -128,6 +195,10 @@ func TestMonitorConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for j := 0; j < 1000; j++ {
+				select {
+				case <-l.Probe():
+				default:
+				}
 				l.Beat()
 				if j%100 == 0 {
 					l.Park()

@@ -244,33 +244,29 @@ func TestRunWatchdogDisabled(t *testing.T) {
 	}
 }
 
-// beater is a loop that beats every few milliseconds until wedged, the way
-// a real loop beats from a ticker case in its select.
+// beater is a loop that answers probes from its select, the way a real
+// loop does, until wedged: then it blocks in the middle of handling one,
+// as a loop stuck on a lock would.
 type beater struct {
-	loop   *Loop
-	mu     sync.Mutex
-	wedged bool
-	stop   chan struct{}
-	done   chan struct{}
+	loop *Loop
+	gate sync.Mutex // held while wedged
+	stop chan struct{}
+	done chan struct{}
 }
 
 func startBeater(l *Loop) *beater {
 	b := &beater{loop: l, stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(b.done)
-		tick := time.NewTicker(5 * time.Millisecond)
-		defer tick.Stop()
 		for {
 			select {
 			case <-b.stop:
 				return
-			case <-tick.C:
-				b.mu.Lock()
-				w := b.wedged
-				b.mu.Unlock()
-				if !w {
-					l.Beat()
-				}
+			case <-l.Probe():
+				b.gate.Lock()
+				// An empty critical section: wait here while wedged.
+				b.gate.Unlock()
+				l.Beat()
 			}
 		}
 	}()
@@ -278,9 +274,11 @@ func startBeater(l *Loop) *beater {
 }
 
 func (b *beater) setWedged(w bool) {
-	b.mu.Lock()
-	b.wedged = w
-	b.mu.Unlock()
+	if w {
+		b.gate.Lock()
+	} else {
+		b.gate.Unlock()
+	}
 }
 
 func (b *beater) close() {

@@ -94,6 +94,11 @@ func (c *progressConn) Write(b []byte) (int, error) {
 			return total, err
 		}
 	}
+	// A deadline left set arms a runtime timer that wakes the idle
+	// daemon WriteTimeout after its last write, for nothing.
+	if err := c.Conn.SetWriteDeadline(time.Time{}); err != nil {
+		return total, err
+	}
 	return total, nil
 }
 

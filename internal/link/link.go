@@ -53,11 +53,14 @@ type Observer interface {
 	TokenChanged()
 }
 
-// Beater is a health loop handle (internal/health.Loop).
+// Beater is a health loop handle (internal/health.Loop): the writer
+// answers its Probe from its select; the reader parks while blocked in a
+// read, whose deadline bounds it.
 type Beater interface {
 	Beat()
 	Park()
 	Unpark()
+	Probe() <-chan struct{}
 }
 
 // Options configure the link.
@@ -441,6 +444,26 @@ func (l *Link) beat(b Beater) {
 	}
 }
 
+func (l *Link) park(b Beater) {
+	if b != nil {
+		b.Park()
+	}
+}
+
+func (l *Link) unpark(b Beater) {
+	if b != nil {
+		b.Unpark()
+	}
+}
+
+// probe is b's probe channel; nil (never ready) without a health handle.
+func probe(b Beater) <-chan struct{} {
+	if b == nil {
+		return nil
+	}
+	return b.Probe()
+}
+
 // readLoop reads frames until the connection fails. Any frame, data or
 // control, refreshes the read deadline (upstream only counted ping/pong).
 func (l *Link) readLoop(conn *websocket.Conn) error {
@@ -464,7 +487,13 @@ func (l *Link) readLoop(conn *websocket.Conn) error {
 	limit := int64(l.opts.MaxMessageSize)
 	buf := make([]byte, 0, 4096)
 	for {
+		// Blocked in a read the reader cannot answer a probe, and need
+		// not: the read deadline (ReadTimeout, renewed by every frame and
+		// the server's pings) ends the read by itself. Parked there, the
+		// reader is stale only if handling a frame wedges.
+		l.park(l.opts.Reader)
 		typ, r, err := conn.NextReader()
+		l.unpark(l.opts.Reader)
 		if err != nil {
 			return fmt.Errorf("read: %w", err)
 		}
@@ -514,17 +543,16 @@ func (l *Link) malformed(de *wire.DecodeError) {
 }
 
 // writeLoop is the only writer of data frames. It sends frames from the mux
-// in round-robin order and a keep-alive ping every PingInterval.
+// in round-robin order and a keep-alive ping every PingInterval. Idle, it
+// wakes only for the keep-alive and the health monitor's probe.
 func (l *Link) writeLoop(conn *websocket.Conn, done <-chan struct{}) error {
 	if l.opts.Writer != nil {
 		l.opts.Writer.Unpark()
 	}
 	ping := time.NewTicker(l.opts.PingInterval)
 	defer ping.Stop()
-	beat := time.NewTicker(time.Second)
-	defer beat.Stop()
+	asked := probe(l.opts.Writer)
 	for {
-		l.beat(l.opts.Writer)
 		for f := l.mux.Next(); f != nil; f = l.mux.Next() {
 			err := l.writeFrame(conn, f)
 			l.mux.Written(err)
@@ -542,7 +570,8 @@ func (l *Link) writeLoop(conn *websocket.Conn, done <-chan struct{}) error {
 		case <-done:
 			return nil
 		case <-l.mux.Wake():
-		case <-beat.C:
+		case <-asked:
+			l.beat(l.opts.Writer)
 		case <-ping.C:
 			if err := conn.WriteControl(websocket.PingMessage, []byte("60"), time.Now().Add(l.opts.WriteTimeout)); err != nil {
 				return fmt.Errorf("ping: %w", err)

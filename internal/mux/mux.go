@@ -38,6 +38,7 @@ type Mux struct {
 	ready []*Queue // queues with pending frames, in service order
 	up    bool
 	wake  chan struct{}
+	ups   chan struct{} // signalled when the link comes up
 
 	// writing is held by whoever writes a frame on the connection: the
 	// writer goroutine, or a producer taking the direct path.
@@ -58,7 +59,7 @@ func New(now func() time.Time) *Mux {
 	if now == nil {
 		now = time.Now
 	}
-	return &Mux{now: now, wake: make(chan struct{}, 1)}
+	return &Mux{now: now, wake: make(chan struct{}, 1), ups: make(chan struct{}, 1)}
 }
 
 // Queue is one producer's outbound frames.
@@ -224,6 +225,7 @@ func (m *Mux) Wake() <-chan struct{} { return m.wake }
 // (producers use it when the writer is idle).
 func (m *Mux) Up(direct func([]byte) error) {
 	m.mu.Lock()
+	wasUp := m.up
 	if !m.up {
 		m.up, m.upSince = true, m.now()
 	}
@@ -233,7 +235,14 @@ func (m *Mux) Up(direct func([]byte) error) {
 	if pending {
 		m.signal()
 	}
+	if !wasUp {
+		notify(m.ups)
+	}
 }
+
+// Ups is signalled when the link comes up: link-up time starts to run
+// again, so timers kept in it (the health check's) are due again.
+func (m *Mux) Ups() <-chan struct{} { return m.ups }
 
 // Down switches the mux down; queued frames wait for the next connection.
 func (m *Mux) Down() {
@@ -248,13 +257,19 @@ func (m *Mux) Down() {
 
 // UpTime is the total time the link has been up, by the monotonic clock.
 func (m *Mux) UpTime() time.Duration {
+	d, _ := m.UpState()
+	return d
+}
+
+// UpState is UpTime and whether the link is up now (so it is running).
+func (m *Mux) UpState() (total time.Duration, up bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	d := m.upTotal
 	if m.up {
 		d += m.now().Sub(m.upSince)
 	}
-	return d
+	return d, m.up
 }
 
 // Next pops the next frame in round-robin order, or nil if none is pending

@@ -85,6 +85,12 @@ type Lease interface {
 	Queue() *mux.Queue
 	// UpTime is the link-up time, which health checks count.
 	UpTime() time.Duration
+	// UpState is UpTime and whether the link is up now (link-up time
+	// stands still while it is down).
+	UpState() (time.Duration, bool)
+	// Wake tells the janitor that the session's next due time moved
+	// closer (a ping left, so its pong deadline runs). It never blocks.
+	Wake()
 	// Active records input from the peer: idle expiry counts from the
 	// latest.
 	Active()
@@ -108,8 +114,23 @@ type AdmittedSession interface {
 	// grace per step. It releases the lease and returns at once; the
 	// first request wins.
 	Stop(reason, notice string, grace time.Duration)
-	// Supervise runs on every janitor tick (the session's health check).
-	Supervise()
+	// Supervise runs on every janitor sweep (the session's health check).
+	// It returns how long of link-up time until it is next due (0: nothing
+	// is while nothing changes) and whether it queued a ping; a ping may
+	// go up to early before it is due, so that sessions share wakeups.
+	Supervise(early time.Duration) (next time.Duration, pinged bool)
+}
+
+// Sooner returns the earlier of two delays, where 0 means none; a delay
+// that is due already counts as a millisecond, so a timer never spins.
+func Sooner(a, b time.Duration) time.Duration {
+	switch {
+	case b <= 0:
+		return a
+	case a <= 0 || b < a:
+		return max(b, time.Millisecond)
+	}
+	return a
 }
 
 // Admission refusals; the protocol answers its peer in its own words.

@@ -128,6 +128,8 @@ func (r *Router) touchCtrl(sid string) *ctrlSession {
 	c := &ctrlSession{sid: sid, lastIn: now}
 	r.ctrl[sid] = c
 	r.mu.Unlock()
+	r.wake() // its idle ping is due
+
 	if evicted != nil {
 		r.closeProtos(evicted)
 	}
@@ -205,9 +207,12 @@ func (r *Router) handleControl(m *wire.ProtoMsg) {
 	}
 }
 
-func (r *Router) superviseCtrl(now time.Time) {
+// superviseCtrl pings idle router sessions and ends those that did not
+// answer; it returns how long until it is next due (0: nothing is).
+func (r *Router) superviseCtrl(now time.Time) time.Duration {
 	var ping, timeout []string
 	var ended []*ctrlSession
+	var next time.Duration
 	r.mu.Lock()
 	for sid, c := range r.ctrl {
 		switch {
@@ -218,6 +223,11 @@ func (r *Router) superviseCtrl(now time.Time) {
 		case c.pinged.IsZero() && now.Sub(c.lastIn) >= ctrlPingAfter:
 			c.pinged = now
 			ping = append(ping, sid)
+			next = sooner(next, ctrlTimeoutAfter)
+		case c.pinged.IsZero():
+			next = sooner(next, ctrlPingAfter-now.Sub(c.lastIn))
+		default:
+			next = sooner(next, ctrlTimeoutAfter-now.Sub(c.pinged))
 		}
 	}
 	r.mu.Unlock()
@@ -230,4 +240,5 @@ func (r *Router) superviseCtrl(now time.Time) {
 	for _, sid := range timeout {
 		r.sendControlError(sid, "session timeout", true, nil)
 	}
+	return next
 }

@@ -28,12 +28,14 @@ type leased struct {
 }
 
 // The lease (proto.Lease) an admitted session holds.
-func (l *leased) Queue() *mux.Queue             { return l.q }
-func (l *leased) UpTime() time.Duration         { return l.r.mux.UpTime() }
-func (l *leased) Active()                       { l.lastInput.Store(int64(l.r.mono())) }
-func (l *leased) Release()                      { l.r.remove(l) }
-func (l *leased) Done()                         { l.r.wg.Done() }
-func (l *leased) ShuttingDown() <-chan struct{} { return l.r.done }
+func (l *leased) Queue() *mux.Queue              { return l.q }
+func (l *leased) UpTime() time.Duration          { return l.r.mux.UpTime() }
+func (l *leased) UpState() (time.Duration, bool) { return l.r.mux.UpState() }
+func (l *leased) Wake()                          { l.r.wake() }
+func (l *leased) Active()                        { l.lastInput.Store(int64(l.r.mono())) }
+func (l *leased) Release()                       { l.r.remove(l) }
+func (l *leased) Done()                          { l.r.wg.Done() }
+func (l *leased) ShuttingDown() <-chan struct{}  { return l.r.done }
 
 func (l *leased) stop(reason, notice string) { l.s.Stop(reason, notice, l.r.opts.StopGrace) }
 
@@ -115,6 +117,7 @@ func (r *Router) Admit(sid, user string, open func(proto.Lease) proto.AdmittedSe
 	l.s = open(l)
 	r.shells[sid] = l
 	r.mu.Unlock()
+	r.wake() // its expiry and first ping are due
 
 	if evict != nil {
 		r.log.Info("evicting a session of the user for a new one", "event", "session_evict",
@@ -151,17 +154,29 @@ func (r *Router) remove(l *leased) {
 	r.mu.Unlock()
 }
 
-// supervise runs on every janitor tick: expiry, then the session's own
-// health check. Expiry runs on the router's monotonic clock.
-func (l *leased) supervise(now time.Duration) {
+// supervise runs on every janitor sweep: expiry, then the session's own
+// health check. It returns how long until it is next due (0: nothing is
+// while nothing changes) and whether a ping was queued. Expiry runs on the
+// router's monotonic clock, the health check on link-up time.
+func (l *leased) supervise(now, early time.Duration) (time.Duration, bool) {
 	o := &l.r.opts
-	if o.AbsoluteTimeout > 0 && now-l.born >= o.AbsoluteTimeout {
-		l.stop(proto.ReasonAbsoluteExpired, fmt.Sprintf("session expired: open for %s", o.AbsoluteTimeout))
-		return
+	var next time.Duration
+	if o.AbsoluteTimeout > 0 {
+		left := l.born + o.AbsoluteTimeout - now
+		if left <= 0 {
+			l.stop(proto.ReasonAbsoluteExpired, fmt.Sprintf("session expired: open for %s", o.AbsoluteTimeout))
+			return 0, false
+		}
+		next = sooner(next, left)
 	}
-	if o.IdleTimeout > 0 && now-time.Duration(l.lastInput.Load()) >= o.IdleTimeout {
-		l.stop(proto.ReasonIdleExpired, fmt.Sprintf("session expired: idle for %s", o.IdleTimeout))
-		return
+	if o.IdleTimeout > 0 {
+		left := time.Duration(l.lastInput.Load()) + o.IdleTimeout - now
+		if left <= 0 {
+			l.stop(proto.ReasonIdleExpired, fmt.Sprintf("session expired: idle for %s", o.IdleTimeout))
+			return 0, false
+		}
+		next = sooner(next, left)
 	}
-	l.s.Supervise()
+	d, pinged := l.s.Supervise(early)
+	return sooner(next, d), pinged
 }

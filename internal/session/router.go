@@ -27,8 +27,11 @@ type Recorder interface {
 	LimitRejected(limit string)
 }
 
-// Beater is a health loop handle.
-type Beater interface{ Beat() }
+// Beater is a health loop handle: the janitor answers its Probe.
+type Beater interface {
+	Beat()
+	Probe() <-chan struct{}
+}
 
 // Options configure the router.
 type Options struct {
@@ -90,6 +93,9 @@ type Router struct {
 	plog         peerLogs
 	done         chan struct{} // closed by Shutdown
 	doneOnce     sync.Once
+	// kick wakes the janitor to recompute when it is next due: a session
+	// opened, a ping left (its pong deadline starts).
+	kick chan struct{}
 }
 
 // OutputBudget is what all shell sessions' outbound queues may hold
@@ -125,6 +131,7 @@ func New(opts Options, m *mux.Mux) *Router {
 		now:    opts.Now,
 		base:   opts.Now(),
 		done:   make(chan struct{}),
+		kick:   make(chan struct{}, 1),
 		protos: make(map[uint16]proto.Protocol),
 		anon:   &ctrlSession{},
 		shells: make(map[string]*leased),
@@ -297,33 +304,66 @@ func (r *Router) stopAllGrace(reason, notice string, grace time.Duration) {
 }
 
 // Run is the janitor: expiry, shell health pings, pong timeouts and
-// control session supervision. It ends with ctx.
+// control session supervision. It ends with ctx. It sleeps until the next
+// of those is due (none while no session is open), and wakes early only
+// when that may have moved closer: a session opened, a ping left, the link
+// came up. The health monitor's probe is answered without a sweep.
 func (r *Router) Run(ctx context.Context) {
-	tick := time.Second
-	for _, d := range []time.Duration{r.opts.PingInterval / 4, r.opts.IdleTimeout / 4, r.opts.AbsoluteTimeout / 4} {
-		if d > 0 && d < tick {
-			tick = d
-		}
+	var probe <-chan struct{}
+	if r.opts.Janitor != nil {
+		probe = r.opts.Janitor.Probe()
 	}
-	if tick < 10*time.Millisecond {
-		tick = 10 * time.Millisecond
-	}
-	t := time.NewTicker(tick)
+	t := time.NewTimer(time.Hour)
+	stopTimer(t)
 	defer t.Stop()
 	for {
-		if r.opts.Janitor != nil {
-			r.opts.Janitor.Beat()
+		stopTimer(t)
+		if next := r.sweep(); next > 0 {
+			t.Reset(next)
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			r.sweep()
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-probe:
+				r.opts.Janitor.Beat()
+				continue
+			case <-t.C:
+			case <-r.kick:
+			case <-r.mux.Ups():
+			}
+			break wait
 		}
 	}
 }
 
-func (r *Router) sweep() {
+// stopTimer stops t and empties its channel, so that Reset starts afresh
+// (go.mod's Go 1.22 keeps the old timer channel semantics).
+func stopTimer(t *time.Timer) {
+	if !t.Stop() {
+		select {
+		case <-t.C:
+		default:
+		}
+	}
+}
+
+// wake tells the janitor that something may be due sooner; it never
+// blocks.
+func (r *Router) wake() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// sooner returns the earlier of two delays, where 0 means none.
+func sooner(a, b time.Duration) time.Duration { return proto.Sooner(a, b) }
+
+// sweep supervises every session once and returns how long until the
+// next thing is due by the router clock; 0 means nothing is.
+func (r *Router) sweep() time.Duration {
 	r.mu.Lock()
 	all := make([]*leased, 0, len(r.shells))
 	for _, s := range r.shells {
@@ -331,10 +371,22 @@ func (r *Router) sweep() {
 	}
 	r.mu.Unlock()
 	now := r.mono()
-	for _, s := range all {
-		s.supervise(now)
+	next, pinged := superviseAll(all, now, 0)
+	if early := r.opts.PingInterval / 4; pinged && early > 0 {
+		// Pings going out anyway take along those due soon, so that
+		// sessions opened at different times fall into step and share
+		// the janitor's wakeups; alone, a session pings on time.
+		next, _ = superviseAll(all, now, early)
 	}
-	r.superviseCtrl(r.now())
+	return sooner(next, r.superviseCtrl(r.now()))
+}
+
+func superviseAll(all []*leased, now, early time.Duration) (next time.Duration, pinged bool) {
+	for _, s := range all {
+		d, p := s.supervise(now, early)
+		next, pinged = sooner(next, d), pinged || p
+	}
+	return next, pinged
 }
 
 // send queues a frame that belongs to no shell session (or whose session

@@ -3,6 +3,7 @@ package session
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -67,10 +68,21 @@ type testSession struct {
 	mu      sync.Mutex
 	reason  string
 	checked int
+	// due and ping are what its health check answers; early records the
+	// lead each sweep allowed it.
+	due   time.Duration
+	ping  bool
+	early []time.Duration
 }
 
 func (s *testSession) Handle(*wire.ProtoMsg) {}
-func (s *testSession) Supervise()            { s.mu.Lock(); s.checked++; s.mu.Unlock() }
+func (s *testSession) Supervise(early time.Duration) (time.Duration, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.checked++
+	s.early = append(s.early, early)
+	return s.due, s.ping
+}
 func (s *testSession) Stop(reason, _ string, _ time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -179,5 +191,126 @@ func TestAdmitRefusals(t *testing.T) {
 				t.Fatalf("Admit = %v, want %v", err, tt.want)
 			}
 		})
+	}
+}
+
+// The janitor sleeps until the next thing is due: nothing without
+// sessions, otherwise the nearest of expiry and the sessions' own health
+// checks (the terminal's tests pin when those are due).
+func TestSweepNextDue(t *testing.T) {
+	tests := []struct {
+		name    string
+		opts    Options
+		session bool
+		health  time.Duration // what the session's health check says
+		want    time.Duration
+	}{
+		{name: "no session", opts: Options{IdleTimeout: time.Hour, PingInterval: 60 * time.Second}, want: 0},
+		{name: "idle expiry", opts: Options{IdleTimeout: 10 * time.Second}, session: true, want: 10 * time.Second},
+		{name: "absolute before idle", opts: Options{IdleTimeout: time.Hour, AbsoluteTimeout: 20 * time.Second}, session: true, want: 20 * time.Second},
+		{name: "health check sooner", opts: Options{IdleTimeout: time.Hour}, session: true, health: 5 * time.Second, want: 5 * time.Second},
+		{name: "health check later", opts: Options{IdleTimeout: 10 * time.Second}, session: true, health: time.Minute, want: 10 * time.Second},
+		{name: "nothing configured", session: true, want: 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &clock{now: time.Unix(0, 0)}
+			tt.opts.Now = c.Now
+			tt.opts.MaxPerUser, tt.opts.MaxTotal = 1, 1
+			m := mux.New(c.Now)
+			r := New(tt.opts, m)
+			m.Up(nil)
+			if tt.session {
+				admitTest(t, r, "s1").due = tt.health
+			}
+			if got := r.sweep(); got != tt.want {
+				t.Fatalf("sweep() = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// A control session's idle ping and its answer deadline are what the
+// janitor waits for.
+func TestSweepNextDueControl(t *testing.T) {
+	c := &clock{now: time.Unix(0, 0)}
+	m := mux.New(c.Now)
+	r := New(Options{Now: c.Now}, m)
+	m.Up(nil)
+	r.touchCtrl("c1")
+	c.Add(8 * time.Second)
+	if got := r.sweep(); got != ctrlPingAfter-8*time.Second {
+		t.Fatalf("sweep() = %v, want the idle ping in %v", got, ctrlPingAfter-8*time.Second)
+	}
+	c.Add(ctrlPingAfter - 8*time.Second)
+	if got := r.sweep(); got != ctrlTimeoutAfter {
+		t.Fatalf("sweep() after the ping = %v, want its deadline %v", got, ctrlTimeoutAfter)
+	}
+}
+
+// probeLoop is a health handle whose probes the test sends.
+type probeLoop struct {
+	probe chan struct{}
+	beats chan struct{}
+}
+
+func (p *probeLoop) Probe() <-chan struct{} { return p.probe }
+func (p *probeLoop) Beat()                  { p.beats <- struct{}{} }
+
+// The running janitor answers probes while it has nothing to do, and a
+// session admitted while it sleeps is swept at once.
+func TestJanitorAnswersProbesAndWakes(t *testing.T) {
+	p := &probeLoop{probe: make(chan struct{}, 1), beats: make(chan struct{}, 1)}
+	m := mux.New(nil)
+	m.Up(nil)
+	r := New(Options{PingInterval: time.Hour, Janitor: p, MaxPerUser: 1, MaxTotal: 1}, m)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for i := 0; i < 3; i++ {
+		p.probe <- struct{}{}
+		select {
+		case <-p.beats:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("probe %d not answered", i)
+		}
+	}
+	s := admitTest(t, r, "s1")
+	r.wake()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s.mu.Lock()
+		n := s.checked
+		s.mu.Unlock()
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the janitor was woken for a new session but did not sweep it")
+		}
+		time.Sleep(time.Millisecond) // the janitor runs on its own goroutine
+	}
+}
+
+// When a ping goes out, the sweep runs again allowing a quarter interval's
+// lead, so that sessions due soon go along and share one wakeup; without
+// a ping nobody goes early.
+func TestPingsFallIntoStep(t *testing.T) {
+	m := mux.New(nil)
+	m.Up(nil)
+	r := New(Options{PingInterval: 60 * time.Second, MaxPerUser: 2, MaxTotal: 2}, m)
+	quiet := admitTest(t, r, "a")
+	r.sweep()
+	if got := fmt.Sprint(quiet.early); got != "[0s]" {
+		t.Fatalf("leads without a ping: %s, want [0s]", got)
+	}
+	pinging := &testSession{ping: true}
+	if err := r.Admit("b", "u", func(proto.Lease) proto.AdmittedSession { return pinging }); err != nil {
+		t.Fatal(err)
+	}
+	r.sweep()
+	if got := fmt.Sprint(quiet.early); got != "[0s 0s 15s]" {
+		t.Fatalf("leads after another session's ping: %s, want [0s 0s 15s]", got)
 	}
 }

@@ -42,6 +42,7 @@ func main() {
 	keys := flag.Int("keys", 1000, "keystrokes for the echo round trip")
 	mb := flag.Int("mb", 256, "MiB of output for the throughput run")
 	pfOnly := flag.Bool("portforward-only", false, "measure only port forwarding")
+	idleOnly := flag.Bool("idle-only", false, "measure only the idle daemon's wakeups and CPU")
 	flag.Parse()
 	if os.Getenv(echoServerEnv) == "1" {
 		if err := serveEcho(); err != nil {
@@ -57,7 +58,7 @@ func main() {
 		}
 		return
 	}
-	if err := run(*bin, *keys, *mb); err != nil {
+	if err := run(*bin, *keys, *mb, *idleOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "tetherbench:", err)
 		os.Exit(1)
 	}
@@ -211,7 +212,7 @@ func (d *daemon) status(key string) int {
 	return 0
 }
 
-func run(bin string, keys, mb int) error {
+func run(bin string, keys, mb int, idleOnly bool) error {
 	if _, err := os.Stat(bin); err != nil {
 		return fmt.Errorf("%s: %w (run make build)", bin, err)
 	}
@@ -259,6 +260,9 @@ func run(bin string, keys, mb int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	b := &bench{c: c, ctx: ctx}
+	if err := b.idle(d.cmd.Process.Pid); err != nil || idleOnly {
+		return err
+	}
 
 	// Keystroke echo: the pty's line discipline echoes at a prompt, so the
 	// round trip is websocket → daemon → pty → daemon → websocket.

@@ -221,22 +221,36 @@ func (s *session) resize(cols, rows uint16) {
 	}
 }
 
-// Supervise runs on every janitor tick: pings and the pong timeout. The
-// health check runs on link-up time, so a flaky link never ends a session
-// whose peer could not answer.
-func (s *session) Supervise() {
+// Supervise runs on every janitor sweep: pings and the pong timeout. It
+// returns how long of link-up time until it is next due (0: not while
+// nothing changes) and whether it queued a ping; a ping goes up to early
+// before it is due. The health check runs on link-up time, so a flaky
+// link never ends a session whose peer could not answer.
+func (s *session) Supervise(early time.Duration) (time.Duration, bool) {
 	o := &s.t.opts
-	up := s.lease.UpTime()
+	var next time.Duration
+	up, linkUp := s.lease.UpState()
 	s.hmu.Lock()
 	late := o.PongTimeout > 0 && s.awaiting && up-s.pingLeft >= o.PongTimeout
-	ping := !late && o.PingInterval > 0 && !s.pingQueued && up-s.lastPingAt >= o.PingInterval
+	ping := !late && o.PingInterval > 0 && !s.pingQueued && up-s.lastPingAt >= o.PingInterval-early
 	if ping {
 		s.pingQueued, s.lastPingAt = true, up
+	}
+	if linkUp && !late {
+		// Link-up time stands still while the link is down; the mux
+		// wakes the janitor when it comes back.
+		if o.PongTimeout > 0 && s.awaiting {
+			next = proto.Sooner(next, s.pingLeft+o.PongTimeout-up)
+		}
+		if o.PingInterval > 0 && !s.pingQueued {
+			next = proto.Sooner(next, s.lastPingAt+o.PingInterval-up)
+		}
 	}
 	s.hmu.Unlock()
 	switch {
 	case late:
 		s.Stop(proto.ReasonHealthTimeout, fmt.Sprintf("health check failed: no pong for %s", o.PongTimeout), o.StopGrace)
+		return 0, false
 	case ping:
 		m := shellMsg(s.sid, wire.ShellPing, wire.StatusControl, "")
 		// The peer re-arms its own health timer with this; it is the
@@ -244,10 +258,12 @@ func (s *session) Supervise() {
 		m.Header.Properties[wire.PropTimeout] = int((o.PongTimeout + time.Second - 1) / time.Second)
 		s.sendControl(m, s.pingSent)
 	}
+	return next, ping
 }
 
 // pingSent runs (in the link's writer) when a ping left: its pong deadline
-// starts now, unless an older ping is still unanswered.
+// starts now, unless an older ping is still unanswered. The janitor learns
+// of the new deadline and the next ping's time.
 func (s *session) pingSent() {
 	up := s.lease.UpTime()
 	s.hmu.Lock()
@@ -256,6 +272,7 @@ func (s *session) pingSent() {
 		s.awaiting, s.pingLeft = true, up
 	}
 	s.hmu.Unlock()
+	s.lease.Wake()
 }
 
 // sendControl queues a small frame behind the session's output even when

@@ -153,12 +153,14 @@ type testLease struct {
 	released bool
 }
 
-func (l *testLease) Queue() *mux.Queue             { return l.q }
-func (l *testLease) UpTime() time.Duration         { return l.m.UpTime() }
-func (l *testLease) Active()                       {}
-func (l *testLease) Release()                      { l.released = true }
-func (l *testLease) Done()                         {}
-func (l *testLease) ShuttingDown() <-chan struct{} { return nil }
+func (l *testLease) Queue() *mux.Queue              { return l.q }
+func (l *testLease) UpTime() time.Duration          { return l.m.UpTime() }
+func (l *testLease) UpState() (time.Duration, bool) { return l.m.UpState() }
+func (l *testLease) Wake()                          {}
+func (l *testLease) Active()                        {}
+func (l *testLease) Release()                       { l.released = true }
+func (l *testLease) Done()                          {}
+func (l *testLease) ShuttingDown() <-chan struct{}  { return nil }
 
 // testSession is a shell session without a shell: only its lease, queue
 // and health state.
@@ -192,14 +194,14 @@ func TestHealthCheckCountsLinkUpTime(t *testing.T) {
 	s := testSession(New(Options{PingInterval: time.Second, PongTimeout: 3 * time.Second, StopGrace: time.Millisecond}), m, "s1")
 	m.Up(nil)
 	c.Add(time.Second)
-	s.Supervise() // a ping is queued, but the link drops before it leaves
+	s.Supervise(0) // a ping is queued, but the link drops before it leaves
 	m.Down()
 	for i := 0; i < 100; i++ {
 		c.Add(time.Second)
-		s.Supervise()
+		s.Supervise(0)
 	}
 	c.Add(time.Hour)
-	s.Supervise()
+	s.Supervise(0)
 	if stopped(s) {
 		t.Fatal("session ended while the link was down")
 	}
@@ -215,13 +217,13 @@ func TestHealthCheckCountsLinkUpTime(t *testing.T) {
 	}
 	// Its deadline runs from now, in link-up time.
 	c.Add(2500 * time.Millisecond)
-	s.Supervise()
+	s.Supervise(0)
 	frames(m)
 	if stopped(s) {
 		t.Fatal("ended before 3 s of link-up time since the ping left")
 	}
 	c.Add(500 * time.Millisecond)
-	s.Supervise()
+	s.Supervise(0)
 	if !stopped(s) {
 		t.Fatal("no pong for 3 s of link-up time, yet the session lives")
 	}
@@ -238,12 +240,66 @@ func TestPongKeepsSession(t *testing.T) {
 	m.Up(nil)
 	for i := 0; i < 20; i++ {
 		c.Add(time.Second)
-		s.Supervise()
+		s.Supervise(0)
 		frames(m)
 		s.Handle(&wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoShell, MsgType: wire.ShellPong, SessionID: "s1"}})
 	}
 	if stopped(s) {
 		t.Fatal("a session that answers every ping was ended")
+	}
+}
+
+// The health check says when it is next due: the next ping, or the pong
+// deadline once a ping left, and nothing while link-up time stands still.
+func TestHealthCheckNextDue(t *testing.T) {
+	tests := []struct {
+		name    string
+		up      bool
+		pingOut bool // a ping left
+		want    time.Duration
+	}{
+		{"ping", true, false, 60 * time.Second},
+		{"no timer while the link is down", false, false, 0},
+		{"pong deadline", true, true, 5 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &clock{now: time.Unix(0, 0)}
+			m := mux.New(c.Now)
+			s := testSession(New(Options{PingInterval: 60 * time.Second, PongTimeout: 5 * time.Second}), m, "s1")
+			if tt.up {
+				m.Up(nil)
+			}
+			if tt.pingOut {
+				s.pingSent()
+			}
+			got, pinged := s.Supervise(0)
+			if got != tt.want || pinged {
+				t.Fatalf("Supervise(0) = %v, %v; want %v and no ping", got, pinged, tt.want)
+			}
+			if len(frames(m)) != 0 {
+				t.Fatal("sent a frame although nothing was due")
+			}
+		})
+	}
+}
+
+// A ping due within the lead the router allows goes now; without the lead
+// it waits for its time.
+func TestPingGoesEarlyWithALead(t *testing.T) {
+	c := &clock{now: time.Unix(0, 0)}
+	m := mux.New(c.Now)
+	s := testSession(New(Options{PingInterval: 60 * time.Second}), m, "s1")
+	m.Up(nil)
+	c.Add(50 * time.Second)
+	if next, pinged := s.Supervise(0); pinged || next != 10*time.Second {
+		t.Fatalf("Supervise(0) = %v, %v; want 10s and no ping", next, pinged)
+	}
+	if _, pinged := s.Supervise(15 * time.Second); !pinged {
+		t.Fatal("a ping due in 10 s did not go with a 15 s lead")
+	}
+	if got := frames(m); len(got) != 1 || got[0].Header.MsgType != wire.ShellPing {
+		t.Fatalf("frames %v, want one ping", got)
 	}
 }
 
