@@ -2,5 +2,5 @@
 .PHONY: fuzz-filetransfer
 fuzz: fuzz-filetransfer
 fuzz-filetransfer:
-	$(GO) test -run '^$$' -fuzz FuzzFileTransferBodies -fuzztime $(FUZZTIME) ./internal/wire
-	$(GO) test -run '^$$' -fuzz FuzzHandle -fuzztime $(FUZZTIME) ./internal/proto/filetransfer
+	$(GO) test -run '^$$' -fuzz FuzzFileTransferBodies -fuzztime $(FUZZ_BODIES) ./internal/wire
+	$(GO) test -run '^$$' -fuzz FuzzHandle -fuzztime $(FUZZ_HANDLER) ./internal/proto/filetransfer
