@@ -109,10 +109,16 @@ func (p *ftPeer) send(typ string, props map[string]interface{}, body []byte) err
 }
 
 // recv waits for the next device message of this session, answering
-// control pings on the way.
+// control pings on the way, for at most FileTransferTimeout (the real
+// server's wait per message).
 func (p *ftPeer) recv(ctx context.Context) (*wire.ProtoMsg, error) {
 	t := time.NewTimer(FileTransferTimeout)
 	defer t.Stop()
+	return p.recvUntil(ctx, t.C)
+}
+
+// recvUntil is recv with its own timeout channel (nil: none).
+func (p *ftPeer) recvUntil(ctx context.Context, timeout <-chan time.Time) (*wire.ProtoMsg, error) {
 	for {
 		select {
 		case m := <-p.in:
@@ -127,7 +133,7 @@ func (p *ftPeer) recv(ctx context.Context) (*wire.ProtoMsg, error) {
 			return nil, errors.New("device messages lost: the server's peer fell behind")
 		case <-p.dev.Done():
 			return nil, errors.New("device disconnected")
-		case <-t.C:
+		case <-timeout:
 			return nil, errFTTimeout
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -568,22 +574,5 @@ func (p *ftPeer) uploadInbound(ctx context.Context, acks chan int64, errc chan<-
 // recvNoTimeout is recv without the per-message timer: the writer side
 // keeps the upload's clock.
 func (p *ftPeer) recvNoTimeout(ctx context.Context) (*wire.ProtoMsg, error) {
-	for {
-		select {
-		case m := <-p.in:
-			if m.Header.Proto == wire.ProtoControl && m.Header.MsgType == wire.TypePing {
-				if err := p.send(wire.TypePong, nil, nil); err != nil {
-					return nil, err
-				}
-				continue
-			}
-			return m, nil
-		case <-p.lost:
-			return nil, errors.New("device messages lost: the server's peer fell behind")
-		case <-p.dev.Done():
-			return nil, errors.New("device disconnected")
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
+	return p.recvUntil(ctx, nil)
 }
