@@ -28,6 +28,7 @@ TETHER_LICENSE = Apache-2.0, \
 	BSD-2-Clause (github.com/vmihailenco/msgpack/v5), \
 	BSD-2-Clause (github.com/vmihailenco/tagparser/v2), \
 	BSD-3-Clause (golang.org/x/sys), \
+	BSD-3-Clause (golang.org/x/time), \
 	BSD-3-Clause (google.golang.org/protobuf)
 TETHER_LICENSE_FILES = LICENSE \
 	vendor/github.com/beorn7/perks/LICENSE \
@@ -45,6 +46,7 @@ TETHER_LICENSE_FILES = LICENSE \
 	vendor/github.com/vmihailenco/msgpack/v5/LICENSE \
 	vendor/github.com/vmihailenco/tagparser/v2/LICENSE \
 	vendor/golang.org/x/sys/LICENSE \
+	vendor/golang.org/x/time/LICENSE \
 	vendor/google.golang.org/protobuf/LICENSE
 # END generated
 
