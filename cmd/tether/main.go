@@ -162,6 +162,7 @@ func runDaemon(path, fallback string, debug, trace bool, stderr io.Writer) int {
 	limit, source := setMemoryLimit()
 	log.Debug("Go memory limit", "bytes", limit, "from", source)
 	ctx, stop := stopContext(log)
+	resetInheritedIgnores()
 	defer stop()
 	if err := daemon.Run(ctx, daemon.Options{Config: cfg, Log: log, Version: version.Version, Subreaper: true}); err != nil {
 		log.Error("tether failed", "error", err)

@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // What the daemon's parent leaves it (descriptors, signal dispositions)
@@ -44,13 +47,16 @@ func TestInheritedDescriptorNotInShells(t *testing.T) {
 	}
 }
 
-// A daemon started with SIGHUP ignored (nohup, some init scripts) does not
-// pass the ignore on: a shell's commands see no ignored signal, and the
-// shell itself can be hung up.
+// A daemon started with SIGHUP ignored (nohup, some init scripts) and with
+// signal 32 ignored (GNU make does that to what it runs) does not pass the
+// ignores on: a shell's commands see no ignored signal, and the shell
+// itself can be hung up.
 func TestShellsDoNotInheritIgnoredSignals(t *testing.T) {
+	restore := ignoreSignal(t, 32)
 	e := newEnvWith(t, nil, func(e *env) {
 		e.wrap = []string{"/bin/sh", "-c", `trap "" HUP; exec "$0" "$@"`}
 	})
+	restore() // the daemon has it; the rest of the tests should not
 	e.waitDevice()
 	term := e.open(adminEmail)
 	out := e.run(term, "grep SigIgn /proc/self/status; echo shell-$(sed -n 's/^SigIgn:[[:space:]]*//p' /proc/$$/status)")
@@ -68,4 +74,22 @@ func TestShellsDoNotInheritIgnoredSignals(t *testing.T) {
 	if mask&1 != 0 { // bit 0 is signal 1, SIGHUP
 		t.Fatalf("the shell ignores SIGHUP (SigIgn %016x)", mask)
 	}
+}
+
+// ignoreSignal sets sig to SIG_IGN in this process, so that what it starts
+// inherits the ignore (a shell cannot ignore 32: glibc refuses it), and
+// returns the function that sets SIG_DFL again. The kernel's struct
+// sigaction starts with the handler on the architectures these tests run
+// on (amd64, arm64), and SIG_IGN is 1.
+func ignoreSignal(t *testing.T, sig int) func() {
+	t.Helper()
+	set := func(handler byte) {
+		var act [64]byte
+		act[0] = handler
+		if _, _, e := unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), uintptr(unsafe.Pointer(&act[0])), 0, 8, 0, 0); e != 0 {
+			t.Fatalf("rt_sigaction(%d): %v", sig, e)
+		}
+	}
+	set(1)
+	return func() { set(0) }
 }
