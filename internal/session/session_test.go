@@ -11,6 +11,7 @@ import (
 	"github.com/tether-agent/tether/internal/leakcheck"
 	"github.com/tether-agent/tether/internal/mux"
 	"github.com/tether-agent/tether/internal/proto"
+	"github.com/tether-agent/tether/internal/testclock"
 	"github.com/tether-agent/tether/internal/wire"
 )
 
@@ -47,19 +48,6 @@ func TestAdmit(t *testing.T) {
 			}
 		})
 	}
-}
-
-// clock is a test clock that only moves when told.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
 }
 
 // testSession is an admitted session without a protocol behind it: it
@@ -116,7 +104,7 @@ func TestExpiryFollowsClock(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := &clock{now: time.Unix(0, 0)}
+			c := testclock.New(time.Unix(0, 0))
 			tt.opts.Now = c.Now
 			tt.opts.MaxPerUser, tt.opts.MaxTotal = 1, 1
 			r := New(tt.opts, mux.New(c.Now))
@@ -214,7 +202,7 @@ func TestSweepNextDue(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := &clock{now: time.Unix(0, 0)}
+			c := testclock.New(time.Unix(0, 0))
 			tt.opts.Now = c.Now
 			tt.opts.MaxPerUser, tt.opts.MaxTotal = 1, 1
 			m := mux.New(c.Now)
@@ -233,7 +221,7 @@ func TestSweepNextDue(t *testing.T) {
 // A control session's idle ping and its answer deadline are what the
 // janitor waits for.
 func TestSweepNextDueControl(t *testing.T) {
-	c := &clock{now: time.Unix(0, 0)}
+	c := testclock.New(time.Unix(0, 0))
 	m := mux.New(c.Now)
 	r := New(Options{Now: c.Now}, m)
 	m.Up(nil)

@@ -11,6 +11,7 @@ import (
 	"github.com/tether-agent/tether/internal/leakcheck"
 	"github.com/tether-agent/tether/internal/mux"
 	"github.com/tether-agent/tether/internal/proto"
+	"github.com/tether-agent/tether/internal/testclock"
 	"github.com/tether-agent/tether/internal/wire"
 )
 
@@ -132,19 +133,6 @@ func TestTermSize(t *testing.T) {
 	}
 }
 
-// clock is a test clock that only moves when told.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 // testLease is a router's lease without a router: a real queue and
 // link-up clock; it records whether the session released its slot.
 type testLease struct {
@@ -189,7 +177,7 @@ func frames(m *mux.Mux) []*wire.ProtoMsg {
 // when the ping left: a ping that fell into a gap goes out after the
 // reconnect, and a session whose peer could not answer is not ended.
 func TestHealthCheckCountsLinkUpTime(t *testing.T) {
-	c := &clock{now: time.Unix(0, 0)} // a board without RTC boots in 1970
+	c := testclock.New(time.Unix(0, 0)) // a board without RTC boots in 1970
 	m := mux.New(c.Now)
 	s := testSession(New(Options{PingInterval: time.Second, PongTimeout: 3 * time.Second, StopGrace: time.Millisecond}), m, "s1")
 	m.Up(nil)
@@ -234,7 +222,7 @@ func TestHealthCheckCountsLinkUpTime(t *testing.T) {
 }
 
 func TestPongKeepsSession(t *testing.T) {
-	c := &clock{now: time.Unix(0, 0)}
+	c := testclock.New(time.Unix(0, 0))
 	m := mux.New(c.Now)
 	s := testSession(New(Options{PingInterval: time.Second, PongTimeout: 3 * time.Second}), m, "s1")
 	m.Up(nil)
@@ -264,7 +252,7 @@ func TestHealthCheckNextDue(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := &clock{now: time.Unix(0, 0)}
+			c := testclock.New(time.Unix(0, 0))
 			m := mux.New(c.Now)
 			s := testSession(New(Options{PingInterval: 60 * time.Second, PongTimeout: 5 * time.Second}), m, "s1")
 			if tt.up {
@@ -287,7 +275,7 @@ func TestHealthCheckNextDue(t *testing.T) {
 // A ping due within the lead the router allows goes now; without the lead
 // it waits for its time.
 func TestPingGoesEarlyWithALead(t *testing.T) {
-	c := &clock{now: time.Unix(0, 0)}
+	c := testclock.New(time.Unix(0, 0))
 	m := mux.New(c.Now)
 	s := testSession(New(Options{PingInterval: 60 * time.Second}), m, "s1")
 	m.Up(nil)
