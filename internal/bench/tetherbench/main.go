@@ -43,6 +43,7 @@ func main() {
 	mb := flag.Int("mb", 256, "MiB of output for the throughput run")
 	pfOnly := flag.Bool("portforward-only", false, "measure only port forwarding")
 	idleOnly := flag.Bool("idle-only", false, "measure only the idle daemon's wakeups and CPU")
+	echoOnly := flag.Bool("echo-only", false, "measure only the keystroke echo and the output throughput")
 	flag.Parse()
 	if os.Getenv(echoServerEnv) == "1" {
 		if err := serveEcho(); err != nil {
@@ -58,7 +59,7 @@ func main() {
 		}
 		return
 	}
-	if err := run(*bin, *keys, *mb, *idleOnly); err != nil {
+	if err := run(*bin, *keys, *mb, *idleOnly, *echoOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "tetherbench:", err)
 		os.Exit(1)
 	}
@@ -212,7 +213,7 @@ func (d *daemon) status(key string) int {
 	return 0
 }
 
-func run(bin string, keys, mb int, idleOnly bool) error {
+func run(bin string, keys, mb int, idleOnly, echoOnly bool) error {
 	if _, err := os.Stat(bin); err != nil {
 		return fmt.Errorf("%s: %w (run make build)", bin, err)
 	}
@@ -260,8 +261,10 @@ func run(bin string, keys, mb int, idleOnly bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	b := &bench{c: c, ctx: ctx}
-	if err := b.idle(d.cmd.Process.Pid); err != nil || idleOnly {
-		return err
+	if !echoOnly {
+		if err := b.idle(d.cmd.Process.Pid); err != nil || idleOnly {
+			return err
+		}
 	}
 
 	// Keystroke echo: the pty's line discipline echoes at a prompt, so the
@@ -307,6 +310,9 @@ func run(bin string, keys, mb int, idleOnly bool) error {
 	}
 	row(fmt.Sprintf("output throughput (%d MiB)", mb), fmt.Sprintf("%.1f MB/s", tput), fmt.Sprintf("raw pty %.1f MB/s → %.0f %% (target ≥ 75 %%); %.1f KiB/frame", raw, 100*tput/raw, frame/1024))
 	_ = b.stop("echo1")
+	if echoOnly {
+		return nil
+	}
 
 	// 100 concurrent sessions.
 	t0 := time.Now()

@@ -147,6 +147,12 @@ func (b *bench) echo(sid string, n int) (p50, p99 time.Duration, err error) {
 	time.Sleep(200 * time.Millisecond)
 	b.drain()
 	sortDur(rtts)
+	if os.Getenv("TETHERBENCH_HIST") != "" {
+		for _, q := range []int{1, 10, 25, 50, 75, 90, 99} {
+			fmt.Fprintf(os.Stderr, "p%d=%s ", q, rtts[n*q/100])
+		}
+		fmt.Fprintln(os.Stderr)
+	}
 	return rtts[n/2], rtts[n*99/100], nil
 }
 
