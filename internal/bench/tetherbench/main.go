@@ -33,6 +33,7 @@ import (
 	"github.com/creack/pty"
 	"github.com/gorilla/websocket"
 
+	"github.com/tether-agent/tether/internal/bench/procstat"
 	"github.com/tether-agent/tether/internal/link"
 	"github.com/tether-agent/tether/internal/wire"
 )
@@ -45,6 +46,13 @@ func main() {
 	idleOnly := flag.Bool("idle-only", false, "measure only the idle daemon's wakeups and CPU")
 	echoOnly := flag.Bool("echo-only", false, "measure only the keystroke echo and the output throughput")
 	flag.Parse()
+	if spec := os.Getenv(relayEnv); spec != "" {
+		if err := serveRelay(spec); err != nil {
+			fmt.Fprintln(os.Stderr, "tetherbench relay:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if os.Getenv(echoServerEnv) == "1" {
 		if err := serveEcho(); err != nil {
 			fmt.Fprintln(os.Stderr, "tetherbench echo server:", err)
@@ -82,6 +90,8 @@ type devConn struct {
 	rawBytes atomic.Int64
 	rawMsgs  atomic.Int64
 	firstAt  atomic.Int64
+
+	framesIn, framesOut atomic.Int64 // messages from / to the device
 }
 
 func (d *devConn) send(m *wire.ProtoMsg) error {
@@ -91,6 +101,7 @@ func (d *devConn) send(m *wire.ProtoMsg) error {
 	}
 	d.wmu.Lock()
 	defer d.wmu.Unlock()
+	d.framesOut.Add(1)
 	return d.ws.WriteMessage(websocket.BinaryMessage, b)
 }
 
@@ -123,6 +134,7 @@ func startServer() (*server, error) {
 						return
 					}
 					d.firstAt.CompareAndSwap(0, time.Now().UnixNano())
+					d.framesIn.Add(1)
 					d.rawBytes.Add(n)
 					d.rawMsgs.Add(1)
 					continue
@@ -131,6 +143,7 @@ func startServer() (*server, error) {
 				if err != nil {
 					return
 				}
+				d.framesIn.Add(1)
 				m, err := wire.Unmarshal(b)
 				if err != nil {
 					continue
@@ -139,7 +152,7 @@ func startServer() (*server, error) {
 			}
 		}()
 	})
-	go func() { _ = http.Serve(l, mux) }()
+	go func() { _ = http.Serve(countingListener{l}, mux) }()
 	return s, nil
 }
 
@@ -167,6 +180,8 @@ func startDaemon(bin, serverURL string) (*daemon, error) {
 		"Auth":      map[string]interface{}{"Source": "static", "TokenFile": tok},
 		"Sessions":  map[string]interface{}{"MaxPerUser": 128, "MaxTotal": 128, "StopGrace": "200ms"},
 		"Log":       map[string]interface{}{"Level": "warn"},
+		// The bench reads the allocation counter here.
+		"Metrics": map[string]interface{}{"Listen": "unix:" + filepath.Join(dir, "metrics.sock")},
 	}
 	b, _ := json.Marshal(cfg)
 	conf := filepath.Join(dir, "tether.conf")
@@ -192,6 +207,8 @@ func (d *daemon) stop() {
 	_ = d.cmd.Wait()
 	os.RemoveAll(d.dir)
 }
+
+func (d *daemon) metricsSock() string { return filepath.Join(d.dir, "metrics.sock") }
 
 func (d *daemon) rssKB() int { return d.status("VmRSS") }
 
@@ -283,6 +300,9 @@ func run(bin string, keys, mb int, idleOnly, echoOnly bool) error {
 	if f50, f99, err := wsEchoFloor(keys); err == nil {
 		row("  floor: websocket echo, other process", fmtDur(f50)+" / "+fmtDur(f99), "same run")
 	}
+	if err := b.perKey(d, "echo1", keys); err != nil {
+		return err
+	}
 
 	// The same next to a session flooding output.
 	if err := b.open("flood", ""); err != nil {
@@ -304,11 +324,25 @@ func run(bin string, keys, mb int, idleOnly, echoOnly bool) error {
 	if err != nil {
 		return err
 	}
+	cpu0, err := procstat.Read(d.cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
 	tput, frame, err := b.throughput("echo1", mb)
 	if err != nil {
 		return err
 	}
+	cpu1, err := procstat.Read(d.cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
 	row(fmt.Sprintf("output throughput (%d MiB)", mb), fmt.Sprintf("%.1f MB/s", tput), fmt.Sprintf("raw pty %.1f MB/s → %.0f %% (target ≥ 75 %%); %.1f KiB/frame", raw, 100*tput/raw, frame/1024))
+	cpu := (cpu1.CPU - cpu0.CPU).Seconds() / (float64(mb<<20) / 100e6)
+	if rmbps, rcpu, err := relayFloor(mb); err == nil {
+		row("daemon CPU per 100 MB of output", fmt.Sprintf("%.3f CPU s", cpu), fmt.Sprintf("floor: plain pty → socket copy %.3f CPU s (%.1f MB/s)", rcpu, rmbps))
+	} else {
+		row("daemon CPU per 100 MB of output", fmt.Sprintf("%.3f CPU s", cpu), "floor: "+err.Error())
+	}
 	_ = b.stop("echo1")
 	if echoOnly {
 		return nil
@@ -376,6 +410,8 @@ func alive(pid int) bool {
 	i := bytes.LastIndexByte(b, ')')
 	return i > 0 && len(b) > i+2 && b[i+2] != 'Z'
 }
+
+func startPty(cmd *exec.Cmd) (*os.File, error) { return pty.Start(cmd) }
 
 // rawPtyThroughput reads the same output straight from a pty.
 func rawPtyThroughput(mb int) (float64, error) {
