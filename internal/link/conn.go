@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tether-agent/tether/internal/logging"
+	"github.com/tether-agent/tether/internal/rawio"
 	"github.com/tether-agent/tether/internal/wire"
 )
 
@@ -41,6 +42,11 @@ func dialTCP(writeTimeout time.Duration) func(ctx context.Context, network, addr
 		c, err := d.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, err
+		}
+		if tc, ok := c.(*net.TCPConn); ok {
+			if rc, err := rawio.NewConn(tc); err == nil {
+				c = rc
+			}
 		}
 		return &progressConn{Conn: c, timeout: writeTimeout}, nil
 	}

@@ -16,6 +16,8 @@ import (
 
 	"github.com/creack/pty"
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-agent/tether/internal/rawio"
 )
 
 // KillWait is how long the teardown waits for SIGKILLed processes to go.
@@ -146,7 +148,7 @@ func (p *Process) TryWrite(b []byte) (int, error) {
 	var n int
 	var werr error
 	err := p.raw.Write(func(fd uintptr) bool {
-		n, werr = syscall.Write(int(fd), b)
+		n, werr = rawio.Write(fd, b)
 		return true // never wait
 	})
 	if n < 0 {
@@ -185,6 +187,10 @@ func (p *Process) Resize(cols, rows uint16) error {
 	return nil
 }
 
+// busyRead is the read size that says the shell is writing faster than
+// the terminal is read: the line discipline had more than this waiting.
+const busyRead = 1024
+
 // ReadPooled waits until the shell has output and only then takes a buffer
 // from get to read it into, so an idle session holds no read buffer. It
 // returns the buffer and the bytes read; on error the buffer may be nil.
@@ -192,7 +198,7 @@ func (p *Process) ReadPooled(get func() []byte, put func([]byte)) (buf []byte, n
 	var rerr error
 	err = p.raw.Read(func(fd uintptr) bool {
 		buf = get()
-		n, rerr = syscall.Read(int(fd), buf)
+		n, rerr = rawio.Read(fd, buf)
 		if rerr == syscall.EAGAIN {
 			put(buf)
 			buf, n = nil, 0
@@ -201,12 +207,13 @@ func (p *Process) ReadPooled(get func() []byte, put func([]byte)) (buf []byte, n
 		// The line discipline hands out at most 4 KiB per read; take
 		// what else is already there, without waiting for more, so a
 		// busy shell fills big frames while an echo goes out at once.
-		for rerr == nil && n > 0 && n < len(buf) {
-			m, e := syscall.Read(int(fd), buf[n:])
-			if m <= 0 || e != nil {
+		// A short read means the terminal was drained: asking again
+		// would only earn an EAGAIN (a syscall per keystroke).
+		for m := n; rerr == nil && m >= busyRead && n < len(buf); n += m {
+			var e error
+			if m, e = rawio.Read(fd, buf[n:]); m <= 0 || e != nil {
 				break // EAGAIN, EIO: the next call reports it
 			}
-			n += m
 		}
 		return true
 	})
