@@ -33,7 +33,6 @@ import (
 	"github.com/creack/pty"
 	"github.com/gorilla/websocket"
 
-	"github.com/tether-agent/tether/internal/bench/procstat"
 	"github.com/tether-agent/tether/internal/link"
 	"github.com/tether-agent/tether/internal/wire"
 )
@@ -94,6 +93,16 @@ type devConn struct {
 	framesIn, framesOut atomic.Int64 // messages from / to the device
 }
 
+// counted records a frame of n bytes from the device.
+func (d *devConn) counted(n int64) {
+	d.framesIn.Add(1)
+	d.rawBytes.Add(n)
+	d.rawMsgs.Add(1)
+	if d.counting.Load() {
+		d.firstAt.CompareAndSwap(0, time.Now().UnixNano())
+	}
+}
+
 func (d *devConn) send(m *wire.ProtoMsg) error {
 	b, err := wire.Marshal(m)
 	if err != nil {
@@ -124,6 +133,9 @@ func startServer() (*server, error) {
 		go func() {
 			defer close(d.in)
 			for {
+				// Bytes are counted in both modes: when counting starts,
+				// this loop may already be inside ReadMessage, and the
+				// frame it returns holds output of the measured command.
 				if d.counting.Load() {
 					_, r, err := ws.NextReader()
 					if err != nil {
@@ -133,17 +145,14 @@ func startServer() (*server, error) {
 					if err != nil {
 						return
 					}
-					d.firstAt.CompareAndSwap(0, time.Now().UnixNano())
-					d.framesIn.Add(1)
-					d.rawBytes.Add(n)
-					d.rawMsgs.Add(1)
+					d.counted(n)
 					continue
 				}
 				_, b, err := ws.ReadMessage()
 				if err != nil {
 					return
 				}
-				d.framesIn.Add(1)
+				d.counted(int64(len(b)))
 				m, err := wire.Unmarshal(b)
 				if err != nil {
 					continue
@@ -324,25 +333,37 @@ func run(bin string, keys, mb int, idleOnly, echoOnly bool) error {
 	if err != nil {
 		return err
 	}
-	cpu0, err := procstat.Read(d.cmd.Process.Pid)
+	before, err := b.sampleCosts(d)
 	if err != nil {
 		return err
 	}
+	sc := startSyscallCount(d.cmd.Process.Pid)
 	tput, frame, err := b.throughput("echo1", mb)
 	if err != nil {
+		sc.stop()
 		return err
 	}
-	cpu1, err := procstat.Read(d.cmd.Process.Pid)
+	calls, callsErr := sc.stop()
+	after, err := b.sampleCosts(d)
 	if err != nil {
 		return err
 	}
 	row(fmt.Sprintf("output throughput (%d MiB)", mb), fmt.Sprintf("%.1f MB/s", tput), fmt.Sprintf("raw pty %.1f MB/s → %.0f %% (target ≥ 75 %%); %.1f KiB/frame", raw, 100*tput/raw, frame/1024))
-	cpu := (cpu1.CPU - cpu0.CPU).Seconds() / (float64(mb<<20) / 100e6)
+	per100 := float64(mb<<20) / 100e6
+	cpu := (after.proc.CPU - before.proc.CPU).Seconds() / per100
 	if rmbps, rcpu, err := relayFloor(mb); err == nil {
 		row("daemon CPU per 100 MB of output", fmt.Sprintf("%.3f CPU s", cpu), fmt.Sprintf("floor: plain pty → socket copy %.3f CPU s (%.1f MB/s)", rcpu, rmbps))
 	} else {
 		row("daemon CPU per 100 MB of output", fmt.Sprintf("%.3f CPU s", cpu), "floor: "+err.Error())
 	}
+	sys := "perf: " + fmt.Sprint(callsErr)
+	if callsErr == nil {
+		sys = fmt.Sprintf("%.0f", float64(calls)/per100)
+	}
+	row("  per 100 MB: syscalls / context switches", sys+" / "+fmt.Sprintf("%.0f", float64(after.proc.Switches-before.proc.Switches)/per100),
+		fmt.Sprintf("%.0f frames", float64(after.framesOut-before.framesOut)/per100))
+	row("  per 100 MB: allocations / heap / GCs", fmt.Sprintf("%.0f / %.1f MB / %.0f", (after.heap.mallocs-before.heap.mallocs)/per100,
+		(after.heap.bytes-before.heap.bytes)/per100/1e6, (after.heap.gcs-before.heap.gcs)/per100), "Go runtime counters")
 	_ = b.stop("echo1")
 	if echoOnly {
 		return nil

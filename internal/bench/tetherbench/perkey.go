@@ -56,7 +56,7 @@ type costs struct {
 	bytesIn, bytesOut   int64 // bytes on the wire, framing included
 	proc                procstat.Sample
 	rw                  int64 // read and write family syscalls (/proc/pid/io)
-	mallocs             float64
+	heap                heap
 }
 
 func (b *bench) sampleCosts(d *daemon) (costs, error) {
@@ -69,7 +69,7 @@ func (b *bench) sampleCosts(d *daemon) (costs, error) {
 		return c, err
 	}
 	c.rw = d.ioSyscalls()
-	c.mallocs, err = d.mallocs()
+	c.heap, err = d.heap()
 	return c, err
 }
 
@@ -80,7 +80,7 @@ func (b *bench) sampleCosts(d *daemon) (costs, error) {
 // counter, read over the metrics socket), context switches and CPU time.
 func (b *bench) perKey(d *daemon, sid string, n int) error {
 	// A scrape allocates in the daemon; measure one and take it off.
-	m0, err := d.mallocs()
+	h0, err := d.heap()
 	if err != nil {
 		return err
 	}
@@ -88,7 +88,7 @@ func (b *bench) perKey(d *daemon, sid string, n int) error {
 	if err != nil {
 		return err
 	}
-	scrape := before.mallocs - m0
+	scrape := before.heap.mallocs - h0.mallocs
 	sc := startSyscallCount(d.cmd.Process.Pid)
 	if _, _, err := b.echo(sid, n); err != nil {
 		sc.stop()
@@ -111,7 +111,7 @@ func (b *bench) perKey(d *daemon, sid string, n int) error {
 	} else {
 		row("per keystroke: daemon read/write syscalls", fmt.Sprintf("%.1f", per(before.rw, after.rw)), "all syscalls: "+callsErr.Error())
 	}
-	row("per keystroke: daemon heap allocations", fmt.Sprintf("%.1f", (after.mallocs-before.mallocs-scrape)/k), "go_memstats_mallocs_total")
+	row("per keystroke: daemon heap allocations", fmt.Sprintf("%.1f", (after.heap.mallocs-before.heap.mallocs-scrape)/k), "go_memstats_mallocs_total")
 	row("per keystroke: daemon CPU / switches", fmt.Sprintf("%.1f µs / %.1f", float64(after.proc.CPU-before.proc.CPU)/k/1e3,
 		float64(after.proc.Switches-before.proc.Switches)/k), "all threads, schedstat")
 	return nil
@@ -134,8 +134,12 @@ func (d *daemon) ioSyscalls() int64 {
 	return n
 }
 
-// mallocs reads the daemon's heap allocation count from its metrics socket.
-func (d *daemon) mallocs() (float64, error) {
+// heap is the daemon's allocation counters, read from its metrics socket.
+type heap struct {
+	mallocs, bytes, gcs float64
+}
+
+func (d *daemon) heap() (heap, error) {
 	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var dl net.Dialer
@@ -143,16 +147,30 @@ func (d *daemon) mallocs() (float64, error) {
 		}}}
 	resp, err := c.Get("http://tether/metrics")
 	if err != nil {
-		return 0, fmt.Errorf("metrics: %w", err)
+		return heap{}, fmt.Errorf("metrics: %w", err)
 	}
 	defer resp.Body.Close()
+	var h heap
+	want := map[string]*float64{
+		"go_memstats_mallocs_total":     &h.mallocs,
+		"go_memstats_alloc_bytes_total": &h.bytes,
+		"go_gc_duration_seconds_count":  &h.gcs,
+	}
+	found := 0
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "go_memstats_mallocs_total "); ok {
-			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		name, v, ok := strings.Cut(sc.Text(), " ")
+		if p := want[name]; ok && p != nil {
+			if *p, err = strconv.ParseFloat(strings.TrimSpace(v), 64); err != nil {
+				return h, fmt.Errorf("metrics: %s: %w", name, err)
+			}
+			found++
 		}
 	}
-	return 0, fmt.Errorf("metrics: no go_memstats_mallocs_total")
+	if found != len(want) {
+		return h, fmt.Errorf("metrics: %d of the %d Go heap series found", found, len(want))
+	}
+	return h, nil
 }
 
 // syscallCount counts a process's syscalls with perf's raw_syscalls

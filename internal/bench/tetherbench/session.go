@@ -161,10 +161,9 @@ func (b *bench) echo(sid string, n int) (p50, p99 time.Duration, err error) {
 func (b *bench) throughput(sid string, mb int) (float64, float64, error) {
 	b.drain()
 	c := b.c
-	c.rawBytes.Store(0)
-	c.rawMsgs.Store(0)
 	c.firstAt.Store(0)
 	c.counting.Store(true)
+	bytes0, msgs0 := c.rawBytes.Load(), c.rawMsgs.Load()
 	if err := b.input(sid, "head -c "+strconv.Itoa(mb<<20)+" /dev/zero\n"); err != nil {
 		return 0, 0, err
 	}
@@ -173,7 +172,7 @@ func (b *bench) throughput(sid string, mb int) (float64, float64, error) {
 	deadline := time.Now().Add(2 * time.Minute)
 	var payload int64
 	for {
-		payload = c.rawBytes.Load() - c.rawMsgs.Load()*overhead
+		payload = c.rawBytes.Load() - bytes0 - (c.rawMsgs.Load()-msgs0)*overhead
 		if payload >= want {
 			break
 		}
@@ -183,7 +182,7 @@ func (b *bench) throughput(sid string, mb int) (float64, float64, error) {
 		time.Sleep(100 * time.Microsecond)
 	}
 	el := time.Since(time.Unix(0, c.firstAt.Load()))
-	msgs := c.rawMsgs.Load()
+	msgs := c.rawMsgs.Load() - msgs0
 	c.counting.Store(false)
 	time.Sleep(200 * time.Millisecond)
 	b.drain()
