@@ -28,7 +28,17 @@ const DirectMax = 2048
 type frame struct {
 	b    []byte
 	sent func() // called once the frame is on the connection; may be nil
+	// held is the memory the frame pins, charged against the queue's
+	// limit: a frame that is a window into a bigger pooled buffer costs
+	// the whole buffer, so the limit bounds memory, not only bytes.
+	held int
+	// release gives a pooled buffer back once the frame is written; nil
+	// for frames the mux simply drops.
+	release func()
 }
+
+// cost is what the frame is charged against its queue's limit.
+func (f *frame) cost() int { return max(len(f.b), f.held) }
 
 // Mux is the set of queues and the link's view of them.
 type Mux struct {
@@ -83,6 +93,19 @@ func (m *Mux) NewQueue(limit int) *Queue {
 // down it is kept for the next connection. It fails only with
 // ErrQueueClosed or ctx's error. The mux owns frame afterwards.
 func (q *Queue) Put(ctx context.Context, b []byte) error {
+	return q.put(ctx, frame{b: b})
+}
+
+// PutPooled queues b, a window into a pooled buffer of held bytes: the
+// queue is charged held, and release is called once b is on the
+// connection (the writer has copied it). A frame still queued when the
+// daemon stops is left to the garbage collector.
+func (q *Queue) PutPooled(ctx context.Context, b []byte, held int, release func()) error {
+	return q.put(ctx, frame{b: b, held: held, release: release})
+}
+
+func (q *Queue) put(ctx context.Context, f frame) error {
+	b := f.b
 	m := q.m
 	for {
 		m.mu.Lock()
@@ -103,16 +126,19 @@ func (q *Queue) Put(ctx context.Context, b []byte) error {
 			if err != nil {
 				// The connection failed under the write: the frame goes
 				// first on the next one, not into the void.
-				q.pushFrontLocked(frame{b: b})
+				q.pushFrontLocked(f)
 			}
 			more := len(m.ready) > 0
 			m.mu.Unlock()
 			if more {
 				m.signal()
 			}
+			if err == nil && f.release != nil {
+				f.release()
+			}
 			return nil
-		case q.fits(len(b)):
-			q.enqueueLocked(frame{b: b})
+		case q.fits(f.cost()):
+			q.enqueueLocked(f)
 			m.mu.Unlock()
 			m.signal()
 			return nil
@@ -167,7 +193,7 @@ func (q *Queue) fits(n int) bool {
 // enqueueLocked appends f and puts q in the service order; m.mu is held.
 func (q *Queue) enqueueLocked(f frame) {
 	q.frames = append(q.frames, f)
-	q.bytes += len(f.b)
+	q.bytes += f.cost()
 	if !q.inReady {
 		q.inReady = true
 		q.m.ready = append(q.m.ready, q)
@@ -178,7 +204,7 @@ func (q *Queue) enqueueLocked(f frame) {
 // service order, after a write that failed; m.mu is held.
 func (q *Queue) pushFrontLocked(f frame) {
 	q.frames = append([]frame{f}, q.frames...)
-	q.bytes += len(f.b)
+	q.bytes += f.cost()
 	if q.inReady {
 		for i, r := range q.m.ready {
 			if r == q {
@@ -291,7 +317,7 @@ func (m *Mux) Next() []byte {
 		f := q.frames[0]
 		q.frames[0] = frame{}
 		q.frames = q.frames[1:]
-		q.bytes -= len(f.b)
+		q.bytes -= f.cost()
 		if len(q.frames) > 0 {
 			m.ready = append(m.ready, q)
 		} else {
@@ -317,6 +343,9 @@ func (m *Mux) Written(err error) {
 	m.mu.Unlock()
 	if err == nil && f.sent != nil {
 		f.sent()
+	}
+	if err == nil && f.release != nil {
+		f.release()
 	}
 }
 

@@ -209,3 +209,81 @@ func TestUpTimeCountsOnlyLinkUp(t *testing.T) {
 		t.Fatalf("UpTime %v, want 5s", got)
 	}
 }
+
+// A pooled frame is charged the buffer it pins, not its length, and its
+// buffer comes back only once it is on the connection: after a failed
+// write it is still owned by the queue.
+func TestPooledFramesChargeHeldMemoryAndReleaseAfterWrite(t *testing.T) {
+	tests := []struct {
+		name   string
+		direct bool
+	}{{"writer", false}, {"direct", true}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := New(nil)
+			q := m.NewQueue(100)
+			released := 0
+			release := func() { released++ }
+			fail := true
+			write := func([]byte) error {
+				if fail {
+					return errors.New("broken pipe")
+				}
+				return nil
+			}
+			if tt.direct {
+				m.Up(write)
+			} else {
+				m.Up(nil)
+			}
+			// A 10-byte window into a 60-byte buffer.
+			if err := q.PutPooled(context.Background(), make([]byte, 10), 60, release); err != nil {
+				t.Fatal(err)
+			}
+			if !tt.direct {
+				if f := m.Next(); len(f) != 10 {
+					t.Fatalf("next frame %d bytes, want 10", len(f))
+				}
+				m.Written(write(nil))
+			}
+			if released != 0 {
+				t.Fatal("a buffer was released after its write failed")
+			}
+			if got := q.Bytes(); got != 60 {
+				t.Fatalf("queue charged %d bytes, want the 60 the frame pins", got)
+			}
+			// 60 pinned + 50 > 100: the queue is full for a 50-byte frame.
+			if q.TryPut(make([]byte, 50)) {
+				t.Fatal("the queue took 50 bytes beside 60 pinned, over its 100-byte limit")
+			}
+			fail = false
+			m.Down()
+			m.Up(nil)
+			if f := m.Next(); len(f) != 10 {
+				t.Fatalf("after the reconnect the frame is %d bytes, want 10", len(f))
+			}
+			if released != 0 {
+				t.Fatal("released before the write ended")
+			}
+			m.Written(nil)
+			if released != 1 || q.Bytes() != 0 {
+				t.Fatalf("after the write: released %d times, queue holds %d; want 1 and 0", released, q.Bytes())
+			}
+		})
+	}
+}
+
+// Written directly by an idle producer, a pooled frame is released at once.
+func TestPooledDirectWriteReleases(t *testing.T) {
+	m := New(nil)
+	var wrote [][]byte
+	m.Up(func(f []byte) error { wrote = append(wrote, f); return nil })
+	q := m.NewQueue(100)
+	released := 0
+	if err := q.PutPooled(context.Background(), []byte("k"), 64, func() { released++ }); err != nil {
+		t.Fatal(err)
+	}
+	if len(wrote) != 1 || released != 1 || q.Bytes() != 0 {
+		t.Fatalf("direct pooled put: %d writes, %d releases, %d bytes queued; want 1, 1, 0", len(wrote), released, q.Bytes())
+	}
+}

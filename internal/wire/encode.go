@@ -7,6 +7,27 @@ import "encoding/binary"
 // It exists because terminal output is the hot path: no reflection, no map,
 // one allocation at most when dst is too small.
 func AppendShellOutput(dst []byte, sid string, data []byte) []byte {
+	if len(data) == 0 {
+		start := len(dst)
+		dst = appendShellOutputHdr(dst, sid)
+		dst[start] = 0x81 // one entry: no body
+		return dst
+	}
+	return append(AppendShellOutputHeader(dst, sid, len(data)), data...)
+}
+
+// AppendShellOutputHeader appends everything AppendShellOutput writes
+// before the n > 0 bytes of data. Output read into a buffer behind room
+// for this header becomes a frame without being copied.
+func AppendShellOutputHeader(dst []byte, sid string, n int) []byte {
+	dst = appendShellOutputHdr(dst, sid)
+	dst = appendStr(dst, "body")
+	return appendBinHeader(dst, n)
+}
+
+// appendShellOutputHdr appends the message map's opening and its "hdr"
+// entry, announcing two entries (hdr, body).
+func appendShellOutputHdr(dst []byte, sid string) []byte {
 	dst = append(dst, 0x82)
 	dst = appendStr(dst, "hdr")
 	if sid == "" {
@@ -25,14 +46,7 @@ func AppendShellOutput(dst []byte, sid string, data []byte) []byte {
 	dst = appendStr(dst, "props")
 	dst = append(dst, 0x81)
 	dst = appendStr(dst, PropStatus)
-	dst = append(dst, 0xd3, 0, 0, 0, 0, 0, 0, 0, StatusNormal) // int64, as Marshal writes it
-	if len(data) == 0 {
-		dst[0] = 0x81
-		return dst
-	}
-	dst = appendStr(dst, "body")
-	dst = appendBin(dst, data)
-	return dst
+	return append(dst, 0xd3, 0, 0, 0, 0, 0, 0, 0, StatusNormal) // int64, as Marshal writes it
 }
 
 // ShellOutputOverhead bounds the bytes AppendShellOutput adds around data
@@ -57,16 +71,17 @@ func appendStr(dst []byte, s string) []byte {
 }
 
 func appendBin(dst []byte, b []byte) []byte {
-	n := len(b)
+	return append(appendBinHeader(dst, len(b)), b...)
+}
+
+func appendBinHeader(dst []byte, n int) []byte {
 	switch {
 	case n < 1<<8:
-		dst = append(dst, 0xc4, byte(n))
+		return append(dst, 0xc4, byte(n))
 	case n < 1<<16:
 		dst = append(dst, 0xc5)
-		dst = binary.BigEndian.AppendUint16(dst, uint16(n))
-	default:
-		dst = append(dst, 0xc6)
-		dst = binary.BigEndian.AppendUint32(dst, uint32(n))
+		return binary.BigEndian.AppendUint16(dst, uint16(n))
 	}
-	return append(dst, b...)
+	dst = append(dst, 0xc6)
+	return binary.BigEndian.AppendUint32(dst, uint32(n))
 }

@@ -84,6 +84,18 @@ func TestAppendShellOutputMatchesMarshal(t *testing.T) {
 			if over := len(got) - n; over > ShellOutputOverhead(len(sid)) {
 				t.Fatalf("overhead %d exceeds bound %d", over, ShellOutputOverhead(len(sid)))
 			}
+			// Appending behind other bytes leaves them alone.
+			prefix := []byte("prefix")
+			if got := AppendShellOutput(append([]byte{}, prefix...), sid, data); !bytes.Equal(got, append(prefix, want...)) {
+				t.Fatalf("sid %q len %d: appending behind a prefix differs\n got % x\nwant % x", sid, n, head(got), head(want))
+			}
+			// The header alone, then the data, is the same frame.
+			if n > 0 {
+				hdr := AppendShellOutputHeader(nil, sid, n)
+				if got := append(hdr, data...); !bytes.Equal(got, want) {
+					t.Fatalf("sid %q len %d: header + data differs\n got % x\nwant % x", sid, n, head(got), head(want))
+				}
+			}
 		}
 	}
 }

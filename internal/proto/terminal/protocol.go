@@ -95,16 +95,22 @@ func New(opts Options) *Protocol {
 // Number is proto 1.
 func (t *Protocol) Number() uint16 { return wire.ProtoShell }
 
+// frameHeadroom is the room kept in front of a pty read for the frame
+// header: enough for session ids up to 256 bytes (longer ones take the
+// copying path).
+const frameHeadroom = 320
+
+// getBuf returns a buffer of frameHeadroom + ReadBuffer bytes.
 func (t *Protocol) getBuf() []byte {
 	if b, ok := t.bufs.Get().(*[]byte); ok {
 		return *b
 	}
-	return make([]byte, t.opts.ReadBuffer)
+	return make([]byte, frameHeadroom+t.opts.ReadBuffer)
 }
 
 func (t *Protocol) putBuf(b []byte) {
-	if cap(b) >= t.opts.ReadBuffer {
-		b = b[:t.opts.ReadBuffer]
+	if cap(b) >= frameHeadroom+t.opts.ReadBuffer {
+		b = b[:frameHeadroom+t.opts.ReadBuffer]
 		t.bufs.Put(&b)
 	}
 }

@@ -404,22 +404,44 @@ func (s *session) drain(pumpDone <-chan struct{}, grace time.Duration) {
 // big frames by itself while an echo goes out at once. It blocks on a full
 // queue (back-pressure, also while the link is down) and ends when the pty
 // fails or the session stops.
+//
+// Output is read behind room for the frame header, so a big read becomes
+// a frame in place and its buffer goes back to the pool once written: no
+// copy and no garbage per frame (at 80 MB/s a fresh 32 KiB frame per read
+// kept the collector busy). A small read is copied into a frame of its
+// own size and the buffer returned at once, so frames waiting out a link
+// drop never pin more memory than the queue is charged for.
 func (s *session) pumpOutput(proc *shell.Process) {
 	overhead := wire.ShellOutputOverhead(len(s.sid))
+	inPlace := overhead <= frameHeadroom
+	hdr := make([]byte, 0, frameHeadroom)
+	var fb []byte // the pooled buffer of the current read
+	get := func() []byte { fb = s.t.getBuf(); return fb[frameHeadroom:] }
+	put := func([]byte) { s.t.putBuf(fb) }
 	for {
 		s.inRead.Store(true)
-		buf, n, err := proc.ReadPooled(s.t.getBuf, s.t.putBuf)
+		buf, n, err := proc.ReadPooled(get, put)
 		s.inRead.Store(false)
 		s.reads.Add(1)
 		if n > 0 {
-			frame := wire.AppendShellOutput(make([]byte, 0, n+overhead), s.sid, buf[:n])
-			s.t.putBuf(buf)
-			if perr := s.q.Put(s.ctx, frame); perr != nil {
+			var perr error
+			if inPlace && n >= s.t.opts.ReadBuffer/2 {
+				h := wire.AppendShellOutputHeader(hdr[:0], s.sid, n)
+				start := frameHeadroom - len(h)
+				copy(fb[start:], h)
+				b := fb
+				perr = s.q.PutPooled(s.ctx, b[start:frameHeadroom+n], cap(b), func() { s.t.putBuf(b) })
+			} else {
+				frame := wire.AppendShellOutput(make([]byte, 0, n+overhead), s.sid, buf[:n])
+				s.t.putBuf(fb)
+				perr = s.q.Put(s.ctx, frame)
+			}
+			if perr != nil {
 				return // stopping
 			}
 			s.t.opts.Recorder.TerminalBytesOut(n)
 		} else if buf != nil {
-			s.t.putBuf(buf)
+			s.t.putBuf(fb)
 		}
 		if err != nil {
 			return
