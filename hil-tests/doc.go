@@ -4,6 +4,8 @@
 // mock Mender server that the test runs on the host's loopback.
 //
 // The tests carry the build tag "hil", so `go test ./...` leaves them out;
-// `make hil` builds the guest images (qemu/) and runs them. See the README
-// section "Hardware-in-the-loop tests (QEMU)".
+// `make hil` builds the guest images (qemu/) and runs them. The guest
+// bench (bench_test.go) also needs the tag "hilbench" and runs with
+// `make bench-guests`. See the README section "Hardware-in-the-loop tests
+// (QEMU)".
 package hiltests

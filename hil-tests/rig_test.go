@@ -37,9 +37,9 @@ const (
 const allArches = "arm64 armhf amd64"
 
 // settings reads the environment: HIL_ARCHES (space or comma separated
-// Debian architecture names; default all three) and HIL_BUILD (the build
-// directory of qemu/; default build/hil in the repository).
-func settings(t *testing.T) (buildDir string, arches []string) {
+// Debian architecture names; default defaultArches) and HIL_BUILD (the
+// build directory of qemu/; default build/hil in the repository).
+func settings(t *testing.T, defaultArches string) (buildDir string, arches []string) {
 	t.Helper()
 	buildDir = os.Getenv("HIL_BUILD")
 	if buildDir == "" {
@@ -51,7 +51,7 @@ func settings(t *testing.T) (buildDir string, arches []string) {
 	}
 	list := strings.Fields(strings.ReplaceAll(os.Getenv("HIL_ARCHES"), ",", " "))
 	if len(list) == 0 {
-		return buildDir, strings.Fields(allArches)
+		return buildDir, strings.Fields(defaultArches)
 	}
 	for _, a := range list {
 		if !slices.Contains(strings.Fields(allArches), a) {
@@ -61,15 +61,28 @@ func settings(t *testing.T) (buildDir string, arches []string) {
 	return buildDir, list
 }
 
+// rigConfig is what a suite's rigs do differently from the defaults.
+type rigConfig struct {
+	// arches are the architectures when HIL_ARCHES is not set.
+	arches string
+	// sessionByteLimit is the mock server's limit on the output of one
+	// user connection: 0 is the real server's 8 MiB, negative none.
+	sessionByteLimit int64
+}
+
 // forEachArch runs suite as a subtest per architecture.
 func forEachArch(t *testing.T, flavour string, timeout time.Duration, suite func(r *rig)) {
-	buildDir, arches := settings(t)
+	forEachArchWith(t, flavour, timeout, rigConfig{arches: allArches}, suite)
+}
+
+func forEachArchWith(t *testing.T, flavour string, timeout time.Duration, cfg rigConfig, suite func(r *rig)) {
+	buildDir, arches := settings(t, cfg.arches)
 	for i, arch := range arches {
 		t.Run(arch, func(t *testing.T) {
 			spec := loadSpec(t, buildDir, arch, flavour)
 			// A distinct identity per guest keeps logs apart.
 			mac := fmt.Sprintf("52:54:00:4e:%02x:%02x", flavour[0], i+1)
-			suite(newRig(t, spec, filepath.Join(buildDir, "logs"), mac, timeout))
+			suite(newRig(t, spec, filepath.Join(buildDir, "logs"), mac, timeout, cfg))
 		})
 	}
 }
@@ -90,6 +103,7 @@ type rig struct {
 	t    *testing.T
 	root *testing.T
 	ctx  context.Context
+	cfg  rigConfig
 	spec guestSpec
 	g    *guest
 	srv  *mockserver.Server
@@ -105,10 +119,10 @@ type rig struct {
 	extra           []string
 }
 
-func newRig(t *testing.T, spec guestSpec, logDir, mac string, timeout time.Duration) *rig {
+func newRig(t *testing.T, spec guestSpec, logDir, mac string, timeout time.Duration, cfg rigConfig) *rig {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	t.Cleanup(cancel)
-	r := &rig{t: t, root: t, ctx: ctx, spec: spec, jwts: map[string]string{}}
+	r := &rig{t: t, root: t, ctx: ctx, cfg: cfg, spec: spec, jwts: map[string]string{}}
 	r.startServer("127.0.0.1:0")
 	start := time.Now()
 	r.g = bootGuest(t, spec, logDir, r.port, mac)
@@ -129,7 +143,7 @@ func round(d time.Duration) string {
 func (r *rig) startServer(addr string) {
 	r.t.Helper()
 	srv := mockserver.New(mockserver.Options{SigningKey: []byte(signingKey), Users: users(),
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		SessionByteLimit: r.cfg.sessionByteLimit, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	url, err := srv.Start(addr)
 	if err != nil {
 		r.t.Fatalf("start mock server on %s: %v", addr, err)
@@ -310,7 +324,16 @@ func (r *rig) tryRun(term *mockserver.Terminal, cmd string, timeout time.Duratio
 // value runs cmd, which must print "key=value", and returns value.
 func (r *rig) value(term *mockserver.Terminal, key, cmd string) string {
 	r.t.Helper()
-	out := r.run(term, cmd)
+	return r.valueWithin(term, key, cmd, cmdTimeout)
+}
+
+// valueWithin is value for a command that may take longer than cmdTimeout.
+func (r *rig) valueWithin(term *mockserver.Terminal, key, cmd string, timeout time.Duration) string {
+	r.t.Helper()
+	out, err := r.tryRun(term, cmd, timeout)
+	if err != nil {
+		r.t.Fatalf("running %q on the device: %v; output so far %q", cmd, err, out)
+	}
 	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(key) + `=(.*)$`).FindStringSubmatch(out)
 	if m == nil {
 		r.t.Fatalf("%q printed no %s=...: %q", cmd, key, out)

@@ -6,13 +6,22 @@
 #   make hil HIL_FLAVOURS=minimal     one flavour (minimal, systemd)
 #   make hil-images                   only build the guest images
 #   make hil-lint                     vet + staticcheck of the tagged tests
+#   make bench-guests                 CPU per MB of terminal output in the
+#                                     arm64 and armhf minimal guests, next
+#                                     to a plain cat (HIL_ARCHES overrides;
+#                                     BENCH_MIB=16 of data, BENCH_RUNS=3)
 HIL_ARCHES   ?= arm64 armhf amd64
 HIL_FLAVOURS ?= minimal systemd
 HIL_BUILD    ?= $(CURDIR)/build/hil
 HIL_TIMEOUT  ?= 40m
+# The guest bench: the devices tether runs on, unless HIL_ARCHES is given.
+BENCH_ARCHES  := $(if $(filter file,$(origin HIL_ARCHES)),arm64 armhf,$(HIL_ARCHES))
+BENCH_MIB     ?= 16
+BENCH_RUNS    ?= 3
+BENCH_TIMEOUT ?= 40m
 HIL_RUN      := $(if $(filter minimal,$(HIL_FLAVOURS)),TestMinimal)$(if $(filter systemd,$(HIL_FLAVOURS)),$(if $(filter minimal,$(HIL_FLAVOURS)),|)TestSystemd)
 
-.PHONY: hil hil-setup hil-images hil-lint hil-clean
+.PHONY: hil hil-setup hil-images hil-lint hil-clean bench-guests
 
 hil-setup:
 	@bash qemu/setup-host.sh
@@ -22,9 +31,13 @@ hil-setup:
 hil-images: hil-setup
 	@bash qemu/build.sh "$(HIL_ARCHES)" "$(HIL_FLAVOURS)"
 
+# Both tag sets: the bench's file must build, and what only it uses must
+# not show up as unused in `make hil`'s build.
 hil-lint:
 	$(GO) vet -tags hil ./hil-tests/
+	$(GO) vet -tags 'hil hilbench' ./hil-tests/
 	$(GO) run $(STATICCHECK) -tags hil ./hil-tests/
+	$(GO) run $(STATICCHECK) -tags 'hil hilbench' ./hil-tests/
 
 hil: hil-images
 	@mkdir -p $(HIL_BUILD)
@@ -37,3 +50,16 @@ hil: hil-images
 
 hil-clean:
 	rm -rf $(HIL_BUILD)
+
+# bench-guests: only the minimal images of the bench's architectures, then
+# TestGuestBench (build tags hil and hilbench), ending with its
+# BENCH-RESULT lines.
+bench-guests: hil-setup
+	@HIL_BUILD="$(HIL_BUILD)" bash qemu/build.sh "$(BENCH_ARCHES)" minimal
+	@mkdir -p $(HIL_BUILD)
+	@{ HIL_ARCHES="$(BENCH_ARCHES)" HIL_BUILD="$(HIL_BUILD)" HIL_BENCH_MIB=$(BENCH_MIB) HIL_BENCH_RUNS=$(BENCH_RUNS) \
+	  $(GO) test -tags 'hil hilbench' -count=1 -v -timeout $(BENCH_TIMEOUT) -run '^TestGuestBench$$' ./hil-tests/ 2>&1; \
+	  echo $$? >$(HIL_BUILD)/bench.rc; } | tee $(HIL_BUILD)/bench.log; \
+	echo "== guest bench (log: $(HIL_BUILD)/bench.log; serial logs: $(HIL_BUILD)/logs/)"; \
+	grep -o 'BENCH-RESULT.*' $(HIL_BUILD)/bench.log | sed 's/^BENCH-RESULT /  /'; \
+	exit $$(cat $(HIL_BUILD)/bench.rc)

@@ -344,6 +344,38 @@ func (t *Terminal) Expect(ctx context.Context, substr string) (string, error) {
 	}
 }
 
+// CountUntil reads shell output until it contains substr, like Expect, but
+// returns only how many bytes came up to and including it: it keeps no
+// more than len(substr)-1 bytes meanwhile, so a bulk transfer costs
+// neither the memory nor the repeated search that Expect would spend on
+// it. What follows substr stays buffered for the next call. It fails with
+// a *StoppedError when the device stops the shell first, and returns the
+// count so far with any error.
+func (t *Terminal) CountUntil(ctx context.Context, substr string) (int64, error) {
+	var n int64
+	for {
+		if i := bytes.Index(t.out, []byte(substr)); i >= 0 {
+			end := i + len(substr)
+			n += int64(end)
+			t.out = append(t.out[:0], t.out[end:]...)
+			return n, nil
+		}
+		// Only a tail shorter than substr can be the start of a match
+		// that the next message completes.
+		if keep := len(substr) - 1; len(t.out) > keep {
+			drop := len(t.out) - keep
+			n += int64(drop)
+			t.out = append(t.out[:0], t.out[drop:]...)
+		}
+		if t.stop != nil {
+			return n + int64(len(t.out)), &StoppedError{Stop: t.stop}
+		}
+		if err := t.next(ctx); err != nil {
+			return n + int64(len(t.out)), fmt.Errorf("counting output up to %q: %w", substr, err)
+		}
+	}
+}
+
 // WaitStop reads until the device sends a shell stop and returns it; output
 // read meanwhile stays buffered for Expect.
 func (t *Terminal) WaitStop(ctx context.Context) (*wire.ProtoMsg, error) {
