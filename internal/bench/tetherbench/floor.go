@@ -52,9 +52,63 @@ func ptyEchoFloor(n int) (p50, p99 time.Duration, err error) {
 // a process boundary (on a VM that wake-up is a large part of the cost).
 const echoServerEnv = "TETHERBENCH_ECHO_SERVER"
 
+// relayServerEnv makes the bench binary run as the third floor: the
+// websocket echo server, but with a pty in the loop, as bare as a relay can
+// be (no protocol, no queues): each message is written to a pty whose
+// line discipline echoes it, and each read of the pty goes back as a
+// message. It is the echo path of any agent process, minus tether.
+const relayServerEnv = "TETHERBENCH_PTY_RELAY"
+
 // serveEcho runs the echo server: it prints its address and echoes every
 // message until stdin closes.
-func serveEcho() error {
+func serveEcho() error { return serveWS(echoConn) }
+
+func echoConn(c *websocket.Conn) {
+	for {
+		t, b, err := c.ReadMessage()
+		if err != nil {
+			return
+		}
+		if err := c.WriteMessage(t, b); err != nil {
+			return
+		}
+	}
+}
+
+// serveRelayEcho runs the relay floor's server.
+func serveRelayEcho() error {
+	return serveWS(func(c *websocket.Conn) {
+		cmd := exec.Command("/bin/sh", "-c", "stty -icanon; exec cat >/dev/null")
+		f, err := pty.Start(cmd)
+		if err != nil {
+			return
+		}
+		defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); f.Close() }()
+		go func() {
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := f.Read(buf)
+				if err != nil {
+					return
+				}
+				if err := c.WriteMessage(websocket.BinaryMessage, buf[:n]); err != nil {
+					return
+				}
+			}
+		}()
+		for {
+			_, b, err := c.ReadMessage()
+			if err != nil {
+				return
+			}
+			if _, err := f.Write(b); err != nil {
+				return
+			}
+		}
+	})
+}
+
+func serveWS(handle func(*websocket.Conn)) error {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -66,15 +120,7 @@ func serveEcho() error {
 			return
 		}
 		defer c.Close()
-		for {
-			t, b, err := c.ReadMessage()
-			if err != nil {
-				return
-			}
-			if err := c.WriteMessage(t, b); err != nil {
-				return
-			}
-		}
+		handle(c)
 	})}
 	go func() { _ = srv.Serve(l) }()
 	fmt.Println(l.Addr().String())
@@ -82,13 +128,19 @@ func serveEcho() error {
 	return srv.Close()
 }
 
-func wsEchoFloor(n int) (p50, p99 time.Duration, err error) {
+// wsEchoFloor measures the websocket echo; with the pty relay as the
+// server (relay true) it is the third floor.
+func wsEchoFloor(n int, relay bool) (p50, p99 time.Duration, err error) {
 	self, err := os.Executable()
 	if err != nil {
 		return 0, 0, err
 	}
 	cmd := exec.Command(self)
-	cmd.Env = append(os.Environ(), echoServerEnv+"=1")
+	env := echoServerEnv
+	if relay {
+		env = relayServerEnv
+	}
+	cmd.Env = append(os.Environ(), env+"=1")
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return 0, 0, err
@@ -121,9 +173,15 @@ func wsEchoFloor(n int) (p50, p99 time.Duration, err error) {
 			in <- b
 		}
 	}()
+	if relay {
+		time.Sleep(200 * time.Millisecond) // let stty run first
+	}
 	msg := make([]byte, 60) // about a keystroke frame
 	rtts := make([]time.Duration, 0, n)
 	for i := 0; i < n; i++ {
+		if relay {
+			msg = []byte{'a' + byte(i%26)} // a key, echoed by the pty
+		}
 		t0 := time.Now()
 		if err := c.WriteMessage(websocket.BinaryMessage, msg); err != nil {
 			return 0, 0, err

@@ -52,6 +52,13 @@ func main() {
 		}
 		return
 	}
+	if os.Getenv(relayServerEnv) == "1" {
+		if err := serveRelayEcho(); err != nil {
+			fmt.Fprintln(os.Stderr, "tetherbench relay echo server:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if os.Getenv(echoServerEnv) == "1" {
 		if err := serveEcho(); err != nil {
 			fmt.Fprintln(os.Stderr, "tetherbench echo server:", err)
@@ -298,22 +305,15 @@ func run(bin string, keys, mb int, idleOnly, echoOnly bool) error {
 	if err := b.open("echo1", "stty -icanon; "); err != nil {
 		return err
 	}
-	p50, p99, err := b.echo("echo1", keys)
-	if err != nil {
+	if err := b.echoRows("echo1", fmt.Sprintf("keystroke echo p50 / p99 (%d keys)", keys), keys); err != nil {
 		return err
-	}
-	row(fmt.Sprintf("keystroke echo p50 / p99 (%d keys)", keys), fmtDur(p50)+" / "+fmtDur(p99), "target ≤ 0.1 ms / ≤ 0.4 ms")
-	if f50, f99, err := ptyEchoFloor(keys); err == nil {
-		row("  floor: bare pty echo p50 / p99", fmtDur(f50)+" / "+fmtDur(f99), "same run")
-	}
-	if f50, f99, err := wsEchoFloor(keys); err == nil {
-		row("  floor: websocket echo, other process", fmtDur(f50)+" / "+fmtDur(f99), "same run")
 	}
 	if err := b.perKey(d, "echo1", keys); err != nil {
 		return err
 	}
 
-	// The same next to a session flooding output.
+	// The same next to a session flooding output; its floors are measured
+	// while the flood goes on too, so they carry the same load.
 	if err := b.open("flood", ""); err != nil {
 		return err
 	}
@@ -321,11 +321,9 @@ func run(bin string, keys, mb int, idleOnly, echoOnly bool) error {
 		return err
 	}
 	time.Sleep(200 * time.Millisecond)
-	p50f, p99f, err := b.echo("echo1", keys)
-	if err != nil {
+	if err := b.echoRows("echo1", "keystroke echo p50 / p99 beside `yes`", keys); err != nil {
 		return err
 	}
-	row("keystroke echo p50 / p99 beside `yes`", fmtDur(p50f)+" / "+fmtDur(p99f), "fair share: ≈ 1 ms at most")
 	_ = b.stop("flood")
 
 	// Output throughput against a raw pty in the same run.
@@ -405,6 +403,57 @@ func run(bin string, keys, mb int, idleOnly, echoOnly bool) error {
 		return err
 	}
 	return portForwardBench(bin)
+}
+
+// echoRows measures the keystroke echo of sid and, right after, its floors
+// (the same load still on), and prints them with the issue's targets: p50
+// within 2x and p99 within 3x of the sum of the pty and websocket floors.
+func (b *bench) echoRows(sid, label string, keys int) error {
+	p50, p99, err := b.echo(sid, keys)
+	if err != nil {
+		return err
+	}
+	stop := b.discard()
+	pty50, pty99, perr := ptyEchoFloor(keys)
+	ws50, ws99, werr := wsEchoFloor(keys, false)
+	re50, re99, rerr := wsEchoFloor(keys, true)
+	stop()
+	if err := errors.Join(perr, werr, rerr); err != nil {
+		return fmt.Errorf("echo floors: %w", err)
+	}
+	t50, t99 := 2*(pty50+ws50), 3*(pty99+ws99)
+	verdict := func(got, target time.Duration) string {
+		if got <= target {
+			return "met"
+		}
+		return "missed"
+	}
+	row(label, fmtDur(p50)+" / "+fmtDur(p99), fmt.Sprintf("target ≤ %s / ≤ %s (2× / 3× pty + websocket): %s / %s",
+		fmtDur(t50), fmtDur(t99), verdict(p50, t50), verdict(p99, t99)))
+	row("  floor: bare pty echo", fmtDur(pty50)+" / "+fmtDur(pty99), "same run, same load")
+	row("  floor: websocket echo, other process", fmtDur(ws50)+" / "+fmtDur(ws99), "same run, same load")
+	row("  floor: websocket → bare relay → pty", fmtDur(re50)+" / "+fmtDur(re99), "any agent's path, no protocol")
+	return nil
+}
+
+// discard drops the device's frames until stop is called, so a flooding
+// session keeps flooding while nothing else reads.
+func (b *bench) discard() (stop func()) {
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-quit:
+				return
+			case _, ok := <-b.c.in:
+				if !ok {
+					return
+				}
+			}
+		}
+	}()
+	return func() { close(quit); <-done }
 }
 
 func row(what, value, note string) {
