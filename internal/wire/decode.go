@@ -52,7 +52,7 @@ func Unmarshal(b []byte) (*ProtoMsg, error) {
 	}
 	r := bytes.NewReader(b)
 	d := msgpack.NewDecoder(r)
-	v := valueReader{d: d, r: r}
+	v := valueReader{d: d, r: r, b: b}
 	fail := func(kind MalformedKind, err error) (*ProtoMsg, error) {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			kind = MalformedTruncated
@@ -249,8 +249,8 @@ func decodeString(v valueReader) (s string, typeErr, err error) {
 	case c == msgpcode.Nil:
 		return "", nil, d.DecodeNil()
 	case msgpcode.IsString(c), msgpcode.IsBin(c):
-		b, err := v.raw()
-		return string(b), nil, err
+		b, err := v.view()
+		return intern(b), nil, err
 	}
 	_, err = v.value(0, false)
 	return "", fmt.Errorf("msgpack code 0x%02x, not a string", c), err
@@ -336,6 +336,7 @@ var errTooDeep = errors.New("values nested too deeply")
 type valueReader struct {
 	d *msgpack.Decoder
 	r *bytes.Reader
+	b []byte // what r reads, for views; nil: view copies
 }
 
 func (v valueReader) mapLen() (int, error) {
@@ -362,6 +363,76 @@ func (v valueReader) raw() ([]byte, error) {
 	b := make([]byte, n)
 	_, err = io.ReadFull(v.r, b)
 	return b, err
+}
+
+// view reads a str or bin value as a window into the frame, valid only
+// until the frame is reused: for values turned into strings at once.
+func (v valueReader) view() ([]byte, error) {
+	if v.b == nil {
+		return v.raw()
+	}
+	n, err := v.d.DecodeBytesLen()
+	if err != nil || n < 0 {
+		return nil, err
+	}
+	left := v.r.Len()
+	if n > left {
+		return nil, io.ErrUnexpectedEOF
+	}
+	off := len(v.b) - left
+	if _, err := v.r.Seek(int64(n), io.SeekCurrent); err != nil {
+		return nil, err
+	}
+	return v.b[off : off+n], nil
+}
+
+// intern returns the string b spells: the constant itself for the keys
+// and message types every frame carries, so decoding them allocates
+// nothing; a copy otherwise.
+func intern(b []byte) string {
+	switch string(b) { // compared in place, not converted
+	case "hdr":
+		return "hdr"
+	case "body":
+		return "body"
+	case "proto":
+		return "proto"
+	case "typ":
+		return "typ"
+	case "sid":
+		return "sid"
+	case "props":
+		return "props"
+	case PropStatus:
+		return PropStatus
+	case PropUserID:
+		return PropUserID
+	case PropTerminalWidth:
+		return PropTerminalWidth
+	case PropTerminalHeight:
+		return PropTerminalHeight
+	case PropTimeout:
+		return PropTimeout
+	case PropOffset:
+		return PropOffset
+	case PropConnectionID:
+		return PropConnectionID
+	case PropMsgID:
+		return PropMsgID
+	case ShellData:
+		return ShellData
+	case ShellNew:
+		return ShellNew
+	case ShellResize:
+		return ShellResize
+	case ShellStop:
+		return ShellStop
+	case ShellPing:
+		return ShellPing
+	case ShellPong:
+		return ShellPong
+	}
+	return string(b)
 }
 
 // skipRaw skips a str or bin value after checking its claimed length.
@@ -455,11 +526,11 @@ func (v valueReader) value(depth int, keep bool) (interface{}, error) {
 		if !keep {
 			return nil, v.skipRaw()
 		}
-		b, err := v.raw()
 		if msgpcode.IsString(c) {
-			return string(b), err
+			b, err := v.view()
+			return intern(b), err
 		}
-		return b, err
+		return v.raw()
 	case keep:
 		return v.d.DecodeInterface()
 	default:
