@@ -485,7 +485,10 @@ func (l *Link) readLoop(conn *websocket.Conn) error {
 	})
 	conn.SetPongHandler(func(string) error { refresh(); return nil })
 	limit := int64(l.opts.MaxMessageSize)
-	buf := make([]byte, 0, 4096)
+	// One buffer and one limiter for every frame: the frame is decoded
+	// (and copied out) before the next one is read.
+	var w bytes.Buffer
+	lr := &io.LimitedReader{}
 	for {
 		// Blocked in a read the reader cannot answer a probe, and need
 		// not: the read deadline (ReadTimeout, renewed by every frame and
@@ -500,13 +503,13 @@ func (l *Link) readLoop(conn *websocket.Conn) error {
 		refresh()
 		// Read at most limit+1 bytes: an oversized message is discarded
 		// and reported, and the link stays up (upstream dropped it).
-		buf = buf[:0]
-		w := bytes.NewBuffer(buf)
-		n, err := io.Copy(w, io.LimitReader(r, limit+1))
+		w.Reset()
+		lr.R, lr.N = r, limit+1
+		n, err := w.ReadFrom(lr)
 		if err != nil {
 			return fmt.Errorf("read message: %w", err)
 		}
-		buf = w.Bytes()
+		buf := w.Bytes()
 		l.opts.Observer.FrameIn()
 		if n > limit {
 			skipped, err := io.Copy(io.Discard, r)
@@ -515,7 +518,7 @@ func (l *Link) readLoop(conn *websocket.Conn) error {
 			}
 			l.malformed(&wire.DecodeError{Kind: wire.MalformedOversized,
 				Err: fmt.Errorf("message of %d bytes exceeds the %d byte limit", n+skipped, limit)})
-			buf = make([]byte, 0, 4096) // do not keep an oversized buffer
+			w = bytes.Buffer{} // do not keep an oversized buffer
 			continue
 		}
 		if typ != websocket.BinaryMessage && typ != websocket.TextMessage {

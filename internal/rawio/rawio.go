@@ -17,6 +17,7 @@ package rawio
 import (
 	"io"
 	"net"
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -63,6 +64,21 @@ func Write(fd uintptr, b []byte) (int, error) {
 type Conn struct {
 	*net.TCPConn
 	rc syscall.RawConn
+
+	// The callbacks handed to the poller are made once: a closure per
+	// call would be two allocations per frame. Their arguments and
+	// results live here, under a mutex per direction.
+	rmu    sync.Mutex
+	rb     []byte
+	rn     int
+	rerr   error
+	readFn func(uintptr) bool
+
+	wmu     sync.Mutex
+	wb      []byte
+	wn      int
+	werr    error
+	writeFn func(uintptr) bool
 }
 
 // NewConn wraps c.
@@ -71,11 +87,18 @@ func NewConn(c *net.TCPConn) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Conn{TCPConn: c, rc: rc}, nil
+	conn := &Conn{TCPConn: c, rc: rc}
+	conn.readFn, conn.writeFn = conn.read, conn.write
+	return conn, nil
 }
 
 func (c *Conn) opErr(op string, err error) error {
 	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+}
+
+func (c *Conn) read(fd uintptr) bool {
+	c.rn, c.rerr = Read(fd, c.rb)
+	return c.rerr != syscall.EAGAIN
 }
 
 // Read reads as net.Conn's Read does: io.EOF at the end of the stream.
@@ -83,12 +106,12 @@ func (c *Conn) Read(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
-	var n int
-	var rerr error
-	err := c.rc.Read(func(fd uintptr) bool {
-		n, rerr = Read(fd, b)
-		return rerr != syscall.EAGAIN
-	})
+	c.rmu.Lock()
+	c.rb, c.rn, c.rerr = b, 0, nil
+	err := c.rc.Read(c.readFn)
+	n, rerr := c.rn, c.rerr
+	c.rb = nil
+	c.rmu.Unlock()
 	if err == nil {
 		err = rerr
 	}
@@ -101,24 +124,29 @@ func (c *Conn) Read(b []byte) (int, error) {
 	return n, nil
 }
 
+func (c *Conn) write(fd uintptr) bool {
+	for c.wn < len(c.wb) {
+		n, err := Write(fd, c.wb[c.wn:])
+		if err == syscall.EAGAIN {
+			return false
+		}
+		if err != nil {
+			c.werr = err
+			return true
+		}
+		c.wn += n
+	}
+	return true
+}
+
 // Write writes all of b, waiting for room as net.Conn's Write does.
 func (c *Conn) Write(b []byte) (int, error) {
-	total := 0
-	var werr error
-	err := c.rc.Write(func(fd uintptr) bool {
-		for total < len(b) {
-			n, err := Write(fd, b[total:])
-			if err == syscall.EAGAIN {
-				return false
-			}
-			if err != nil {
-				werr = err
-				return true
-			}
-			total += n
-		}
-		return true
-	})
+	c.wmu.Lock()
+	c.wb, c.wn, c.werr = b, 0, nil
+	err := c.rc.Write(c.writeFn)
+	total, werr := c.wn, c.werr
+	c.wb = nil
+	c.wmu.Unlock()
 	if err == nil {
 		err = werr
 	}

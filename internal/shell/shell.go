@@ -49,6 +49,22 @@ type Process struct {
 
 	scans atomic.Int64 // /proc scans by the teardown, for tests
 
+	// The callbacks handed to the poller are made once (a closure per
+	// call is an allocation or three per keystroke); their arguments and
+	// results live here, under a mutex per direction.
+	rmu      sync.Mutex
+	rget     func() []byte
+	rput     func([]byte)
+	rbuf     []byte
+	rn       int
+	rerr     error
+	readFn   func(uintptr) bool
+	wmu      sync.Mutex
+	wb       []byte
+	wn       int
+	werr     error
+	tryWrite func(uintptr) bool
+
 	stopOnce sync.Once
 	stopped  chan struct{} // closed when Stop has finished its teardown
 }
@@ -89,6 +105,7 @@ func (r *Reaper) Start(s Spec) (*Process, error) {
 		return nil, fmt.Errorf("start %s: %w", s.Command, err)
 	}
 	p.pty, p.raw = master, raw
+	p.readFn, p.tryWrite = p.readPooled, p.writeNow
 	return p, nil
 }
 
@@ -145,15 +162,12 @@ func (p *Process) Read(b []byte) (int, error) { return p.pty.Read(b) }
 // queues the rest. It lets the read path deliver a keystroke without a
 // goroutine hand-off.
 func (p *Process) TryWrite(b []byte) (int, error) {
-	var n int
-	var werr error
-	err := p.raw.Write(func(fd uintptr) bool {
-		n, werr = rawio.Write(fd, b)
-		return true // never wait
-	})
-	if n < 0 {
-		n = 0
-	}
+	p.wmu.Lock()
+	p.wb, p.wn, p.werr = b, 0, nil
+	err := p.raw.Write(p.tryWrite)
+	n, werr := p.wn, p.werr
+	p.wb = nil
+	p.wmu.Unlock()
 	if werr == syscall.EAGAIN {
 		werr = nil
 	}
@@ -161,6 +175,11 @@ func (p *Process) TryWrite(b []byte) (int, error) {
 		err = werr
 	}
 	return n, err
+}
+
+func (p *Process) writeNow(fd uintptr) bool {
+	p.wn, p.werr = rawio.Write(fd, p.wb)
+	return true // never wait
 }
 
 // Write writes input to the pty master.
@@ -195,38 +214,42 @@ const busyRead = 1024
 // from get to read it into, so an idle session holds no read buffer. It
 // returns the buffer and the bytes read; on error the buffer may be nil.
 func (p *Process) ReadPooled(get func() []byte, put func([]byte)) (buf []byte, n int, err error) {
-	var rerr error
-	err = p.raw.Read(func(fd uintptr) bool {
-		buf = get()
-		n, rerr = rawio.Read(fd, buf)
-		if rerr == syscall.EAGAIN {
-			put(buf)
-			buf, n = nil, 0
-			return false // wait for readiness
-		}
-		// The line discipline hands out at most 4 KiB per read; take
-		// what else is already there, without waiting for more, so a
-		// busy shell fills big frames while an echo goes out at once.
-		// A short read means the terminal was drained: asking again
-		// would only earn an EAGAIN (a syscall per keystroke).
-		for m := n; rerr == nil && m >= busyRead && n < len(buf); n += m {
-			var e error
-			if m, e = rawio.Read(fd, buf[n:]); m <= 0 || e != nil {
-				break // EAGAIN, EIO: the next call reports it
-			}
-		}
-		return true
-	})
+	p.rmu.Lock()
+	p.rget, p.rput, p.rbuf, p.rn, p.rerr = get, put, nil, 0, nil
+	err = p.raw.Read(p.readFn)
+	buf, n, rerr := p.rbuf, p.rn, p.rerr
+	p.rget, p.rput, p.rbuf = nil, nil, nil
+	p.rmu.Unlock()
 	if err == nil {
 		err = rerr
-	}
-	if n < 0 {
-		n = 0
 	}
 	if err == nil && n == 0 {
 		err = io.EOF
 	}
 	return buf, n, err
+}
+
+func (p *Process) readPooled(fd uintptr) bool {
+	buf := p.rget()
+	n, rerr := rawio.Read(fd, buf)
+	if rerr == syscall.EAGAIN {
+		p.rput(buf)
+		p.rbuf, p.rn, p.rerr = nil, 0, nil
+		return false // wait for readiness
+	}
+	// The line discipline hands out at most 4 KiB per read; take what
+	// else is already there, without waiting for more, so a busy shell
+	// fills big frames while an echo goes out at once. A short read
+	// means the terminal was drained: asking again would only earn an
+	// EAGAIN (a syscall per keystroke).
+	for m := n; rerr == nil && m >= busyRead && n < len(buf); n += m {
+		var e error
+		if m, e = rawio.Read(fd, buf[n:]); m <= 0 || e != nil {
+			break // EAGAIN, EIO: the next call reports it
+		}
+	}
+	p.rbuf, p.rn, p.rerr = buf, n, rerr
+	return true
 }
 
 // Done is closed when the shell process has been reaped.

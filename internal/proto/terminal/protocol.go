@@ -100,20 +100,17 @@ func (t *Protocol) Number() uint16 { return wire.ProtoShell }
 // copying path).
 const frameHeadroom = 320
 
-// getBuf returns a buffer of frameHeadroom + ReadBuffer bytes.
-func (t *Protocol) getBuf() []byte {
+// getBuf returns a buffer of frameHeadroom + ReadBuffer bytes; the pool
+// keeps pointers, so giving one back allocates nothing.
+func (t *Protocol) getBuf() *[]byte {
 	if b, ok := t.bufs.Get().(*[]byte); ok {
-		return *b
+		return b
 	}
-	return make([]byte, frameHeadroom+t.opts.ReadBuffer)
+	b := make([]byte, frameHeadroom+t.opts.ReadBuffer)
+	return &b
 }
 
-func (t *Protocol) putBuf(b []byte) {
-	if cap(b) >= frameHeadroom+t.opts.ReadBuffer {
-		b = b[:frameHeadroom+t.opts.ReadBuffer]
-		t.bufs.Put(&b)
-	}
-}
+func (t *Protocol) putBuf(b *[]byte) { t.bufs.Put(b) }
 
 type nopRecorder struct{}
 

@@ -415,8 +415,8 @@ func (s *session) pumpOutput(proc *shell.Process) {
 	overhead := wire.ShellOutputOverhead(len(s.sid))
 	inPlace := overhead <= frameHeadroom
 	hdr := make([]byte, 0, frameHeadroom)
-	var fb []byte // the pooled buffer of the current read
-	get := func() []byte { fb = s.t.getBuf(); return fb[frameHeadroom:] }
+	var fb *[]byte // the pooled buffer of the current read
+	get := func() []byte { fb = s.t.getBuf(); return (*fb)[frameHeadroom:] }
 	put := func([]byte) { s.t.putBuf(fb) }
 	for {
 		s.inRead.Store(true)
@@ -428,9 +428,9 @@ func (s *session) pumpOutput(proc *shell.Process) {
 			if inPlace && n >= s.t.opts.ReadBuffer/2 {
 				h := wire.AppendShellOutputHeader(hdr[:0], s.sid, n)
 				start := frameHeadroom - len(h)
-				copy(fb[start:], h)
-				b := fb
-				perr = s.q.PutPooled(s.ctx, b[start:frameHeadroom+n], cap(b), func() { s.t.putBuf(b) })
+				b, p := *fb, fb
+				copy(b[start:], h)
+				perr = s.q.PutPooled(s.ctx, b[start:frameHeadroom+n], cap(b), func() { s.t.putBuf(p) })
 			} else {
 				frame := wire.AppendShellOutput(make([]byte, 0, n+overhead), s.sid, buf[:n])
 				s.t.putBuf(fb)
