@@ -70,10 +70,6 @@ func appendStr(dst []byte, s string) []byte {
 	return append(dst, s...)
 }
 
-func appendBin(dst []byte, b []byte) []byte {
-	return append(appendBinHeader(dst, len(b)), b...)
-}
-
 func appendBinHeader(dst []byte, n int) []byte {
 	switch {
 	case n < 1<<8:
