@@ -331,18 +331,11 @@ func run(bin string, keys, mb int, idleOnly, echoOnly bool) error {
 	if err != nil {
 		return err
 	}
-	before, err := b.sampleCosts(d)
-	if err != nil {
+	var tput, frame float64
+	before, after, calls, callsErr, err := b.measured(d, func() (err error) {
+		tput, frame, err = b.throughput("echo1", mb)
 		return err
-	}
-	sc := startSyscallCount(d.cmd.Process.Pid)
-	tput, frame, err := b.throughput("echo1", mb)
-	if err != nil {
-		sc.stop()
-		return err
-	}
-	calls, callsErr := sc.stop()
-	after, err := b.sampleCosts(d)
+	})
 	if err != nil {
 		return err
 	}

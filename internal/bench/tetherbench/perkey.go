@@ -84,24 +84,17 @@ func (b *bench) perKey(d *daemon, sid string, n int) error {
 	if err != nil {
 		return err
 	}
-	before, err := b.sampleCosts(d)
+	before, after, calls, callsErr, err := b.measured(d, func() error {
+		_, _, err := b.echo(sid, n)
+		return err
+	})
 	if err != nil {
 		return err
 	}
 	scrape := before.heap.mallocs - h0.mallocs
-	sc := startSyscallCount(d.cmd.Process.Pid)
-	if _, _, err := b.echo(sid, n); err != nil {
-		sc.stop()
-		return err
-	}
 	// echo ends the line with a newline and lets the shell answer it
 	// (command not found, a prompt); that line is one more "keystroke"
 	// whose cost is counted too, so divide by n+1.
-	calls, callsErr := sc.stop()
-	after, err := b.sampleCosts(d)
-	if err != nil {
-		return err
-	}
 	k := float64(n + 1)
 	per := func(a, b int64) float64 { return float64(b-a) / k }
 	row("per keystroke: frames in / out", fmt.Sprintf("%.2f / %.2f", per(before.framesIn, after.framesIn), per(before.framesOut, after.framesOut)), "websocket messages")
@@ -115,6 +108,22 @@ func (b *bench) perKey(d *daemon, sid string, n int) error {
 	row("per keystroke: daemon CPU / switches", fmt.Sprintf("%.1f µs / %.1f", float64(after.proc.CPU-before.proc.CPU)/k/1e3,
 		float64(after.proc.Switches-before.proc.Switches)/k), "all threads, schedstat")
 	return nil
+}
+
+// measured runs f between two samples of the daemon's costs, counting its
+// syscalls meanwhile (callsErr says why they could not be counted).
+func (b *bench) measured(d *daemon, f func() error) (before, after costs, calls int64, callsErr, err error) {
+	if before, err = b.sampleCosts(d); err != nil {
+		return
+	}
+	sc := startSyscallCount(d.cmd.Process.Pid)
+	if err = f(); err != nil {
+		_, _ = sc.stop()
+		return
+	}
+	calls, callsErr = sc.stop()
+	after, err = b.sampleCosts(d)
+	return
 }
 
 // ioSyscalls is the daemon's read and write family syscall count so far.
