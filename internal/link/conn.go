@@ -21,8 +21,9 @@ import (
 // not the kernel, decides what goes next.
 const notSentLowat = 16 << 10
 
-// progressChunk is the most handed to the kernel in one write: each chunk
-// gets a fresh deadline, so the write timeout means "no progress".
+// progressChunk is the most handed to the kernel in one write on a
+// connection that cannot renew its deadline as it goes: each chunk gets a
+// fresh deadline, so the write timeout means "no progress".
 const progressChunk = 16 << 10
 
 // dialTCP dials with a small unsent-bytes bound and wraps the connection
@@ -43,12 +44,14 @@ func dialTCP(writeTimeout time.Duration) func(ctx context.Context, network, addr
 		if err != nil {
 			return nil, err
 		}
+		pc := &progressConn{Conn: c, timeout: writeTimeout}
 		if tc, ok := c.(*net.TCPConn); ok {
 			if rc, err := rawio.NewConn(tc); err == nil {
-				c = rc
+				rc.SetWriteProgress(func() { _ = rc.SetWriteDeadline(pc.deadline()) })
+				pc.Conn, pc.raw = rc, rc
 			}
 		}
-		return &progressConn{Conn: c, timeout: writeTimeout}, nil
+		return pc, nil
 	}
 }
 
@@ -57,14 +60,17 @@ func dialTCP(writeTimeout time.Duration) func(ctx context.Context, network, addr
 type progressConn struct {
 	net.Conn
 	timeout time.Duration
+	// raw is Conn when it renews the deadline itself on progress: a
+	// frame then goes out in one write instead of one per chunk.
+	raw *rawio.Conn
 
 	mu       sync.Mutex
-	deadline time.Time // explicit write deadline; zero = none
+	explicit time.Time // explicit write deadline; zero = none
 }
 
 func (c *progressConn) SetWriteDeadline(t time.Time) error {
 	c.mu.Lock()
-	c.deadline = t
+	c.explicit = t
 	c.mu.Unlock()
 	return nil
 }
@@ -74,22 +80,41 @@ func (c *progressConn) SetDeadline(t time.Time) error {
 	return c.Conn.SetReadDeadline(t)
 }
 
+// deadline is the write deadline from now: timeout away, or the explicit
+// deadline if that comes first.
+func (c *progressConn) deadline() time.Time {
+	var d time.Time
+	if c.timeout > 0 {
+		d = time.Now().Add(c.timeout)
+	}
+	c.mu.Lock()
+	if !c.explicit.IsZero() && (d.IsZero() || c.explicit.Before(d)) {
+		d = c.explicit
+	}
+	c.mu.Unlock()
+	return d
+}
+
 func (c *progressConn) Write(b []byte) (int, error) {
+	if c.raw != nil {
+		if err := c.raw.SetWriteDeadline(c.deadline()); err != nil {
+			return 0, err
+		}
+		n, err := c.raw.Write(b) // renews the deadline as it progresses
+		if err != nil {
+			return n, err
+		}
+		// A deadline left set arms a runtime timer that wakes the idle
+		// daemon WriteTimeout after its last write, for nothing.
+		return n, c.raw.SetWriteDeadline(time.Time{})
+	}
 	total := 0
 	for len(b) > 0 {
 		chunk := b
 		if len(chunk) > progressChunk {
 			chunk = chunk[:progressChunk]
 		}
-		var d time.Time
-		if c.timeout > 0 {
-			d = time.Now().Add(c.timeout)
-		}
-		c.mu.Lock()
-		if !c.deadline.IsZero() && (d.IsZero() || c.deadline.Before(d)) {
-			d = c.deadline
-		}
-		c.mu.Unlock()
+		d := c.deadline()
 		if err := c.Conn.SetWriteDeadline(d); err != nil {
 			return total, err
 		}

@@ -74,12 +74,21 @@ type Conn struct {
 	rerr   error
 	readFn func(uintptr) bool
 
-	wmu     sync.Mutex
-	wb      []byte
-	wn      int
-	werr    error
-	writeFn func(uintptr) bool
+	wmu      sync.Mutex
+	wb       []byte
+	wn       int
+	wmark    int // wn when progress was last reported
+	werr     error
+	writeFn  func(uintptr) bool
+	progress func()
 }
+
+// SetWriteProgress makes Write call f (with the write in progress, so f
+// must not write) each time it has to wait for room after having written
+// something since it last waited or began: a caller can then renew its
+// write deadline, so that the deadline means "no progress for so long"
+// however big the write. Set it before the first Write.
+func (c *Conn) SetWriteProgress(f func()) { c.progress = f }
 
 // NewConn wraps c.
 func NewConn(c *net.TCPConn) (*Conn, error) {
@@ -128,6 +137,10 @@ func (c *Conn) write(fd uintptr) bool {
 	for c.wn < len(c.wb) {
 		n, err := Write(fd, c.wb[c.wn:])
 		if err == syscall.EAGAIN {
+			if c.wn > c.wmark && c.progress != nil {
+				c.wmark = c.wn
+				c.progress()
+			}
 			return false
 		}
 		if err != nil {
@@ -142,7 +155,7 @@ func (c *Conn) write(fd uintptr) bool {
 // Write writes all of b, waiting for room as net.Conn's Write does.
 func (c *Conn) Write(b []byte) (int, error) {
 	c.wmu.Lock()
-	c.wb, c.wn, c.werr = b, 0, nil
+	c.wb, c.wn, c.wmark, c.werr = b, 0, 0, nil
 	err := c.rc.Write(c.writeFn)
 	total, werr := c.wn, c.werr
 	c.wb = nil

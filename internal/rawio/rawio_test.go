@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func nonblockingPipe(t *testing.T) (r, w int) {
@@ -168,5 +170,53 @@ func TestConnClosed(t *testing.T) {
 	}
 	if _, err := c.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("Write on a closed conn: %v, want net.ErrClosed", err)
+	}
+}
+
+// Write reports progress each time it must wait after writing something,
+// so a caller can keep a deadline that means "no progress for so long";
+// with the peer reading slowly, a write taking far longer than the
+// deadline still succeeds.
+func TestConnWriteProgressRenewsDeadline(t *testing.T) {
+	c, peer := tcpPair(t)
+	// As the link sets it: the socket reports room whenever less than
+	// 16 KiB is unsent, not only once a multi-megabyte buffer half drains.
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.Control(func(fd uintptr) {
+		err = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, 16<<10)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	const timeout = 200 * time.Millisecond
+	progress := 0
+	c.SetWriteProgress(func() {
+		progress++
+		_ = c.SetWriteDeadline(time.Now().Add(timeout))
+	})
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			if _, err := peer.Read(buf); err != nil {
+				return
+			}
+			time.Sleep(20 * time.Millisecond) // about 3 MB/s
+		}
+	}()
+	if err := c.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	n, err := c.Write(make([]byte, 8<<20))
+	if err != nil || n != 8<<20 {
+		t.Fatalf("slow but steady peer: Write = %d, %v after %s", n, err, time.Since(t0))
+	}
+	if el := time.Since(t0); el < 2*timeout || progress < 2 {
+		t.Fatalf("write took %s with %d progress reports: the peer was not slow enough to prove anything", el, progress)
 	}
 }
