@@ -178,7 +178,22 @@ type daemon struct {
 }
 
 func startDaemon(bin, serverURL string) (*daemon, error) {
-	dir, err := os.MkdirTemp("", "tetherbench-")
+	return launch(bin, "tetherbench-", "bench-token\n", func(dir string) map[string]interface{} {
+		return map[string]interface{}{
+			"ShellArguments": []string{},
+			"ServerURL":      serverURL,
+			"Sessions":       map[string]interface{}{"MaxPerUser": 128, "MaxTotal": 128, "StopGrace": "200ms"},
+			// The bench reads the allocation counter here.
+			"Metrics": map[string]interface{}{"Listen": "unix:" + filepath.Join(dir, "metrics.sock")},
+		}
+	})
+}
+
+// launch starts the daemon with a config of its own in a fresh directory:
+// static auth with token, shells of the bench's user (nobody as root), warn
+// logs, plus the keys extra returns for that directory.
+func launch(bin, prefix, token string, extra func(dir string) map[string]interface{}) (*daemon, error) {
+	dir, err := os.MkdirTemp("", prefix)
 	if err != nil {
 		return nil, err
 	}
@@ -187,17 +202,16 @@ func startDaemon(bin, serverURL string) (*daemon, error) {
 		user = os.Getenv("USER")
 	}
 	tok := filepath.Join(dir, "token")
-	if err := os.WriteFile(tok, []byte("bench-token\n"), 0o600); err != nil {
+	if err := os.WriteFile(tok, []byte(token), 0o600); err != nil {
 		return nil, err
 	}
 	cfg := map[string]interface{}{
-		"User": user, "ShellCommand": "/bin/sh", "ShellArguments": []string{},
-		"ServerURL": serverURL,
-		"Auth":      map[string]interface{}{"Source": "static", "TokenFile": tok},
-		"Sessions":  map[string]interface{}{"MaxPerUser": 128, "MaxTotal": 128, "StopGrace": "200ms"},
-		"Log":       map[string]interface{}{"Level": "warn"},
-		// The bench reads the allocation counter here.
-		"Metrics": map[string]interface{}{"Listen": "unix:" + filepath.Join(dir, "metrics.sock")},
+		"User": user, "ShellCommand": "/bin/sh",
+		"Auth": map[string]interface{}{"Source": "static", "TokenFile": tok},
+		"Log":  map[string]interface{}{"Level": "warn"},
+	}
+	for k, v := range extra(dir) {
+		cfg[k] = v
 	}
 	b, _ := json.Marshal(cfg)
 	conf := filepath.Join(dir, "tether.conf")

@@ -2,15 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -104,40 +101,9 @@ func (p *delayProxy) close() { p.l.Close() }
 func (p *delayProxy) url() string { return "http://" + p.l.Addr().String() }
 
 func startPFDaemon(bin, serverURL, token string, pf map[string]interface{}) (*daemon, error) {
-	dir, err := os.MkdirTemp("", "tetherbench-pf-")
-	if err != nil {
-		return nil, err
-	}
-	user := "nobody"
-	if os.Geteuid() != 0 {
-		user = os.Getenv("USER")
-	}
-	tok := filepath.Join(dir, "token")
-	if err := os.WriteFile(tok, []byte(token), 0o600); err != nil {
-		return nil, err
-	}
-	b, _ := json.Marshal(map[string]interface{}{
-		"User": user, "ShellCommand": "/bin/sh", "ServerURL": serverURL,
-		"Auth":        map[string]interface{}{"Source": "static", "TokenFile": tok},
-		"Log":         map[string]interface{}{"Level": "warn"},
-		"PortForward": pf,
+	return launch(bin, "tetherbench-pf-", token, func(string) map[string]interface{} {
+		return map[string]interface{}{"ServerURL": serverURL, "PortForward": pf}
 	})
-	conf := filepath.Join(dir, "tether.conf")
-	if err := os.WriteFile(conf, b, 0o600); err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin, "-c", conf, "-b", filepath.Join(dir, "none"), "daemon")
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
-	for _, k := range []string{"GOGC", "GOMEMLIMIT", "GODEBUG", "GOMAXPROCS"} {
-		if v, ok := os.LookupEnv(k); ok {
-			cmd.Env = append(cmd.Env, k+"="+v)
-		}
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	return &daemon{cmd: cmd, dir: dir}, nil
 }
 
 // source and sink are the destinations on the device's side.
