@@ -89,8 +89,7 @@ func TestTraceShowsFrameHeadersOnly(t *testing.T) {
 	fmt.Fprintf(term, "echo %s-$((3+4))\n", secret)
 	e.expect(term, secret+"-7")
 	sid := term.SID()
-	log := e.log.String()
-	for _, c := range []struct {
+	cases := []struct {
 		dir, typ string
 		body     bool // a body of known size > 0
 	}{
@@ -98,10 +97,27 @@ func TestTraceShowsFrameHeadersOnly(t *testing.T) {
 		{"frame out", wire.ShellNew, true},
 		{"frame in", wire.ShellData, true},
 		{"frame out", wire.ShellData, true},
-	} {
-		re := regexp.MustCompile(`msg="` + c.dir + `" proto=shell type=` + c.typ + ` session_id=` + regexp.QuoteMeta(sid) +
+	}
+	res := make([]*regexp.Regexp, len(cases))
+	for i, c := range cases {
+		res[i] = regexp.MustCompile(`msg="` + c.dir + `" proto=shell type=` + c.typ + ` session_id=` + regexp.QuoteMeta(sid) +
 			` props=\d+ body_bytes=(\d+) frame_bytes=(\d+)`)
-		ms := re.FindAllStringSubmatch(log, -1)
+	}
+	// A frame is traced once it is written, so its line may land just
+	// after the peer has read it: wait a little for all of them.
+	log := e.log.String()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); log = e.log.String() {
+		all := true
+		for _, re := range res {
+			all = all && re.MatchString(log)
+		}
+		if all {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for i, c := range cases {
+		ms := res[i].FindAllStringSubmatch(log, -1)
 		if len(ms) == 0 {
 			t.Errorf("no trace of %s %s for session %s", c.dir, c.typ, sid)
 			continue

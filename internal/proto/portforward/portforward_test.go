@@ -45,6 +45,33 @@ func recv(t *testing.T, out chanSender, typ string) *wire.ProtoMsg {
 	}
 }
 
+// recvAckAndForward waits for the device's ack of a peer forward and for
+// the forward carrying the destination's echo, in either order: the ack
+// goes out once the write to the destination is done, and by then the
+// echo may already be on its way back.
+func recvAckAndForward(t *testing.T, out chanSender) *wire.ProtoMsg {
+	t.Helper()
+	var acked bool
+	var fwd *wire.ProtoMsg
+	for !acked || fwd == nil {
+		select {
+		case m := <-out:
+			switch m.Header.MsgType {
+			case TypeAck:
+				acked = true
+			case TypeForward:
+				if fwd != nil {
+					t.Fatalf("a second forward %q before the ack", m.Body)
+				}
+				fwd = m
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("from the device: ack %v, forward %v; want both", acked, fwd != nil)
+		}
+	}
+	return fwd
+}
+
 func errText(t *testing.T, m *wire.ProtoMsg) string {
 	t.Helper()
 	var e ErrorBody
@@ -124,8 +151,7 @@ func TestEchoAndStrayMessages(t *testing.T) {
 	// Data sent before the device answered new (mender-cli does that).
 	s.Handle(pfMsg(TypeForward, "c1", []byte("hello")))
 	recv(t, out, TypeNew)
-	recv(t, out, TypeAck)
-	if m := recv(t, out, TypeForward); string(m.Body) != "hello" {
+	if m := recvAckAndForward(t, out); string(m.Body) != "hello" {
 		t.Fatalf("echo %q", m.Body)
 	}
 	// Duplicate and stray acks are ignored; the connection keeps working.
@@ -133,8 +159,7 @@ func TestEchoAndStrayMessages(t *testing.T) {
 		s.Handle(pfMsg(TypeAck, "c1", nil))
 	}
 	s.Handle(pfMsg(TypeForward, "c1", []byte("again")))
-	recv(t, out, TypeAck)
-	if m := recv(t, out, TypeForward); string(m.Body) != "again" {
+	if m := recvAckAndForward(t, out); string(m.Body) != "again" {
 		t.Fatalf("echo %q", m.Body)
 	}
 	s.Handle(pfMsg(TypeStop, "c1", nil))
