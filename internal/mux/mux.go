@@ -33,7 +33,7 @@ type frame struct {
 	// the whole buffer, so the limit bounds memory, not only bytes.
 	held int
 	// release gives a pooled buffer back once the frame is written; nil
-	// for frames the mux simply drops.
+	// for frames that own their memory.
 	release func()
 }
 
