@@ -189,15 +189,15 @@ func (r *Router) handleControl(m *wire.ProtoMsg) {
 	case wire.TypeError:
 		var e wire.ErrorBody
 		if err := wire.DecodeBody(m.Body, &e); err != nil {
-			if r.plog.ctrlError.allow(r.now()) {
+			if r.plog.ctrlError.Allow(r.now()) {
 				r.log.Warn("undecodable control error from server", "session_id", sid, "error", err,
-					"suppressed", r.plog.ctrlError.takeSuppressed())
+					"suppressed", r.plog.ctrlError.TakeSuppressed())
 			}
 			return
 		}
-		if r.plog.ctrlError.allow(r.now()) {
+		if r.plog.ctrlError.Allow(r.now()) {
 			r.log.Warn("control error from server", "session_id", sid, "error", logging.Clip(e.Error), "close", e.Close,
-				"suppressed", r.plog.ctrlError.takeSuppressed())
+				"suppressed", r.plog.ctrlError.TakeSuppressed())
 		}
 		if e.Close {
 			r.endCtrl(sid)

@@ -138,9 +138,9 @@ func (r *Router) slotsLocked() []slot {
 }
 
 func (r *Router) reject(sid, user, limit string) {
-	if r.plog.reject.allow(r.now()) {
+	if r.plog.reject.Allow(r.now()) {
 		r.log.Warn("session refused: limit reached", "event", "limit_reject", "limit", limit,
-			"session_id", logging.Clip(sid), "user_id", logging.Clip(user), "suppressed", r.plog.reject.takeSuppressed())
+			"session_id", logging.Clip(sid), "user_id", logging.Clip(user), "suppressed", r.plog.reject.TakeSuppressed())
 	}
 	r.opts.Recorder.LimitRejected(limit)
 }

@@ -17,9 +17,9 @@ const maxIDLen = 128
 // peerLogs rate-limits the log lines whose content or rate the server
 // controls, each kind on its own so one flood does not hide another.
 type peerLogs struct {
-	oversized rateLimit // messages refused for an oversized identifier
-	reject    rateLimit // limit_reject
-	ctrlError rateLimit // control errors from the server
+	oversized logging.RateLimit // messages refused for an oversized identifier
+	reject    logging.RateLimit // limit_reject
+	ctrlError logging.RateLimit // control errors from the server
 }
 
 // oversizedField names the first header identifier longer than maxIDLen
@@ -51,11 +51,11 @@ func (r *Router) refuseOversized(m *wire.ProtoMsg) bool {
 	if field == "" {
 		return false
 	}
-	if r.plog.oversized.allow(r.now()) {
+	if r.plog.oversized.Allow(r.now()) {
 		r.log.Warn("message refused: "+field+" too long", "proto", wire.ProtoName(h.Proto),
 			"type", logging.Clip(h.MsgType), logging.KeySessionID, logging.Clip(h.SessionID),
 			logging.KeyUserID, logging.Clip(h.StringProp(wire.PropUserID)), "length", n,
-			"suppressed", r.plog.oversized.takeSuppressed())
+			"suppressed", r.plog.oversized.TakeSuppressed())
 	}
 	about := wire.Header{Proto: h.Proto}
 	if len(h.MsgType) <= maxIDLen {

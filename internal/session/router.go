@@ -89,7 +89,7 @@ type Router struct {
 
 	wg sync.WaitGroup // every admitted session's goroutines
 
-	malformedLog rateLimit
+	malformedLog logging.RateLimit
 	plog         peerLogs
 	done         chan struct{} // closed by Shutdown
 	doneOnce     sync.Once
@@ -225,9 +225,9 @@ func (r *Router) HandleMessage(m *wire.ProtoMsg) {
 // error to its session if a session id could be read, and a log line
 // (rate-limited, so a hostile peer cannot flood the journal).
 func (r *Router) HandleMalformed(de *wire.DecodeError) {
-	if r.malformedLog.allow(r.now()) {
+	if r.malformedLog.Allow(r.now()) {
 		r.log.Warn("malformed frame from server", "kind", string(de.Kind), "error", de.Err,
-			"session_id", logging.Clip(de.Partial.SessionID), "suppressed", r.malformedLog.takeSuppressed())
+			"session_id", logging.Clip(de.Partial.SessionID), "suppressed", r.malformedLog.TakeSuppressed())
 	}
 	if field, _ := oversizedField(&de.Partial); field != "" {
 		return // no reply that would echo it
@@ -421,39 +421,3 @@ func (r *Router) sendControlError(sid, text string, closeSession bool, about *wi
 type nopRecorder struct{}
 
 func (nopRecorder) LimitRejected(string) {}
-
-// rateLimit lets a burst of log lines through, then one per interval, and
-// counts what it held back.
-type rateLimit struct {
-	mu         sync.Mutex
-	last       time.Time
-	tokens     int
-	suppressed int
-}
-
-func (l *rateLimit) allow(now time.Time) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	const burst, every = 10, time.Second
-	if l.last.IsZero() {
-		l.tokens, l.last = burst, now
-	}
-	if add := int(now.Sub(l.last) / every); add > 0 {
-		l.tokens = min(burst, l.tokens+add)
-		l.last = l.last.Add(time.Duration(add) * every)
-	}
-	if l.tokens == 0 {
-		l.suppressed++
-		return false
-	}
-	l.tokens--
-	return true
-}
-
-func (l *rateLimit) takeSuppressed() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := l.suppressed
-	l.suppressed = 0
-	return n
-}
