@@ -6,6 +6,6 @@
 // The tests carry the build tag "hil", so `go test ./...` leaves them out;
 // `make hil` builds the guest images (qemu/) and runs them. The guest
 // bench (bench_test.go) also needs the tag "hilbench" and runs with
-// `make bench-guests`. See the README section "Hardware-in-the-loop tests
-// (QEMU)".
+// `make bench-guests`. See docs/testing.md, "Hardware-in-the-loop
+// tests (QEMU)".
 package hiltests

@@ -1,4 +1,4 @@
-# The container image (Containerfile, scripts/container.sh; README
+# The container image (Containerfile, scripts/container.sh; docs/building.md
 # "Containers"), built from prebuilt files with podman (or docker buildx),
 # and its test: the image run for real against the mock server.
 #

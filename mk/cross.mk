@@ -1,5 +1,5 @@
-# Static cross builds for device architectures (see README "Building for
-# your device"). Dockerfile.cross runs the very same cross-one and
+# Static cross builds for device architectures (see docs/building.md, "Building
+# for your device"). Dockerfile.cross runs the very same cross-one and
 # cross-verify targets, so what `make cross` proves in CI is what the image
 # ships.
 #

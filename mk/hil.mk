@@ -1,5 +1,5 @@
-# Hardware-in-the-loop tests in QEMU guests (qemu/, hil-tests/); see the
-# README section "Hardware-in-the-loop tests (QEMU)".
+# Hardware-in-the-loop tests in QEMU guests (qemu/, hil-tests/); see
+# docs/testing.md, "Hardware-in-the-loop tests (QEMU)".
 #
 #   make hil                          all guests: 2 flavours x 3 architectures
 #   make hil HIL_ARCHES=arm64         one architecture (arm64, armhf, amd64)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepares this machine for README's "by hand" steps (run it as root, e.g.
+# Prepares this machine for the "by hand" steps of docs/demo.md (run it as root, e.g.
 # with sudo, from the repository):
 #   1. dbus-daemon is installed and the system bus runs,
 #   2. the auth service's bus policy (only root may own, call and hear

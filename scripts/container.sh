@@ -140,7 +140,7 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 PS1='\u@\h:\w\$ '
 EOF
   # The shell of the host, for an image run with --pid=host --privileged
-  # and TETHER_USER=root (README: reaching the host).
+  # and TETHER_USER=root (docs/building.md: "Reaching the host").
   cat >"$root/usr/bin/host-shell" <<'EOF'
 #!/bin/sh
 # host-shell [--target PID] [--login] [ARG...]: the host's own /bin/sh in

@@ -47,7 +47,7 @@ func (o *DBusOptions) setDefaults() {
 	}
 }
 
-// DBus follows Mender's authentication service on D-Bus (PROTOCOL.md 4):
+// DBus follows Mender's authentication service on D-Bus (docs/protocol.md §9):
 // it asks for the token at start and whenever the service (re)appears,
 // follows JwtTokenStateChange from the current owner of the name only,
 // keeps the last credentials while the service is away, and survives the

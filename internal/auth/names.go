@@ -2,7 +2,7 @@ package auth
 
 import "github.com/godbus/dbus/v5"
 
-// The D-Bus names of Mender's authentication service (PROTOCOL.md 4.1).
+// The D-Bus names of Mender's authentication service (docs/protocol.md §9).
 // They are exact: the daemon must interoperate with mender-auth.
 const (
 	// BusName is the well-known name the service owns on the system bus.

@@ -270,7 +270,7 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// start runs the image as the README says: the server URL and the token
+// start runs the image as docs/building.md says: the server URL and the token
 // in the environment (or a mounted token directory), host networking.
 func (h *harness) start(name, img string, tokenFile, host bool) *container {
 	t := h.t

@@ -14,22 +14,22 @@ import (
 	"github.com/tether-agent/tether/internal/syncbuf"
 )
 
-// byHandSteps returns the command lines of README's "by hand" block
-// (comments dropped).
+// byHandSteps returns the command lines of the "by hand" block of
+// docs/demo.md (comments dropped).
 func byHandSteps(t *testing.T, root string) []string {
 	t.Helper()
-	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	readme, err := os.ReadFile(filepath.Join(root, "docs", "demo.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	text := string(readme)
 	i := strings.Index(text, "you can also run by hand")
 	if i < 0 {
-		t.Fatal(`README.md has no "by hand" steps`)
+		t.Fatal(`docs/demo.md has no "by hand" steps`)
 	}
 	block := regexp.MustCompile("(?s)```sh\n(.*?)```").FindStringSubmatch(text[i:])
 	if block == nil {
-		t.Fatal("README.md: no sh block after the by-hand paragraph")
+		t.Fatal("docs/demo.md: no sh block after the by-hand paragraph")
 	}
 	var steps []string
 	for _, l := range strings.Split(block[1], "\n") {
@@ -43,7 +43,7 @@ func byHandSteps(t *testing.T, root string) []string {
 	return steps
 }
 
-// TestReadmeByHand runs README's by-hand steps as written, as root, with
+// TestReadmeByHand runs the by-hand steps of docs/demo.md as written, as root, with
 // three substitutions that keep the machine alone: the system bus is a
 // private dbus-daemon with a distribution's default-deny policy that
 // includes <etc>/dbus-1/system.d (DBUS_SYSTEM_BUS_ADDRESS), /etc is a
@@ -92,7 +92,7 @@ func TestReadmeByHand(t *testing.T) {
 	for _, line := range steps {
 		switch {
 		case strings.Contains(line, " serve "), strings.Contains(line, "mock-authd"), strings.HasSuffix(line, " daemon"):
-			// Long-running: a terminal of its own in the README.
+			// Long-running: a terminal of its own in docs/demo.md.
 			cmd := command(line)
 			out := &syncbuf.Buffer{}
 			_, _ = out.Write([]byte("== " + line + "\n"))

@@ -28,7 +28,7 @@ import (
 	"github.com/tether-agent/tether/internal/wire"
 )
 
-// DevicePath is the device websocket endpoint (PROTOCOL.md 1.1).
+// DevicePath is the device websocket endpoint (docs/protocol.md §1.1).
 const DevicePath = "/api/devices/v1/deviceconnect/connect"
 
 // Handler receives what the link reads. Its methods are called from the

@@ -1,6 +1,6 @@
 // Package mockserver is a mock Mender server for tests, demos and
 // benchmarks of the device daemon, plus the user-side client that talks to
-// it. It behaves like the real server as PROTOCOL.md (1, 2.9, 2.10)
+// it. It behaves like the real server as docs/protocol.md (§1, §8)
 // describes; cmd/mock-mender wraps it in a program.
 //
 // # Server

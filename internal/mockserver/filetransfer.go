@@ -17,7 +17,7 @@ import (
 	"github.com/tether-agent/tether/internal/wire"
 )
 
-// File-transfer REST calls (PROTOCOL.md 2.9): the server itself is the
+// File-transfer REST calls (docs/protocol.md §8.2): the server itself is the
 // device's peer, as deviceconnect's management_filetransfer does.
 const (
 	// FileTransferTimeout is the wait for each awaited device message.

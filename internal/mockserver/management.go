@@ -19,7 +19,7 @@ import (
 	"github.com/tether-agent/tether/internal/wire"
 )
 
-// Texts the server puts in the stop messages it generates (PROTOCOL.md 2.9).
+// Texts the server puts in the stop messages it generates (docs/protocol.md §8.1).
 const (
 	StopUserDisconnected   = "user disconnected"
 	StopDeviceDisconnected = "device disconnected"

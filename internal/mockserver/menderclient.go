@@ -8,7 +8,7 @@ import (
 	"github.com/tether-agent/tether/internal/wire"
 )
 
-// Mender client commands the management API triggers (PROTOCOL.md 2.9).
+// Mender client commands the management API triggers (docs/protocol.md §7, §8.2).
 const (
 	CommandCheckUpdate   = "check-update"
 	CommandSendInventory = "send-inventory"

@@ -29,7 +29,7 @@ const (
 	DeviceConnectMgmtDir = "/api/management/v1/deviceconnect/devices/"
 )
 
-// Defaults of Options and the real server's fixed timings (PROTOCOL.md 1.5).
+// Defaults of Options and the real server's fixed timings (docs/protocol.md §1.2).
 const (
 	DefaultUser               = "admin@tether.local"
 	DefaultPassword           = "tether"
@@ -71,7 +71,7 @@ type Options struct {
 	// refreshed by every frame and every ping/pong (default 60 s).
 	ReadTimeout time.Duration
 	// SessionByteLimit is how much terminal output one user connection may
-	// receive before the server stops it (PROTOCOL.md 2.9): 0 = 8 MiB,
+	// receive before the server stops it (docs/protocol.md §8.1): 0 = 8 MiB,
 	// negative = unlimited.
 	SessionByteLimit int64
 	// TokenLifetime is the validity of issued JWTs (default 24 h).

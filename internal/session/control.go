@@ -13,7 +13,7 @@ import (
 	"github.com/tether-agent/tether/internal/wire"
 )
 
-// Router (control) sessions, PROTOCOL.md 2.5: a sid seen on a non-shell
+// Router (control) sessions, docs/protocol.md §3: a sid seen on a non-shell
 // message gets one; it is supervised for idleness (a control ping after
 // 4/5 of the minute, a "session timeout" error 1/5 later).
 const (

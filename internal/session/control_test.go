@@ -114,7 +114,7 @@ func ctrl(typ, sid string, body interface{}) *wire.ProtoMsg {
 	return m
 }
 
-// The control protocol answers as upstream does (PROTOCOL.md 2.5).
+// The control protocol answers as upstream does (docs/protocol.md §3).
 func TestControlProtocol(t *testing.T) {
 	tests := []struct {
 		name string

@@ -13,7 +13,7 @@ const (
 	FileError = "error"
 )
 
-// File-transfer constants shared by both ends (PROTOCOL.md 2.6).
+// File-transfer constants shared by both ends (docs/protocol.md §5).
 const (
 	// FileChunkSize is the largest file_chunk body.
 	FileChunkSize = 4096

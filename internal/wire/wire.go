@@ -1,7 +1,7 @@
 // Package wire is the ProtoMsg envelope spoken on the device websocket:
 // protocol numbers, message types, property keys and bodies, encoded with
 // vmihailenco/msgpack/v5 so the bytes match what the Mender server's own Go
-// code produces and expects (PROTOCOL.md 2.1).
+// code produces and expects (docs/protocol.md §2.1).
 package wire
 
 import (
@@ -139,7 +139,7 @@ func ProtoName(p uint16) string {
 }
 
 // IntProp reads an integer property whatever msgpack integer width it was
-// sent with (the server re-encodes JS fixints as int8, PROTOCOL.md 2.1).
+// sent with (the server re-encodes JS fixints as int8, docs/protocol.md §2.4).
 func (h *Header) IntProp(key string) (int64, bool) {
 	v, ok := h.Properties[key]
 	if !ok {

@@ -19,7 +19,8 @@ func mustHex(t *testing.T, s string) []byte {
 	return b
 }
 
-// The byte renderings of PROTOCOL.md 2.1.
+// Byte renderings of the envelope as the server's Go library writes it
+// (docs/protocol.md §2.1, §2.4).
 func TestMarshalMatchesSpecBytes(t *testing.T) {
 	tests := []struct {
 		name string
@@ -27,7 +28,7 @@ func TestMarshalMatchesSpecBytes(t *testing.T) {
 		hex  string
 	}{
 		{
-			// Upstream writes status as fixint 01 (PROTOCOL.md 2.1);
+			// Upstream writes status as fixint 01 (docs/protocol.md §2.4);
 			// tether writes int64 (d3), the form Go clients assert.
 			name: "shell output",
 			msg: ProtoMsg{Header: Header{Proto: ProtoShell, MsgType: ShellData, SessionID: "abc",

@@ -1,7 +1,7 @@
-// Package filetransfer is proto 2 (PROTOCOL.md 2.6): stat, download and
+// Package filetransfer is proto 2 (docs/protocol.md §5): stat, download and
 // upload of files in a router session, wire-exact with upstream, with
-// limits that hold (2.6.1) and every file operation done with the
-// configured account's rights. See README.md.
+// limits that hold (§5.4) and every file operation done with the
+// configured account's rights. See docs/file-transfer.md.
 package filetransfer
 
 import (
@@ -22,7 +22,7 @@ import (
 	"github.com/tether-agent/tether/internal/wire"
 )
 
-// Upstream's texts (PROTOCOL.md 2.6); the server and people match them.
+// Upstream's texts (docs/protocol.md §5.1); the server and people match them.
 const (
 	msgInProgress   = "another file transfer is in progress"
 	msgNoTransfer   = "no file transfer in progress"

@@ -9,7 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Denial reasons (PROTOCOL.md 2.6.1); they are sent as
+// Denial reasons (docs/protocol.md §5.4); they are sent as
 // "access denied: <reason>".
 var (
 	errOutsideChroot = errors.New("the target file path is outside chroot")

@@ -49,7 +49,7 @@ func validLeaf(s string) bool {
 }
 
 // locate resolves the upload's directory beneath the root and checks the
-// name in it (PROTOCOL.md 2.6 put_file step 2, 2.6.1 steps 3–5). It runs
+// name in it (docs/protocol.md §5.3 step 1, §5.4). It runs
 // as the user.
 func (s *session) locate(path string, src *string) (*target, error) {
 	dir, leaf := path[:strings.LastIndexByte(path, '/')+1], path[strings.LastIndexByte(path, '/')+1:]

@@ -1,5 +1,5 @@
 // Package menderclient is the Mender client commands protocol (proto 4,
-// PROTOCOL.md 2.8): the server asks the device to run `check-update` or
+// docs/protocol.md §7): the server asks the device to run `check-update` or
 // `send-inventory` of the Mender client, and the device answers with the
 // outcome.
 //

@@ -1,4 +1,4 @@
-// Package portforward is port forwarding (proto 3, PROTOCOL.md 2.7): a
+// Package portforward is port forwarding (proto 3, docs/protocol.md §6): a
 // peer asks the device to dial a TCP or UDP destination and the bytes
 // travel both ways in `forward` messages, each answered by an `ack`.
 //

@@ -1,4 +1,4 @@
-// Package terminal is the shell protocol (proto 1, PROTOCOL.md 2.4): a
+// Package terminal is the shell protocol (proto 1, docs/protocol.md §4): a
 // peer's "new" starts a login shell on a pty as the configured user,
 // "shell" carries keystrokes and output, "resize" sets the terminal size,
 // "stop" ends the session, and ping/pong check the peer's health.
@@ -19,7 +19,7 @@ import (
 	"github.com/tether-agent/tether/internal/wire"
 )
 
-// Upstream's reply texts (PROTOCOL.md 2.4); peers and people match them.
+// Upstream's reply texts (docs/protocol.md §4.1); peers and people match them.
 const (
 	msgShellStarted   = "Shell started"
 	msgTooManyShells  = "too many shells spawned"

@@ -17,7 +17,7 @@ const API = {
 
 const POLL_MS = 2000;
 // How long the page waits for the next shell ping when the device's ping
-// names no timeout (PROTOCOL.md 2.4). The wait is armed by the first ping,
+// names no timeout (docs/protocol.md §4.3). The wait is armed by the first ping,
 // not at the start as in the Mender UI: tether's ping interval is
 // configurable and may be longer than upstream's 60 s.
 const HEALTH_MS = 65000;
@@ -371,7 +371,7 @@ class TerminalTab extends BaseTab {
 }
 
 // FilesTab moves files to and from one device with the file-transfer REST
-// calls (PROTOCOL.md 2.9).
+// calls (docs/protocol.md §8.2).
 class FilesTab extends BaseTab {
   constructor(app, device) {
     super(app, shortID(device) + " · files", "files");

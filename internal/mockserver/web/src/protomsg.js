@@ -1,4 +1,4 @@
-// ProtoMsg frames of the deviceconnect websocket (PROTOCOL.md 2.1, 2.4):
+// ProtoMsg frames of the deviceconnect websocket (docs/protocol.md §2.1, §2.4):
 // a msgpack map {hdr: {proto, typ, sid, props}, body}, keys omitted when
 // empty, body as bin.
 import { decode, encode } from "@msgpack/msgpack";
