@@ -1,0 +1,81 @@
+package itest
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tether-agent/tether/internal/mockserver"
+	"github.com/tether-agent/tether/internal/wire"
+)
+
+// A server that floods sid-less Mender client commands, the way it sends
+// real ones, buys neither memory nor goroutines nor journal: requests join
+// the pending answer of their command (PROTOCOL.md 2.8).
+func TestMenderClientFlood(t *testing.T) {
+	const (
+		n       = 100_000
+		limitKB = 64 << 10
+		maxLog  = 8 << 10
+		maxGo   = 20 // goroutines more than before the flood
+	)
+	dir := t.TempDir()
+	release := filepath.Join(dir, "release")
+	slow := fakeMender(t, `while [ ! -e `+release+` ]; do sleep 0.05; done`)
+	tests := []struct {
+		name     string
+		binaries []string
+	}{
+		{"while the client command runs", []string{slow}},
+		{"no client binary", []string{filepath.Join(dir, "absent-1"), filepath.Join(dir, "absent-2")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_ = os.Remove(release)
+			e := newEnvWith(t, map[string]interface{}{"MenderClient": map[string]interface{}{"Binaries": tt.binaries, "Timeout": "1m"}},
+				func(e *env) { e.bin = plainTether(t) })
+			d := e.waitDevice()
+			e.sync(d)
+			pid := e.daemon.Process.Pid
+			g0, hwm0, log0 := e.goroutines(), procStatusKB(t, pid, "VmHWM"), len(e.log.String())
+			// 49 bytes, as the server sends them: no sid, a user id.
+			f := frame(t, int(wire.ProtoMenderClient), "check-update", "", map[string]interface{}{
+				wire.PropUserID: mockserver.UserID(adminEmail)}, nil)
+			for i := 0; i < n; i++ {
+				e.sendRaw(d, f)
+			}
+			e.sync(d)
+			g1, hwm1, rss := e.goroutines(), procStatusKB(t, pid, "VmHWM"), procStatusKB(t, pid, "VmRSS")
+			grown := len(e.log.String()) - log0
+			t.Logf("%d requests of %d bytes: high-water %d kB before, %d kB after; resident %d kB; goroutines %d before, %d after; log grew by %d bytes",
+				n, len(f), hwm0, hwm1, rss, g0, g1, grown)
+			if hwm1 > limitKB {
+				t.Errorf("daemon high-water mark %d kB, want under %d kB", hwm1, limitKB)
+			}
+			if g1-g0 > maxGo {
+				t.Errorf("goroutines %d before the flood, %d after", g0, g1)
+			}
+			if grown > maxLog {
+				t.Errorf("log grew by %d bytes, want at most %d; the end of it:\n%s", grown, maxLog, tail(e.log.String(), 2000))
+			}
+			if err := os.WriteFile(release, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, 60*time.Second, "the goroutines of the answers gone", func() bool { return e.goroutines() <= g0+2 })
+			// Still serving, and the command still answers.
+			e.run(e.open(adminEmail), "echo alive")
+			r := e.raw()
+			st, body := r.mcReply("check-update")
+			if want := int64(1); len(tt.binaries) == 2 {
+				want = 2
+				if st != want || !strings.HasPrefix(body, "Cannot find Mender client binary") {
+					t.Fatalf("check-update after the flood: status %d %q", st, body)
+				}
+			} else if st != want {
+				t.Fatalf("check-update after the flood: status %d %q", st, body)
+			}
+		})
+	}
+}
