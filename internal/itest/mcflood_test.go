@@ -40,7 +40,7 @@ func TestMenderClientFlood(t *testing.T) {
 			e.sync(d)
 			pid := e.daemon.Process.Pid
 			g0, hwm0, log0 := e.goroutines(), procStatusKB(t, pid, "VmHWM"), len(e.log.String())
-			// 49 bytes, as the server sends them: no sid, a user id.
+			// As the server sends them: no sid, a user id.
 			f := frame(t, int(wire.ProtoMenderClient), "check-update", "", map[string]interface{}{
 				wire.PropUserID: mockserver.UserID(adminEmail)}, nil)
 			for i := 0; i < n; i++ {
