@@ -1,12 +1,14 @@
 package itest
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tether-agent/tether/internal/dbustest"
 	"github.com/tether-agent/tether/internal/mockserver"
 	"github.com/tether-agent/tether/internal/wire"
 )
@@ -77,5 +79,34 @@ func TestMenderClientFlood(t *testing.T) {
 				t.Fatalf("check-update after the flood: status %d %q", st, body)
 			}
 		})
+	}
+}
+
+// The Mender client runs as root with an environment of its own: PATH and
+// the daemon's TZ and LANG, not the daemon's token, NOTIFY_SOCKET or
+// anything else its parent set.
+func TestMenderClientEnvironment(t *testing.T) {
+	sock := filepath.Join(dbustest.ShortTempDir(t), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	dump := filepath.Join(t.TempDir(), "env")
+	bin := fakeMender(t, `tr '\0' '\n' < /proc/$$/environ > `+dump+`.tmp && mv `+dump+`.tmp `+dump)
+	e := newEnv(t, mcConfig(bin, "10s"), "NOTIFY_SOCKET="+sock, "TETHER_AUTH_TOKEN=secret-token-of-the-daemon",
+		"TZ=Europe/Oslo", "LANG=C.UTF-8", "LD_PRELOAD=", "GOTRACEBACK=all")
+	e.waitDevice()
+	if err := mockserver.SendMenderCommand(e.ctx, e.url, e.jwt(adminEmail), e.deviceID, mockserver.CommandCheckUpdate); err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	eventually(t, 10*time.Second, "the client command ran", func() bool {
+		got, err = os.ReadFile(dump)
+		return err == nil
+	})
+	want := "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nTZ=Europe/Oslo\nLANG=C.UTF-8\n"
+	if string(got) != want {
+		t.Fatalf("the client command's environment:\n%s\nwant:\n%s", got, want)
 	}
 }
