@@ -246,3 +246,44 @@ func TestChildEnvironment(t *testing.T) {
 		t.Fatalf("the command's environment:\n%s\nwant:\n%s", b, want)
 	}
 }
+
+// A request that comes once the run has ended, while its answers are
+// still leaving, is not answered with that old outcome: it gets a run of
+// its own, which it shares with the others that came meanwhile.
+func TestRequestAfterRunGetsNextRun(t *testing.T) {
+	rec := filepath.Join(t.TempDir(), "runs")
+	bin := script(t, `echo run >> `+rec)
+	p := New(Options{Binaries: []string{bin}})
+	defer p.Close()
+	out := newCountSender(false)
+	s := p.Open("", out)
+	defer s.Close()
+	msg := &wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoMenderClient, MsgType: TypeSendInventory}}
+	s.Handle(msg)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		// The run has ended once nothing runs and it left its record.
+		p.mu.Lock()
+		running := p.runs[TypeSendInventory] != nil
+		p.mu.Unlock()
+		if b, _ := os.ReadFile(rec); len(b) > 0 && !running {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first run did not end")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	s.Handle(msg)
+	s.Handle(msg)
+	close(out.gate)
+	for out.count(TypeSendInventory+"/1") < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d answers of 3", out.count(TypeSendInventory+"/1"))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if b, _ := os.ReadFile(rec); strings.Count(string(b), "run") != 2 {
+		t.Fatalf("runs: %q, want two", b)
+	}
+}
