@@ -26,18 +26,29 @@ func TestMenderClientFlood(t *testing.T) {
 	dir := t.TempDir()
 	release := filepath.Join(dir, "release")
 	slow := fakeMender(t, `while [ ! -e `+release+` ]; do sleep 0.05; done`)
+	absent := []string{filepath.Join(dir, "absent-1"), filepath.Join(dir, "absent-2")}
 	tests := []struct {
 		name     string
 		binaries []string
+		// stall: the server reads nothing from the device during the
+		// flood, so no answer can leave.
+		stall bool
 	}{
-		{"while the client command runs", []string{slow}},
-		{"no client binary", []string{filepath.Join(dir, "absent-1"), filepath.Join(dir, "absent-2")}},
+		{"while the client command runs", []string{slow}, false},
+		{"no client binary", absent, false},
+		{"no client binary, the server reads nothing", absent, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_ = os.Remove(release)
-			e := newEnvWith(t, map[string]interface{}{"MenderClient": map[string]interface{}{"Binaries": tt.binaries, "Timeout": "1m"}},
-				func(e *env) { e.bin = plainTether(t) })
+			var p *proxy
+			e := newEnvWith(t, map[string]interface{}{
+				"MenderClient": map[string]interface{}{"Binaries": tt.binaries, "Timeout": "1m"},
+				"Link":         map[string]interface{}{"WriteTimeout": "90s", "ReadTimeout": "120s"},
+			}, func(e *env) {
+				e.bin = plainTether(t)
+				behindProxy(t, &p, 0)(e)
+			})
 			d := e.waitDevice()
 			e.sync(d)
 			pid := e.daemon.Process.Pid
@@ -45,11 +56,24 @@ func TestMenderClientFlood(t *testing.T) {
 			// As the server sends them: no sid, a user id.
 			f := frame(t, int(wire.ProtoMenderClient), "check-update", "", map[string]interface{}{
 				wire.PropUserID: mockserver.UserID(adminEmail)}, nil)
+			if tt.stall {
+				p.Stall()
+			}
 			for i := 0; i < n; i++ {
 				e.sendRaw(d, f)
 			}
-			e.sync(d)
+			if tt.stall {
+				// Nothing comes back to sync on: give the daemon time to
+				// take what is still in the socket buffers.
+				time.Sleep(3 * time.Second)
+			} else {
+				e.sync(d)
+			}
 			g1, hwm1, rss := e.goroutines(), procStatusKB(t, pid, "VmHWM"), procStatusKB(t, pid, "VmRSS")
+			if tt.stall {
+				p.Resume()
+				e.sync(d)
+			}
 			grown := len(e.log.String()) - log0
 			t.Logf("%d requests of %d bytes: high-water %d kB before, %d kB after; resident %d kB; goroutines %d before, %d after; log grew by %d bytes",
 				n, len(f), hwm0, hwm1, rss, g0, g1, grown)
