@@ -27,7 +27,10 @@ func hostDo(t *testing.T, method, base, path, host string, hdr http.Header, basi
 	if basicAuth {
 		req.SetBasicAuth(DefaultUser, DefaultPassword)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	// Redirects are not followed: the status is the server's answer to
+	// this request.
+	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,6 +191,23 @@ func TestCrossOriginCookieRefused(t *testing.T) {
 					t.Fatalf("%d %q, want %d", st, body, want)
 				}
 			})
+		}
+	}
+	// Without an Origin (a no-cors GET), the browser's Sec-Fetch-Site
+	// tells another site's page; a navigation is let through.
+	for _, tc := range []struct {
+		site, mode string
+		want       int
+	}{
+		{"same-site", "no-cors", http.StatusForbidden},
+		{"cross-site", "cors", http.StatusForbidden},
+		{"same-origin", "cors", http.StatusOK},
+		{"none", "navigate", http.StatusOK},
+		{"same-site", "navigate", http.StatusOK},
+	} {
+		hdr := http.Header{"Cookie": {JWTCookie + "=" + userTok}, "Sec-Fetch-Site": {tc.site}, "Sec-Fetch-Mode": {tc.mode}}
+		if st, body := hostDo(t, http.MethodGet, base, DevicesPath, "", hdr, false); st != tc.want {
+			t.Errorf("Sec-Fetch-Site %s, mode %s: %d %q, want %d", tc.site, tc.mode, st, body, tc.want)
 		}
 	}
 	// Logging in from another origin is refused too.

@@ -305,6 +305,16 @@ func (s *Server) guard(next http.Handler) http.Handler {
 			writeError(w, http.StatusForbidden, "Forbidden: a request from the page of another origin ("+logging.Clip(origin)+")")
 			return
 		}
+		// A browser sends no Origin on a no-cors GET (an <img>, a fetch
+		// in no-cors mode), and SameSite=Strict still sends the cookie
+		// from another port of the same host (the same site). Its
+		// Sec-Fetch-Site says where the request comes from; navigations
+		// (a link, the address bar) stay allowed.
+		if site := r.Header.Get("Sec-Fetch-Site"); (site == "cross-site" || site == "same-site") && r.Header.Get("Sec-Fetch-Mode") != "navigate" {
+			s.log.Warn("request from another site's page refused", "sec_fetch_site", site, "host", logging.Clip(r.Host), "path", logging.Clip(r.URL.Path))
+			writeError(w, http.StatusForbidden, "Forbidden: a request from the page of another site")
+			return
+		}
 		next.ServeHTTP(w, r)
 	})
 }
