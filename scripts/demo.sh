@@ -48,7 +48,11 @@ pids+=($!)
 bus=unix:path=$work/bus.sock
 for _ in $(seq 100); do [ -S "$work/bus.sock" ] && break; sleep 0.05; done
 
-"$bin/mock-mender" serve --listen "127.0.0.1:$port" --key-file "$work/server.key" \
+# A password of this run, not the well-known default: the server is on
+# loopback, where every local user and program can reach it. It goes
+# through the environment (readable by you alone), not the command line.
+password=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+MOCK_MENDER_USERS="admin@tether.local:$password" "$bin/mock-mender" serve --listen "127.0.0.1:$port" --key-file "$work/server.key" \
   --login-link admin@tether.local >"$work/server.out" 2>"$work/server.log" &
 pids+=($!)
 # serve prints its URL, then the login link, once it listens.
@@ -73,13 +77,13 @@ CONF
 pids+=($!)
 
 echo "tether demo: server $server, device shell as '$user'. Logs in $work/*.log while it runs."
-echo "web console: $server/ (admin@tether.local / tether)"
-echo "  one-time login link: $link"
+echo "web console: $server/ (admin@tether.local, password $password)"
+echo "  one-time login link (logs a browser in once): $link"
 for _ in $(seq 100); do
-  "$bin/mock-mender" devices --server "$server" 2>/dev/null | grep -q connected && break
+  MOCK_MENDER_PASSWORD=$password "$bin/mock-mender" devices --server "$server" 2>/dev/null | grep -q connected && break
   sleep 0.1
 done
-"$bin/mock-mender" attach --server "$server" || true
+MOCK_MENDER_PASSWORD=$password "$bin/mock-mender" attach --server "$server" || true
 echo
 echo "tether log (last lines):"
 tail -n 5 "$work/tether.log"

@@ -1,7 +1,7 @@
 // Command mock-mender is a mock Mender server for tests and demos, and a
 // tiny user-side client for it.
 //
-//	mock-mender serve   [--listen ADDR] [--users EMAIL:PASS,...] [--key-file F] [--log-level L] [--login-link EMAIL]
+//	mock-mender serve   [--listen ADDR] [--users EMAIL:PASS,...] [--key-file F] [--log-level L] [--login-link EMAIL] [--allowed-host NAME,...]
 //	mock-mender attach  [--server URL] [--user EMAIL] [--password P] [DEVICE_ID]
 //	mock-mender devices [--server URL] [--user EMAIL] [--password P]
 //	mock-mender cp      [--server URL] [--user EMAIL] [--password P] SRC DEST   (DEVICE:PATH on one side)
@@ -42,13 +42,14 @@ Run "mock-mender <command> -h" for the flags of a command.
 
 // Environment variables read as flag defaults.
 const (
-	envListen   = "MOCK_MENDER_LISTEN"
-	envUsers    = "MOCK_MENDER_USERS"
-	envKeyFile  = "MOCK_MENDER_KEY_FILE"
-	envLogLevel = "MOCK_MENDER_LOG_LEVEL"
-	envServer   = "MOCK_MENDER_SERVER"
-	envUser     = "MOCK_MENDER_USER"
-	envPassword = "MOCK_MENDER_PASSWORD"
+	envListen       = "MOCK_MENDER_LISTEN"
+	envUsers        = "MOCK_MENDER_USERS"
+	envAllowedHosts = "MOCK_MENDER_ALLOWED_HOSTS"
+	envKeyFile      = "MOCK_MENDER_KEY_FILE"
+	envLogLevel     = "MOCK_MENDER_LOG_LEVEL"
+	envServer       = "MOCK_MENDER_SERVER"
+	envUser         = "MOCK_MENDER_USER"
+	envPassword     = "MOCK_MENDER_PASSWORD"
 )
 
 func main() {

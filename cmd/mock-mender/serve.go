@@ -27,6 +27,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	byteLimit := fs.Int64("session-byte-limit", mockserver.DefaultSessionByteLimit, "terminal output per user session before the server stops it (<0: unlimited)")
 	lifetime := fs.Duration("token-lifetime", mockserver.DefaultTokenLifetime, "validity of issued tokens")
 	strict := fs.Bool("strict", false, "close a device connection on an undecodable frame, like the real server")
+	allowedHosts := fs.String("allowed-host", envOr(envAllowedHosts, ""),
+		"host names, comma-separated, that requests may name besides IP addresses and localhost; others are refused with 421 against DNS rebinding (env "+envAllowedHosts+")")
 	loginLink := fs.String("login-link", "", "print a one-time link that logs a browser into the web console as this user, on a second line of stdout")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -60,6 +62,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		SessionByteLimit:   *byteLimit,
 		TokenLifetime:      *lifetime,
 		Strict:             *strict,
+		AllowedHosts:       splitList(*allowedHosts),
 	})
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -80,6 +83,17 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	<-ctx.Done()
 	log.Info("shutting down")
 	return s.Close()
+}
+
+// splitList reads "a,b,c", ignoring blanks.
+func splitList(spec string) []string {
+	var out []string
+	for _, v := range strings.Split(spec, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 // parseUsers reads "email:password,email:password".

@@ -98,3 +98,35 @@ func TestServeLoginLink(t *testing.T) {
 		})
 	}
 }
+
+// serve --allowed-host adds names to the ones the server answers to; any
+// other name is refused (DNS rebinding).
+func TestServeAllowedHost(t *testing.T) {
+	bin := buildBinary(t)
+	cmd, base := startServe(t, bin, "--allowed-host", "mock.example, build-host")
+	defer stopServe(t, cmd, syscall.SIGTERM)
+	port := base[strings.LastIndex(base, ":")+1:]
+	for _, tc := range []struct {
+		host string
+		want int
+	}{
+		{"mock.example:" + port, http.StatusOK},
+		{"build-host", http.StatusOK},
+		{"localhost:" + port, http.StatusOK},
+		{"other.example:" + port, http.StatusMisdirectedRequest},
+	} {
+		req, err := http.NewRequest(http.MethodGet, base+"/", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host, req.Close = tc.host, true
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("Host %s: %d, want %d", tc.host, resp.StatusCode, tc.want)
+		}
+	}
+}

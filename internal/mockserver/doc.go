@@ -50,9 +50,13 @@
 //     the file-transfer REST calls. Login also sets the user JWT as an
 //     HttpOnly, SameSite=Strict "JWT" cookie, which every management
 //     endpoint accepts; POST /api/management/v1/useradm/auth/logout drops
-//     it. LoginLink makes a one-time /ui/login?code= link that sets it.
-//     Websocket upgrades with an Origin header must come from the server's
-//     own origin (403 otherwise); clients without one are let through.
+//     it and ends the token on the server. LoginLink makes a one-time
+//     /ui/login?code= link that sets it; the page never carries a password.
+//   - Every request (page, REST, websocket) must name an IP literal,
+//     localhost or one of Options.AllowedHosts as its Host (421 otherwise,
+//     against DNS rebinding), and one with an Origin header must come from
+//     the server's own origin (403 otherwise); clients without one are let
+//     through.
 //   - POST /api/management/v1/deviceconnect/devices/{id}/check-update and
 //     .../send-inventory: the device gets the proto 4 message with no sid
 //     and the user's user_id; 202 (404 for a device not connected).

@@ -81,6 +81,11 @@ type Options struct {
 	// default such frames are counted (Device.Malformed), logged and
 	// skipped, so that a test can look at them.
 	Strict bool
+	// AllowedHosts are the host names, besides IP literals and
+	// "localhost", that requests may name in their Host header. Any other
+	// name is refused with 421: a web page whose name an attacker points
+	// at the server's address (DNS rebinding) must not reach it.
+	AllowedHosts []string
 }
 
 // Server is an in-process mock of the Mender server's device-auth,
@@ -91,6 +96,8 @@ type Server struct {
 	key      []byte
 	users    map[string]string
 	mux      *http.ServeMux
+	handler  http.Handler // mux behind the Host and Origin guard
+	hosts    map[string]bool
 	upgrader websocket.Upgrader
 
 	mu        sync.Mutex
@@ -104,6 +111,7 @@ type Server struct {
 	connects  map[string]int
 	revoked   map[string]time.Time // device id → tokens issued up to then are invalid
 	issued    map[string]time.Time // jti → exact issue time of this instance's device tokens
+	loggedOut map[string]time.Time // jti → expiry of user tokens ended by logout
 	httpSrv   *http.Server
 	serveDone chan struct{}
 	console   *console
@@ -173,19 +181,21 @@ func New(opts Options) *Server {
 		users[k] = v
 	}
 	s := &Server{
-		log:      opts.Log,
-		opts:     opts,
-		key:      append([]byte(nil), key...),
-		users:    users,
-		closedCh: make(chan struct{}),
-		changed:  make(chan struct{}),
-		devices:  make(map[string]*deviceRecord),
-		conns:    make(map[string]*Device),
-		pending:  make(map[string]int),
-		connects: make(map[string]int),
-		revoked:  make(map[string]time.Time),
-		issued:   make(map[string]time.Time),
-		console:  newConsole(),
+		log:       opts.Log,
+		opts:      opts,
+		key:       append([]byte(nil), key...),
+		users:     users,
+		closedCh:  make(chan struct{}),
+		changed:   make(chan struct{}),
+		devices:   make(map[string]*deviceRecord),
+		conns:     make(map[string]*Device),
+		pending:   make(map[string]int),
+		connects:  make(map[string]int),
+		revoked:   make(map[string]time.Time),
+		issued:    make(map[string]time.Time),
+		loggedOut: make(map[string]time.Time),
+		hosts:     allowedHosts(opts.AllowedHosts),
+		console:   newConsole(),
 	}
 	s.upgrader = websocket.Upgrader{
 		// Offered but only echoed when the client asks, like the real
@@ -212,12 +222,13 @@ func New(opts Options) *Server {
 		writeError(w, http.StatusNotFound, "not found: "+r.URL.Path)
 	})
 	s.mux = mux
+	s.handler = s.guard(mux)
 	return s
 }
 
 // Handler returns the server's HTTP handler, e.g. for httptest.NewServer.
 // Close still ends every websocket accepted through it.
-func (s *Server) Handler() http.Handler { return s.mux }
+func (s *Server) Handler() http.Handler { return s.handler }
 
 // Start listens on addr (e.g. "127.0.0.1:0") and serves in the background.
 // It returns the base URL, "http://host:port".
@@ -235,7 +246,7 @@ func (s *Server) Start(addr string) (string, error) {
 		return "", fmt.Errorf("mock server listen on %s: %w", addr, err)
 	}
 	srv := &http.Server{
-		Handler:           s.mux,
+		Handler:           s.handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
@@ -571,6 +582,9 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (claims, b
 	if err == nil {
 		var c claims
 		c, err = verifyToken(s.key, tok, time.Now())
+		if err == nil && c.User && s.isLoggedOut(c.ID) {
+			err = errors.New("token ended by logout")
+		}
 		if err == nil {
 			return c, true
 		}

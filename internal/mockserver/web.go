@@ -9,11 +9,15 @@ import (
 	"encoding/hex"
 	"fmt"
 	"html/template"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/tether-agent/tether/internal/logging"
 )
 
 // Paths of the web console and of the session calls it makes.
@@ -96,14 +100,12 @@ func consoleHeaders(w http.ResponseWriter) {
 }
 
 func (s *Server) handleConsoleIndex(w http.ResponseWriter, _ *http.Request) {
-	// The demo user is filled in; its password only while it is the
-	// well-known default.
-	var demo struct{ Email, Password string }
-	if pw, ok := s.users[DefaultUser]; ok {
+	// The demo user's e-mail is filled in, never a password: whoever
+	// loads the page must know it, or come through a one-time login link
+	// (LoginLink, printed by `make demo`), which logs in by itself.
+	var demo struct{ Email string }
+	if _, ok := s.users[DefaultUser]; ok {
 		demo.Email = DefaultUser
-		if pw == DefaultPassword {
-			demo.Password = pw
-		}
 	}
 	var buf bytes.Buffer
 	if err := consoleIndex.Execute(&buf, demo); err != nil {
@@ -144,9 +146,18 @@ func (s *Server) setJWTCookie(w http.ResponseWriter, r *http.Request, tok string
 	})
 }
 
+// handleLogout ends the session's token on the server, not only in the
+// browser: a copy of it (taken before, or still in another tab) is
+// refused from now on.
 func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
 	if !allowMethod(w, r, http.MethodPost) {
 		return
+	}
+	if tok, err := bearerToken(r); err == nil {
+		if c, err := verifyToken(s.key, tok, time.Now()); err == nil && c.User {
+			s.logOut(c)
+			s.log.Info("user logged out", "token_sha256", tokenFingerprint(tok))
+		}
 	}
 	http.SetCookie(w, &http.Cookie{Name: JWTCookie, Value: "", Path: "/", MaxAge: -1,
 		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
@@ -205,6 +216,107 @@ func (s *Server) handleLoginLink(w http.ResponseWriter, r *http.Request) {
 	s.log.Info("user logged in with a login link", "email", email, "token_sha256", tokenFingerprint(tok))
 	s.setJWTCookie(w, r, tok)
 	http.Redirect(w, r, ConsolePath, http.StatusSeeOther)
+}
+
+// logOut ends a user token until its expiry.
+func (s *Server) logOut(c claims) {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for jti, exp := range s.loggedOut {
+		if now.After(exp) {
+			delete(s.loggedOut, jti)
+		}
+	}
+	s.loggedOut[c.ID] = time.Unix(c.ExpiresAt, 0)
+}
+
+func (s *Server) isLoggedOut(jti string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.loggedOut[jti]
+	return ok
+}
+
+// allowedHosts normalizes the extra host names of Options.AllowedHosts.
+func allowedHosts(names []string) map[string]bool {
+	m := map[string]bool{"localhost": true}
+	for _, n := range names {
+		if n = normalHost(n); n != "" {
+			m[n] = true
+		}
+	}
+	return m
+}
+
+// normalHost is the name of a Host header or an allowed name without its
+// port and brackets, lower case, without a trailing dot.
+func normalHost(h string) string {
+	if name, _, err := net.SplitHostPort(h); err == nil {
+		h = name
+	}
+	h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
+	return strings.TrimSuffix(strings.ToLower(h), ".")
+}
+
+// hostAllowed pins the names the server answers to. DNS rebinding gives
+// an attacker's page the server's address under the attacker's name, and
+// with it the page's own origin: the browser then sends that name as
+// Host, and nothing else tells the request apart. An IP literal or
+// localhost cannot be an attacker's name; other names must be given. The
+// port is not checked: only the name can be rebound, and a forwarded or
+// mapped port is still this server.
+func (s *Server) hostAllowed(host string) bool {
+	if host == "" {
+		return true // HTTP/1.0 without Host: no browser sends that
+	}
+	h := normalHost(host)
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	return s.hosts[h]
+}
+
+// sameOrigin reports whether a request's Origin is the server itself as
+// the request names it.
+func sameOrigin(origin string, r *http.Request) bool {
+	u, err := url.Parse(origin)
+	return err == nil && u.Host != "" && strings.EqualFold(u.Host, r.Host)
+}
+
+// guard refuses, before any handler runs, a request that names another
+// host (421) and a browser request from another origin (403). The second
+// covers every call a page can make with the session cookie, REST as well
+// as websockets; programs (devices, mender-cli, the Go client) send no
+// Origin.
+func (s *Server) guard(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.hostAllowed(r.Host) {
+			s.log.Warn("request for a host name this server does not serve refused", "host", logging.Clip(r.Host), "path", logging.Clip(r.URL.Path))
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.WriteHeader(http.StatusMisdirectedRequest)
+			fmt.Fprintf(w, "421 Misdirected Request: this mock server does not answer to the host name %q.\n"+
+				"It answers to IP addresses, localhost and the names given with --allowed-host; a name it does not\n"+
+				"know may be a web page pointing its own name at this server (DNS rebinding).\n", logging.Clip(normalHost(r.Host)))
+			return
+		}
+		if origin := r.Header.Get("Origin"); origin != "" && !sameOrigin(origin, r) {
+			s.log.Warn("request from another origin refused", "origin", logging.Clip(origin), "host", logging.Clip(r.Host), "path", logging.Clip(r.URL.Path))
+			writeError(w, http.StatusForbidden, "Forbidden: a request from the page of another origin ("+logging.Clip(origin)+")")
+			return
+		}
+		// A browser sends no Origin on a no-cors GET (an <img>, a fetch
+		// in no-cors mode), and SameSite=Strict still sends the cookie
+		// from another port of the same host (the same site). Its
+		// Sec-Fetch-Site says where the request comes from; navigations
+		// (a link, the address bar) stay allowed.
+		if site := r.Header.Get("Sec-Fetch-Site"); (site == "cross-site" || site == "same-site") && r.Header.Get("Sec-Fetch-Mode") != "navigate" {
+			s.log.Warn("request from another site's page refused", "sec_fetch_site", site, "host", logging.Clip(r.Host), "path", logging.Clip(r.URL.Path))
+			writeError(w, http.StatusForbidden, "Forbidden: a request from the page of another site")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // checkOrigin admits websocket upgrades from pages of this server only.
