@@ -1,7 +1,10 @@
 // Package link owns the device's one websocket to the server: it dials with
 // the current credentials, reads and decodes frames for the router, writes
 // every session's frames fairly through one writer, keeps the connection
-// alive, and reconnects with exponential backoff and full jitter.
+// alive, and reconnects with exponential backoff and full jitter. When
+// the server keeps dropping the link right after it opens, as it does when
+// another agent holds this device's identity, it says so and stays away
+// longer (conflict.go).
 package link
 
 import (
