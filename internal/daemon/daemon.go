@@ -114,6 +114,7 @@ func Run(ctx context.Context, o Options) error {
 		Writer:         writerLoop,
 		Observer:       rec,
 		State:          status.setLink,
+		Alert:          status.setAlert,
 	}, router, out)
 	if err != nil {
 		return err
@@ -250,8 +251,9 @@ type statusLine struct {
 	maxTotal int
 	counts   func() (int, int)
 
-	mu   sync.Mutex
-	link string
+	mu    sync.Mutex
+	link  string
+	alert string
 }
 
 func (s *statusLine) setLink(up bool, detail string) {
@@ -265,10 +267,17 @@ func (s *statusLine) setLink(up bool, detail string) {
 	s.publish()
 }
 
+func (s *statusLine) setAlert(text string) {
+	s.mu.Lock()
+	s.alert = text
+	s.mu.Unlock()
+	s.publish()
+}
+
 func (s *statusLine) publish() {
 	s.mu.Lock()
-	l := s.link
+	l, a := s.link, s.alert
 	s.mu.Unlock()
 	n, u := s.counts()
-	s.n.Status(health.Summary{Link: l, Sessions: n, Users: u, MaxTotal: s.maxTotal}.String())
+	s.n.Status(health.Summary{Link: l, Sessions: n, Users: u, MaxTotal: s.maxTotal, Alert: a}.String())
 }

@@ -224,6 +224,8 @@ func TestSummaryString(t *testing.T) {
 		{Summary{Link: "connected", MaxTotal: 16}, "link connected; no sessions (limit 16)"},
 		{Summary{Link: "connected", Sessions: 1, Users: 1}, "link connected; 1 session for 1 user"},
 		{Summary{Link: "disconnected", Sessions: 3, Users: 2, MaxTotal: 4}, "link disconnected; 3 sessions for 2 users (limit 4)"},
+		{Summary{Link: "reconnecting in 41s", MaxTotal: 4, Alert: "identity conflict: another agent"},
+			"link reconnecting in 41s; no sessions (limit 4); identity conflict: another agent"},
 	}
 	for _, tt := range tests {
 		if got := tt.s.String(); got != tt.want {

@@ -16,10 +16,14 @@ type Summary struct {
 	Sessions, Users int
 	// MaxTotal is the configured session limit; 0 leaves it out.
 	MaxTotal int
+	// Alert is a standing warning put last, e.g. that another agent
+	// holds this device's identity; "" leaves it out.
+	Alert string
 }
 
 // String renders the summary, for example
-// "link connected; 2 sessions for 1 user (limit 16)".
+// "link connected; 2 sessions for 1 user (limit 16)", with "; " and the
+// alert after it if there is one.
 func (s Summary) String() string {
 	var b strings.Builder
 	link := s.Link
@@ -37,6 +41,10 @@ func (s Summary) String() string {
 	}
 	if s.MaxTotal > 0 {
 		fmt.Fprintf(&b, " (limit %d)", s.MaxTotal)
+	}
+	if s.Alert != "" {
+		b.WriteString("; ")
+		b.WriteString(s.Alert)
 	}
 	return b.String()
 }

@@ -1,7 +1,10 @@
 // Package link owns the device's one websocket to the server: it dials with
 // the current credentials, reads and decodes frames for the router, writes
 // every session's frames fairly through one writer, keeps the connection
-// alive, and reconnects with exponential backoff and full jitter.
+// alive, and reconnects with exponential backoff and full jitter. When
+// the server keeps dropping the link right after it opens, as it does when
+// another agent holds this device's identity, it says so and stays away
+// longer (conflict.go).
 package link
 
 import (
@@ -51,6 +54,10 @@ type Observer interface {
 	LinkDown()
 	LinkReconnect()
 	TokenChanged()
+	// IdentityConflictClose counts a conflict close (conflict.go);
+	// IdentityConflict says when an episode starts (true) and ends.
+	IdentityConflictClose()
+	IdentityConflict(active bool)
 }
 
 // Beater is a health loop handle (internal/health.Loop): the writer
@@ -82,6 +89,9 @@ type Options struct {
 	Observer       Observer
 	// State is told every state change in words, for sd_notify STATUS.
 	State func(up bool, detail string)
+	// Alert sets a standing warning about the link for the status line
+	// (another agent holds this device's identity); "" clears it.
+	Alert func(text string)
 }
 
 // Link is the connection manager.
@@ -91,6 +101,12 @@ type Link struct {
 	handler Handler
 	mux     *mux.Mux
 	dialer  *websocket.Dialer
+
+	// Used by Run's goroutine only: the identity conflict detector and
+	// the backoff that applies while it reports an episode.
+	conflict    conflictTracker
+	conflictMax time.Duration
+	conflictBo  *reconnect.Backoff
 
 	mu        sync.Mutex
 	connected bool
@@ -123,7 +139,11 @@ func New(opts Options, h Handler, m *mux.Mux) (*Link, error) {
 	if opts.State == nil {
 		opts.State = func(bool, string) {}
 	}
-	return &Link{opts: opts, log: opts.Log, handler: h, mux: m, dialer: d}, nil
+	if opts.Alert == nil {
+		opts.Alert = func(string) {}
+	}
+	return &Link{opts: opts, log: opts.Log, handler: h, mux: m, dialer: d,
+		conflict: conflictTracker{p: defaultConflictPolicy()}, conflictMax: max(opts.BackoffMax, conflictBackoffMax)}, nil
 }
 
 func tlsConfig(caFile string, skip bool) (*tls.Config, error) {
@@ -186,6 +206,7 @@ func (l *Link) Run(ctx context.Context, creds <-chan auth.Credentials) error {
 	var cur auth.Credentials
 	bo := reconnect.New(reconnect.Policy{Base: l.opts.BackoffBase, Max: l.opts.BackoffMax,
 		FirstJitter: l.opts.FirstJitter, StableAfter: stableAfter})
+	l.conflictBo = reconnect.New(reconnect.Policy{Base: l.opts.BackoffBase, Max: l.conflictMax, StableAfter: stableAfter})
 	dials := 0
 	for {
 		if !cur.Authorized() {
@@ -221,7 +242,7 @@ func (l *Link) Run(ctx context.Context, creds <-chan auth.Credentials) error {
 				}
 			}
 		}()
-		uptime, err := l.connectAndServe(connCtx, cur)
+		uptime, ended, err := l.connectAndServe(connCtx, cur)
 		if connCtx.Err() == nil {
 			var wait time.Duration
 			if err != nil {
@@ -231,7 +252,7 @@ func (l *Link) Run(ctx context.Context, creds <-chan auth.Credentials) error {
 					l.opts.Refresh()
 				}
 			} else {
-				wait = bo.AfterLink(uptime)
+				wait = l.afterLink(uptime, ended, bo)
 			}
 			if wait > 0 {
 				l.opts.State(false, fmt.Sprintf("reconnecting in %s", wait.Round(time.Millisecond)))
@@ -322,11 +343,12 @@ func isUnauthorized(err error) bool {
 }
 
 // connectAndServe dials and serves one connection. It returns how long the
-// connection was up, and the dial error if there was no connection.
-func (l *Link) connectAndServe(ctx context.Context, c auth.Credentials) (time.Duration, error) {
+// connection was up and what ended it, or the dial error if there was no
+// connection.
+func (l *Link) connectAndServe(ctx context.Context, c auth.Credentials) (uptime time.Duration, ended, err error) {
 	target, err := DeviceURL(c.ServerURL)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	hdr := http.Header{"Authorization": []string{"Bearer " + c.Token}}
 	conn, resp, err := l.dialer.DialContext(ctx, target, hdr)
@@ -334,17 +356,19 @@ func (l *Link) connectAndServe(ctx context.Context, c auth.Credentials) (time.Du
 		if resp != nil {
 			body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 			resp.Body.Close()
-			return 0, &statusError{code: resp.StatusCode, retryAfter: reconnect.RetryAfter(resp.StatusCode, resp.Header, time.Now()),
+			return 0, nil, &statusError{code: resp.StatusCode, retryAfter: reconnect.RetryAfter(resp.StatusCode, resp.Header, time.Now()),
 				err: fmt.Errorf("dial %s: %s: %s", target, resp.Status, bytes.TrimSpace(body))}
 		}
-		return 0, fmt.Errorf("dial %s: %w", target, err)
+		return 0, nil, fmt.Errorf("dial %s: %w", target, err)
 	}
 	start := time.Now()
-	l.serve(ctx, conn, target)
-	return time.Since(start), nil
+	ended = l.serve(ctx, conn, target)
+	return time.Since(start), ended, nil
 }
 
-func (l *Link) serve(ctx context.Context, conn *websocket.Conn, target string) {
+// serve runs one connection until it ends and returns the first failure
+// that ended it.
+func (l *Link) serve(ctx context.Context, conn *websocket.Conn, target string) error {
 	l.mu.Lock()
 	l.connected, l.lastUp = true, time.Now()
 	l.mu.Unlock()
@@ -379,14 +403,30 @@ func (l *Link) serve(ctx context.Context, conn *websocket.Conn, target string) {
 		defer wg.Done()
 		fail(l.writeLoop(conn, done))
 	}()
-	select {
-	case <-ctx.Done():
-		cause.set(errors.New("closed by the device"))
-		// Unlike upstream, say goodbye properly before closing.
-		_ = conn.WriteControl(websocket.CloseMessage,
-			websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
-		closeOnce(done)
-	case <-done:
+	// During an identity conflict episode, a connection that stays up
+	// long enough ends it while it is still up, so that the status line
+	// and the metric clear on the agent that holds the link.
+	var settled <-chan time.Time
+	if l.conflict.active {
+		t := time.NewTimer(l.conflict.p.settled)
+		defer t.Stop()
+		settled = t.C
+	}
+	for running := true; running; {
+		select {
+		case <-ctx.Done():
+			cause.set(errors.New("closed by the device"))
+			// Unlike upstream, say goodbye properly before closing.
+			_ = conn.WriteControl(websocket.CloseMessage,
+				websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
+			closeOnce(done)
+			running = false
+		case <-done:
+			running = false
+		case <-settled:
+			settled = nil
+			l.conflictOver(time.Now())
+		}
 	}
 	conn.Close() // unblocks the reader
 	wg.Wait()
@@ -399,6 +439,7 @@ func (l *Link) serve(ctx context.Context, conn *websocket.Conn, target string) {
 	l.log.Info("disconnected from server", "event", "link_down", "reason", reason)
 	l.opts.Observer.LinkDown()
 	l.handler.LinkDown()
+	return cause.get()
 }
 
 func firstErr(errs ...error) string {
@@ -618,10 +659,12 @@ func (a *atomicError) get() error {
 
 type nopObserver struct{}
 
-func (nopObserver) FrameIn()              {}
-func (nopObserver) FrameOut()             {}
-func (nopObserver) MalformedFrame(string) {}
-func (nopObserver) LinkUp()               {}
-func (nopObserver) LinkDown()             {}
-func (nopObserver) LinkReconnect()        {}
-func (nopObserver) TokenChanged()         {}
+func (nopObserver) FrameIn()               {}
+func (nopObserver) FrameOut()              {}
+func (nopObserver) MalformedFrame(string)  {}
+func (nopObserver) LinkUp()                {}
+func (nopObserver) LinkDown()              {}
+func (nopObserver) LinkReconnect()         {}
+func (nopObserver) TokenChanged()          {}
+func (nopObserver) IdentityConflictClose() {}
+func (nopObserver) IdentityConflict(bool)  {}

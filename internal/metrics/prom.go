@@ -47,6 +47,7 @@ type Metrics struct {
 	tokenChanges     prometheus.Counter
 	gatherErrors     prometheus.Counter
 	pf               portForward
+	identity         identity
 
 	limitPerUser, limitTotal, limitIdle, limitAbsolute prometheus.Gauge
 
@@ -112,6 +113,7 @@ func New(info BuildInfo, limits Limits) *Metrics {
 		"Scrapes during which a collector failed; the scrape still serves what it could gather.")
 
 	m.pf = newPortForward(f)
+	m.identity = newIdentity(f)
 
 	m.reg.MustRegister(
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
