@@ -92,6 +92,8 @@ func Run(ctx context.Context, o Options) error {
 		AbsoluteTimeout: cfg.AbsoluteTimeout(),
 		StopGrace:       cfg.Sessions.StopGrace.Duration(),
 		PingInterval:    cfg.Sessions.PingInterval.Duration(),
+		DetachedTimeout: cfg.Sessions.DetachedTimeout.Duration(),
+		ProbeGrace:      cfg.Sessions.ProbeGrace.Duration(),
 		Recorder:        rec,
 		Janitor:         janitorLoop,
 	}, out)
