@@ -51,6 +51,9 @@ func (r *ring) since(from uint64) []byte {
 		return nil
 	}
 	n := int(min(r.total-from, uint64(len(r.b))))
+	if n == 0 {
+		return nil // nothing kept (a ring of size 0)
+	}
 	out := make([]byte, 0, n)
 	if len(r.b) < r.max {
 		return append(out, r.b[len(r.b)-n:]...)
