@@ -324,10 +324,14 @@ func (s *session) Supervise(early time.Duration) (time.Duration, bool) {
 	s.hmu.Unlock()
 	switch {
 	case late:
+		notice := fmt.Sprintf("health check failed: no pong for %s", o.PongTimeout)
 		if s.lease.Lost(proto.DetachHealth) {
+			// A peer still there learns that its terminal ended; the
+			// shell waits detached for its user.
+			s.sendControl(shellMsg(s.id(), wire.ShellStop, wire.StatusError, notice), nil)
 			return next, false
 		}
-		s.Stop(proto.ReasonHealthTimeout, fmt.Sprintf("health check failed: no pong for %s", o.PongTimeout), o.StopGrace)
+		s.Stop(proto.ReasonHealthTimeout, notice, o.StopGrace)
 		return 0, false
 	case ping:
 		s.sendPing()
