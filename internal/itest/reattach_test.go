@@ -278,3 +278,40 @@ func TestByteLimitStopDetaches(t *testing.T) {
 		t.Fatalf("got shell %d, want %d", p, pid)
 	}
 }
+
+// Sessions.IdleCountsOutput: a job that prints but takes no input keeps
+// its session past the idle timeout; without it (upstream's rule) only
+// input counts and the session expires.
+func TestIdleCountsOutput(t *testing.T) {
+	tests := []struct {
+		name  string
+		on    bool
+		lives bool
+	}{
+		{"output counts", true, true},
+		{"input only", false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := reattachEnv(t, map[string]interface{}{"ExpireAfterIdle": 2, "IdleCountsOutput": tt.on}, nil)
+			term := e.open(alice)
+			if _, err := io.WriteString(term, "stty -echo; i=0; while [ $i -lt 12 ]; do i=$((i+1)); echo beat $i; sleep 0.5; done\n"); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(e.ctx, 20*time.Second)
+			defer cancel()
+			out, err := term.Expect(ctx, "beat 12")
+			if tt.lives && err != nil {
+				t.Fatalf("a printing job's session ended: %v (%q)", err, out)
+			}
+			if !tt.lives {
+				if err == nil {
+					t.Fatal("the session outlived its idle timeout without input")
+				}
+				if !strings.Contains(err.Error(), "session expired: idle") {
+					t.Fatalf("ended, but not by idle expiry: %v", err)
+				}
+			}
+		})
+	}
+}
