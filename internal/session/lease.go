@@ -28,6 +28,10 @@ type leased struct {
 	// gone is when the session was detached plus one (router clock,
 	// nanoseconds), 0 while it has a peer; written under r.mu.
 	gone atomic.Int64
+	// goneUp is the link-up time when it was detached plus one: the
+	// detached timeout counts only time in which its user could have
+	// come back.
+	goneUp atomic.Int64
 	// probe is the health probe waiting for the peer's answer, if any:
 	// the peer's next message answers it.
 	probe atomic.Pointer[probeWait]
@@ -156,6 +160,7 @@ func (r *Router) handleAdmitted(p proto.Admitted, m *wire.ProtoMsg) {
 func (r *Router) attachLocked(l *leased) {
 	l.detached, l.discard, l.why, l.probed = false, false, "", false
 	l.gone.Store(0)
+	l.goneUp.Store(0)
 	r.opts.Recorder.DetachedSessions(r.detachedLocked())
 }
 
@@ -193,6 +198,7 @@ func (r *Router) detach(l *leased, why string, discard bool) {
 	if first {
 		l.detached, l.why, l.probed = true, why, false
 		l.gone.Store(int64(r.mono()) + 1)
+		l.goneUp.Store(int64(r.mux.UpTime()) + 1)
 		r.opts.Recorder.DetachedSessions(r.detachedLocked())
 	}
 	more := discard && !l.discard
@@ -491,15 +497,20 @@ func (r *Router) probeSuspects(now time.Duration) time.Duration {
 func (l *leased) supervise(now, early time.Duration) (time.Duration, bool) {
 	o := &l.r.opts
 	var next time.Duration
-	if g := l.gone.Load(); g > 0 && o.DetachedTimeout > 0 {
-		left := time.Duration(g-1) + o.DetachedTimeout - now
-		if left <= 0 {
+	if g := l.goneUp.Load(); g > 0 && o.DetachedTimeout > 0 {
+		up, linkUp := l.r.mux.UpState()
+		left := time.Duration(g-1) + o.DetachedTimeout - up
+		switch {
+		case left <= 0:
 			l.r.log.Info("detached session not reattached in time", "event", "session_detach_expired",
 				"session_id", logging.Clip(l.id()), "user_id", logging.Clip(l.userID), "detached_timeout", o.DetachedTimeout.String())
 			l.stop(proto.ReasonDetachedExpired, "")
 			return 0, false
+		case linkUp:
+			// Link-up time stands still while the link is down; the
+			// mux wakes the janitor when it comes back.
+			next = sooner(next, left)
 		}
-		next = sooner(next, left)
 	}
 	if o.AbsoluteTimeout > 0 {
 		left := l.born + o.AbsoluteTimeout - now

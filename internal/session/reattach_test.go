@@ -286,14 +286,27 @@ func TestProbeWithoutKeeping(t *testing.T) {
 	})
 }
 
-// A detached session ends after the detached timeout, by the router clock;
-// its own peer answering before that gives it back its place.
+// A detached session ends after the detached timeout of link-up time (its
+// user cannot come back while the link is down); its own peer answering
+// before that gives it back its place.
 func TestDetachedTimeout(t *testing.T) {
 	for _, answered := range []bool{false, true} {
 		c := testclock.New(time.Unix(0, 0))
-		r, f, _ := reattachRouter(Options{DetachedTimeout: time.Minute, Now: c.Now})
+		r, f, m := reattachRouter(Options{DetachedTimeout: time.Minute, ProbeGrace: time.Hour, Now: c.Now})
 		s := f.open(t, r, "a", "u").s.(*peerSession)
+		m.Up(nil)
 		r.LinkDown()
+		m.Down()
+		c.Add(time.Hour)
+		if next := r.sweep(); next != 0 {
+			t.Fatalf("next due in %v while the link is down, want nothing", next)
+		}
+		s.get(func() {
+			if s.stopped != "" {
+				t.Fatalf("ended for %q while the link was down", s.stopped)
+			}
+		})
+		m.Up(nil)
 		if answered {
 			r.HandleMessage(shellMsg("a", wire.ShellPong))
 		}
