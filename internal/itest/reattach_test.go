@@ -199,8 +199,10 @@ func TestReattachAfterLinkDrop(t *testing.T) {
 }
 
 // A detached shell nobody comes back to ends after Sessions.DetachedTimeout.
+// Quick health pings find the closed terminal when the server does not say
+// the user left.
 func TestDetachedTimeoutEndsShell(t *testing.T) {
-	e := reattachEnv(t, map[string]interface{}{"DetachedTimeout": "2s"}, nil)
+	e := reattachEnv(t, map[string]interface{}{"DetachedTimeout": "2s", "PingInterval": "500ms", "PongTimeout": "1s"}, nil)
 	term := e.open(alice)
 	pid := shellPid(e, term)
 	term.Close()
