@@ -41,8 +41,7 @@ type session struct {
 	lastPingAt time.Duration // up-time when the latest ping was queued
 	awaiting   bool          // a ping left and no pong came since
 	pingLeft   time.Duration // up-time when the oldest unanswered ping left
-
-	pings int // pings queued since the peer attached
+	pings      int           // pings queued since the peer attached
 
 	mu         sync.Mutex
 	proc       *shell.Process
