@@ -125,6 +125,30 @@ func TestReattachAfterUserLeft(t *testing.T) {
 	}
 }
 
+// A terminal that still answers keeps its shell: the same user's second
+// terminal is refused (MaxPerUser 1) once the probe is answered, well
+// within the grace, and the first one works on.
+func TestLiveTerminalKeepsItsShell(t *testing.T) {
+	e := reattachEnv(t, map[string]interface{}{"ProbeGrace": "5s"}, nil)
+	term := e.open(alice)
+	pid := shellPid(e, term)
+	start := time.Now()
+	_, err := e.tryOpen(alice)
+	took := time.Since(start)
+	if got := shellError(t, err); got != "user has too many open sessions" {
+		t.Fatalf("second terminal: %q", got)
+	}
+	if took > 4*time.Second {
+		t.Fatalf("refused after %v: the live terminal's answer was not taken", took)
+	}
+	if p := shellPid(e, term); p != pid {
+		t.Fatalf("the first terminal now reaches shell %d, want %d", p, pid)
+	}
+	if strings.Contains(e.log.String(), "event=session_detach") {
+		t.Fatal("a live terminal's shell was detached")
+	}
+}
+
 var tickRE = regexp.MustCompile(`tick (\d+)\r?\n`)
 
 func ticks(s string) []int {
@@ -315,5 +339,37 @@ func TestIdleCountsOutput(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A server that kept the user's connection across a link drop (a lenient
+// one) answers the ping tether sends right after the reconnect: the shell
+// is attached again under its own sid, with no notice and nothing lost.
+func TestLenientPeerResumesAfterLinkDrop(t *testing.T) {
+	e := reattachEnv(t, nil, nil)
+	d := e.waitDevice()
+	s := e.devShell(d, "lenient-1", "alice")
+	s.send("stty -echo; echo quiet\n")
+	s.expect("quiet")
+	d.Close()
+	ctx, cancel := context.WithTimeout(e.ctx, 15*time.Second)
+	nd, err := e.srv.WaitReconnect(ctx, d)
+	cancel()
+	if err != nil {
+		t.Fatalf("no reconnect: %v", err)
+	}
+	s.attach(nd)
+	back := time.Now()
+	s.waitPing(5 * time.Second) // answered
+	t.Logf("probe ping %v after the reconnect", time.Since(back).Round(time.Millisecond))
+	eventually(t, 5*time.Second, "the session attached again", func() bool {
+		return strings.Contains(e.log.String(), "event=session_attach")
+	})
+	s.send("echo back-$((1+1))\n")
+	if out := s.expect("back-2"); strings.Contains(out, reattachNotice) {
+		t.Fatalf("a resumed peer got the reattach notice: %q", out)
+	}
+	if strings.Contains(e.log.String(), "reason=no_answer") {
+		t.Fatal("the answering peer was deemed gone")
 	}
 }
