@@ -210,7 +210,7 @@ func report(log *slog.Logger, lnk *link.Link, router *session.Router) {
 	for _, s := range sessions {
 		log.Info("status report: session", "session_id", s.SessionID, "user_id", s.UserID,
 			"started", s.Started.Format(time.RFC3339), "age", now.Sub(s.Started).Round(time.Second).String(),
-			"idle", now.Sub(s.LastInput).Round(time.Second).String())
+			"idle", now.Sub(s.LastInput).Round(time.Second).String(), "detached", s.Detached)
 	}
 }
 
