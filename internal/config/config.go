@@ -111,9 +111,30 @@ type SessionsConfig struct {
 	StopGrace Duration
 	// PingInterval is the period of shell health-check pings.
 	PingInterval Duration
-	// PongTimeout ends a shell whose peer has not answered for this long.
+	// PongTimeout ends a shell whose peer has not answered for this long
+	// (detaches it, when DetachedTimeout is set).
 	PongTimeout Duration
+	// DetachedTimeout is how long a shell whose user is gone (the link
+	// dropped, the user's connection ended without a stop, the server's
+	// recording cut it) is kept for the same user to reattach; 0 ends
+	// such a shell once it is found, as before reattach existed.
+	DetachedTimeout Duration
+	// ProbeGrace is how long a user's terminals have to answer a ping
+	// when a new one would be refused or evict one; those silent are
+	// deemed gone.
+	ProbeGrace Duration
+	// ReplayBuffer is how much of a shell's latest output, in bytes, is
+	// kept for a user who reattaches (0 = none).
+	ReplayBuffer uint32
+	// IdleCountsOutput makes shell output count as activity for
+	// ExpireAfterIdle, as input always does (upstream: input only).
+	IdleCountsOutput bool
 }
+
+// MaxFirstPing is the longest Sessions.PingInterval that works with the
+// Mender UI: it closes a terminal that heard no ping within 65 s of
+// opening it.
+const MaxFirstPing = 60 * time.Second
 
 // AuthConfig selects where the device token and server URL come from.
 type AuthConfig struct {
@@ -243,6 +264,13 @@ func Default() *Config {
 			StopGrace:    Duration(2 * time.Second),
 			PingInterval: Duration(60 * time.Second),
 			PongTimeout:  Duration(65 * time.Second),
+			// Long enough to notice a dead terminal, log in again and
+			// reopen it; no longer than the idle expiry upstream
+			// applies by default, so a shell nobody comes back to ends
+			// as soon as an idle one would.
+			DetachedTimeout: Duration(10 * time.Minute),
+			ProbeGrace:      Duration(1500 * time.Millisecond),
+			ReplayBuffer:    DefaultReplayBuffer,
 		},
 		Auth: AuthConfig{Source: AuthSourceDBus},
 		Reconnect: ReconnectConfig{
@@ -260,6 +288,27 @@ func Default() *Config {
 		PortForward:  defaultPortForward(),
 		MenderClient: defaultMenderClient(),
 	}
+}
+
+// DefaultReplayBuffer keeps a screen or two of a busy shell (a full
+// 200×50 screen of colored text is some 30 KiB).
+const DefaultReplayBuffer = 64 << 10
+
+// MaxReplayBuffer bounds Sessions.ReplayBuffer: every shell may hold that
+// much (16 shells × 4 MiB = 64 MiB).
+const MaxReplayBuffer = 4 << 20
+
+// capPingInterval lowers a Sessions.PingInterval above MaxFirstPing, with
+// a warning: longer ones let the Mender UI close every terminal.
+func (c *Config) capPingInterval() []string {
+	s := &c.Sessions
+	if s.PingInterval.Duration() <= MaxFirstPing {
+		return nil
+	}
+	w := fmt.Sprintf("Sessions.PingInterval %s is above %s: the Mender UI closes a terminal that hears no ping within 65 s; using %s",
+		s.PingInterval, formatDuration(MaxFirstPing), formatDuration(MaxFirstPing))
+	s.PingInterval = Duration(MaxFirstPing)
+	return []string{w}
 }
 
 // IdleTimeout is the session idle limit; 0 means off. It applies the

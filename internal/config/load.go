@@ -73,6 +73,7 @@ func Load(opts LoadOptions) (cfg *Config, warnings []string, err error) {
 
 	cfg.normalize()
 	warnings = append(warnings, cfg.upstreamMeaning(set)...)
+	warnings = append(warnings, cfg.capPingInterval()...)
 	if err := cfg.Validate(opts.ShellsFile); err != nil {
 		return cfg, warnings, err
 	}

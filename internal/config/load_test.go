@@ -150,11 +150,11 @@ func TestLoadSources(t *testing.T) {
 		},
 		{
 			name: "durations as numbers and strings",
-			main: `{"User": "nobody", "Sessions": {"StopGrace": 0.5, "PingInterval": "90s", "PongTimeout": 200},
+			main: `{"User": "nobody", "Sessions": {"StopGrace": 0.5, "PingInterval": "45s", "PongTimeout": 200},
 				"Link": {"PingInterval": "1m", "ReadTimeout": 61.5}}`,
 			check: func(t *testing.T, c *Config) {
 				eq(t, "StopGrace", c.Sessions.StopGrace, Duration(500*time.Millisecond))
-				eq(t, "PingInterval", c.Sessions.PingInterval, Duration(90*time.Second))
+				eq(t, "PingInterval", c.Sessions.PingInterval, Duration(45*time.Second))
 				eq(t, "PongTimeout", c.Sessions.PongTimeout, Duration(200*time.Second))
 				eq(t, "Link.PingInterval", c.Link.PingInterval, Duration(time.Minute))
 				eq(t, "Link.ReadTimeout", c.Link.ReadTimeout, Duration(61500*time.Millisecond))
@@ -210,6 +210,36 @@ func eq[T any](t *testing.T, what string, got, want T) {
 	t.Helper()
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("%s = %#v, want %#v", what, got, want)
+	}
+}
+
+// A session ping interval above a minute is capped, with a warning: the
+// Mender UI closes a terminal that hears no ping within 65 s of opening it.
+func TestLoadCapsSessionPingInterval(t *testing.T) {
+	tests := []struct {
+		interval string
+		want     time.Duration
+		warns    int
+	}{
+		{"59s", 59 * time.Second, 0},
+		{"60s", time.Minute, 0},
+		{"61s", time.Minute, 1},
+		{"30m", time.Minute, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.interval, func(t *testing.T) {
+			clearEnv(t)
+			cfg, warnings, _, err := loadFiles(t, `{"User": "nobody", "Sessions": {"PingInterval": "`+tt.interval+`", "PongTimeout": "2h"}}`, "", shellsFile(t))
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if got := cfg.Sessions.PingInterval.Duration(); got != tt.want {
+				t.Errorf("PingInterval = %v, want %v", got, tt.want)
+			}
+			if len(warnings) != tt.warns || (tt.warns > 0 && !strings.Contains(warnings[0], "Sessions.PingInterval")) {
+				t.Errorf("warnings = %q, want %d about Sessions.PingInterval", warnings, tt.warns)
+			}
+		})
 	}
 }
 

@@ -49,6 +49,9 @@ func (c *Config) Validate(shellsFile string) error {
 	checkDuration(add, "Sessions.StopGrace", s.StopGrace, 10*time.Millisecond, time.Minute)
 	checkDuration(add, "Sessions.PingInterval", s.PingInterval, 100*time.Millisecond, time.Hour)
 	checkDurationAbove(add, "Sessions.PongTimeout", s.PongTimeout, "Sessions.PingInterval", s.PingInterval, 24*time.Hour)
+	checkDuration(add, "Sessions.DetachedTimeout", s.DetachedTimeout, 0, 24*time.Hour)
+	checkDuration(add, "Sessions.ProbeGrace", s.ProbeGrace, 100*time.Millisecond, 30*time.Second)
+	checkUint(add, "Sessions.ReplayBuffer", s.ReplayBuffer, 0, MaxReplayBuffer)
 
 	c.validateServer(add, addErr)
 	c.validateAuth(add)

@@ -78,6 +78,12 @@ func TestValidate(t *testing.T) {
 		}, []string{"Sessions.PingInterval: 2h is out of range (allowed 100ms..1h)"}},
 		{"pong not above ping", func(c *Config) { c.Sessions.PongTimeout = c.Sessions.PingInterval }, []string{"Sessions.PongTimeout: 1m must be greater than Sessions.PingInterval (1m)"}},
 		{"pong above 24h", func(c *Config) { c.Sessions.PongTimeout = Duration(25 * time.Hour) }, []string{"Sessions.PongTimeout: 25h is out of range (at most 24h)"}},
+		{"detached timeout off", func(c *Config) { c.Sessions.DetachedTimeout = 0 }, nil},
+		{"detached timeout high", func(c *Config) { c.Sessions.DetachedTimeout = Duration(25 * time.Hour) }, []string{"Sessions.DetachedTimeout: 25h is out of range (allowed 0s..24h)"}},
+		{"probe grace low", func(c *Config) { c.Sessions.ProbeGrace = Duration(50 * time.Millisecond) }, []string{"Sessions.ProbeGrace: 50ms is out of range (allowed 100ms..30s)"}},
+		{"probe grace high", func(c *Config) { c.Sessions.ProbeGrace = Duration(time.Minute) }, []string{"Sessions.ProbeGrace: 1m is out of range (allowed 100ms..30s)"}},
+		{"replay buffer off", func(c *Config) { c.Sessions.ReplayBuffer = 0 }, nil},
+		{"replay buffer high", func(c *Config) { c.Sessions.ReplayBuffer = 4<<20 + 1 }, []string{"Sessions.ReplayBuffer: 4194305 is out of range (allowed 0..4194304)"}},
 
 		{"server URL scheme", func(c *Config) { c.Auth.Source, c.ServerURL, c.Auth.Token = AuthSourceStatic, "ftp://example.com", "t" }, []string{`ServerURL: "ftp://example.com" must be an http, https, ws or wss URL with a host`}},
 		{"server URL no host", func(c *Config) { c.Auth.Source, c.ServerURL, c.Auth.Token = AuthSourceStatic, "hosted.mender.io", "t" }, []string{`ServerURL: "hosted.mender.io" must be`}},

@@ -92,6 +92,8 @@ func Run(ctx context.Context, o Options) error {
 		AbsoluteTimeout: cfg.AbsoluteTimeout(),
 		StopGrace:       cfg.Sessions.StopGrace.Duration(),
 		PingInterval:    cfg.Sessions.PingInterval.Duration(),
+		DetachedTimeout: cfg.Sessions.DetachedTimeout.Duration(),
+		ProbeGrace:      cfg.Sessions.ProbeGrace.Duration(),
 		Recorder:        rec,
 		Janitor:         janitorLoop,
 	}, out)
@@ -209,7 +211,7 @@ func report(log *slog.Logger, lnk *link.Link, router *session.Router) {
 	for _, s := range sessions {
 		log.Info("status report: session", "session_id", s.SessionID, "user_id", s.UserID,
 			"started", s.Started.Format(time.RFC3339), "age", now.Sub(s.Started).Round(time.Second).String(),
-			"idle", now.Sub(s.LastInput).Round(time.Second).String())
+			"idle", now.Sub(s.LastInput).Round(time.Second).String(), "detached", s.Detached)
 	}
 }
 

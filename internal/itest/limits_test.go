@@ -47,7 +47,11 @@ func TestLimits(t *testing.T) {
 			t.Errorf("%s = %v, want %v", name, got, want)
 		}
 	}
-	// Closing a terminal frees its slot for someone else.
+	// Ending a terminal with a stop frees its slot for someone else (one
+	// closed without a stop is kept detached for its user, and counted).
+	if err := a1.Stop(); err != nil {
+		t.Fatal(err)
+	}
 	a1.Close()
 	eventually(t, 5*time.Second, "slot freed", func() bool {
 		term, err := e.tryOpen("carol@tether.local")
@@ -145,11 +149,12 @@ func TestMissingPongEndsSession(t *testing.T) {
 }
 
 // After the link drops, the server hands every user connection a new
-// session id, so the old shells are orphans. Unlike upstream, they do not
-// lock their user out until the health check gives up: a new session of
-// that user replaces an orphan. A live session is still protected.
+// session id, so the old shells are orphans. With Sessions.DetachedTimeout
+// 0 (no reattach) they still do not lock their user out until the health
+// check gives up, unlike upstream: a new session of that user replaces an
+// orphan. A live session is still protected.
 func TestOrphanedSessionDoesNotLockOut(t *testing.T) {
-	e := newEnv(t, map[string]interface{}{"Sessions": map[string]interface{}{"MaxPerUser": 1, "StopGrace": "100ms"}})
+	e := newEnv(t, map[string]interface{}{"Sessions": map[string]interface{}{"MaxPerUser": 1, "StopGrace": "100ms", "DetachedTimeout": "0s"}})
 	d := e.waitDevice()
 	old := e.open("alice@tether.local")
 	e.run(old, "(exec sleep 314) &")

@@ -31,6 +31,7 @@ const (
 	ReasonTokenCleared    = "token_cleared"    // the device lost its credentials
 	ReasonShutdown        = "shutdown"         // the daemon is stopping
 	ReasonEvicted         = "evicted"          // replaced by a newer session of the same user
+	ReasonDetachedExpired = "detached_expired" // its peer was gone and nobody reattached it in time
 	ReasonOther           = other              // anything not listed above
 )
 
@@ -41,8 +42,39 @@ const other = "other"
 func Reasons() []string {
 	return []string{
 		ReasonUser, ReasonStop, ReasonIdleExpired, ReasonAbsoluteExpired, ReasonShellExit,
-		ReasonHealthTimeout, ReasonTokenCleared, ReasonShutdown, ReasonEvicted, ReasonOther,
+		ReasonHealthTimeout, ReasonTokenCleared, ReasonShutdown, ReasonEvicted, ReasonDetachedExpired, ReasonOther,
 	}
+}
+
+// Why a shell is detached (its peer deemed gone): the reason label of
+// tether_sessions_detached_total.
+const (
+	DetachLinkDown  = "link_down"  // the device's link dropped
+	DetachNoAnswer  = "no_answer"  // its peer did not answer a probe
+	DetachHealth    = "health"     // its peer stopped answering pings
+	DetachByteLimit = "byte_limit" // the server's session recording cut it
+	DetachUserGone  = "user_gone"  // the server said the user disconnected
+)
+
+// DetachReasons lists the known detach reasons, in a fixed order.
+func DetachReasons() []string {
+	return []string{DetachLinkDown, DetachNoAnswer, DetachHealth, DetachByteLimit, DetachUserGone, ReasonOther}
+}
+
+// How a detached shell got a peer again: the reason label of
+// tether_sessions_reattached_total.
+const (
+	ReattachResumed     = "resumed"      // its own peer answered after all
+	ReattachNewTerminal = "new_terminal" // its user opened a terminal again
+)
+
+func knownOf(v string, known []string) string {
+	for _, k := range known {
+		if v == k {
+			return k
+		}
+	}
+	return other
 }
 
 // Limits that reject a new session: the limit label of

@@ -30,6 +30,15 @@ func (*Metrics) SessionClosed(string, string, time.Duration) {}
 // LimitRejected does nothing in the nometrics build.
 func (*Metrics) LimitRejected(string) {}
 
+// SessionDetached does nothing in the nometrics build.
+func (*Metrics) SessionDetached(string) {}
+
+// SessionReattached does nothing in the nometrics build.
+func (*Metrics) SessionReattached(string) {}
+
+// DetachedSessions does nothing in the nometrics build.
+func (*Metrics) DetachedSessions(int) {}
+
 // TerminalBytesIn does nothing in the nometrics build.
 func (*Metrics) TerminalBytesIn(int) {}
 

@@ -36,6 +36,9 @@ type Metrics struct {
 	sessionsClosed   *prometheus.CounterVec
 	sessionDuration  *prometheus.HistogramVec
 	limitRejections  *prometheus.CounterVec
+	detached         *prometheus.CounterVec
+	reattached       *prometheus.CounterVec
+	detachedNow      prometheus.Gauge
 	terminalBytesIn  *coarseCounter
 	terminalBytesOut *coarseCounter
 	framesIn         *coarseCounter
@@ -80,6 +83,11 @@ func New(info BuildInfo, limits Limits) *Metrics {
 	m.reg.MustRegister(m.sessionDuration)
 	m.limitRejections = f.counterVec("session_limit_rejections_total",
 		"New sessions refused because a limit was reached, by limit (per_user, total).", "limit")
+	m.detached = f.counterVec("sessions_detached_total",
+		"Shells whose peer was deemed gone and that wait for their user to reattach, by reason (link_down, no_answer, health, byte_limit, user_gone).", "reason")
+	m.reattached = f.counterVec("sessions_reattached_total",
+		"Detached shells given a peer again, by reason (resumed: its own peer answered; new_terminal: its user opened a terminal again).", "reason")
+	m.detachedNow = f.gauge("sessions_detached", "Shells detached right now (counted in sessions_active too).")
 
 	terminalBytes := f.counterVec("terminal_bytes_total",
 		"Terminal data bytes in whole KiB (so that single keystrokes do not show): in = from the user to the shell, out = from the shell to the user.", "direction")
@@ -130,6 +138,11 @@ func New(info BuildInfo, limits Limits) *Metrics {
 	}
 	m.limitRejections.WithLabelValues(LimitPerUser)
 	m.limitRejections.WithLabelValues(LimitTotal)
+	for _, r := range DetachReasons() {
+		m.detached.WithLabelValues(r)
+	}
+	m.reattached.WithLabelValues(ReattachResumed)
+	m.reattached.WithLabelValues(ReattachNewTerminal)
 	return m
 }
 
@@ -199,6 +212,31 @@ func (m *Metrics) LimitRejected(limit string) {
 		return
 	}
 	m.limitRejections.WithLabelValues(knownLimit(limit)).Inc()
+}
+
+// SessionDetached counts a shell detached for why (a Detach constant).
+func (m *Metrics) SessionDetached(why string) {
+	if m == nil {
+		return
+	}
+	m.detached.WithLabelValues(knownOf(why, DetachReasons())).Inc()
+}
+
+// SessionReattached counts a detached shell given a peer again, how
+// (a Reattach constant).
+func (m *Metrics) SessionReattached(how string) {
+	if m == nil {
+		return
+	}
+	m.reattached.WithLabelValues(knownOf(how, []string{ReattachResumed, ReattachNewTerminal})).Inc()
+}
+
+// DetachedSessions sets how many shells are detached now.
+func (m *Metrics) DetachedSessions(n int) {
+	if m == nil {
+		return
+	}
+	m.detachedNow.Set(float64(n))
 }
 
 // TerminalBytesIn counts terminal input bytes (user → shell).

@@ -65,11 +65,21 @@ type Admitted interface {
 // Table is the router's session table as an Admitted protocol sees it.
 type Table interface {
 	// Admit gives a new session sid of user its place in the table, or
-	// refuses it with ErrUserLimit, ErrTotalLimit, ErrExists or ErrClosed. open
-	// builds the session around its lease; it runs under the table's
-	// lock, so it must only build, not start. A session of the user that
-	// gives up its slot is stopped after open returns.
-	Admit(sid, user string, open func(Lease) AdmittedSession) error
+	// refuses it with ErrUserLimit, ErrTotalLimit, ErrExists or ErrClosed.
+	// open builds the session around its lease; it runs under the
+	// table's lock, so it must only build, not start. A session of the
+	// user that gives up its slot is stopped after open returns.
+	//
+	// When the user has a detached session the table hands that one over
+	// instead: it is re-keyed to sid, its Attach is called with m (the
+	// "new"), open is not, and done gets it with reattached true. When
+	// the limits would refuse the session or evict one, the user's
+	// sessions are first probed (their peers pinged); the decision then
+	// waits up to the probe's grace, and done runs later on another
+	// goroutine, with the messages for sid that arrived meanwhile
+	// delivered to the session after done returns. done runs exactly
+	// once; s is nil when err is set.
+	Admit(sid, user string, m *wire.ProtoMsg, open func(Lease) AdmittedSession, done func(s AdmittedSession, reattached bool, err error))
 	// StopUser stops every session of user.
 	StopUser(user, reason string)
 	// Reply queues a frame that belongs to no live session (or whose
@@ -94,6 +104,12 @@ type Lease interface {
 	// Active records input from the peer: idle expiry counts from the
 	// latest.
 	Active()
+	// Lost says the session's peer is gone (its health check failed, or
+	// the server ended its side without the user asking). It reports
+	// true when the table keeps the session detached for a later
+	// reattach; false when detached sessions are off, and the caller
+	// ends the session as before.
+	Lost(reason string) bool
 	// Release frees the slot at once (the session is stopping or ended
 	// by itself). Calling it more than once is harmless.
 	Release()
@@ -119,6 +135,20 @@ type AdmittedSession interface {
 	// is while nothing changes) and whether it queued a ping; a ping may
 	// go up to early before it is due, so that sessions share wakeups.
 	Supervise(early time.Duration) (next time.Duration, pinged bool)
+	// Detach says the table deems the session's peer gone. With discard
+	// false (the link dropped: a server that kept the user's connection
+	// may still answer) output is still sent; with discard true it goes
+	// only to the replay buffer, and a sender blocked on a full queue is
+	// let go. Health pings continue but a missing pong ends nothing.
+	Detach(discard bool)
+	// Attach gives a detached session a peer again. m nil: its own peer
+	// answered (same sid). Otherwise m is a new peer's "new" and sid the
+	// session id the session takes from now on: it answers m, applies
+	// its terminal size and sends what the peer missed first.
+	Attach(sid string, m *wire.ProtoMsg)
+	// Probe sends a health ping now, so the table can tell whether the
+	// peer still answers.
+	Probe()
 }
 
 // Sooner returns the earlier of two delays, where 0 means none; a delay
@@ -153,4 +183,16 @@ const (
 	ReasonShutdown        = "shutdown"
 	ReasonEvicted         = "evicted"
 	ReasonStartFailed     = "start_failed"
+	// ReasonDetachedExpired: nobody reattached it within the detached
+	// timeout.
+	ReasonDetachedExpired = "detached_expired"
+)
+
+// Why a session is detached; they are the metrics label values too.
+const (
+	DetachLinkDown  = "link_down"  // the device's link dropped
+	DetachNoAnswer  = "no_answer"  // its peer did not answer a probe
+	DetachHealth    = "health"     // its peer stopped answering pings
+	DetachByteLimit = "byte_limit" // the server's recording cut it
+	DetachUserGone  = "user_gone"  // the server said the user disconnected
 )

@@ -25,6 +25,14 @@ import (
 // Recorder is told what happens, for metrics.
 type Recorder interface {
 	LimitRejected(limit string)
+	// SessionDetached counts a session whose peer is deemed gone, by why
+	// (proto.Detach*).
+	SessionDetached(why string)
+	// SessionReattached counts a detached session given a peer again:
+	// "resumed" (its own peer answered) or "new_terminal".
+	SessionReattached(how string)
+	// DetachedSessions is how many sessions are detached now.
+	DetachedSessions(n int)
 }
 
 // Beater is a health loop handle: the janitor answers its Probe.
@@ -49,6 +57,11 @@ type Options struct {
 	IdleTimeout     time.Duration // 0 = off
 	AbsoluteTimeout time.Duration // 0 = off
 	StopGrace       time.Duration
+	// DetachedTimeout is how long a session whose peer is gone is kept
+	// for its user to reattach (0: such a session ends once found).
+	DetachedTimeout time.Duration
+	// ProbeGrace is how long a probed session's peer has to answer.
+	ProbeGrace time.Duration
 	// PingInterval is the terminal's health ping interval: the janitor,
 	// which runs the health checks, ticks at least four times per interval.
 	PingInterval time.Duration
@@ -82,10 +95,9 @@ type Router struct {
 	shells map[string]*leased // the admitted sessions: the shells
 	ctrl   map[string]*ctrlSession
 	closed bool
-	// epoch counts link drops. A session whose peer has not been heard
-	// from since the last drop is orphaned: the server gives every user
-	// connection a new session id, so nobody can reach it again.
-	epoch uint64
+	// pending holds the sids whose "new" waits for a probe of the user's
+	// sessions.
+	pending map[string]*pendingAdmit
 
 	wg sync.WaitGroup // every admitted session's goroutines
 
@@ -103,6 +115,10 @@ type Router struct {
 // yet (16 sessions × 256 KiB, or 1,024 × 16 KiB; a queue always takes one
 // frame of up to ReadBuffer when empty).
 const OutputBudget = 4 << 20
+
+// DefaultProbeGrace is how long a probed peer has to answer: a live
+// browser or mender-cli answers a ping within a round trip.
+const DefaultProbeGrace = 1500 * time.Millisecond
 
 // queueLimit is the per-session share of OutputBudget.
 func queueLimit(maxTotal int) int {
@@ -137,6 +153,10 @@ func New(opts Options, m *mux.Mux) *Router {
 		shells: make(map[string]*leased),
 		ctrl:   make(map[string]*ctrlSession),
 	}
+	r.pending = make(map[string]*pendingAdmit)
+	if r.opts.ProbeGrace <= 0 {
+		r.opts.ProbeGrace = DefaultProbeGrace
+	}
 	for _, p := range opts.Protocols {
 		r.protos[p.Number()] = p
 	}
@@ -163,6 +183,7 @@ type SessionInfo struct {
 	UserID    string
 	Started   time.Time
 	LastInput time.Time
+	Detached  bool // its peer is gone; it waits for its user to reattach
 }
 
 // Sessions lists the live shell sessions, oldest first.
@@ -171,7 +192,7 @@ func (r *Router) Sessions() []SessionInfo {
 	out := make([]SessionInfo, 0, len(r.shells))
 	for _, s := range r.shells {
 		out = append(out, SessionInfo{SessionID: s.sid, UserID: s.userID, Started: s.created,
-			LastInput: r.base.Add(time.Duration(s.lastInput.Load()))})
+			LastInput: r.base.Add(time.Duration(s.lastInput.Load())), Detached: s.detached})
 	}
 	r.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Started.Before(out[j].Started) })
@@ -238,11 +259,12 @@ func (r *Router) HandleMalformed(de *wire.DecodeError) {
 	}
 }
 
-// LinkDown keeps every session: the shells live on, as upstream; sessions
-// whose peers are gone end by health check or expiry.
+// LinkDown keeps every session, detached: the shells live on, as
+// upstream, for their users to reattach or a server that kept their
+// connections to answer.
 func (r *Router) LinkDown() {
+	r.detachAll()
 	r.mu.Lock()
-	r.epoch++
 	// Router (control) sessions cannot survive a reconnect: the server
 	// gives every connection new ids.
 	ended := r.ctrl
@@ -378,6 +400,7 @@ func (r *Router) sweep() time.Duration {
 		// the janitor's wakeups; alone, a session pings on time.
 		next, _ = superviseAll(all, now, early)
 	}
+	next = sooner(next, r.probeSuspects(now))
 	return sooner(next, r.superviseCtrl(r.now()))
 }
 
@@ -420,4 +443,7 @@ func (r *Router) sendControlError(sid, text string, closeSession bool, about *wi
 
 type nopRecorder struct{}
 
-func (nopRecorder) LimitRejected(string) {}
+func (nopRecorder) LimitRejected(string)     {}
+func (nopRecorder) SessionDetached(string)   {}
+func (nopRecorder) SessionReattached(string) {}
+func (nopRecorder) DetachedSessions(int)     {}

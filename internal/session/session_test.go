@@ -18,32 +18,48 @@ import (
 func TestMain(m *testing.M) { leakcheck.Main(m) }
 
 func TestAdmit(t *testing.T) {
-	live := func(sid, user string, idle time.Duration, orphan bool) slot {
-		return slot{sid: sid, user: user, lastInput: -idle, orphan: orphan}
+	live := func(sid, user string, idle time.Duration) slot {
+		return slot{sid: sid, user: user, lastInput: -idle}
 	}
+	gone := func(sid, user string, at time.Duration) slot {
+		return slot{sid: sid, user: user, detached: true, detachedAt: at}
+	}
+	const lost = "session replaced: its connection was lost"
 	tests := []struct {
 		name        string
 		table       []slot
 		perUser     int
 		total       int
 		evictOldest bool
+		keep        bool
 		want        admission
 	}{
-		{"free", nil, 1, 2, false, admission{}},
-		{"per-user limit", []slot{live("a", "u", 0, false)}, 1, 4, false, admission{refuse: "per_user"}},
-		{"orphan replaced", []slot{live("a", "u", 0, true)}, 1, 4, false,
-			admission{evict: "a", evictNotice: "session replaced: its connection was lost"}},
-		{"orphan before the most idle live one", []slot{live("a", "u", time.Hour, false), live("b", "u", 0, true)}, 2, 4, true,
-			admission{evict: "b", evictNotice: "session replaced: its connection was lost"}},
-		{"evict the most idle", []slot{live("a", "u", time.Second, false), live("b", "u", time.Hour, false)}, 2, 4, true,
-			admission{evict: "b", evictNotice: "session replaced by a newer session of the same user"}},
-		{"total limit", []slot{live("a", "v", 0, false), live("b", "w", 0, false)}, 1, 2, false, admission{refuse: "total"}},
-		{"eviction frees a slot under the total", []slot{live("a", "u", 0, true), live("b", "w", 0, false)}, 1, 2, false,
-			admission{evict: "a", evictNotice: "session replaced: its connection was lost"}},
+		{"free", nil, 1, 2, false, true, admission{}},
+		{"per-user limit", []slot{live("a", "u", 0)}, 1, 4, false, true, admission{refuse: "per_user"}},
+		{"evicting a live one may be saved by a probe", []slot{live("a", "u", 0)}, 1, 4, true, true,
+			admission{evict: "a", evictNotice: "session replaced by a newer session of the same user", evictsLive: true}},
+		{"detached handed back", []slot{gone("a", "u", 0)}, 1, 4, false, true, admission{reattach: "a"}},
+		{"detached handed back under the limit", []slot{gone("a", "u", 0)}, 2, 4, false, true, admission{reattach: "a"}},
+		{"most recently detached first", []slot{gone("a", "u", time.Second), gone("b", "u", time.Hour), gone("c", "u", time.Minute)}, 3, 4, false, true,
+			admission{reattach: "b"}},
+		{"another user's detached shell is not handed over", []slot{gone("a", "v", 0)}, 1, 4, false, true, admission{}},
+		{"at the total limit a detached shell still comes back", []slot{gone("a", "u", 0), live("b", "w", 0)}, 1, 2, false, true,
+			admission{reattach: "a"}},
+		{"detached counts against the total", []slot{gone("a", "v", 0), live("b", "w", 0)}, 1, 2, false, true, admission{refuse: "total"}},
+		{"not kept: detached replaced", []slot{gone("a", "u", 0)}, 1, 4, false, false, admission{evict: "a", evictNotice: lost}},
+		{"not kept: the longest gone first", []slot{gone("a", "u", time.Hour), gone("b", "u", time.Second)}, 2, 4, true, false,
+			admission{evict: "b", evictNotice: lost}},
+		{"not kept: detached before the most idle live one", []slot{live("a", "u", time.Hour), gone("b", "u", 0)}, 2, 4, true, false,
+			admission{evict: "b", evictNotice: lost}},
+		{"evict the most idle", []slot{live("a", "u", time.Second), live("b", "u", time.Hour)}, 2, 4, true, true,
+			admission{evict: "b", evictNotice: "session replaced by a newer session of the same user", evictsLive: true}},
+		{"total limit", []slot{live("a", "v", 0), live("b", "w", 0)}, 1, 2, false, true, admission{refuse: "total"}},
+		{"eviction frees a slot under the total", []slot{gone("a", "u", 0), live("b", "w", 0)}, 1, 2, false, false,
+			admission{evict: "a", evictNotice: lost}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := admit(tt.table, "u", tt.perUser, tt.total, tt.evictOldest); got != tt.want {
+			if got := admit(tt.table, "u", tt.perUser, tt.total, tt.evictOldest, tt.keep); got != tt.want {
 				t.Fatalf("admit = %+v, want %+v", got, tt.want)
 			}
 		})
@@ -61,9 +77,36 @@ type testSession struct {
 	due   time.Duration
 	ping  bool
 	early []time.Duration
+	// What the router told it of its peer.
+	detaches  []bool
+	attached  []string
+	attachNew int
+	probes    int
+	answer    func() // the peer's answer to a probe, if it answers
 }
 
 func (s *testSession) Handle(*wire.ProtoMsg) {}
+func (s *testSession) Detach(discard bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.detaches = append(s.detaches, discard)
+}
+func (s *testSession) Attach(sid string, m *wire.ProtoMsg) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.attached = append(s.attached, sid)
+	if m != nil {
+		s.attachNew++
+	}
+}
+func (s *testSession) Probe() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.probes++
+	if s.answer != nil {
+		go s.answer()
+	}
+}
 func (s *testSession) Supervise(early time.Duration) (time.Duration, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -84,10 +127,27 @@ func (s *testSession) stopped() string { s.mu.Lock(); defer s.mu.Unlock(); retur
 func admitTest(t *testing.T, r *Router, sid string) *testSession {
 	t.Helper()
 	s := &testSession{}
-	if err := r.Admit(sid, "u", func(proto.Lease) proto.AdmittedSession { return s }); err != nil {
+	if _, _, err := admitWait(r, sid, "u", s); err != nil {
 		t.Fatalf("admit %s: %v", sid, err)
 	}
 	return s
+}
+
+// admitWait admits s as sid of user, or hands over a detached session,
+// and waits for the decision.
+func admitWait(r *Router, sid, user string, s proto.AdmittedSession) (proto.AdmittedSession, bool, error) {
+	type result struct {
+		s          proto.AdmittedSession
+		reattached bool
+		err        error
+	}
+	ch := make(chan result, 1)
+	m := &wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoShell, MsgType: wire.ShellNew, SessionID: sid,
+		Properties: map[string]interface{}{wire.PropUserID: user}}}
+	r.Admit(sid, user, m, func(proto.Lease) proto.AdmittedSession { return s },
+		func(got proto.AdmittedSession, reattached bool, err error) { ch <- result{got, reattached, err} })
+	res := <-ch
+	return res.s, res.reattached, res.err
 }
 
 // Idle and absolute expiry follow the injected clock, whatever the wall
@@ -153,10 +213,12 @@ func TestAdmitRefusals(t *testing.T) {
 			r := New(Options{MaxPerUser: 1, MaxTotal: 2}, mux.New(nil))
 			admit := func(sid, user string) (*testSession, error) {
 				s := &testSession{}
-				return s, r.Admit(sid, user, func(l proto.Lease) proto.AdmittedSession {
+				ch := make(chan error, 1)
+				r.Admit(sid, user, nil, func(l proto.Lease) proto.AdmittedSession {
 					l.Done() // no goroutines behind a test session
 					return s
-				})
+				}, func(_ proto.AdmittedSession, _ bool, err error) { ch <- err })
+				return s, <-ch
 			}
 			var first *testSession
 			for _, l := range tt.live {
@@ -294,7 +356,7 @@ func TestPingsFallIntoStep(t *testing.T) {
 		t.Fatalf("leads without a ping: %s, want [0s]", got)
 	}
 	pinging := &testSession{ping: true}
-	if err := r.Admit("b", "u", func(proto.Lease) proto.AdmittedSession { return pinging }); err != nil {
+	if _, _, err := admitWait(r, "b", "u", pinging); err != nil {
 		t.Fatal(err)
 	}
 	r.sweep()

@@ -53,6 +53,12 @@ type Options struct {
 
 	// ReadBuffer is the pty read size; a busy shell fills it by itself.
 	ReadBuffer int
+	// ReplayBuffer is how much of a session's latest output it keeps for
+	// a user who reattaches (0: none).
+	ReplayBuffer int
+	// IdleCountsOutput makes shell output count as activity for idle
+	// expiry, as input always does.
+	IdleCountsOutput bool
 	// Reaper starts and reaps the shells (and the orphans it adopts).
 	Reaper *shell.Reaper
 

@@ -29,7 +29,6 @@ type session struct {
 	t       *Protocol
 	table   proto.Table
 	lease   proto.Lease
-	sid     string
 	userID  string
 	created time.Time // with its monotonic reading, for the duration
 	q       *mux.Queue
@@ -42,10 +41,25 @@ type session struct {
 	lastPingAt time.Duration // up-time when the latest ping was queued
 	awaiting   bool          // a ping left and no pong came since
 	pingLeft   time.Duration // up-time when the oldest unanswered ping left
+	pings      int           // pings queued since the peer attached
 
 	mu         sync.Mutex
 	proc       *shell.Process
 	cols, rows uint16
+
+	// Attachment, under omu, which the pump takes once per read: the sid
+	// (a reattach re-keys it), whether the peer is deemed gone and its
+	// output only recorded, and the replay ring.
+	omu      sync.Mutex
+	sid      string
+	detached bool
+	discard  bool
+	// sendCtx ends when output is to be discarded: it lets go of a pump
+	// blocked on a full queue for a peer that is gone.
+	sendCtx    context.Context
+	sendCancel context.CancelFunc
+	sentUpTo   uint64 // ring total up to which the peer was sent output
+	ring       ring
 
 	reads  atomic.Int64 // pty reads, to tell an idle pump from a busy one
 	inRead atomic.Bool
@@ -62,7 +76,7 @@ func (t *Protocol) Handle(tb proto.Table, m *wire.ProtoMsg) {
 	h := &m.Header
 	switch h.MsgType {
 	case wire.ShellNew:
-		t.newShell(tb, h)
+		t.newShell(tb, m)
 	case wire.ShellData:
 		tb.Reply(shellMsg(h.SessionID, wire.ShellData, wire.StatusError, msgNoSession))
 	case wire.ShellResize:
@@ -73,6 +87,13 @@ func (t *Protocol) Handle(tb proto.Table, m *wire.ProtoMsg) {
 	default:
 		tb.Reply(unknownMessage(m))
 	}
+}
+
+// id is the session's current sid.
+func (s *session) id() string {
+	s.omu.Lock()
+	defer s.omu.Unlock()
+	return s.sid
 }
 
 // Handle takes a message of the session, from the read loop.
@@ -138,27 +159,36 @@ func termSize(h *wire.Header) (cols, rows uint16, ok bool) {
 	return uint16(min(w, maxTermDim)), uint16(min(ht, maxTermDim)), true
 }
 
-func (t *Protocol) newShell(tb proto.Table, h *wire.Header) {
+func (t *Protocol) newShell(tb proto.Table, m *wire.ProtoMsg) {
+	h := &m.Header
 	sid, user := h.SessionID, h.StringProp(wire.PropUserID)
 	cols, rows := t.opts.DefaultCols, t.opts.DefaultRows
 	if c, rr, ok := termSize(h); ok {
 		cols, rows = c, rr
 	}
-	var s *session
-	err := tb.Admit(sid, user, func(l proto.Lease) proto.AdmittedSession {
+	open := func(l proto.Lease) proto.AdmittedSession {
 		ctx, cancel := context.WithCancel(context.Background())
-		s = &session{
+		s := &session{
 			t: t, table: tb, lease: l, sid: sid, userID: user, created: time.Now(),
 			q:    l.Queue(),
 			cols: cols, rows: rows,
 			stopCh: make(chan stopRequest, 1),
 			ctx:    ctx, cancel: cancel,
 		}
+		s.ring.max = t.opts.ReplayBuffer
+		s.sendCtx, s.sendCancel = context.WithCancel(ctx)
 		s.in = newInputQueue(inputLimit, t.opts.Recorder.TerminalBytesIn,
-			func(err error) { t.log.Debug("terminal write failed", "session_id", sid, "error", err) })
+			func(err error) { t.log.Debug("terminal write failed", "session_id", s.id(), "error", err) })
 		s.lastPingAt = l.UpTime()
 		return s
+	}
+	tb.Admit(sid, user, m, open, func(as proto.AdmittedSession, reattached bool, err error) {
+		t.admitted(tb, sid, as, reattached, err)
 	})
+}
+
+// admitted answers a "new" once the table decided on it.
+func (t *Protocol) admitted(tb proto.Table, sid string, as proto.AdmittedSession, reattached bool, err error) {
 	switch {
 	case errors.Is(err, proto.ErrUserLimit):
 		tb.Reply(shellMsg(sid, wire.ShellNew, wire.StatusError, msgTooManyForUser))
@@ -168,8 +198,11 @@ func (t *Protocol) newShell(tb proto.Table, h *wire.Header) {
 		tb.Reply(shellMsg(sid, wire.ShellNew, wire.StatusError, msgAlreadyRunning))
 	case err != nil:
 		tb.Reply(shellMsg(sid, wire.ShellNew, wire.StatusError, "failed to start shell: "+err.Error()))
+	case reattached:
+		// The table has re-keyed it and called Attach: the reply, the
+		// notice and the replay are queued.
 	default:
-		go s.run()
+		go as.(*session).run()
 	}
 }
 
@@ -177,7 +210,7 @@ func (t *Protocol) newShell(tb proto.Table, h *wire.Header) {
 func (t *Protocol) stopShell(tb proto.Table, s *session, h *wire.Header, body []byte) {
 	sid, user := h.SessionID, h.StringProp(wire.PropUserID)
 	reason := proto.ReasonStop
-	if string(body) == "user disconnected" {
+	if string(body) == stopUserGone {
 		reason = proto.ReasonUser
 	}
 	if sid == "" {
@@ -193,8 +226,35 @@ func (t *Protocol) stopShell(tb proto.Table, s *session, h *wire.Header, body []
 		tb.Reply(shellMsg(sid, wire.ShellStop, wire.StatusError, "routeMessage: StopShellMessage: session not found for id "+sid))
 		return
 	}
+	// The server's own stops are not the user's wish to end the shell:
+	// its recording cut the session (a long cat must not kill the job
+	// behind it), or the user's connection went away (a closed tab, a
+	// lost laptop link; the real server mostly fails to say so at all).
+	// Such a session waits detached for its user to come back.
+	if why := serverStop(string(body)); why != "" && s.lease.Lost(why) {
+		tb.Reply(shellMsg(sid, wire.ShellStop, wire.StatusNormal, ""))
+		return
+	}
 	s.Stop(reason, "", t.opts.StopGrace)
 	tb.Reply(shellMsg(sid, wire.ShellStop, wire.StatusNormal, ""))
+}
+
+// Bodies of the stops the server sends on its own (PROTOCOL.md 2.9, 2.9.1).
+const (
+	stopByteLimit = "session byte limit exceeded"
+	stopUserGone  = "user disconnected"
+)
+
+// serverStop says why a stop with body came from the server rather than
+// from the user's client ("" for a client's stop).
+func serverStop(body string) string {
+	switch body {
+	case stopByteLimit:
+		return proto.DetachByteLimit
+	case stopUserGone:
+		return proto.DetachUserGone
+	}
+	return ""
 }
 
 // Stop frees the session's slot at once and hands the teardown to the
@@ -212,12 +272,14 @@ func (s *session) resize(cols, rows uint16) {
 		return
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.cols, s.rows = cols, rows
+	var err error
 	if s.proc != nil {
-		if err := s.proc.Resize(cols, rows); err != nil {
-			s.t.log.Warn("resize failed", "session_id", s.sid, "error", err)
-		}
+		err = s.proc.Resize(cols, rows)
+	}
+	s.mu.Unlock()
+	if err != nil {
+		s.t.log.Warn("resize failed", "session_id", s.id(), "error", err)
 	}
 }
 
@@ -230,35 +292,176 @@ func (s *session) Supervise(early time.Duration) (time.Duration, bool) {
 	o := &s.t.opts
 	var next time.Duration
 	up, linkUp := s.lease.UpState()
+	s.omu.Lock()
+	detached := s.detached
+	s.omu.Unlock()
 	s.hmu.Lock()
-	late := o.PongTimeout > 0 && s.awaiting && up-s.pingLeft >= o.PongTimeout
-	ping := !late && o.PingInterval > 0 && !s.pingQueued && up-s.lastPingAt >= o.PingInterval-early
+	// A detached session's peer is not expected to answer: its own
+	// timeout ends it, not the health check.
+	late := !detached && o.PongTimeout > 0 && s.awaiting && up-s.pingLeft >= o.PongTimeout
+	interval := o.PingInterval
+	if s.pings == 0 {
+		// The Mender UI arms a fixed 65 s timer on "new" that only a
+		// ping restarts.
+		interval = min(interval, FirstPingMax)
+	}
+	ping := !late && interval > 0 && !s.pingQueued && up-s.lastPingAt >= interval-early
 	if ping {
 		s.pingQueued, s.lastPingAt = true, up
+		s.pings++
 	}
 	if linkUp && !late {
 		// Link-up time stands still while the link is down; the mux
 		// wakes the janitor when it comes back.
-		if o.PongTimeout > 0 && s.awaiting {
+		if o.PongTimeout > 0 && s.awaiting && !detached {
 			next = proto.Sooner(next, s.pingLeft+o.PongTimeout-up)
 		}
-		if o.PingInterval > 0 && !s.pingQueued {
-			next = proto.Sooner(next, s.lastPingAt+o.PingInterval-up)
+		if interval > 0 && !s.pingQueued {
+			next = proto.Sooner(next, s.lastPingAt+interval-up)
 		}
 	}
 	s.hmu.Unlock()
 	switch {
 	case late:
-		s.Stop(proto.ReasonHealthTimeout, fmt.Sprintf("health check failed: no pong for %s", o.PongTimeout), o.StopGrace)
+		notice := fmt.Sprintf("health check failed: no pong for %s", o.PongTimeout)
+		if s.lease.Lost(proto.DetachHealth) {
+			// A peer still there learns that its terminal ended; the
+			// shell waits detached for its user.
+			s.sendControl(shellMsg(s.id(), wire.ShellStop, wire.StatusError, notice), nil)
+			return next, false
+		}
+		s.Stop(proto.ReasonHealthTimeout, notice, o.StopGrace)
 		return 0, false
 	case ping:
-		m := shellMsg(s.sid, wire.ShellPing, wire.StatusControl, "")
-		// The peer re-arms its own health timer with this; it is the
-		// very deadline this side keeps (upstream: 65 s).
-		m.Header.Properties[wire.PropTimeout] = int((o.PongTimeout + time.Second - 1) / time.Second)
-		s.sendControl(m, s.pingSent)
+		s.sendPing()
 	}
 	return next, ping
+}
+
+// FirstPingMax bounds the wait for a session's first health ping, after
+// "new" or a reattach, whatever the interval: the Mender UI closes a
+// terminal that heard no ping within 65 s of opening it.
+const FirstPingMax = 60 * time.Second
+
+func (s *session) sendPing() {
+	o := &s.t.opts
+	m := shellMsg(s.id(), wire.ShellPing, wire.StatusControl, "")
+	// The peer re-arms its own health timer with this; it is the very
+	// deadline this side keeps (upstream: 65 s).
+	m.Header.Properties[wire.PropTimeout] = int((o.PongTimeout + time.Second - 1) / time.Second)
+	s.sendControl(m, s.pingSent)
+}
+
+// Probe sends a health ping now, unless one waits in the queue already
+// (proto.AdmittedSession).
+func (s *session) Probe() {
+	up := s.lease.UpTime()
+	s.hmu.Lock()
+	if s.pingQueued {
+		s.hmu.Unlock()
+		return
+	}
+	s.pingQueued, s.lastPingAt = true, up
+	s.pings++
+	s.hmu.Unlock()
+	s.sendPing()
+}
+
+// Detach deems the peer gone (proto.AdmittedSession); with discard the
+// output goes only to the ring from now on.
+func (s *session) Detach(discard bool) {
+	s.omu.Lock()
+	defer s.omu.Unlock()
+	s.detached = true
+	if discard && !s.discard {
+		s.discard = true
+		s.sentUpTo = s.ring.total
+		s.sendCancel()
+	}
+}
+
+// Attach gives the session a peer again (proto.AdmittedSession): its own
+// peer (m nil) gets the output it missed while it was deemed gone; a new
+// terminal gets the reply to its "new", a line saying whose shell this
+// is, the output the ring holds, and its size (so full-screen programs
+// redraw). Everything is queued without waiting, under omu, so no fresh
+// output can come between.
+func (s *session) Attach(sid string, m *wire.ProtoMsg) {
+	s.hmu.Lock()
+	s.awaiting, s.pings = false, 0
+	s.lastPingAt = s.lease.UpTime()
+	s.hmu.Unlock()
+
+	s.mu.Lock()
+	pid := 0
+	if s.proc != nil {
+		pid = s.proc.Pid()
+	}
+	s.mu.Unlock()
+
+	s.omu.Lock()
+	var missed []byte
+	if m == nil {
+		if s.discard {
+			missed = s.ring.since(s.sentUpTo)
+		}
+	} else {
+		s.sid = sid
+		missed = s.ring.all()
+	}
+	if s.discard {
+		s.sendCtx, s.sendCancel = context.WithCancel(s.ctx)
+	}
+	s.detached, s.discard = false, false
+	if m != nil {
+		s.sendControlLocked(shellMsg(sid, wire.ShellNew, wire.StatusNormal, msgShellStarted))
+		s.sendControlLocked(shellMsg(sid, wire.ShellData, wire.StatusNormal, s.reattachNotice(pid, len(missed))))
+	}
+	for len(missed) > 0 {
+		n := min(len(missed), s.t.opts.ReadBuffer)
+		s.sendControlLocked(shellMsg(sid, wire.ShellData, wire.StatusNormal, string(missed[:n])))
+		missed = missed[n:]
+	}
+	s.omu.Unlock()
+	if m != nil {
+		cols, rows, ok := termSize(&m.Header)
+		s.redraw(cols, rows, ok)
+	}
+}
+
+// sendControlLocked is sendControl for Attach, which holds omu.
+func (s *session) sendControlLocked(m *wire.ProtoMsg) {
+	b, err := wire.Marshal(m)
+	if err != nil {
+		s.t.log.Error("encode", "error", err)
+		return
+	}
+	if !s.q.Control(b, nil) {
+		s.table.Reply(m)
+	}
+}
+
+// reattachNotice is the line a reattaching user sees first, in the
+// terminal's own output.
+func (s *session) reattachNotice(pid, missed int) string {
+	return fmt.Sprintf("\r\n[tether: reattached to the shell started at %s (pid %d); its last %d bytes of output follow]\r\n",
+		s.created.UTC().Format("2006-01-02 15:04:05 MST"), pid, missed)
+}
+
+// redraw applies a reattaching terminal's size. The kernel signals the
+// shell only when the size changes, so an unchanged size is nudged, and
+// a full-screen program repaints the new terminal either way.
+func (s *session) redraw(cols, rows uint16, ok bool) {
+	s.mu.Lock()
+	if !ok {
+		cols, rows = s.cols, s.rows
+	}
+	nudge := cols == s.cols && rows == s.rows && rows > 1
+	s.mu.Unlock()
+	if nudge {
+		s.resize(cols, rows-1)
+	}
+	s.resize(cols, rows)
 }
 
 // pingSent runs (in the link's writer) when a ping left: its pong deadline
@@ -294,6 +497,7 @@ func (s *session) sendControl(m *wire.ProtoMsg, sent func()) {
 // output and input, and tear everything down on exit or stop.
 func (s *session) run() {
 	t := s.t
+	sid := s.id() // for the start: a reattach comes later
 	defer s.lease.Done()
 	defer s.q.Close()
 	defer s.cancel()
@@ -305,8 +509,8 @@ func (s *session) run() {
 		Account: t.opts.Account, Lang: t.opts.Lang, Cols: cols, Rows: rows})
 	if err != nil {
 		s.lease.Release()
-		t.log.Error("shell failed to start", "event", "session_start_failed", "session_id", s.sid, "user_id", s.userID, "error", err)
-		s.sendControl(shellMsg(s.sid, wire.ShellNew, wire.StatusError, "failed to start shell: "+err.Error()), nil)
+		t.log.Error("shell failed to start", "event", "session_start_failed", "session_id", sid, "user_id", s.userID, "error", err)
+		s.sendControl(shellMsg(sid, wire.ShellNew, wire.StatusError, "failed to start shell: "+err.Error()), nil)
 		return
 	}
 	s.mu.Lock()
@@ -316,8 +520,8 @@ func (s *session) run() {
 	}
 	s.mu.Unlock()
 
-	s.sendControl(shellMsg(s.sid, wire.ShellNew, wire.StatusNormal, msgShellStarted), nil)
-	t.log.Info("session opened", "event", "session_open", "session_id", s.sid, "user_id", s.userID,
+	s.sendControl(shellMsg(sid, wire.ShellNew, wire.StatusNormal, msgShellStarted), nil)
+	t.log.Info("session opened", "event", "session_open", "session_id", sid, "user_id", s.userID,
 		"proto", "shell", "pid", proc.Pid(), "cols", cols, "rows", rows)
 	t.opts.Recorder.SessionOpened("shell")
 	t.opts.Changed()
@@ -335,7 +539,7 @@ func (s *session) run() {
 		// Tell the peer first, behind the output it already has, so the
 		// notice is not held up by the teardown.
 		if req.notice != "" {
-			s.sendControl(shellMsg(s.sid, wire.ShellStop, wire.StatusError, req.notice), nil)
+			s.sendControl(shellMsg(s.id(), wire.ShellStop, wire.StatusError, req.notice), nil)
 			req.notice = ""
 		}
 		proc.Stop(req.grace)
@@ -356,10 +560,10 @@ func (s *session) run() {
 	<-pumpDone
 	s.in.End()
 	if req.notice != "" {
-		s.sendControl(shellMsg(s.sid, wire.ShellStop, wire.StatusError, req.notice), nil)
+		s.sendControl(shellMsg(s.id(), wire.ShellStop, wire.StatusError, req.notice), nil)
 	}
 	d := time.Since(s.created)
-	t.log.Info("session closed", "event", "session_close", "session_id", s.sid, "user_id", s.userID,
+	t.log.Info("session closed", "event", "session_close", "session_id", s.id(), "user_id", s.userID,
 		"proto", "shell", "reason", req.reason, "duration", d.Round(time.Millisecond).String())
 	t.opts.Recorder.SessionClosed("shell", req.reason, d)
 	t.opts.Changed()
@@ -403,7 +607,8 @@ func (s *session) drain(pumpDone <-chan struct{}, grace time.Duration) {
 // pumpOutput sends pty output the moment a read returns: a busy shell fills
 // big frames by itself while an echo goes out at once. It blocks on a full
 // queue (back-pressure, also while the link is down) and ends when the pty
-// fails or the session stops.
+// fails or the session stops. Every read is also kept in the session's
+// replay ring; while the peer is deemed gone, only there.
 //
 // Output is read behind room for the frame header, so a big read becomes
 // a frame in place and its buffer goes back to the pool once written: no
@@ -412,34 +617,42 @@ func (s *session) drain(pumpDone <-chan struct{}, grace time.Duration) {
 // own size and the buffer returned at once, so frames waiting out a link
 // drop never pin more memory than the queue is charged for.
 func (s *session) pumpOutput(proc *shell.Process) {
-	overhead := wire.ShellOutputOverhead(len(s.sid))
-	inPlace := overhead <= frameHeadroom
 	hdr := make([]byte, 0, frameHeadroom)
 	var fb *[]byte // the pooled buffer of the current read
 	get := func() []byte { fb = s.t.getBuf(); return (*fb)[frameHeadroom:] }
 	put := func([]byte) { s.t.putBuf(fb) }
+	idleCounts := s.t.opts.IdleCountsOutput
 	for {
 		s.inRead.Store(true)
 		buf, n, err := proc.ReadPooled(get, put)
 		s.inRead.Store(false)
 		s.reads.Add(1)
 		if n > 0 {
-			var perr error
-			if inPlace && n >= s.t.opts.ReadBuffer/2 {
-				h := wire.AppendShellOutputHeader(hdr[:0], s.sid, n)
-				start := frameHeadroom - len(h)
-				b, p := *fb, fb
-				copy(b[start:], h)
-				perr = s.q.PutPooled(s.ctx, b[start:frameHeadroom+n], cap(b), func() { s.t.putBuf(p) })
-			} else {
-				frame := wire.AppendShellOutput(make([]byte, 0, n+overhead), s.sid, buf[:n])
+			if idleCounts {
+				s.lease.Active()
+			}
+			// The ring's copy is the only cost of reattach here; sid
+			// and the send context are read with it, so a reattach
+			// (which holds omu) sees every byte either in the ring it
+			// replays or in a frame queued behind the replay.
+			s.omu.Lock()
+			s.ring.write(buf[:n])
+			sid, discard, sendCtx := s.sid, s.discard, s.sendCtx
+			if !discard {
+				s.sentUpTo = s.ring.total
+			}
+			s.omu.Unlock()
+			if discard {
 				s.t.putBuf(fb)
-				perr = s.q.Put(s.ctx, frame)
+			} else if perr := s.send(sendCtx, sid, hdr, fb, n); perr != nil {
+				if s.ctx.Err() != nil {
+					return // stopping
+				}
+				// The peer went while the pump waited for room; the
+				// output is in the ring.
+			} else {
+				s.t.opts.Recorder.TerminalBytesOut(n)
 			}
-			if perr != nil {
-				return // stopping
-			}
-			s.t.opts.Recorder.TerminalBytesOut(n)
 		} else if buf != nil {
 			s.t.putBuf(fb)
 		}
@@ -447,4 +660,26 @@ func (s *session) pumpOutput(proc *shell.Process) {
 			return
 		}
 	}
+}
+
+// send queues n bytes of output read into the pooled buffer fb, behind
+// frameHeadroom, as a frame of session sid. A big read becomes a frame in
+// place, and the buffer goes back to the pool once written; a small one
+// is copied into a frame of its own size and the buffer returned at once.
+// The buffer is back in the pool, or owned by the queue, on return.
+func (s *session) send(ctx context.Context, sid string, hdr []byte, fb *[]byte, n int) error {
+	if wire.ShellOutputOverhead(len(sid)) <= frameHeadroom && n >= s.t.opts.ReadBuffer/2 {
+		h := wire.AppendShellOutputHeader(hdr[:0], sid, n)
+		start := frameHeadroom - len(h)
+		b := *fb
+		copy(b[start:], h)
+		err := s.q.PutPooled(ctx, b[start:frameHeadroom+n], cap(b), func() { s.t.putBuf(fb) })
+		if err != nil {
+			s.t.putBuf(fb)
+		}
+		return err
+	}
+	frame := wire.AppendShellOutput(make([]byte, 0, n+wire.ShellOutputOverhead(len(sid))), sid, (*fb)[frameHeadroom:frameHeadroom+n])
+	s.t.putBuf(fb)
+	return s.q.Put(ctx, frame)
 }

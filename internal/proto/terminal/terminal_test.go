@@ -139,6 +139,13 @@ type testLease struct {
 	m        *mux.Mux
 	q        *mux.Queue
 	released bool
+	keep     bool     // Lost keeps the session detached
+	lost     []string // the reasons Lost was told
+}
+
+func (l *testLease) Lost(reason string) bool {
+	l.lost = append(l.lost, reason)
+	return l.keep
 }
 
 func (l *testLease) Queue() *mux.Queue              { return l.q }
