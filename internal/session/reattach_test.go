@@ -243,9 +243,17 @@ func TestProbeBeforeRefusing(t *testing.T) {
 				if took > 900*time.Millisecond {
 					t.Fatalf("an answered probe held the new for %v", took)
 				}
-				f.mu.Lock()
-				other := f.other
-				f.mu.Unlock()
+				// The refusal is told first, then the held messages are
+				// delivered: wait for them.
+				var other []string
+				for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+					f.mu.Lock()
+					other = append(other[:0], f.other...)
+					f.mu.Unlock()
+					if len(other) >= 2 || time.Now().After(deadline) {
+						break
+					}
+				}
 				if len(other) != 2 {
 					t.Fatalf("messages for the refused sid went to %v, want the terminal's unknown-sid answer", other)
 				}
@@ -256,6 +264,17 @@ func TestProbeBeforeRefusing(t *testing.T) {
 			}
 			if took < time.Second {
 				t.Fatalf("decided after %v, before the grace", took)
+			}
+			// The decision is told first, then the held messages are
+			// delivered: wait for them.
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				n := 0
+				s.get(func() { n = len(s.handled) })
+				if n >= 2 || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(time.Millisecond)
 			}
 			s.get(func() {
 				if len(s.detaches) != 1 || !s.detaches[0] {
