@@ -74,11 +74,13 @@ type Router struct {
 	base time.Time // the clock at New: r.mono() counts from it
 
 	protos map[uint16]proto.Protocol
-	// anon holds the protocol sessions of messages without a sid (the
-	// server sends Mender client commands so); they live until shutdown.
-	anon *ctrlSession
 
-	mu     sync.Mutex
+	mu sync.Mutex
+	// anon holds the protocol sessions of messages without a sid (the
+	// server sends Mender client commands so). Like the sid's sessions
+	// they end with the link: what the server asked on a link that is
+	// gone has nobody to answer; a fresh one serves the next link.
+	anon   *ctrlSession
 	shells map[string]*leased // the admitted sessions: the shells
 	ctrl   map[string]*ctrlSession
 	closed bool
@@ -215,7 +217,9 @@ func (r *Router) HandleMessage(m *wire.ProtoMsg) {
 			return
 		}
 		if c == nil {
+			r.mu.Lock()
 			c = r.anon
+			r.mu.Unlock()
 		}
 		r.handleProto(c, p, m)
 	}
@@ -238,19 +242,25 @@ func (r *Router) HandleMalformed(de *wire.DecodeError) {
 	}
 }
 
-// LinkDown keeps every session: the shells live on, as upstream; sessions
+// LinkDown keeps every shell: the shells live on, as upstream; sessions
 // whose peers are gone end by health check or expiry.
 func (r *Router) LinkDown() {
 	r.mu.Lock()
 	r.epoch++
 	// Router (control) sessions cannot survive a reconnect: the server
-	// gives every connection new ids.
+	// gives every connection new ids. Nor can the sid-less ones: nothing
+	// on the next link refers to them.
 	ended := r.ctrl
 	r.ctrl = make(map[string]*ctrlSession)
+	anon := r.anon
+	if !r.closed {
+		r.anon = &ctrlSession{}
+	}
 	r.mu.Unlock()
 	for _, c := range ended {
 		r.closeProtos(c)
 	}
+	r.closeProtos(anon)
 }
 
 // TokenCleared stops every shell: the device lost its authorization.
@@ -266,11 +276,12 @@ func (r *Router) Shutdown(ctx context.Context, grace time.Duration) {
 	r.doneOnce.Do(func() { close(r.done) })
 	ended := r.ctrl
 	r.ctrl = make(map[string]*ctrlSession)
+	anon := r.anon
 	r.mu.Unlock()
 	for _, c := range ended {
 		r.closeProtos(c)
 	}
-	r.closeProtos(r.anon)
+	r.closeProtos(anon)
 	r.stopAllGrace(proto.ReasonShutdown, "device agent shutting down", grace)
 	done := make(chan struct{})
 	go func() {
