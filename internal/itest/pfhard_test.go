@@ -473,7 +473,6 @@ func TestSidlessSessionsEndOnLinkDrop(t *testing.T) {
 	}
 }
 
-
 func tempFiles(t *testing.T, dir string) []string {
 	t.Helper()
 	ents, err := os.ReadDir(dir)
