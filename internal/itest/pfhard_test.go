@@ -514,3 +514,32 @@ func (e *env) metricOr0(name string) float64 {
 	}
 	return 0
 }
+
+// A keystroke through a forwarded SSH (one 36-byte packet each way) does
+// not show in the byte counters any local user can poll.
+func TestPortForwardKeystrokesHidden(t *testing.T) {
+	e := newEnv(t, nil)
+	e.waitDevice()
+	port := tcpServer(t, "tcp", "127.0.0.1:0", echo)
+	_, addr := e.forward("127.0.0.1", port)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	key := bytes.Repeat([]byte{0x5a}, 36)
+	for i := 0; i < 5; i++ {
+		if _, err := c.Write(key); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(c, make([]byte, len(key))); err != nil {
+			t.Fatal(err)
+		}
+		for _, dir := range []string{"in", "out"} {
+			if got := e.metric(`tether_portforward_bytes_total{direction="` + dir + `"}`); got != 0 {
+				t.Fatalf("after keystroke %d the %s counter reads %v", i+1, dir, got)
+			}
+		}
+	}
+}
