@@ -16,7 +16,9 @@ type PortForwardConfig struct {
 	// destination for this long (upstream: a fixed 600 s).
 	IdleTimeout Duration
 	// MaxConnections limits the open connections of one session,
-	// MaxTotal those of the whole device.
+	// MaxTotal those of the whole device (upstream: no limit). The
+	// defaults fit what real tools open through one forward: a browser
+	// on the device's web UI, parallel downloads.
 	MaxConnections uint32
 	MaxTotal       uint32
 	// Window is how many device `forward` messages of a connection may
@@ -43,8 +45,8 @@ type MenderClientConfig struct {
 
 // Defaults of the protocol sections.
 const (
-	DefaultPortForwardMaxConnections = 32
-	DefaultPortForwardMaxTotal       = 64
+	DefaultPortForwardMaxConnections = portforward.DefaultMaxPerSession
+	DefaultPortForwardMaxTotal       = portforward.DefaultMaxTotal
 	DefaultPortForwardWindow         = 8
 	DefaultPortForwardReadSize       = 16 << 10
 )

@@ -21,7 +21,7 @@ func TestValidateProtocols(t *testing.T) {
 		{"bad port range", func(c *Config) { c.PortForward.Allow = []string{"127.0.0.1:9-1"} }, "PortForward.Allow"},
 		{"window", func(c *Config) { c.PortForward.Window = 17 }, "PortForward.Window"},
 		{"read size", func(c *Config) { c.PortForward.ReadSize = 100 }, "PortForward.ReadSize"},
-		{"per session over total", func(c *Config) { c.PortForward.MaxConnections = 100 }, "PortForward.MaxConnections"},
+		{"per session over total", func(c *Config) { c.PortForward.MaxConnections = c.PortForward.MaxTotal + 1 }, "PortForward.MaxConnections"},
 		{"dial timeout", func(c *Config) { c.PortForward.DialTimeout = 0 }, "PortForward.DialTimeout"},
 		{"relative binary", func(c *Config) { c.MenderClient.Binaries = []string{"mender"} }, "MenderClient.Binaries"},
 		{"no binary", func(c *Config) { c.MenderClient.Binaries = nil }, "MenderClient.Binaries"},
@@ -37,5 +37,14 @@ func TestValidateProtocols(t *testing.T) {
 				t.Fatalf("problems %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// Upstream has no connection limit; the defaults must let through what a
+// browser on the device's web UI or a parallel download opens.
+func TestPortForwardDefaultLimits(t *testing.T) {
+	pf := Default().PortForward
+	if pf.MaxConnections < 128 || pf.MaxTotal < 256 {
+		t.Fatalf("PortForward.MaxConnections %d, MaxTotal %d: want at least 128 and 256", pf.MaxConnections, pf.MaxTotal)
 	}
 }

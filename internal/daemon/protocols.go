@@ -69,7 +69,14 @@ func protocols(cfg *config.Config, log *slog.Logger, rec *metrics.Metrics, reape
 		if err != nil {
 			return nil, nil, fmt.Errorf("PortForward.Allow: %w", err)
 		}
+		// Forwarded sockets are the shells' account's, so that owner
+		// matching firewall rules treat them as that user's.
+		a, err := shell.LookupAccount(cfg.User)
+		if err != nil {
+			return nil, nil, fmt.Errorf("port forward user: %w", err)
+		}
 		ps = append(ps, portforward.New(portforward.Options{
+			Identity:      &portforward.Identity{Name: a.Name, UID: a.UID, GID: a.GID, Groups: a.Groups},
 			Log:           log,
 			DialTimeout:   pf.DialTimeout.Duration(),
 			IdleTimeout:   pf.IdleTimeout.Duration(),

@@ -231,3 +231,34 @@ func eventuallyTrue(t *testing.T, cond func() bool) {
 	}
 	t.Fatal("condition not reached")
 }
+
+// Messages without a sid (the server sends Mender client commands so) get
+// protocol sessions of their own; like every other router session they
+// end when the link drops, and later sid-less messages get fresh ones.
+func TestSidlessSessionsEndOnLinkDown(t *testing.T) {
+	p := newRecordingProto(wire.ProtoPortForward)
+	r, _, _ := controlRouter(t, p)
+	msg := func(typ string) *wire.ProtoMsg {
+		return &wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoPortForward, MsgType: typ}}
+	}
+	r.HandleMessage(msg("new"))
+	r.LinkDown()
+	eventuallyTrue(t, func() bool { return p.closes("") == 1 })
+	r.HandleMessage(msg("forward"))
+	p.mu.Lock()
+	opened, got := len(p.opened), fmt.Sprint(p.got[""])
+	p.mu.Unlock()
+	if opened != 2 || got != "[new forward]" {
+		t.Fatalf("after the link drop: %d sessions opened, handled %s; want a fresh session for the forward", opened, got)
+	}
+	r.Shutdown(context.Background(), 0)
+	eventuallyTrue(t, func() bool { return p.closes("") == 2 })
+	r.LinkDown()
+	r.HandleMessage(msg("late"))
+	p.mu.Lock()
+	opened, got = len(p.opened), fmt.Sprint(p.got[""])
+	p.mu.Unlock()
+	if opened != 2 || got != "[new forward]" {
+		t.Fatalf("after shutdown: %d sessions opened, handled %s", opened, got)
+	}
+}

@@ -87,11 +87,13 @@ type Router struct {
 	base time.Time // the clock at New: r.mono() counts from it
 
 	protos map[uint16]proto.Protocol
-	// anon holds the protocol sessions of messages without a sid (the
-	// server sends Mender client commands so); they live until shutdown.
-	anon *ctrlSession
 
-	mu     sync.Mutex
+	mu sync.Mutex
+	// anon holds the protocol sessions of messages without a sid (the
+	// server sends Mender client commands so). Like the sid's sessions
+	// they end with the link: what the server asked on a link that is
+	// gone has nobody to answer; a fresh one serves the next link.
+	anon   *ctrlSession
 	shells map[string]*leased // the admitted sessions: the shells
 	ctrl   map[string]*ctrlSession
 	closed bool
@@ -236,7 +238,9 @@ func (r *Router) HandleMessage(m *wire.ProtoMsg) {
 			return
 		}
 		if c == nil {
+			r.mu.Lock()
 			c = r.anon
+			r.mu.Unlock()
 		}
 		r.handleProto(c, p, m)
 	}
@@ -266,13 +270,19 @@ func (r *Router) LinkDown() {
 	r.detachAll()
 	r.mu.Lock()
 	// Router (control) sessions cannot survive a reconnect: the server
-	// gives every connection new ids.
+	// gives every connection new ids. Nor can the sid-less ones: nothing
+	// on the next link refers to them.
 	ended := r.ctrl
 	r.ctrl = make(map[string]*ctrlSession)
+	anon := r.anon
+	if !r.closed {
+		r.anon = &ctrlSession{}
+	}
 	r.mu.Unlock()
 	for _, c := range ended {
 		r.closeProtos(c)
 	}
+	r.closeProtos(anon)
 }
 
 // TokenCleared stops every shell: the device lost its authorization.
@@ -288,11 +298,12 @@ func (r *Router) Shutdown(ctx context.Context, grace time.Duration) {
 	r.doneOnce.Do(func() { close(r.done) })
 	ended := r.ctrl
 	r.ctrl = make(map[string]*ctrlSession)
+	anon := r.anon
 	r.mu.Unlock()
 	for _, c := range ended {
 		r.closeProtos(c)
 	}
-	r.closeProtos(r.anon)
+	r.closeProtos(anon)
 	r.stopAllGrace(proto.ReasonShutdown, "device agent shutting down", grace)
 	done := make(chan struct{})
 	go func() {

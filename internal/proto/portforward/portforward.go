@@ -4,9 +4,11 @@
 //
 // The wire is upstream's; the behaviour is bounded where upstream's is
 // not: dials run off the read loop with a timeout, connections are
-// limited per session and in total, a peer's unacknowledged data and
-// its stray messages cost at most one bounded buffer per connection, and
-// an allow list restricts the destinations.
+// limited per session, in total and by the descriptor budget, a peer's
+// unacknowledged data and its stray messages cost at most bounded bytes
+// per connection, session and device, identifiers and hosts are bounded
+// in length, the sockets belong to the configured account, and an allow
+// list restricts the destinations.
 package portforward
 
 import (
@@ -18,6 +20,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -25,6 +28,8 @@ import (
 
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/tether-agent/tether/internal/fdbudget"
+	"github.com/tether-agent/tether/internal/logging"
 	"github.com/tether-agent/tether/internal/proto"
 	"github.com/tether-agent/tether/internal/wire"
 )
@@ -56,6 +61,7 @@ const (
 	DenyAllowList    = "allow_list"
 	DenySessionLimit = "session_limit"
 	DenyTotalLimit   = "total_limit"
+	DenyFDLimit      = "fd_limit"
 )
 
 // Kinds of peer messages that are answered with an error or ignored, and
@@ -67,6 +73,7 @@ const (
 	IgnoredOverflow    = "overflow"
 	IgnoredDuplicate   = "duplicate_new"
 	IgnoredInvalid     = "invalid"
+	IgnoredTooLong     = "too_long"
 	IgnoredReplyDrop   = "reply_dropped"
 )
 
@@ -101,8 +108,17 @@ type Options struct {
 	// IdleTimeout ends a connection that read nothing from its
 	// destination for this long (600 s, upstream's).
 	IdleTimeout time.Duration
-	// MaxPerSession and MaxTotal limit open connections (32, 64).
+	// MaxPerSession and MaxTotal limit open connections (128, 256).
 	MaxPerSession, MaxTotal int
+	// FDs is the descriptor budget shared with the other protocols: each
+	// connection takes one for its socket, and a `new` that cannot get
+	// one is refused (nil: no budget).
+	FDs *fdbudget.Budget
+	// Identity is the account whose sockets the connections are (nil:
+	// the daemon's own): the kernel records a socket's owner when it is
+	// created, and owner-matching firewall rules and /proc/net/tcp go by
+	// it.
+	Identity *Identity
 	// Window is how many device forwards may await the peer's ack (8).
 	Window int
 	// ReadSize is the largest forward body read from a TCP destination
@@ -121,6 +137,31 @@ type Options struct {
 // window there; one that does not gets an error once this is exceeded.
 const maxPending = 128 << 10
 
+// Beyond pendingFloor bytes, a connection's waiting data draws on one
+// pool of maxPendingAll bytes shared by every connection on the device,
+// so that the sum stays bounded however many connections are open
+// (MaxTotal × maxPending would be 32 MiB) while a connection that honours
+// the acks (mender-cli keeps one 4 KiB forward in flight) is never
+// refused because others overran theirs.
+const (
+	pendingFloor  = 16 << 10
+	maxPendingAll = 4 << 20
+)
+
+// maxIDLen bounds a connection_id, as the router bounds the session id:
+// real ones are 36-character UUIDs, and each id is kept in the table,
+// in every log line and in error replies.
+const maxIDLen = 128
+
+// maxHostLen bounds remote_host: a DNS name has at most 253 characters,
+// an address literal fewer.
+const maxHostLen = 253
+
+// maxReplyBytes bounds the answers of one session waiting for the link
+// (errors, stops): a peer that floods bad messages and reads slowly
+// loses answers, not memory.
+const maxReplyBytes = 8 << 10
+
 // maxUDP is the largest UDP payload.
 const maxUDP = 65535
 
@@ -130,10 +171,18 @@ const flushTimeout = 5 * time.Second
 
 // Protocol is port forwarding, shared by every router session.
 type Protocol struct {
-	o     Options
-	acl   *acl
-	log   *slog.Logger
-	total atomic.Int64
+	o       Options
+	acl     *acl
+	log     *slog.Logger
+	total   atomic.Int64
+	pending atomic.Int64 // bytes drawn from the shared pool (maxPendingAll)
+
+	// The server decides how often these lines are written: each kind
+	// is rate-limited on its own.
+	logRefused logging.RateLimit // messages refused for their content
+	logNew     logging.RateLimit // connections asked for
+	logFailed  logging.RateLimit // dials, reads and writes that failed
+	logClosed  logging.RateLimit // connections ended (debug)
 }
 
 // New builds the protocol.
@@ -148,10 +197,10 @@ func New(o Options) *Protocol {
 		o.IdleTimeout = 600 * time.Second
 	}
 	if o.MaxPerSession <= 0 {
-		o.MaxPerSession = 32
+		o.MaxPerSession = DefaultMaxPerSession
 	}
 	if o.MaxTotal <= 0 {
-		o.MaxTotal = 64
+		o.MaxTotal = DefaultMaxTotal
 	}
 	if o.Window <= 0 {
 		o.Window = 8
@@ -172,6 +221,13 @@ func New(o Options) *Protocol {
 	return p
 }
 
+// Default connection limits: what a browser on a device's web UI or a
+// parallel download opens through one forward fits in a session.
+const (
+	DefaultMaxPerSession = 128
+	DefaultMaxTotal      = 256
+)
+
 // Number is proto 3.
 func (p *Protocol) Number() uint16 { return wire.ProtoPortForward }
 
@@ -182,7 +238,7 @@ func (p *Protocol) Active() int { return int(p.total.Load()) }
 func (p *Protocol) Open(sid string, out proto.Sender) proto.Session {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &session{p: p, sid: sid, out: out, ctx: ctx, cancel: cancel,
-		replies: make(chan *wire.ProtoMsg, 64), conns: make(map[string]*conn)}
+		wake: make(chan struct{}, 1), conns: make(map[string]*conn)}
 	go s.sendReplies()
 	return s
 }
@@ -194,9 +250,13 @@ type session struct {
 	out    proto.Sender
 	ctx    context.Context
 	cancel context.CancelFunc
-	// replies carries what Handle answers (it must not block on the
-	// link); one goroutine sends them in order.
-	replies chan *wire.ProtoMsg
+	// replies holds what Handle answers (it must not block on the
+	// link), at most maxReplyBytes; one goroutine sends them in order,
+	// woken by wake.
+	rmu          sync.Mutex
+	replies      []*wire.ProtoMsg
+	repliesBytes int
+	wake         chan struct{}
 
 	mu     sync.Mutex
 	conns  map[string]*conn
@@ -208,22 +268,57 @@ func (s *session) sendReplies() {
 		select {
 		case <-s.ctx.Done():
 			return
-		case m := <-s.replies:
-			if err := s.out.Send(s.ctx, m); err != nil && s.ctx.Err() == nil {
-				s.p.log.Debug("port-forward reply not sent", "session_id", s.sid, "type", m.Header.MsgType, "error", err)
+		case <-s.wake:
+		}
+		for {
+			s.rmu.Lock()
+			if len(s.replies) == 0 {
+				s.rmu.Unlock()
+				break
+			}
+			m := s.replies[0]
+			s.replies[0] = nil
+			s.replies = s.replies[1:]
+			s.rmu.Unlock()
+			err := s.out.Send(s.ctx, m)
+			// The bytes count until the frame is handed on, so that the
+			// one waiting in Send is within the bound too.
+			s.rmu.Lock()
+			s.repliesBytes -= replySize(m)
+			s.rmu.Unlock()
+			if err != nil {
+				if s.ctx.Err() != nil {
+					return
+				}
+				if s.p.logClosed.Allow(time.Now()) {
+					s.p.log.Debug("port-forward reply not sent", "session_id", s.sid, "type", m.Header.MsgType, "error", err,
+						"suppressed", s.p.logClosed.TakeSuppressed())
+				}
 			}
 		}
 	}
 }
 
+// replySize is what a queued answer is counted as: its variable parts
+// and the header and frame around them.
+func replySize(m *wire.ProtoMsg) int {
+	return len(m.Body) + len(m.Header.MsgType) + len(m.Header.SessionID) + len(m.Header.StringProp(wire.PropConnectionID)) + 64
+}
+
 // reply queues an answer without blocking; a peer that floods the
 // device with bad messages loses answers, not memory.
 func (s *session) reply(m *wire.ProtoMsg) {
-	select {
-	case s.replies <- m:
-	default:
+	n := replySize(m)
+	s.rmu.Lock()
+	if s.repliesBytes+n > maxReplyBytes {
+		s.rmu.Unlock()
 		s.p.o.Recorder.PortForwardIgnored(IgnoredReplyDrop)
+		return
 	}
+	s.replies = append(s.replies, m)
+	s.repliesBytes += n
+	s.rmu.Unlock()
+	notify(s.wake)
 }
 
 func (s *session) msg(typ, connID string, body []byte) *wire.ProtoMsg {
@@ -249,6 +344,10 @@ func (s *session) replyError(connID, typ, text string) {
 // Handle takes one message from the read loop; it never blocks.
 func (s *session) Handle(m *wire.ProtoMsg) {
 	id := m.Header.StringProp(wire.PropConnectionID)
+	if len(id) > maxIDLen {
+		s.refuse(m, "connection_id", len(id), maxIDLen)
+		return
+	}
 	switch m.Header.MsgType {
 	case TypeNew:
 		s.handleNew(m, id)
@@ -280,6 +379,20 @@ func (s *session) Handle(m *wire.ProtoMsg) {
 	}
 }
 
+// refuse answers a message whose field is too long with the protocol's
+// error, without its connection_id: echoing the id would send the server
+// its megabyte back, and no real peer owns such a connection.
+func (s *session) refuse(m *wire.ProtoMsg, field string, n, limit int) {
+	p := s.p
+	p.o.Recorder.PortForwardIgnored(IgnoredTooLong)
+	if p.logRefused.Allow(time.Now()) {
+		p.log.Warn("port-forward: message refused: "+field+" too long", "session_id", s.sid, "type", m.Header.MsgType,
+			"connection_id", logging.Clip(m.Header.StringProp(wire.PropConnectionID)), "length", n,
+			"suppressed", p.logRefused.TakeSuppressed())
+	}
+	s.replyError("", m.Header.MsgType, fmt.Sprintf("%s too long: %d bytes, at most %d", field, n, limit))
+}
+
 func (s *session) unknown(id, typ string) {
 	s.p.o.Recorder.PortForwardIgnored(IgnoredUnknownConn)
 	s.replyError(id, typ, ErrTextUnknownConn)
@@ -306,10 +419,14 @@ func (s *session) handleNew(m *wire.ProtoMsg, id string) {
 		s.replyError(id, TypeNew, ErrTextInvalid)
 		return
 	}
+	if n := len(*req.RemoteHost); n > maxHostLen {
+		s.refuseHost(id, n)
+		return
+	}
 	network := *req.Protocol
 	if network != ProtoTCP && network != ProtoUDP {
 		s.p.o.Recorder.PortForwardIgnored(IgnoredInvalid)
-		s.replyError(id, TypeNew, "unknown protocol: "+network)
+		s.replyError(id, TypeNew, "unknown protocol: "+logging.Clip(network))
 		return
 	}
 	p := s.p
@@ -336,6 +453,15 @@ func (s *session) handleNew(m *wire.ProtoMsg, id string) {
 		s.replyError(id, TypeNew, fmt.Sprintf("too many port-forward connections on the device (limit %d)", p.o.MaxTotal))
 		return
 	}
+	// The socket's descriptor, taken now so that a refusal is answered
+	// here like the other limits, not after a dial.
+	if !p.o.FDs.Acquire(1) {
+		p.total.Add(-1)
+		s.mu.Unlock()
+		p.o.Recorder.PortForwardDenied(DenyFDLimit)
+		s.replyError(id, TypeNew, "too many open files on the device: port-forward connection refused")
+		return
+	}
 	ctx, cancel := context.WithCancel(s.ctx)
 	c := &conn{s: s, id: id, network: network, host: *req.RemoteHost, port: *req.RemotePort,
 		ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1), credits: make(chan struct{}, p.o.Window)}
@@ -344,9 +470,24 @@ func (s *session) handleNew(m *wire.ProtoMsg, id string) {
 	}
 	s.conns[id] = c
 	s.mu.Unlock()
-	p.log.Info("port-forward: new", "session_id", s.sid, "connection_id", id, "protocol", network,
-		"remote", net.JoinHostPort(c.host, strconv.Itoa(int(c.port))), "user_id", m.Header.StringProp(wire.PropUserID))
+	if p.logNew.Allow(time.Now()) {
+		p.log.Info("port-forward: new", "session_id", s.sid, "connection_id", logging.Clip(id), "protocol", network,
+			"remote", logging.Clip(net.JoinHostPort(c.host, strconv.Itoa(int(c.port)))),
+			"user_id", logging.Clip(m.Header.StringProp(wire.PropUserID)), "suppressed", p.logNew.TakeSuppressed())
+	}
 	go c.run()
+}
+
+// refuseHost answers a `new` whose remote_host is too long; the id is
+// short (checked before) and names the connection.
+func (s *session) refuseHost(id string, n int) {
+	p := s.p
+	p.o.Recorder.PortForwardIgnored(IgnoredTooLong)
+	if p.logRefused.Allow(time.Now()) {
+		p.log.Warn("port-forward: message refused: remote_host too long", "session_id", s.sid, "type", TypeNew,
+			"connection_id", logging.Clip(id), "length", n, "suppressed", p.logRefused.TakeSuppressed())
+	}
+	s.replyError(id, TypeNew, fmt.Sprintf("remote_host too long: %d bytes, at most %d", n, maxHostLen))
 }
 
 // forget removes c from the table if it is still there.
@@ -389,6 +530,7 @@ type conn struct {
 	dead     bool // aborted: nc must be closed by whoever sets it
 	pending  [][]byte
 	pendingN int
+	pooled   int         // of pendingN, drawn from the shared pool: max(0, pendingN-pendingFloor)
 	stopping atomic.Bool // the peer sent stop: flush, close, answer stop
 	ended    sync.Once
 	opened   bool
@@ -398,22 +540,59 @@ func (c *conn) log() *slog.Logger {
 	return c.s.p.log.With("session_id", c.s.sid, "connection_id", c.id)
 }
 
+// logFailed logs a failed dial, read or write: the server can make
+// them fail as often as it likes, and the error may name its host.
+func (c *conn) logFailed(msg string, err error) {
+	p := c.s.p
+	if p.logFailed.Allow(time.Now()) {
+		c.log().Info(msg, "error", logging.Clip(err.Error()), "suppressed", p.logFailed.TakeSuppressed())
+	}
+}
+
 // enqueue takes peer data for the destination. It is bounded: a peer
 // that ignores the acks gets an error and the connection ends.
 func (c *conn) enqueue(b []byte) {
+	p := c.s.p
 	c.mu.Lock()
-	if c.pendingN+len(b) > maxPending {
+	if c.dead {
+		// Ended between the lookup and now: nothing will write it.
 		c.mu.Unlock()
-		c.s.p.o.Recorder.PortForwardIgnored(IgnoredOverflow)
+		return
+	}
+	n := c.pendingN + len(b)
+	text := ""
+	if n > maxPending {
+		text = fmt.Sprintf("too much unacknowledged data for connection (limit %d bytes)", maxPending)
+	} else if need := max(0, n-pendingFloor) - c.pooled; need > 0 {
+		if p.pending.Add(int64(need)) > maxPendingAll {
+			p.pending.Add(-int64(need))
+			text = fmt.Sprintf("too much unacknowledged port-forward data on the device (limit %d bytes)", maxPendingAll)
+		} else {
+			c.pooled += need
+		}
+	}
+	if text != "" {
+		c.mu.Unlock()
+		p.o.Recorder.PortForwardIgnored(IgnoredOverflow)
 		c.s.forget(c)
-		c.s.reply(c.s.errorMsg(c.id, TypeForward, fmt.Sprintf("too much unacknowledged data for connection (limit %d bytes)", maxPending)))
+		c.s.reply(c.s.errorMsg(c.id, TypeForward, text))
 		c.end(stopReply, "peer overran the ack window")
 		return
 	}
 	c.pending = append(c.pending, b)
-	c.pendingN += len(b)
+	c.pendingN = n
 	c.mu.Unlock()
 	notify(c.wake)
+}
+
+// setPendingLocked sets pendingN to n and gives back to the shared pool
+// what the connection no longer draws from it. c.mu is held.
+func (c *conn) setPendingLocked(n int) {
+	c.pendingN = n
+	if keep := max(0, n-pendingFloor); keep < c.pooled {
+		c.s.p.pending.Add(-int64(c.pooled - keep))
+		c.pooled = keep
+	}
 }
 
 func (c *conn) ack() {
@@ -466,17 +645,22 @@ func (c *conn) end(mode int, why string) {
 		c.mu.Lock()
 		nc := c.nc
 		c.dead = true
-		c.pending, c.pendingN = nil, 0
+		c.pending = nil
+		c.setPendingLocked(0)
 		opened := c.opened
 		c.mu.Unlock()
 		if nc != nil {
 			_ = nc.Close()
 		}
-		c.s.p.total.Add(-1)
+		p := c.s.p
+		p.total.Add(-1)
+		p.o.FDs.Release(1)
 		if opened {
-			c.s.p.o.Recorder.PortForwardClosed(c.network)
+			p.o.Recorder.PortForwardClosed(c.network)
 		}
-		c.log().Debug("port-forward: closed", "reason", why)
+		if p.logClosed.Allow(time.Now()) {
+			c.log().Debug("port-forward: closed", "reason", why, "suppressed", p.logClosed.TakeSuppressed())
+		}
 		switch mode {
 		case stopSend:
 			// The connection's context is gone; the session's bounds it.
@@ -509,7 +693,7 @@ func (c *conn) run() {
 			c.end(stopSend, "stopped while dialing")
 			return
 		}
-		c.log().Info("port-forward: dial failed", "error", err)
+		c.logFailed("port-forward: dial failed", err)
 		c.s.forget(c)
 		_ = c.s.out.Send(c.s.ctx, c.s.errorMsg(c.id, TypeNew, err.Error()))
 		c.end(stopNone, "dial failed")
@@ -530,45 +714,81 @@ func (c *conn) run() {
 	}
 	go c.read(nc)
 	c.write(nc)
+	// write returns once the connection is over; if it left because
+	// the session or the link ended, nothing has freed the slot yet.
+	c.end(stopNone, "session closed")
 }
 
-func (c *conn) dial() (net.Conn, error) {
+// dial connects to the destination as the configured account.
+func (c *conn) dial() (nc net.Conn, err error) {
 	p := c.s.p
 	ctx, cancel := context.WithTimeout(c.ctx, p.o.DialTimeout)
 	defer cancel()
-	var d net.Dialer
-	port := strconv.Itoa(int(c.port))
-	if p.acl == nil {
-		return d.DialContext(ctx, c.network, net.JoinHostPort(c.host, port))
+	if e := p.o.Identity.do(func() { nc, err = c.dialAddrs(ctx) }); e != nil {
+		return nil, e
 	}
-	// Check the addresses actually dialed, so that a name cannot lead
-	// somewhere the list does not allow.
+	return nc, err
+}
+
+// dialAddrs resolves the host and dials its addresses one after the
+// other, each as a literal: net.Dialer given a name races the address
+// families in goroutines of its own, whose sockets would be created on
+// other threads than the one that holds the account's identity. The
+// allow list is checked against the addresses actually dialed, so that
+// a name cannot lead somewhere the list does not allow.
+func (c *conn) dialAddrs(ctx context.Context) (net.Conn, error) {
+	p := c.s.p
+	port := strconv.Itoa(int(c.port))
 	var addrs []netip.Addr
 	if ip, err := netip.ParseAddr(c.host); err == nil {
 		addrs = []netip.Addr{ip}
 	} else {
 		addrs, err = p.o.Resolver.LookupNetIP(ctx, "ip", c.host)
 		if err != nil {
-			return nil, err
+			// As net.Dial words it: "dial tcp: lookup HOST: ...".
+			return nil, &net.OpError{Op: "dial", Net: c.network, Err: err}
 		}
 	}
-	byName := p.acl.allowsName(c.network, c.host, c.port)
-	var lastErr error
-	for _, ip := range addrs {
-		if !byName && !p.acl.allowsAddr(c.network, ip, c.port) {
-			continue
-		}
-		nc, err := d.DialContext(ctx, c.network, net.JoinHostPort(ip.String(), port))
+	if p.acl != nil && !p.acl.allowsName(c.network, c.host, c.port) {
+		addrs = slices.DeleteFunc(addrs, func(ip netip.Addr) bool { return !p.acl.allowsAddr(c.network, ip, c.port) })
+	}
+	if len(addrs) == 0 && p.acl == nil {
+		return nil, &net.OpError{Op: "dial", Net: c.network, Err: &net.DNSError{Err: "no addresses", Name: c.host}}
+	}
+	if len(addrs) == 0 {
+		p.o.Recorder.PortForwardDenied(DenyAllowList)
+		return nil, fmt.Errorf("access denied: %s/%s is not in PortForward.Allow", c.network, net.JoinHostPort(c.host, port))
+	}
+	var d net.Dialer
+	var firstErr error
+	for i, ip := range addrs {
+		nc, err := dialShare(ctx, &d, c.network, net.JoinHostPort(ip.String(), port), len(addrs)-i)
 		if err == nil {
 			return nc, nil
 		}
-		lastErr = err
+		if firstErr == nil {
+			firstErr = err
+		}
+		if ctx.Err() != nil {
+			break
+		}
 	}
-	if lastErr != nil {
-		return nil, lastErr
+	return nil, firstErr
+}
+
+// dialShare dials one of left addresses with its share of the time ctx
+// has left (at least 2 s, as net.Dialer does), so that an unreachable
+// first address does not take the whole timeout from the others.
+func dialShare(ctx context.Context, d *net.Dialer, network, addr string, left int) (net.Conn, error) {
+	if dl, ok := ctx.Deadline(); ok && left > 1 {
+		remain := time.Until(dl)
+		if share := max(remain/time.Duration(left), 2*time.Second); share < remain {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, share)
+			defer cancel()
+		}
 	}
-	p.o.Recorder.PortForwardDenied(DenyAllowList)
-	return nil, fmt.Errorf("access denied: %s/%s is not in PortForward.Allow", c.network, net.JoinHostPort(c.host, port))
+	return d.DialContext(ctx, network, addr)
 }
 
 // write drains the peer's data into the destination, acking each
@@ -601,7 +821,9 @@ func (c *conn) write(nc net.Conn) {
 		}
 		_, err := nc.Write(b)
 		c.mu.Lock()
-		c.pendingN -= len(b)
+		if !c.dead {
+			c.setPendingLocked(c.pendingN - len(b))
+		}
 		c.mu.Unlock()
 		rec.PortForwardBytes("in", len(b))
 		if stopping {
@@ -615,7 +837,7 @@ func (c *conn) write(nc net.Conn) {
 			return
 		}
 		if err != nil {
-			c.log().Info("port-forward: write failed", "error", err)
+			c.logFailed("port-forward: write failed", err)
 			_ = c.s.out.Send(c.ctx, c.s.errorMsg(c.id, TypeForward, err.Error()))
 			if c.network == ProtoTCP {
 				c.end(stopSend, "write failed")
@@ -688,7 +910,7 @@ func (c *conn) read(nc net.Conn) {
 			case errors.Is(err, io.EOF):
 				c.end(stopSend, "destination closed")
 			default:
-				c.log().Info("port-forward: read failed", "error", err)
+				c.logFailed("port-forward: read failed", err)
 				c.end(stopSend, "read failed")
 			}
 			return
