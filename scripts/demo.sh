@@ -5,6 +5,9 @@
 # address printed (a one-time link logs you in). Leave the shell with `exit`
 # (or type ~. at the start of a line to disconnect); the web console stays
 # up until you press Enter; then everything is cleaned up.
+# DEMO_TLS=1 serves HTTPS/WSS with a self-signed certificate made for this
+# run, which tether, mock-authd and mock-mender are told to trust (and a
+# browser can be: the address and the certificate's hash are printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$PWD/bin
@@ -18,7 +21,19 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 18080)
-server=http://127.0.0.1:$port
+scheme=http
+tls_args=()
+trust=()     # environment of the Go clients: trust the demo certificate
+link_cfg=""  # tether's Link section
+if [ "${DEMO_TLS:-0}" = 1 ]; then
+  scheme=https
+  tls_args=(--tls-self-signed "$work/tls")
+  # SSL_CERT_FILE replaces the system's roots for these processes only.
+  trust=(env "SSL_CERT_FILE=$work/tls/cert.pem")
+  link_cfg=",
+  \"Link\": {\"CAFile\": \"$work/tls/cert.pem\"}"
+fi
+server=$scheme://127.0.0.1:$port
 
 # A private bus with the same default-deny system-bus rules a device has,
 # plus the auth service's own policy file.
@@ -53,14 +68,14 @@ for _ in $(seq 100); do [ -S "$work/bus.sock" ] && break; sleep 0.05; done
 # through the environment (readable by you alone), not the command line.
 password=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
 MOCK_MENDER_USERS="admin@tether.local:$password" "$bin/mock-mender" serve --listen "127.0.0.1:$port" --key-file "$work/server.key" \
-  --login-link admin@tether.local >"$work/server.out" 2>"$work/server.log" &
+  ${tls_args[@]+"${tls_args[@]}"} --login-link admin@tether.local >"$work/server.out" 2>"$work/server.log" &
 pids+=($!)
 # serve prints its URL, then the login link, once it listens.
 for _ in $(seq 100); do [ -f "$work/server.out" ] && [ "$(wc -l <"$work/server.out")" -ge 2 ] && break; sleep 0.05; done
 link=$(sed -n 2p "$work/server.out" 2>/dev/null)
 [ -n "$link" ] || { echo "demo: the mock server did not start:" >&2; cat "$work/server.log" >&2; exit 1; }
 
-"$bin/mock-authd" --bus-address "$bus" --server "$server" --control "$work/authd.sock" >"$work/authd.log" 2>&1 &
+${trust[@]+"${trust[@]}"} "$bin/mock-authd" --bus-address "$bus" --server "$server" --control "$work/authd.sock" >"$work/authd.log" 2>&1 &
 pids+=($!)
 
 user=$(id -un)
@@ -70,7 +85,7 @@ cat >"$work/tether.conf" <<CONF
   "ShellArguments": ["-l"],
   "User": "$user",
   "Auth": {"DBusAddress": "$bus"},
-  "Sessions": {"MaxPerUser": 2}
+  "Sessions": {"MaxPerUser": 2}$link_cfg
 }
 CONF
 "$bin/tether" --config "$work/tether.conf" --fallback-config "$work/none.conf" daemon >"$work/tether.log" 2>&1 &
@@ -79,11 +94,16 @@ pids+=($!)
 echo "tether demo: server $server, device shell as '$user'. Logs in $work/*.log while it runs."
 echo "web console: $server/ (admin@tether.local, password $password)"
 echo "  one-time login link (logs a browser in once): $link"
+if [ "$scheme" = https ]; then
+  spki=$(sed -n 's/.*spki_sha256="\{0,1\}\([^" ]*\).*/\1/p' "$work/server.log" | head -n 1)
+  echo "  self-signed certificate: $work/tls/cert.pem (trust it in your browser, or start Chromium with"
+  echo "  --ignore-certificate-errors-spki-list=$spki to trust this certificate alone)"
+fi
 for _ in $(seq 100); do
-  MOCK_MENDER_PASSWORD=$password "$bin/mock-mender" devices --server "$server" 2>/dev/null | grep -q connected && break
+  MOCK_MENDER_PASSWORD=$password ${trust[@]+"${trust[@]}"} "$bin/mock-mender" devices --server "$server" 2>/dev/null | grep -q connected && break
   sleep 0.1
 done
-MOCK_MENDER_PASSWORD=$password "$bin/mock-mender" attach --server "$server" || true
+MOCK_MENDER_PASSWORD=$password ${trust[@]+"${trust[@]}"} "$bin/mock-mender" attach --server "$server" || true
 echo
 echo "tether log (last lines):"
 tail -n 5 "$work/tether.log"

@@ -2,6 +2,7 @@
 // tiny user-side client for it.
 //
 //	mock-mender serve   [--listen ADDR] [--users EMAIL:PASS,...] [--key-file F] [--log-level L] [--login-link EMAIL] [--allowed-host NAME,...]
+//	                    [--tls-cert F --tls-key F | --tls-self-signed DIR]
 //	mock-mender attach  [--server URL] [--user EMAIL] [--password P] [DEVICE_ID]
 //	mock-mender devices [--server URL] [--user EMAIL] [--password P]
 //	mock-mender cp      [--server URL] [--user EMAIL] [--password P] SRC DEST   (DEVICE:PATH on one side)
@@ -42,14 +43,17 @@ Run "mock-mender <command> -h" for the flags of a command.
 
 // Environment variables read as flag defaults.
 const (
-	envListen       = "MOCK_MENDER_LISTEN"
-	envUsers        = "MOCK_MENDER_USERS"
-	envAllowedHosts = "MOCK_MENDER_ALLOWED_HOSTS"
-	envKeyFile      = "MOCK_MENDER_KEY_FILE"
-	envLogLevel     = "MOCK_MENDER_LOG_LEVEL"
-	envServer       = "MOCK_MENDER_SERVER"
-	envUser         = "MOCK_MENDER_USER"
-	envPassword     = "MOCK_MENDER_PASSWORD"
+	envListen        = "MOCK_MENDER_LISTEN"
+	envUsers         = "MOCK_MENDER_USERS"
+	envAllowedHosts  = "MOCK_MENDER_ALLOWED_HOSTS"
+	envKeyFile       = "MOCK_MENDER_KEY_FILE"
+	envTLSCert       = "MOCK_MENDER_TLS_CERT"
+	envTLSKey        = "MOCK_MENDER_TLS_KEY"
+	envTLSSelfSigned = "MOCK_MENDER_TLS_SELF_SIGNED"
+	envLogLevel      = "MOCK_MENDER_LOG_LEVEL"
+	envServer        = "MOCK_MENDER_SERVER"
+	envUser          = "MOCK_MENDER_USER"
+	envPassword      = "MOCK_MENDER_PASSWORD"
 )
 
 func main() {

@@ -30,6 +30,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	allowedHosts := fs.String("allowed-host", envOr(envAllowedHosts, ""),
 		"host names, comma-separated, that requests may name besides IP addresses and localhost; others are refused with 421 against DNS rebinding (env "+envAllowedHosts+")")
 	loginLink := fs.String("login-link", "", "print a one-time link that logs a browser into the web console as this user, on a second line of stdout")
+	tlsCert := fs.String("tls-cert", envOr(envTLSCert, ""), "serve HTTPS/WSS with this certificate (PEM, chain) and --tls-key (env "+envTLSCert+")")
+	tlsKey := fs.String("tls-key", envOr(envTLSKey, ""), "private key (PEM) of --tls-cert (env "+envTLSKey+")")
+	tlsSelfSigned := fs.String("tls-self-signed", envOr(envTLSSelfSigned, ""),
+		"serve HTTPS/WSS with a fresh self-signed certificate for the listen address, localhost and --allowed-host names, written to DIR/"+
+			mockserver.SelfSignedCertFile+" for clients to trust (key: DIR/"+mockserver.SelfSignedKeyFile+", 0600) (env "+envTLSSelfSigned+")")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -54,6 +59,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return errors.New("--session-byte-limit: 0 is not a limit; use a negative value for unlimited")
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	tlsCfg, err := serveTLS(log, *listen, splitList(*allowedHosts), *tlsCert, *tlsKey, *tlsSelfSigned)
+	if err != nil {
+		return err
+	}
 	s := mockserver.New(mockserver.Options{
 		Log:                log,
 		Users:              userMap,
@@ -63,6 +72,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		TokenLifetime:      *lifetime,
 		Strict:             *strict,
 		AllowedHosts:       splitList(*allowedHosts),
+		TLSConfig:          tlsCfg,
 	})
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -19,9 +19,10 @@ import (
 	"github.com/tether-agent/tether/internal/mockserver"
 )
 
-// newBrowser starts Debian's headless Chromium with a fresh profile and
-// returns a tab's context; the browser is gone when the test ends.
-func newBrowser(t *testing.T, parent context.Context) context.Context {
+// newBrowser starts Debian's headless Chromium with a fresh profile (and
+// extra options, if any) and returns a tab's context; the browser is gone
+// when the test ends.
+func newBrowser(t *testing.T, parent context.Context, extra ...chromedp.ExecAllocatorOption) context.Context {
 	t.Helper()
 	path, err := exec.LookPath("chromium")
 	if err != nil {
@@ -47,6 +48,7 @@ func newBrowser(t *testing.T, parent context.Context) context.Context {
 	if os.Geteuid() == 0 {
 		opts = append(opts, chromedp.NoSandbox)
 	}
+	opts = append(opts, extra...)
 	actx, cancelAlloc := chromedp.NewExecAllocator(parent, opts...)
 	// The CDP library predates this Chromium; events it cannot decode are
 	// logged, not failures.

@@ -3,6 +3,7 @@ package mockserver
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -86,6 +87,12 @@ type Options struct {
 	// name is refused with 421: a web page whose name an attacker points
 	// at the server's address (DNS rebinding) must not reach it.
 	AllowedHosts []string
+	// TLSConfig, when set, makes Start serve HTTPS and WSS with it (its
+	// Certificates or GetCertificate); nil serves plain HTTP. The Mender
+	// UI's terminal code only speaks wss:// to its own host, so a page
+	// using it needs this. See SelfSignedCertificate for a demo
+	// certificate.
+	TLSConfig *tls.Config
 }
 
 // Server is an in-process mock of the Mender server's device-auth,
@@ -231,7 +238,8 @@ func New(opts Options) *Server {
 func (s *Server) Handler() http.Handler { return s.handler }
 
 // Start listens on addr (e.g. "127.0.0.1:0") and serves in the background.
-// It returns the base URL, "http://host:port".
+// It returns the base URL, "http://host:port", or "https://host:port" with
+// Options.TLSConfig.
 func (s *Server) Start(addr string) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -244,6 +252,11 @@ func (s *Server) Start(addr string) (string, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return "", fmt.Errorf("mock server listen on %s: %w", addr, err)
+	}
+	scheme := "http"
+	if s.opts.TLSConfig != nil {
+		ln = tls.NewListener(ln, serverTLSConfig(s.opts.TLSConfig))
+		scheme = "https"
 	}
 	srv := &http.Server{
 		Handler:           s.handler,
@@ -258,7 +271,7 @@ func (s *Server) Start(addr string) (string, error) {
 		}
 	}()
 	s.httpSrv, s.serveDone = srv, done
-	url := "http://" + ln.Addr().String()
+	url := scheme + "://" + ln.Addr().String()
 	s.log.Info("mock server listening", "url", url)
 	return url, nil
 }
