@@ -165,8 +165,19 @@ func (s *session) upload(m *wire.ProtoMsg) {
 		s.replyError(m, denial("invalid request parameters: ", err))
 		return
 	}
+	// Everything the upload does to the file system from here on, its
+	// writes included, runs on one thread switched to the account, so
+	// that permissions, quotas and root's reserved blocks hold (see
+	// thread for why one thread per upload).
+	th, err := s.p.opts.Identity.start()
+	if err != nil {
+		s.log.Error("file transfer: cannot switch to the account", "error", err)
+		s.replyError(m, "failed to open the target directory: "+err.Error())
+		return
+	}
+	defer th.close()
 	var t *target
-	err := s.p.opts.Identity.do(func() (err error) {
+	err = th.do(func() (err error) {
 		t, err = s.locate(path, req.SrcPath)
 		return err
 	})
@@ -218,7 +229,7 @@ func (s *session) upload(m *wire.ProtoMsg) {
 
 	var f *os.File
 	var tmp string
-	err = s.p.opts.Identity.do(func() error {
+	err = th.do(func() error {
 		for i := 0; i < 10; i++ {
 			tmp = tempName(t.leaf)
 			fd, err := unix.Openat(t.dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
@@ -247,7 +258,7 @@ func (s *session) upload(m *wire.ProtoMsg) {
 		f.Close()
 		f = nil
 		if !committed {
-			_ = s.p.opts.Identity.do(func() error { return unix.Unlinkat(t.dirfd, tmp, 0) })
+			_ = th.do(func() error { return unix.Unlinkat(t.dirfd, tmp, 0) })
 		}
 	}
 	defer discard()
@@ -285,28 +296,32 @@ func (s *session) upload(m *wire.ProtoMsg) {
 			fail(c, fmt.Sprintf("received unexpected message type '%s' during file upload", c.Header.MsgType))
 			return
 		}
-		// Take the chunks already waiting (up to 10 per ack, as upstream).
+		// Take the chunks already waiting (up to 10 per ack, as upstream),
+		// all written in one visit to the account's thread.
 		last := c
-		for i := 0; ; i++ {
-			if text := u.put(last); text != "" {
-				fail(last, text)
-				return
+		var text string
+		_ = th.do(func() error {
+			for i := 0; ; i++ {
+				if text = u.put(last); text != "" || u.eof || i == wire.FileAckEvery-1 {
+					return nil
+				}
+				n := s.ready()
+				if n == nil {
+					return nil
+				}
+				if n.Header.MsgType != wire.FileChunk {
+					s.pending = append(s.pending, n)
+					return nil
+				}
+				last = n
 			}
-			if u.eof || i == wire.FileAckEvery-1 {
-				break
-			}
-			n := s.ready()
-			if n == nil {
-				break
-			}
-			if n.Header.MsgType != wire.FileChunk {
-				s.pending = append(s.pending, n)
-				break
-			}
-			last = n
+		})
+		if text != "" {
+			fail(last, text)
+			return
 		}
 		if u.eof {
-			if err := s.commit(f, t, tmp, perm, uid, gid); err != nil {
+			if err := s.commit(th, f, t, tmp, perm, uid, gid); err != nil {
 				s.log.Warn("file transfer: upload failed", "path", path, "error", err)
 				fail(last, err.Error())
 				return
@@ -337,7 +352,9 @@ type upState struct {
 	eof     bool
 }
 
-// put writes one chunk; it returns the error text for the peer.
+// put writes one chunk; it returns the error text for the peer. It runs
+// on the account's thread: a write as root could take the blocks ext4
+// reserves for root and ignore the account's quota (CAP_SYS_RESOURCE).
 func (u *upState) put(c *wire.ProtoMsg) string {
 	off, ok := c.Header.IntProp(wire.PropOffset)
 	if !ok {
@@ -394,12 +411,14 @@ func (s *session) owner(req *wire.UploadBody) (int, int, error) {
 // commit makes the temporary file the target: data synced, mode and
 // owner set (as the user: the kernel says who may give a file away or
 // keep a set-id bit), renamed over the target, directory synced.
-func (s *session) commit(f *os.File, t *target, tmp string, perm uint32, uid, gid int) error {
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("failed to sync the file: %w", err)
-	}
+func (s *session) commit(th *thread, f *os.File, t *target, tmp string, perm uint32, uid, gid int) error {
 	noReplace := s.limits() && !s.p.opts.Limits.FileTransfer.AllowOverwrite
-	err := s.p.opts.Identity.do(func() error {
+	err := th.do(func() error {
+		// As the user too: the writeback of delayed allocations may
+		// happen here.
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("failed to sync the file: %w", err)
+		}
 		fd := int(f.Fd())
 		if uid >= 0 || gid >= 0 {
 			if err := unix.Fchown(fd, uid, gid); err != nil {
