@@ -145,14 +145,14 @@ func BenchmarkIdentity(b *testing.B) {
 	}
 	b.Run("root", func(b *testing.B) {
 		cpu(b, func() {
-			for b.Loop() {
+			for i := 0; i < b.N; i++ {
 				_ = write()
 			}
 		})
 	})
 	b.Run("switch-per-write", func(b *testing.B) {
 		cpu(b, func() {
-			for b.Loop() {
+			for i := 0; i < b.N; i++ {
 				_ = id.do(write)
 			}
 		})
@@ -164,7 +164,7 @@ func BenchmarkIdentity(b *testing.B) {
 		}
 		defer th.close()
 		cpu(b, func() {
-			for b.Loop() {
+			for i := 0; i < b.N; i++ {
 				_ = th.do(write)
 			}
 		})

@@ -52,6 +52,11 @@ func validLeaf(s string) bool {
 // name in it (PROTOCOL.md 2.6 put_file step 2, 2.6.1 steps 3–5). It runs
 // as the user.
 func (s *session) locate(path string, src *string) (*target, error) {
+	return s.locateIn(path, src, false)
+}
+
+// locateIn is locate; followed says path is already a symlink's target.
+func (s *session) locateIn(path string, src *string, followed bool) (*target, error) {
 	dir, leaf := path[:strings.LastIndexByte(path, '/')+1], path[strings.LastIndexByte(path, '/')+1:]
 	if dir != "/" {
 		dir = strings.TrimSuffix(dir, "/")
@@ -69,6 +74,18 @@ func (s *session) locate(path string, src *string) (*target, error) {
 	isDir := leaf == ""
 	if !isDir {
 		err = unix.Fstatat(t.dirfd, leaf, &st, unix.AT_SYMLINK_NOFOLLOW)
+		if err == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK && !s.p.res.noSymlink && !followed {
+			// A link to a file (or to a directory to upload into): the
+			// upload lands where it leads, as upstream's write through
+			// it would, and the link stays a link. The kernel keeps the
+			// lookup beneath the root (see follow).
+			real, err := s.p.res.realPath(path)
+			unix.Close(t.dirfd)
+			if err != nil {
+				return nil, err
+			}
+			return s.locateIn(real, src, true)
+		}
 		switch {
 		case err == nil:
 			t.exists = true
