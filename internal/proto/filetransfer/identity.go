@@ -70,6 +70,14 @@ func goLocked(body func()) {
 	<-held
 }
 
+// fsuid is the owner of the files created on id's threads.
+func (id *Identity) fsuid() uint32 {
+	if id == nil || os.Geteuid() != 0 {
+		return uint32(os.Geteuid())
+	}
+	return id.UID
+}
+
 // thread is an OS thread switched to an identity and held for a series
 // of operations (an upload's lifetime): do hands it work, close ends it.
 // A nil thread runs the work on the caller's thread.

@@ -30,6 +30,7 @@ const (
 // directory cannot be swapped under the transfer.
 type target struct {
 	dirfd  int
+	dir    string // the path dirfd was opened by
 	leaf   string
 	exists bool
 }
@@ -65,7 +66,7 @@ func (s *session) locateIn(path string, src *string, followed bool) (*target, er
 	if err != nil {
 		return nil, err
 	}
-	t := &target{dirfd: dirfd, leaf: leaf}
+	t := &target{dirfd: dirfd, dir: dir, leaf: leaf}
 	fail := func(err error) (*target, error) {
 		unix.Close(t.dirfd)
 		return nil, err
@@ -110,6 +111,7 @@ func (s *session) locateIn(path string, src *string, followed bool) (*target, er
 			}
 			unix.Close(t.dirfd)
 			t.dirfd = sub
+			t.dir = strings.TrimSuffix(dir, "/") + "/" + leaf
 		}
 		t.leaf, t.exists = baseName(*src), false
 		err = unix.Fstatat(t.dirfd, t.leaf, &st, unix.AT_SYMLINK_NOFOLLOW)
@@ -245,25 +247,35 @@ func (s *session) upload(m *wire.ProtoMsg) {
 	}
 
 	var f *os.File
-	var tmp string
-	err = th.do(func() error {
-		for i := 0; i < 10; i++ {
-			tmp = tempName(t.leaf)
-			fd, err := unix.Openat(t.dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-			if errors.Is(err, unix.EEXIST) {
-				continue
-			}
-			if err != nil {
-				return &pathError{op: "create temporary file in", path: path, err: err}
-			}
-			f = os.NewFile(uintptr(fd), tmp)
-			return nil
-		}
-		return errors.New("create temporary file: too many attempts")
-	})
-	if err != nil {
+	var tmp, rec string
+	// The temporary file is journaled before it exists, so that a kill
+	// at any point leaves a record of it (see journal).
+	var dst unix.Stat_t
+	if err := unix.Fstat(t.dirfd, &dst); err != nil {
 		s.replyError(m, "failed to create the file: "+err.Error())
 		return
+	}
+	for i := 0; f == nil; i++ {
+		if i == 10 {
+			s.replyError(m, "failed to create the file: create temporary file: too many attempts")
+			return
+		}
+		tmp = tempName(t.leaf)
+		rec = s.p.journal.add(record{Dir: t.dir, Dev: dst.Dev, Ino: dst.Ino, Name: tmp, UID: s.p.opts.Identity.fsuid()}, s.log)
+		err = th.do(func() error {
+			fd, err := unix.Openat(t.dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+			if err == nil {
+				f = os.NewFile(uintptr(fd), tmp)
+			}
+			return err
+		})
+		if err != nil {
+			s.p.journal.done(rec)
+		}
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			s.replyError(m, "failed to create the file: "+(&pathError{op: "create temporary file in", path: path, err: err}).Error())
+			return
+		}
 	}
 	committed := false
 	// discard drops the temporary file before any error reply goes out,
@@ -277,6 +289,7 @@ func (s *session) upload(m *wire.ProtoMsg) {
 		if !committed {
 			_ = th.do(func() error { return unix.Unlinkat(t.dirfd, tmp, 0) })
 		}
+		s.p.journal.done(rec)
 	}
 	defer discard()
 	fail := func(about *wire.ProtoMsg, text string) {
@@ -344,6 +357,8 @@ func (s *session) upload(m *wire.ProtoMsg) {
 				return
 			}
 			committed = true
+			s.p.journal.done(rec)
+			rec = ""
 		}
 		ack := &wire.ProtoMsg{Header: last.Header}
 		ack.Header.MsgType = wire.FileAck
