@@ -1,6 +1,7 @@
 package filetransfer
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -10,9 +11,10 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-agent/tether/internal/logging"
 )
 
 // Temporary files of uploads that a SIGKILL, a crash or the OOM killer
@@ -42,19 +44,22 @@ type journal struct {
 }
 
 // tempPattern is the naming of tempName.
-var tempPattern = regexp.MustCompile(`^\..+\.tether-[0-9a-f]{12}$`)
+var tempPattern = regexp.MustCompile(`(?s)^\..+\.tether-[0-9a-f]{12}$`)
 
-// record is one running upload's temporary file.
+// record is one running upload's temporary file. Dir and Name are the
+// server's bytes, not necessarily UTF-8: JSON carries them as base64
+// ([]byte), unchanged.
 type record struct {
-	Dir  string `json:"dir"`  // the target directory as the upload named it
+	Dir  []byte `json:"dir"`  // the target directory as the upload named it
 	Dev  uint64 `json:"dev"`  // and what it was then
 	Ino  uint64 `json:"ino"`  //
-	Name string `json:"name"` // the temporary file's name in it
+	Name []byte `json:"name"` // the temporary file's name in it
 	UID  uint32 `json:"uid"`  // its owner at creation
 }
 
-// maxRecord bounds what is read of a record.
-const maxRecord = 8 << 10
+// maxRecord bounds what is read of a record: a directory the kernel
+// could open (PATH_MAX) and a file name (NAME_MAX), in base64.
+const maxRecord = 16 << 10
 
 // openJournal makes <stateDir>/uploads and takes it for this process
 // (an flock held until exit), so that a second daemon on the same
@@ -173,15 +178,17 @@ func (p *Protocol) sweep() {
 		if err == nil {
 			err = th.do(func() error { return p.removeStale(rec) })
 		}
+		// The path came from the server once: clipped. One line per
+		// record, and there are at most as many as uploads were running.
+		shown := logging.Clip(filepath.Join(string(rec.Dir), string(rec.Name)))
 		switch {
 		case err == nil:
-			p.log.Info("file transfer: removed the temporary file of an interrupted upload",
-				"path", filepath.Join(rec.Dir, rec.Name))
+			p.log.Info("file transfer: removed the temporary file of an interrupted upload", "path", shown)
 		case errors.Is(err, unix.ENOENT):
 			// Renamed or removed before the record was: nothing left.
 		default:
 			p.log.Warn("file transfer: left a temporary file of an interrupted upload",
-				"record", e.Name(), "path", filepath.Join(rec.Dir, rec.Name), "error", err)
+				"record", e.Name(), "path", shown, "error", logging.Clip(err.Error()))
 		}
 		os.Remove(path)
 	}
@@ -202,7 +209,7 @@ func readRecord(path string) (record, error) {
 	if err := json.Unmarshal(b[:n], &rec); err != nil {
 		return rec, fmt.Errorf("record: %w", err)
 	}
-	if !tempPattern.MatchString(rec.Name) || !validLeaf(rec.Name) || !strings.HasPrefix(rec.Dir, "/") {
+	if !tempPattern.Match(rec.Name) || !validLeaf(string(rec.Name)) || !bytes.HasPrefix(rec.Dir, []byte("/")) {
 		return rec, errors.New("record: not one of ours")
 	}
 	return rec, nil
@@ -211,7 +218,7 @@ func readRecord(path string) (record, error) {
 // removeStale removes rec's file if it is still what the upload created.
 // It runs as the account.
 func (p *Protocol) removeStale(rec record) error {
-	dirfd, err := p.res.open(rec.Dir, unix.O_PATH|unix.O_DIRECTORY, 0)
+	dirfd, err := p.res.open(string(rec.Dir), unix.O_PATH|unix.O_DIRECTORY, 0)
 	if err != nil {
 		return err
 	}
@@ -223,11 +230,11 @@ func (p *Protocol) removeStale(rec record) error {
 	if st.Dev != rec.Dev || st.Ino != rec.Ino {
 		return errors.New("the directory is no longer the one the upload wrote in")
 	}
-	if err := unix.Fstatat(dirfd, rec.Name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	if err := unix.Fstatat(dirfd, string(rec.Name), &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return err
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Uid != rec.UID {
 		return errors.New("not the regular file the upload created")
 	}
-	return unix.Unlinkat(dirfd, rec.Name, 0)
+	return unix.Unlinkat(dirfd, string(rec.Name), 0)
 }

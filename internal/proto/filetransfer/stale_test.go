@@ -50,11 +50,13 @@ func TestSweepStale(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ours := record{Dir: data, Dev: dst.Dev, Ino: dst.Ino, UID: id.UID}
-	with := func(name string) record { r := ours; r.Name = name; return r }
+	ours := record{Dir: []byte(data), Dev: dst.Dev, Ino: dst.Ino, UID: id.UID}
+	with := func(name string) record { r := ours; r.Name = []byte(name); return r }
 
 	mk(".a.tether-0123456789ab", int(id.UID)) // ours: removed
 	write("r1", with(".a.tether-0123456789ab"))
+	mk(".\xff\nbin.tether-0123456789ab", int(id.UID)) // ours, not UTF-8: removed
+	write("r0", with(".\xff\nbin.tether-0123456789ab"))
 	mk(".b.tether-0123456789ab", int(id.UID)) // our naming, not recorded: stays
 	mk(".a.tether-0123456789ac", int(id.UID)) // a near name: stays
 	os.Symlink(filepath.Join(data, ".b.tether-0123456789ab"), filepath.Join(data, ".c.tether-0123456789ab"))
@@ -69,9 +71,9 @@ func TestSweepStale(t *testing.T) {
 	write("r5", with("precious"))
 	mk(".f.tether-0123456789ab", int(id.UID)) // recorded under another path, outside the Chroot
 	r = with(".f.tether-0123456789ab")
-	r.Dir = top + "/data/../data"
+	r.Dir = []byte(top + "/data/../data")
 	write("r6", r)
-	write("r7", record{Dir: "/etc", Name: ".passwd.tether-0123456789ab", UID: id.UID}) // nothing there
+	write("r7", record{Dir: []byte("/etc"), Name: []byte(".passwd.tether-0123456789ab"), UID: id.UID}) // nothing there
 	os.WriteFile(filepath.Join(journalDir, "r8"), []byte("{garbage"), 0o600)
 
 	o := limits(config.FileTransferLimits{Chroot: data})

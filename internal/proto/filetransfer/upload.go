@@ -261,7 +261,7 @@ func (s *session) upload(m *wire.ProtoMsg) {
 			return
 		}
 		tmp = tempName(t.leaf)
-		rec = s.p.journal.add(record{Dir: t.dir, Dev: dst.Dev, Ino: dst.Ino, Name: tmp, UID: s.p.opts.Identity.fsuid()}, s.log)
+		rec = s.p.journal.add(record{Dir: []byte(t.dir), Dev: dst.Dev, Ino: dst.Ino, Name: []byte(tmp), UID: s.p.opts.Identity.fsuid()}, s.log)
 		err = th.do(func() error {
 			fd, err := unix.Openat(t.dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 			if err == nil {
