@@ -20,9 +20,10 @@ type Identity struct {
 // do runs f with id's identity so that the kernel's own permission
 // checks, quotas and reserved-block limits apply to every path f resolves
 // and every file it opens, creates, writes, renames or removes. The
-// identity is switched on one OS thread only (setgroups, setresgid and
-// setresuid as raw per-thread system calls, which also clear the
-// thread's capabilities, CAP_SYS_RESOURCE included), and that thread is
+// identity is switched on one OS thread only (setgroups, setfsgid and
+// setfsuid as raw per-thread system calls, then capset clears all the
+// thread's capabilities, CAP_SYS_RESOURCE included; see enter), and that
+// thread is
 // never given back to the Go scheduler: the goroutine exits still
 // locked, so the runtime ends the thread and no other goroutine can ever
 // run with the switched identity, nor this one with root's. A nil id, or
@@ -83,7 +84,7 @@ func (id *Identity) fsuid() uint32 {
 // A nil thread runs the work on the caller's thread.
 //
 // Why hold one rather than switch per operation: a switch is a new OS
-// thread (clone, setgroups, setresgid, setresuid, capset, the thread's
+// thread (clone, setgroups, setfsgid, setfsuid, capset, the thread's
 // exit), measured at about 165 µs of CPU, against 20–40 µs to hand work
 // to a thread already switched and 3 µs for a 4 KiB write itself
 // (BenchmarkIdentity, amd64). A switch per 4 KiB chunk would cost 50
@@ -137,13 +138,17 @@ func (t *thread) close() {
 	}
 }
 
-// enter switches the calling (locked) thread to id: supplementary groups,
-// then the real, effective, saved and filesystem gids and uids. Moving
-// every uid away from 0 makes the kernel clear the thread's permitted and
-// effective capabilities; they are also cleared explicitly, so that a
-// daemon started with SECBIT_NO_SETUID_FIXUP or SECBIT_KEEP_CAPS cannot
-// keep CAP_SYS_RESOURCE (reserved blocks, quotas) or CAP_DAC_OVERRIDE on
-// the user's thread. An account with uid 0 is root and keeps root's
+// enter switches the calling (locked) thread to id: supplementary groups
+// and the filesystem gid and uid, which are what the kernel checks for
+// every file access and what it gives a new file or socket; then it
+// clears the thread's capabilities, which the fsuid switch leaves mostly
+// in place (CAP_SYS_RESOURCE would let the account's writes into the
+// blocks ext4 reserves for root and past its quota). The real, effective
+// and saved uids stay root's on purpose: kill(2) lets a sender signal a
+// thread whose real or saved uid is its own, and a SIGKILL or SIGSTOP
+// sent to one thread takes the whole daemon, so with setresuid any
+// process of the account (its remote shells) could stop the daemon
+// during an upload. An account with uid 0 is root and keeps root's
 // capabilities.
 func (id *Identity) enter() error {
 	var p unsafe.Pointer
@@ -156,26 +161,24 @@ func (id *Identity) enter() error {
 		return fmt.Errorf("switch to user %s: setgroups: %w", id.Name, e)
 	}
 	runtime.KeepAlive(groups)
-	if _, _, e := unix.RawSyscall(sysSetresgid, uintptr(id.GID), uintptr(id.GID), uintptr(id.GID)); e != 0 {
-		return fmt.Errorf("switch to user %s: setresgid(%d): %w", id.Name, id.GID, e)
+	unix.RawSyscall(sysSetfsgid, uintptr(id.GID), 0, 0)
+	unix.RawSyscall(sysSetfsuid, uintptr(id.UID), 0, 0)
+	// Both calls return the previous value and never fail loudly: an
+	// invalid id (-1) reads the current one back for the check.
+	if cur, _, _ := unix.RawSyscall(sysSetfsgid, ^uintptr(0), 0, 0); uint32(cur) != id.GID {
+		return fmt.Errorf("switch to user %s: setfsgid(%d) did not take", id.Name, id.GID)
 	}
-	if _, _, e := unix.RawSyscall(sysSetresuid, uintptr(id.UID), uintptr(id.UID), uintptr(id.UID)); e != 0 {
-		return fmt.Errorf("switch to user %s: setresuid(%d): %w", id.Name, id.UID, e)
+	if cur, _, _ := unix.RawSyscall(sysSetfsuid, ^uintptr(0), 0, 0); uint32(cur) != id.UID {
+		return fmt.Errorf("switch to user %s: setfsuid(%d) did not take", id.Name, id.UID)
 	}
 	if id.UID != 0 {
+		// Effective, permitted and inheritable (and so ambient) sets
+		// emptied: nothing on this thread can raise one again.
 		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 		var data [2]unix.CapUserData
 		if err := unix.Capset(&hdr, &data[0]); err != nil {
 			return fmt.Errorf("switch to user %s: drop capabilities: %w", id.Name, err)
 		}
-	}
-	// setfsuid and setfsgid with an invalid id (-1) change nothing and
-	// return the current value: the check that the switch took.
-	if cur, _, _ := unix.RawSyscall(sysSetfsgid, ^uintptr(0), 0, 0); uint32(cur) != id.GID {
-		return fmt.Errorf("switch to user %s: fsgid is %d, not %d", id.Name, uint32(cur), id.GID)
-	}
-	if cur, _, _ := unix.RawSyscall(sysSetfsuid, ^uintptr(0), 0, 0); uint32(cur) != id.UID {
-		return fmt.Errorf("switch to user %s: fsuid is %d, not %d", id.Name, uint32(cur), id.UID)
 	}
 	return nil
 }

@@ -3,8 +3,10 @@ package filetransfer
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -12,7 +14,7 @@ import (
 )
 
 // The thread that does a file operation carries exactly the account's
-// ids and supplementary groups, ids above 16 bits included (on 386 and
+// filesystem ids and supplementary groups, ids above 16 bits included (on 386 and
 // 32-bit arm only the *32 system calls take them), and no capability:
 // CAP_SYS_RESOURCE would let it use root's reserved blocks and ignore
 // quotas. Both ways of running work (one-shot and a held thread).
@@ -26,10 +28,10 @@ func TestIdentityOnItsThread(t *testing.T) {
 		want map[string]string // /proc/thread-self/status field → value
 	}{
 		{"nobody without groups", Identity{Name: "nobody", UID: 65534, GID: 65534},
-			map[string]string{"Uid": "65534\t65534\t65534\t65534", "Gid": "65534\t65534\t65534\t65534", "Groups": "",
+			map[string]string{"Uid": "0\t0\t0\t65534", "Gid": "0\t0\t0\t65534", "Groups": "",
 				"CapEff": "0000000000000000", "CapPrm": "0000000000000000", "CapAmb": "0000000000000000"}},
 		{"ids and groups above 16 bits", Identity{Name: "wide", UID: 100000, GID: 100001, Groups: []uint32{70000, 5, 100002}},
-			map[string]string{"Uid": "100000\t100000\t100000\t100000", "Gid": "100001\t100001\t100001\t100001", "Groups": "5 70000 100002",
+			map[string]string{"Uid": "0\t0\t0\t100000", "Gid": "0\t0\t0\t100001", "Groups": "5 70000 100002",
 				"CapEff": "0000000000000000", "CapPrm": "0000000000000000"}},
 	}
 	for _, tt := range tests {
@@ -178,4 +180,28 @@ func statusField(status, key string) string {
 		}
 	}
 	return "<missing>"
+}
+
+// TestSwitchedThreadNotSignalable: the account cannot signal the thread
+// that works as it (kill(2) checks the target thread's real and saved
+// uids, and a SIGKILL or SIGSTOP to one thread takes the whole daemon):
+// only the filesystem ids are the account's, the others stay root's.
+func TestSwitchedThreadNotSignalable(t *testing.T) {
+	id := nobody(t)
+	th, err := id.start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer th.close()
+	var tid int
+	_ = th.do(func() error { tid = unix.Gettid(); return nil })
+	cmd := exec.Command("/bin/sh", "-c", fmt.Sprintf("kill -0 %d", tid))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: id.UID, Gid: id.GID}}
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("the account may signal the thread switched to it (tid %d)", tid)
+	}
+	if !strings.Contains(strings.ToLower(string(out)), "not permitted") {
+		t.Errorf("kill -0 as the account: %v %s", err, out)
+	}
 }

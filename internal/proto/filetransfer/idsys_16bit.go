@@ -4,13 +4,11 @@ package filetransfer
 
 import "golang.org/x/sys/unix"
 
-// On 386 and 32-bit arm the plain setgroups, setres[ug]id and setfs[ug]id are the
+// On 386 and 32-bit arm the plain setgroups, setfsuid and setfsgid are the
 // old 16-bit calls: they would read the []uint32 group list as pairs of
 // 16-bit ids and truncate ids above 65535. The 32-bit calls are these.
 const (
 	sysSetgroups = unix.SYS_SETGROUPS32
 	sysSetfsuid  = unix.SYS_SETFSUID32
-	sysSetresuid = unix.SYS_SETRESUID32
-	sysSetresgid = unix.SYS_SETRESGID32
 	sysSetfsgid  = unix.SYS_SETFSGID32
 )

@@ -8,7 +8,5 @@ import "golang.org/x/sys/unix"
 const (
 	sysSetgroups = unix.SYS_SETGROUPS
 	sysSetfsuid  = unix.SYS_SETFSUID
-	sysSetresuid = unix.SYS_SETRESUID
-	sysSetresgid = unix.SYS_SETRESGID
 	sysSetfsgid  = unix.SYS_SETFSGID
 )
