@@ -85,18 +85,24 @@ func (id *Identity) fsuid() uint32 {
 //
 // Why hold one rather than switch per operation: a switch is a new OS
 // thread (clone, setgroups, setfsgid, setfsuid, capset, the thread's
-// exit), measured at about 165 µs of CPU, against 20–40 µs to hand work
-// to a thread already switched and 3 µs for a 4 KiB write itself
-// (BenchmarkIdentity, amd64). A switch per 4 KiB chunk would cost 50
-// times the write; an upload hands its thread up to 10 chunks at a time
-// (the ack window), a few µs a chunk. Holding the thread costs one parked
-// OS thread per running upload, which the transfer's end (complete,
-// failed, aborted, peer silent for the ack timeout, session closed) gives
-// back. No switched thread outlives its upload: a pool kept across
-// transfers would hold threads for ever on a device idle most of the time.
+// exit), measured at 80–160 µs of CPU, against 17–65 µs to hand work to
+// a thread already switched and 2–3 µs for a 4 KiB write itself
+// (BenchmarkIdentity, amd64, a busy 2-core machine). A switch per 4 KiB
+// chunk would cost 40–60 times the write, and even handing the held
+// thread each ack window (10 chunks) cost +50% CPU per MiB uploaded
+// (5.6–5.9 ms against 3.7–4.1 ms when root wrote; BenchmarkUploadAsAccount).
+// So an upload runs whole on its thread (3.5–3.6 ms/MiB): do called
+// there runs inline, and the few steps that need the daemon's own rights
+// (its journal, the directory fsync) go to another goroutine (asRoot).
+// Holding the thread costs one parked OS thread per running upload,
+// which the transfer's end (complete, failed, aborted, peer silent for
+// the ack timeout, session closed) gives back. No switched thread
+// outlives its upload: a pool kept across transfers would hold threads
+// for ever on a device idle most of the time.
 type thread struct {
 	ops chan func()
 	res chan error
+	tid int // the OS thread's id
 }
 
 // start switches a new OS thread to id for a series of operations.
@@ -111,6 +117,7 @@ func (id *Identity) start() (*thread, error) {
 			t.res <- err
 			return
 		}
+		t.tid = unix.Gettid()
 		t.res <- nil
 		for f := range t.ops {
 			f()
@@ -122,13 +129,30 @@ func (id *Identity) start() (*thread, error) {
 	return t, nil
 }
 
-// do runs f on the switched thread; calls must not overlap.
+// do runs f on the switched thread; calls must not overlap. Called on
+// the thread itself, it just runs f.
 func (t *thread) do(f func() error) error {
-	if t == nil {
+	if t == nil || unix.Gettid() == t.tid {
 		return f()
 	}
 	t.ops <- func() { t.res <- f() }
 	return <-t.res
+}
+
+// asRoot runs f with the daemon's own rights: on another goroutine if
+// called on the switched thread (a new goroutine cannot run on a thread
+// locked to another), else right away.
+func (t *thread) asRoot(f func()) {
+	if t == nil || unix.Gettid() != t.tid {
+		f()
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f()
+	}()
+	<-done
 }
 
 // close ends the thread; it must not be used afterwards.

@@ -110,7 +110,20 @@ func TestSweepStale(t *testing.T) {
 	sess := p.Open("sid-1", s).(*session)
 	pr := &peer{t: t, p: p, s: sess, out: s}
 	t.Cleanup(func() { sess.Close(); p.Wait() })
-	if e := pr.put(wire.UploadBody{Path: sp(filepath.Join(data, "up"))}, []byte("x")); e != "" {
+	// While one runs, its temporary file is on record (written as root
+	// although the upload runs on nobody's thread).
+	pr.send(wire.FilePut, user1, enc(t, wire.UploadBody{Path: sp(filepath.Join(data, "up"))}))
+	if m := pr.recv(); m.Header.MsgType != wire.FileAck {
+		t.Fatalf("put_file: %s %q", m.Header.MsgType, m.Body)
+	}
+	if ents, _ := os.ReadDir(journalDir); len(ents) != 1 {
+		t.Errorf("running upload: %d records, want 1", len(ents))
+	}
+	pr.send(wire.FileChunk, props(0), nil)
+	if m := pr.recv(); m.Header.MsgType != wire.FileAck {
+		t.Fatalf("EOF: %s %q", m.Header.MsgType, m.Body)
+	}
+	if e := pr.put(wire.UploadBody{Path: sp(filepath.Join(data, "up2"))}, []byte("x")); e != "" {
 		t.Fatal(e)
 	}
 	if ents, _ := os.ReadDir(journalDir); len(ents) != 0 {

@@ -184,10 +184,11 @@ func (s *session) upload(m *wire.ProtoMsg) {
 		s.replyError(m, denial("invalid request parameters: ", err))
 		return
 	}
-	// Everything the upload does to the file system from here on, its
-	// writes included, runs on one thread switched to the account, so
-	// that permissions, quotas and root's reserved blocks hold (see
-	// thread for why one thread per upload).
+	// The rest of the upload runs on one thread switched to the account,
+	// so that everything it does to the file system, its writes
+	// included, is the account's: permissions, quotas and root's reserved
+	// blocks hold (see thread for why one thread per upload, and why the
+	// whole upload and not each step).
 	th, err := s.p.opts.Identity.start()
 	if err != nil {
 		s.log.Error("file transfer: cannot switch to the account", "error", err)
@@ -195,8 +196,17 @@ func (s *session) upload(m *wire.ProtoMsg) {
 		return
 	}
 	defer th.close()
+	_ = th.do(func() error {
+		s.uploadOn(th, m, &req, path)
+		return nil
+	})
+}
+
+// uploadOn is upload once on the account's thread.
+func (s *session) uploadOn(th *thread, m *wire.ProtoMsg, req *wire.UploadBody, path string) {
+	l := s.p.opts.Limits.FileTransfer
 	var t *target
-	err = th.do(func() (err error) {
+	err := th.do(func() (err error) {
 		t, err = s.locate(path, req.SrcPath)
 		return err
 	})
@@ -236,7 +246,7 @@ func (s *session) upload(m *wire.ProtoMsg) {
 			perm |= unix.S_ISGID
 		}
 	}
-	uid, gid, err := s.owner(&req)
+	uid, gid, err := s.owner(req)
 	if err != nil {
 		s.replyError(m, err.Error())
 		return
@@ -261,7 +271,8 @@ func (s *session) upload(m *wire.ProtoMsg) {
 			return
 		}
 		tmp = tempName(t.leaf)
-		rec = s.p.journal.add(record{Dir: []byte(t.dir), Dev: dst.Dev, Ino: dst.Ino, Name: []byte(tmp), UID: s.p.opts.Identity.fsuid()}, s.log)
+		r := record{Dir: []byte(t.dir), Dev: dst.Dev, Ino: dst.Ino, Name: []byte(tmp), UID: s.p.opts.Identity.fsuid()}
+		th.asRoot(func() { rec = s.p.journal.add(r, s.log) })
 		err = th.do(func() error {
 			fd, err := unix.Openat(t.dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 			if err == nil {
@@ -270,7 +281,7 @@ func (s *session) upload(m *wire.ProtoMsg) {
 			return err
 		})
 		if err != nil {
-			s.p.journal.done(rec)
+			th.asRoot(func() { s.p.journal.done(rec) })
 		}
 		if err != nil && !errors.Is(err, unix.EEXIST) {
 			s.replyError(m, "failed to create the file: "+(&pathError{op: "create temporary file in", path: path, err: err}).Error())
@@ -289,7 +300,7 @@ func (s *session) upload(m *wire.ProtoMsg) {
 		if !committed {
 			_ = th.do(func() error { return unix.Unlinkat(t.dirfd, tmp, 0) })
 		}
-		s.p.journal.done(rec)
+		th.asRoot(func() { s.p.journal.done(rec) })
 	}
 	defer discard()
 	fail := func(about *wire.ProtoMsg, text string) {
@@ -326,8 +337,7 @@ func (s *session) upload(m *wire.ProtoMsg) {
 			fail(c, fmt.Sprintf("received unexpected message type '%s' during file upload", c.Header.MsgType))
 			return
 		}
-		// Take the chunks already waiting (up to 10 per ack, as upstream),
-		// all written in one visit to the account's thread.
+		// Take the chunks already waiting (up to 10 per ack, as upstream).
 		last := c
 		var text string
 		_ = th.do(func() error {
@@ -357,7 +367,7 @@ func (s *session) upload(m *wire.ProtoMsg) {
 				return
 			}
 			committed = true
-			s.p.journal.done(rec)
+			th.asRoot(func() { s.p.journal.done(rec) })
 			rec = ""
 		}
 		ack := &wire.ProtoMsg{Header: last.Header}
@@ -477,12 +487,17 @@ func (s *session) commit(th *thread, f *os.File, t *target, tmp string, perm uin
 		return err
 	}
 	// The rename is durable only once the directory is synced. An O_PATH
-	// descriptor cannot be synced; reopening "." of it needs no lookup.
-	dfd, err := unix.Openat(t.dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err == nil {
-		err = unix.Fsync(dfd)
-		unix.Close(dfd)
-	}
+	// descriptor cannot be synced; reopening "." of it needs no lookup,
+	// but read permission, which the account may lack (a drop box
+	// directory): as root.
+	th.asRoot(func() {
+		var dfd int
+		dfd, err = unix.Openat(t.dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err == nil {
+			err = unix.Fsync(dfd)
+			unix.Close(dfd)
+		}
+	})
 	if err != nil {
 		s.log.Warn("file transfer: could not sync the directory after the rename", "error", err)
 	}
