@@ -164,3 +164,64 @@ func TestSymlinksNotFollowed(t *testing.T) {
 		t.Errorf("put: %q", e)
 	}
 }
+
+// TestSymlinkSwapRace: a link flips between an absolute target inside the
+// Chroot and one outside while downloads and uploads go through it: what
+// follow read is opened with no symlink allowed, so a flip in between is
+// refused or retried, never followed out.
+func TestSymlinkSwapRace(t *testing.T) {
+	for _, fallback := range []bool{false, true} {
+		t.Run("fallback="+strconv.FormatBool(fallback), func(t *testing.T) {
+			top := t.TempDir()
+			data, outside := filepath.Join(top, "data"), filepath.Join(top, "outside")
+			os.MkdirAll(filepath.Join(data, "real"), 0o755)
+			os.MkdirAll(outside, 0o755)
+			os.WriteFile(filepath.Join(outside, "f"), []byte("SECRET"), 0o644)
+			os.WriteFile(filepath.Join(data, "real", "f"), []byte("inside"), 0o644)
+			in, out, sw := filepath.Join(data, "in"), filepath.Join(data, "out"), filepath.Join(data, "sw")
+			os.Symlink(filepath.Join(data, "real"), sw)
+			stop := make(chan struct{})
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					os.Symlink(filepath.Join(data, "real"), in)
+					os.Rename(in, sw)
+					os.Symlink(outside, out)
+					os.Rename(out, sw)
+				}
+			}()
+			pr := newPeer(t, limits(config.FileTransferLimits{Chroot: data, FollowSymLinks: true, AllowOverwrite: true}))
+			if fallback {
+				pr.p.res.openat2.Store(-1)
+			}
+			inside, i := 0, 0
+			// 300 tries, more until one went through while inside.
+			for ; i < 300 || (inside == 0 && i < 5000); i++ {
+				got, _ := pr.get(sw + "/f")
+				switch string(got) {
+				case "SECRET":
+					t.Fatalf("read outside the Chroot through a flipping link (try %d)", i)
+				case "inside":
+					inside++
+				}
+				_ = pr.put(wire.UploadBody{Path: sp(sw + "/planted")}, []byte("x"))
+				if _, err := os.Stat(filepath.Join(outside, "planted")); err == nil {
+					t.Fatalf("planted outside the Chroot through a flipping link (try %d)", i)
+				}
+			}
+			close(stop)
+			<-done
+			// The race ran both ways: the link was followed while inside.
+			if inside == 0 {
+				t.Error("no download through the link while it led inside")
+			}
+			t.Logf("%d of %d downloads through the link while it led inside", inside, i)
+		})
+	}
+}
