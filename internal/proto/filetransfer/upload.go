@@ -202,14 +202,12 @@ func (s *session) upload(m *wire.ProtoMsg) {
 	})
 }
 
-// uploadOn is upload once on the account's thread.
+// uploadOn is upload once on the account's thread (th; nil when the
+// daemon cannot switch): everything here has the account's rights but
+// what goes through th.asRoot.
 func (s *session) uploadOn(th *thread, m *wire.ProtoMsg, req *wire.UploadBody, path string) {
 	l := s.p.opts.Limits.FileTransfer
-	var t *target
-	err := th.do(func() (err error) {
-		t, err = s.locate(path, req.SrcPath)
-		return err
-	})
+	t, err := s.locate(path, req.SrcPath)
 	var c conflict
 	var d deny
 	switch {
@@ -273,14 +271,10 @@ func (s *session) uploadOn(th *thread, m *wire.ProtoMsg, req *wire.UploadBody, p
 		tmp = tempName(t.leaf)
 		r := record{Dir: []byte(t.dir), Dev: dst.Dev, Ino: dst.Ino, Name: []byte(tmp), UID: s.p.opts.Identity.fsuid()}
 		th.asRoot(func() { rec = s.p.journal.add(r, s.log) })
-		err = th.do(func() error {
-			fd, err := unix.Openat(t.dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-			if err == nil {
-				f = os.NewFile(uintptr(fd), tmp)
-			}
-			return err
-		})
-		if err != nil {
+		fd, err := unix.Openat(t.dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if err == nil {
+			f = os.NewFile(uintptr(fd), tmp)
+		} else {
 			th.asRoot(func() { s.p.journal.done(rec) })
 		}
 		if err != nil && !errors.Is(err, unix.EEXIST) {
@@ -298,7 +292,7 @@ func (s *session) uploadOn(th *thread, m *wire.ProtoMsg, req *wire.UploadBody, p
 		f.Close()
 		f = nil
 		if !committed {
-			_ = th.do(func() error { return unix.Unlinkat(t.dirfd, tmp, 0) })
+			_ = unix.Unlinkat(t.dirfd, tmp, 0)
 		}
 		th.asRoot(func() { s.p.journal.done(rec) })
 	}
@@ -339,26 +333,23 @@ func (s *session) uploadOn(th *thread, m *wire.ProtoMsg, req *wire.UploadBody, p
 		}
 		// Take the chunks already waiting (up to 10 per ack, as upstream).
 		last := c
-		var text string
-		_ = th.do(func() error {
-			for i := 0; ; i++ {
-				if text = u.put(last); text != "" || u.eof || i == wire.FileAckEvery-1 {
-					return nil
-				}
-				n := s.ready()
-				if n == nil {
-					return nil
-				}
-				if n.Header.MsgType != wire.FileChunk {
-					s.pending = append(s.pending, n)
-					return nil
-				}
-				last = n
+		for i := 0; ; i++ {
+			if text := u.put(last); text != "" {
+				fail(last, text)
+				return
 			}
-		})
-		if text != "" {
-			fail(last, text)
-			return
+			if u.eof || i == wire.FileAckEvery-1 {
+				break
+			}
+			n := s.ready()
+			if n == nil {
+				break
+			}
+			if n.Header.MsgType != wire.FileChunk {
+				s.pending = append(s.pending, n)
+				break
+			}
+			last = n
 		}
 		if u.eof {
 			if err := s.commit(th, f, t, tmp, perm, uid, gid); err != nil {
@@ -452,12 +443,12 @@ func (s *session) owner(req *wire.UploadBody) (int, int, error) {
 
 // commit makes the temporary file the target: data synced, mode and
 // owner set (as the user: the kernel says who may give a file away or
-// keep a set-id bit), renamed over the target, directory synced.
+// keep a set-id bit), renamed over the target, directory synced. It runs
+// on the account's thread, like the writes: the writeback of delayed
+// allocations may happen in the fsync.
 func (s *session) commit(th *thread, f *os.File, t *target, tmp string, perm uint32, uid, gid int) error {
 	noReplace := s.limits() && !s.p.opts.Limits.FileTransfer.AllowOverwrite
-	err := th.do(func() error {
-		// As the user too: the writeback of delayed allocations may
-		// happen here.
+	err := func() error {
 		if err := f.Sync(); err != nil {
 			return fmt.Errorf("failed to sync the file: %w", err)
 		}
@@ -482,7 +473,7 @@ func (s *session) commit(th *thread, f *os.File, t *target, tmp string, perm uin
 			return fmt.Errorf("failed to commit the file: %w", err)
 		}
 		return nil
-	})
+	}()
 	if err != nil {
 		return err
 	}
