@@ -117,8 +117,14 @@ func (r resolver) open(path string, flags int, mode uint32) (int, error) {
 	}
 }
 
-// maxLinks is the kernel's limit of symlinks in one lookup (MAXSYMLINKS).
-const maxLinks = 40
+// maxLinks is the kernel's limit of symlinks in one lookup (MAXSYMLINKS);
+// maxSteps bounds the components one lookup may visit (every step opens
+// its directory from the root again), so that link targets of many
+// components cannot make a lookup cost seconds.
+const (
+	maxLinks = 40
+	maxSteps = 1024
+)
 
 // follow resolves rel (relative to the root directory rootfd) as the
 // kernel would with the root as "/" for relative links, and with
@@ -134,16 +140,25 @@ const maxLinks = 40
 // root's path is used only to translate an absolute target into a
 // relative one. followLast says whether a symlink as the last component
 // is followed too.
+//
+// Hand-written rather than cyphar/filepath-securejoin: that library reads
+// an absolute target against the root, as a chroot would, so with Chroot
+// /data a link to /data/releases/v7 would mean /data/data/releases/v7.
+// Here, as for upstream and the device's own programs, a target means
+// what it says in the device's namespace.
 func (r resolver) follow(rootfd int, rel, shown string, followLast bool) (string, error) {
 	strict := r
 	strict.noSymlink = true
 	todo := strings.Split(rel, "/")
 	var done []string
-	links := 0
+	links, steps := 0, 0
 	buf := make([]byte, unix.PathMax)
 	for len(todo) > 0 {
 		c := todo[0]
 		todo = todo[1:]
+		if steps++; steps > maxSteps {
+			return "", &pathError{op: "resolve", path: shown, err: unix.ENAMETOOLONG}
+		}
 		switch c {
 		case "", ".":
 			continue

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/tether-agent/tether/internal/config"
@@ -223,5 +224,24 @@ func TestSymlinkSwapRace(t *testing.T) {
 			}
 			t.Logf("%d of %d downloads through the link while it led inside", inside, i)
 		})
+	}
+}
+
+// TestSymlinkStepsBounded: a link whose target has more components than
+// a lookup may visit is refused, not walked for seconds.
+func TestSymlinkStepsBounded(t *testing.T) {
+	data := t.TempDir()
+	os.WriteFile(filepath.Join(data, "f"), []byte("x"), 0o644)
+	os.Symlink(strings.Repeat("./", 1100)+"f", filepath.Join(data, "wide"))
+	os.Symlink(strings.Repeat("./", 500)+"f", filepath.Join(data, "narrow"))
+	os.Symlink(filepath.Join(data, "wide"), filepath.Join(data, "abs"))
+	pr := newPeer(t, limits(config.FileTransferLimits{Chroot: data, FollowSymLinks: true}))
+	if _, e := pr.get(data + "/abs"); !strings.HasSuffix(e, "file name too long") {
+		t.Errorf("get through a link of 1100 components: %q", e)
+	}
+	os.Remove(filepath.Join(data, "abs"))
+	os.Symlink(filepath.Join(data, "narrow"), filepath.Join(data, "abs"))
+	if got, e := pr.get(data + "/abs"); e != "" || string(got) != "x" {
+		t.Errorf("get through a link of 500 components: %q %q", got, e)
 	}
 }
