@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -41,6 +42,9 @@ import (
 type journal struct {
 	dir string
 	fd  int // holds the lock
+	// rl limits the warnings about records that cannot be written: the
+	// server decides how often uploads start.
+	rl logging.RateLimit
 }
 
 // tempPattern is the naming of tempName.
@@ -122,7 +126,10 @@ func (j *journal) add(rec record, log *slog.Logger) string {
 		err = writeNew(filepath.Join(j.dir, name), data)
 	}
 	if err != nil {
-		log.Warn("file transfer: could not record a temporary file", "error", err)
+		if j.rl.Allow(time.Now()) {
+			log.Warn("file transfer: could not record a temporary file; it is not removed should the daemon be killed",
+				"error", err, "suppressed", j.rl.TakeSuppressed())
+		}
 		return ""
 	}
 	return name
