@@ -3,6 +3,8 @@ package daemon
 import (
 	"fmt"
 	"log/slog"
+	"os"
+	"strings"
 
 	"github.com/tether-agent/tether/internal/config"
 	"github.com/tether-agent/tether/internal/metrics"
@@ -58,7 +60,8 @@ func protocols(cfg *config.Config, log *slog.Logger, rec *metrics.Metrics, reape
 			log.Warn("file transfer runs as root: a remote user can read and write every file", "user", a.Name)
 		}
 		ft, err := filetransfer.New(filetransfer.Options{Log: log, Limits: cfg.Limits,
-			Identity: &filetransfer.Identity{Name: a.Name, UID: a.UID, GID: a.GID, Groups: a.Groups}})
+			Identity: &filetransfer.Identity{Name: a.Name, UID: a.UID, GID: a.GID, Groups: a.Groups},
+			StateDir: runtimeDir()})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -102,4 +105,14 @@ func protocols(cfg *config.Config, log *slog.Logger, rec *metrics.Metrics, reape
 			c()
 		}
 	}, nil
+}
+
+// runtimeDir is the daemon's runtime directory: systemd's
+// RuntimeDirectory= ($RUNTIME_DIRECTORY, the first if several), else
+// /run/tether, the unit's.
+func runtimeDir() string {
+	if d, _, _ := strings.Cut(os.Getenv("RUNTIME_DIRECTORY"), ":"); d != "" {
+		return d
+	}
+	return "/run/tether"
 }

@@ -188,6 +188,10 @@ func (e *env) startDaemon() {
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.ExtraFiles = e.files
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, e.extraEnv...)
+	if !hasEnv(e.extraEnv, "RUNTIME_DIRECTORY") {
+		// Not the host's /run/tether.
+		cmd.Env = append(cmd.Env, "RUNTIME_DIRECTORY="+t.TempDir())
+	}
 	cmd.Stdout, cmd.Stderr = e.log, e.log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -403,4 +407,13 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+func hasEnv(env []string, key string) bool {
+	for _, kv := range env {
+		if strings.HasPrefix(kv, key+"=") {
+			return true
+		}
+	}
+	return false
 }

@@ -54,6 +54,9 @@ type Options struct {
 	AckTimeout time.Duration
 	// QueueLength bounds each session's inbound queue (default 128).
 	QueueLength int
+	// StateDir (the runtime directory) holds the journal of uploads'
+	// temporary files; New removes those a killed daemon left. "" = none.
+	StateDir string
 }
 
 // Protocol serves proto 2. Its byte-rate limiters are device-global, as
@@ -65,6 +68,8 @@ type Protocol struct {
 	umask  uint32
 	tx, rx *rate.Limiter
 	wg     sync.WaitGroup
+
+	journal *journal
 }
 
 // New builds the protocol; a malformed Umask is an error.
@@ -94,6 +99,8 @@ func New(o Options) (*Protocol, error) {
 	} else {
 		p.res = newResolver("", true)
 	}
+	p.journal = openJournal(o.StateDir, p.log)
+	p.sweep()
 	return p, nil
 }
 

@@ -30,6 +30,7 @@ const (
 // directory cannot be swapped under the transfer.
 type target struct {
 	dirfd  int
+	dir    string // the path dirfd was opened by
 	leaf   string
 	exists bool
 }
@@ -52,6 +53,11 @@ func validLeaf(s string) bool {
 // name in it (docs/protocol.md §5.3 step 1, §5.4). It runs
 // as the user.
 func (s *session) locate(path string, src *string) (*target, error) {
+	return s.locateIn(path, src, false)
+}
+
+// locateIn is locate; followed says path is already a symlink's target.
+func (s *session) locateIn(path string, src *string, followed bool) (*target, error) {
 	dir, leaf := path[:strings.LastIndexByte(path, '/')+1], path[strings.LastIndexByte(path, '/')+1:]
 	if dir != "/" {
 		dir = strings.TrimSuffix(dir, "/")
@@ -60,7 +66,7 @@ func (s *session) locate(path string, src *string) (*target, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &target{dirfd: dirfd, leaf: leaf}
+	t := &target{dirfd: dirfd, dir: dir, leaf: leaf}
 	fail := func(err error) (*target, error) {
 		unix.Close(t.dirfd)
 		return nil, err
@@ -69,6 +75,18 @@ func (s *session) locate(path string, src *string) (*target, error) {
 	isDir := leaf == ""
 	if !isDir {
 		err = unix.Fstatat(t.dirfd, leaf, &st, unix.AT_SYMLINK_NOFOLLOW)
+		if err == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK && !s.p.res.noSymlink && !followed {
+			// A link to a file (or to a directory to upload into): the
+			// upload lands where it leads, as upstream's write through
+			// it would, and the link stays a link. The kernel keeps the
+			// lookup beneath the root (see follow).
+			real, err := s.p.res.realPath(path)
+			unix.Close(t.dirfd)
+			if err != nil {
+				return nil, err
+			}
+			return s.locateIn(real, src, true)
+		}
 		switch {
 		case err == nil:
 			t.exists = true
@@ -93,6 +111,7 @@ func (s *session) locate(path string, src *string) (*target, error) {
 			}
 			unix.Close(t.dirfd)
 			t.dirfd = sub
+			t.dir = strings.TrimSuffix(dir, "/") + "/" + leaf
 		}
 		t.leaf, t.exists = baseName(*src), false
 		err = unix.Fstatat(t.dirfd, t.leaf, &st, unix.AT_SYMLINK_NOFOLLOW)
@@ -165,11 +184,30 @@ func (s *session) upload(m *wire.ProtoMsg) {
 		s.replyError(m, denial("invalid request parameters: ", err))
 		return
 	}
-	var t *target
-	err := s.p.opts.Identity.do(func() (err error) {
-		t, err = s.locate(path, req.SrcPath)
-		return err
+	// The rest of the upload runs on one thread switched to the account,
+	// so that everything it does to the file system, its writes
+	// included, is the account's: permissions, quotas and root's reserved
+	// blocks hold (see thread for why one thread per upload, and why the
+	// whole upload and not each step).
+	th, err := s.p.opts.Identity.start()
+	if err != nil {
+		s.log.Error("file transfer: cannot switch to the account", "error", err)
+		s.replyError(m, "failed to open the target directory: "+err.Error())
+		return
+	}
+	defer th.close()
+	_ = th.do(func() error {
+		s.uploadOn(th, m, &req, path)
+		return nil
 	})
+}
+
+// uploadOn is upload once on the account's thread (th; nil when the
+// daemon cannot switch): everything here has the account's rights but
+// what goes through th.asRoot.
+func (s *session) uploadOn(th *thread, m *wire.ProtoMsg, req *wire.UploadBody, path string) {
+	l := s.p.opts.Limits.FileTransfer
+	t, err := s.locate(path, req.SrcPath)
 	var c conflict
 	var d deny
 	switch {
@@ -206,7 +244,7 @@ func (s *session) upload(m *wire.ProtoMsg) {
 			perm |= unix.S_ISGID
 		}
 	}
-	uid, gid, err := s.owner(&req)
+	uid, gid, err := s.owner(req)
 	if err != nil {
 		s.replyError(m, err.Error())
 		return
@@ -217,25 +255,32 @@ func (s *session) upload(m *wire.ProtoMsg) {
 	}
 
 	var f *os.File
-	var tmp string
-	err = s.p.opts.Identity.do(func() error {
-		for i := 0; i < 10; i++ {
-			tmp = tempName(t.leaf)
-			fd, err := unix.Openat(t.dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-			if errors.Is(err, unix.EEXIST) {
-				continue
-			}
-			if err != nil {
-				return &pathError{op: "create temporary file in", path: path, err: err}
-			}
-			f = os.NewFile(uintptr(fd), tmp)
-			return nil
-		}
-		return errors.New("create temporary file: too many attempts")
-	})
-	if err != nil {
+	var tmp, rec string
+	// The temporary file is journaled before it exists, so that a kill
+	// at any point leaves a record of it (see journal).
+	var dst unix.Stat_t
+	if err := unix.Fstat(t.dirfd, &dst); err != nil {
 		s.replyError(m, "failed to create the file: "+err.Error())
 		return
+	}
+	for i := 0; f == nil; i++ {
+		if i == 10 {
+			s.replyError(m, "failed to create the file: create temporary file: too many attempts")
+			return
+		}
+		tmp = tempName(t.leaf)
+		r := record{Dir: []byte(t.dir), Dev: dst.Dev, Ino: dst.Ino, Name: []byte(tmp), UID: s.p.opts.Identity.fsuid()}
+		th.asRoot(func() { rec = s.p.journal.add(r, s.log) })
+		fd, err := unix.Openat(t.dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if err == nil {
+			f = os.NewFile(uintptr(fd), tmp)
+		} else {
+			th.asRoot(func() { s.p.journal.done(rec) })
+		}
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			s.replyError(m, "failed to create the file: "+(&pathError{op: "create temporary file in", path: path, err: err}).Error())
+			return
+		}
 	}
 	committed := false
 	// discard drops the temporary file before any error reply goes out,
@@ -247,8 +292,9 @@ func (s *session) upload(m *wire.ProtoMsg) {
 		f.Close()
 		f = nil
 		if !committed {
-			_ = s.p.opts.Identity.do(func() error { return unix.Unlinkat(t.dirfd, tmp, 0) })
+			_ = unix.Unlinkat(t.dirfd, tmp, 0)
 		}
+		th.asRoot(func() { s.p.journal.done(rec) })
 	}
 	defer discard()
 	fail := func(about *wire.ProtoMsg, text string) {
@@ -306,12 +352,14 @@ func (s *session) upload(m *wire.ProtoMsg) {
 			last = n
 		}
 		if u.eof {
-			if err := s.commit(f, t, tmp, perm, uid, gid); err != nil {
+			if err := s.commit(th, f, t, tmp, perm, uid, gid); err != nil {
 				s.log.Warn("file transfer: upload failed", "path", path, "error", err)
 				fail(last, err.Error())
 				return
 			}
 			committed = true
+			th.asRoot(func() { s.p.journal.done(rec) })
+			rec = ""
 		}
 		ack := &wire.ProtoMsg{Header: last.Header}
 		ack.Header.MsgType = wire.FileAck
@@ -337,7 +385,9 @@ type upState struct {
 	eof     bool
 }
 
-// put writes one chunk; it returns the error text for the peer.
+// put writes one chunk; it returns the error text for the peer. It runs
+// on the account's thread: a write as root could take the blocks ext4
+// reserves for root and ignore the account's quota (CAP_SYS_RESOURCE).
 func (u *upState) put(c *wire.ProtoMsg) string {
 	off, ok := c.Header.IntProp(wire.PropOffset)
 	if !ok {
@@ -393,13 +443,15 @@ func (s *session) owner(req *wire.UploadBody) (int, int, error) {
 
 // commit makes the temporary file the target: data synced, mode and
 // owner set (as the user: the kernel says who may give a file away or
-// keep a set-id bit), renamed over the target, directory synced.
-func (s *session) commit(f *os.File, t *target, tmp string, perm uint32, uid, gid int) error {
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("failed to sync the file: %w", err)
-	}
+// keep a set-id bit), renamed over the target, directory synced. It runs
+// on the account's thread, like the writes: the writeback of delayed
+// allocations may happen in the fsync.
+func (s *session) commit(th *thread, f *os.File, t *target, tmp string, perm uint32, uid, gid int) error {
 	noReplace := s.limits() && !s.p.opts.Limits.FileTransfer.AllowOverwrite
-	err := s.p.opts.Identity.do(func() error {
+	err := func() error {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("failed to sync the file: %w", err)
+		}
 		fd := int(f.Fd())
 		if uid >= 0 || gid >= 0 {
 			if err := unix.Fchown(fd, uid, gid); err != nil {
@@ -421,17 +473,22 @@ func (s *session) commit(f *os.File, t *target, tmp string, perm uint32, uid, gi
 			return fmt.Errorf("failed to commit the file: %w", err)
 		}
 		return nil
-	})
+	}()
 	if err != nil {
 		return err
 	}
 	// The rename is durable only once the directory is synced. An O_PATH
-	// descriptor cannot be synced; reopening "." of it needs no lookup.
-	dfd, err := unix.Openat(t.dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err == nil {
-		err = unix.Fsync(dfd)
-		unix.Close(dfd)
-	}
+	// descriptor cannot be synced; reopening "." of it needs no lookup,
+	// but read permission, which the account may lack (a drop box
+	// directory): as root.
+	th.asRoot(func() {
+		var dfd int
+		dfd, err = unix.Openat(t.dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err == nil {
+			err = unix.Fsync(dfd)
+			unix.Close(dfd)
+		}
+	})
 	if err != nil {
 		s.log.Warn("file transfer: could not sync the directory after the rename", "error", err)
 	}
