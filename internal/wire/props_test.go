@@ -2,6 +2,8 @@ package wire
 
 import (
 	"bytes"
+	"fmt"
+	"strings"
 	"runtime"
 	"testing"
 
@@ -66,5 +68,91 @@ func TestPropsBombAllocation(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	if per := (after.TotalAlloc - before.TotalAlloc) / 5; per > 64<<10 {
 		t.Fatalf("decoding a 1 MB props bomb allocated %d bytes per frame, want under 64 KiB", per)
+	}
+}
+
+// manyProps is a frame whose props hold n distinct 8-byte scalar entries
+// and then user_id and offset, which must survive whatever precedes them.
+func manyProps(n int) []byte {
+	b := []byte("\x81\xa3hdr\x84\xa5proto\x02\xa3typ\xaafile_chunk\xa3sid\xa2s1\xa5props\xdf")
+	b = append(b, byte((n+2)>>24), byte((n+2)>>16), byte((n+2)>>8), byte(n+2))
+	for i := 0; i < n; i++ {
+		b = append(b, 0xa6)
+		b = append(b, fmt.Sprintf("%06x", i)...)
+		b = append(b, byte(i&0x7f))
+	}
+	b = append(b, "\xa7user_id\xa2u1"...)
+	return append(b, "\xa6offset\xd3\x00\x00\x00\x00\x00\x00\x10\x00"...)
+}
+
+// Props nobody reads are kept for the echo, but only a few: the ones
+// tether reads survive any number of others before them.
+func TestPropsBounded(t *testing.T) {
+	tests := []struct {
+		name       string
+		n          int
+		wantOthers int
+	}{
+		{"none", 0, 0},
+		{"a few, all kept for the echo", 5, 5},
+		{"at the bound", maxOtherProps, maxOtherProps},
+		{"131,000 of them", 131000, maxOtherProps},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := Unmarshal(manyProps(tt.n))
+			if err != nil {
+				t.Fatal(err)
+			}
+			h := m.Header
+			if h.StringProp(PropUserID) != "u1" {
+				t.Errorf("user_id lost")
+			}
+			if off, ok := h.IntProp(PropOffset); !ok || off != 4096 {
+				t.Errorf("offset %v %v", off, ok)
+			}
+			if others := len(h.Properties) - 2; others != tt.wantOthers {
+				t.Errorf("kept %d other props, want %d", others, tt.wantOthers)
+			}
+			for i := 0; i < min(tt.n, maxOtherProps); i++ {
+				if v, ok := h.IntProp(fmt.Sprintf("%06x", i)); !ok || v != int64(i&0x7f) {
+					t.Errorf("prop %06x = %v %v; the first ones are kept", i, v, ok)
+				}
+			}
+		})
+	}
+	// Big values count against the byte bound.
+	b, err := msgpack.Marshal(map[string]interface{}{"hdr": map[string]interface{}{"proto": 2, "typ": "stat",
+		"props": map[string]interface{}{"big": strings.Repeat("x", 2000), "small": "y", "custom": "z"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := Unmarshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.Header.Properties["big"]; ok {
+		t.Error("a 2000-byte prop nobody reads was kept")
+	}
+	if m.Header.StringProp("small") != "y" || m.Header.StringProp("custom") != "z" {
+		t.Errorf("small props lost: %v", m.Header.Properties)
+	}
+}
+
+// A frame of 131,000 props costs the decoder a few kilobytes, not the
+// ten megabytes of a map that holds them all.
+func TestManyPropsAllocation(t *testing.T) {
+	frame := manyProps(131000)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := 0; i < 5; i++ {
+		if _, err := Unmarshal(frame); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if per := (after.TotalAlloc - before.TotalAlloc) / 5; per > 64<<10 {
+		t.Fatalf("decoding 131,000 props allocated %d bytes per frame, want under 64 KiB", per)
 	}
 }
