@@ -156,3 +156,15 @@ func TestManyPropsAllocation(t *testing.T) {
 		t.Fatalf("decoding 131,000 props allocated %d bytes per frame, want under 64 KiB", per)
 	}
 }
+
+func TestMemSize(t *testing.T) {
+	small := &ProtoMsg{Header: Header{Proto: ProtoFileTransfer, MsgType: FileChunk, SessionID: "s1",
+		Properties: map[string]interface{}{PropOffset: int64(0)}}, Body: make([]byte, FileChunkSize)}
+	if n := small.MemSize(); n < FileChunkSize || n > FileChunkSize+512 {
+		t.Errorf("a chunk counts %d bytes", n)
+	}
+	big := &ProtoMsg{Header: Header{MsgType: FileStat, Properties: map[string]interface{}{"u": strings.Repeat("x", 1<<20)}}}
+	if n := big.MemSize(); n < 1<<20 {
+		t.Errorf("a 1 MiB prop counts %d bytes", n)
+	}
+}

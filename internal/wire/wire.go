@@ -199,3 +199,17 @@ func (h *Header) StringProp(key string) string {
 	s, _ := h.Properties[key].(string)
 	return s
 }
+
+// MemSize estimates the bytes a decoded message holds in memory: its body,
+// strings and props with the allocator's and map's overheads. Queues of
+// peer messages are bounded by it, so that their bound is in bytes, not
+// only in messages.
+func (m *ProtoMsg) MemSize() int {
+	const msgOverhead, propOverhead = 160, 48
+	h := &m.Header
+	n := msgOverhead + len(m.Body) + len(h.MsgType) + len(h.SessionID)
+	for k, v := range h.Properties {
+		n += propOverhead + len(k) + scalarSize(v)
+	}
+	return n
+}
