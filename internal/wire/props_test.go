@@ -3,8 +3,8 @@ package wire
 import (
 	"bytes"
 	"fmt"
-	"strings"
 	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/vmihailenco/msgpack/v5"

@@ -258,8 +258,8 @@ type session struct {
 
 	// Owned by run's goroutine.
 	pending  []*wire.ProtoMsg // taken from in (by ready, and counted in cur) but not handled yet
-	cur      int64  // bytes of the message in hand, counted until the next is taken
-	finished int64  // total of the last completed download, for its late acks
+	cur      int64            // bytes of the message in hand, counted until the next is taken
+	finished int64            // total of the last completed download, for its late acks
 }
 
 // Handle implements proto.Session; it never blocks. A message that does
