@@ -3,7 +3,6 @@ package itest
 import (
 	"encoding/binary"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -248,50 +247,3 @@ func TestFileTransferFDReserve(t *testing.T) {
 	t.Logf("a shell took %d fds", e.fdCount()-before)
 }
 
-// A 50 MiB download and a 50 MiB upload leave the daemon's anonymous
-// memory where it was before the first transfer, within 1 MiB.
-func TestFileTransferMemoryFlat(t *testing.T) {
-	const size = 50 << 20
-	const maxGrowthKB = 1024
-	dir := ftDir(t)
-	src := filepath.Join(dir, "src")
-	f, err := os.Create(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(f, io.LimitReader(&pattern{}, size)); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	e := newEnvWith(t, map[string]interface{}{"Log": map[string]interface{}{"Journal": "off", "Level": "info"}},
-		func(e *env) { e.bin = plainTether(t) })
-	e.waitDevice()
-	jwt := e.jwt(adminEmail)
-	time.Sleep(time.Second)
-	base := e.rssAnonKB()
-	var got countingWriter
-	if _, err := mockserver.DownloadFile(e.ctx, e.url, jwt, e.deviceID, src, &got); err != nil {
-		t.Fatalf("download: %v", err)
-	}
-	if got.n != size {
-		t.Fatalf("downloaded %d bytes, want %d", got.n, size)
-	}
-	down := e.rssAnonKB()
-	if err := mockserver.UploadFile(e.ctx, e.url, jwt, e.deviceID, filepath.Join(dir, "dst"), "dst",
-		io.LimitReader(&pattern{}, size), nil, nil); err != nil {
-		t.Fatalf("upload: %v", err)
-	}
-	up := e.rssAnonKB()
-	t.Logf("RssAnon %d kB fresh, %d kB after a 50 MiB download (%+d), %d kB after a 50 MiB upload (%+d)",
-		base, down, down-base, up, up-base)
-	if down-base > maxGrowthKB || up-base > maxGrowthKB {
-		t.Errorf("RssAnon grew by %d kB (download) and %d kB (upload); want at most %d kB", down-base, up-base, maxGrowthKB)
-	}
-	if fi, err := os.Stat(filepath.Join(dir, "dst")); err != nil || fi.Size() != size {
-		t.Errorf("uploaded file: %v", err)
-	}
-}
-
-type countingWriter struct{ n int }
-
-func (w *countingWriter) Write(b []byte) (int, error) { w.n += len(b); return len(b), nil }

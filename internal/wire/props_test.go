@@ -168,3 +168,41 @@ func TestMemSize(t *testing.T) {
 		t.Errorf("a 1 MiB prop counts %d bytes", n)
 	}
 }
+
+// Messages with at most one integer prop take a hand-written encoder; it
+// must produce msgpack's bytes exactly.
+func TestMarshalOneIntPropMatchesMsgpack(t *testing.T) {
+	body := bytes.Repeat([]byte{7}, 70000)
+	for _, m := range []*ProtoMsg{
+		{Header: Header{Proto: ProtoFileTransfer, MsgType: FileChunk, SessionID: "0f0e0d0c-0b0a-4908-8706-050403020100",
+			Properties: map[string]interface{}{PropOffset: int64(1 << 40)}}, Body: body},
+		{Header: Header{Proto: ProtoFileTransfer, MsgType: FileChunk, SessionID: "s", Properties: map[string]interface{}{PropOffset: int64(-1)}}},
+		{Header: Header{Proto: ProtoFileTransfer, MsgType: FileAck, SessionID: "s", Properties: map[string]interface{}{PropOffset: 0}}},
+		{Header: Header{Proto: ProtoFileTransfer, MsgType: FileChunk, Properties: map[string]interface{}{PropOffset: uint8(3)}}, Body: body[:300]},
+		{Header: Header{Proto: ProtoControl, MsgType: TypePong}},
+		{Header: Header{Proto: ProtoControl, MsgType: TypePong, Properties: map[string]interface{}{"": 5}}},
+		{Header: Header{Proto: ProtoControl, MsgType: TypePong, Properties: map[string]interface{}{}}},
+		{Header: Header{Proto: ProtoFileTransfer}, Body: body[:70000]},
+		{Header: Header{Proto: ProtoPortForward, MsgType: "ack", SessionID: strings.Repeat("s", 300)}},
+	} {
+		got, err := Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := *m
+		c.Header.Properties = int64Props(m.Header.Properties)
+		if c.Header.Properties == nil {
+			c.Header.Properties = m.Header.Properties
+		}
+		want, err := msgpack.Marshal(&c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%+v:\n got %x\nwant %x", m.Header, got[:min(len(got), 80)], want[:min(len(want), 80)])
+		}
+		if cap(got) > len(got)+64 {
+			t.Errorf("%+v: %d bytes in a buffer of %d", m.Header, len(got), cap(got))
+		}
+	}
+}

@@ -85,6 +85,12 @@ type ProtoMsg struct {
 // one). The server re-encodes what it relays with the type it decoded, so
 // int64 reaches the client through it.
 func Marshal(m *ProtoMsg) ([]byte, error) {
+	if k, _, ok := oneIntProp(m.Header.Properties); ok && len(m.Header.MsgType) < 32 && len(m.Header.SessionID) < 1<<16 && len(k) < 32 {
+		// The frames of a transfer: one allocation of the exact size.
+		h := &m.Header
+		size := 64 + len(h.MsgType) + len(h.SessionID) + len(k) + len(m.Body)
+		return appendOneIntProp(make([]byte, 0, size), h, m.Body), nil
+	}
 	if p := int64Props(m.Header.Properties); p != nil {
 		c := *m
 		c.Header.Properties = p

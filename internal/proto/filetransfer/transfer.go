@@ -183,6 +183,7 @@ func (s *session) download(m *wire.ProtoMsg) {
 					return
 				}
 				sent += int64(n)
+				s.p.paced(n)
 			}
 			switch {
 			case err == io.EOF || err == io.ErrUnexpectedEOF:
