@@ -246,4 +246,3 @@ func TestFileTransferFDReserve(t *testing.T) {
 	}
 	t.Logf("a shell took %d fds", e.fdCount()-before)
 }
-
