@@ -76,7 +76,9 @@ func Run(ctx context.Context, o Options) error {
 	var release *memoryReleaser // needs the router, which calls it
 	out := mux.New(nil)
 	reaper := shell.NewReaper()
-	protos, closeProtos, err := protocols(cfg, log, rec, reaper)
+	// One descriptor budget for every protocol's remote work.
+	fds := descriptorBudget(cfg, log)
+	protos, closeProtos, err := protocols(cfg, log, rec, reaper, fds)
 	if err != nil {
 		return err
 	}

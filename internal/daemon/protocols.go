@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/tether-agent/tether/internal/config"
+	"github.com/tether-agent/tether/internal/fdbudget"
 	"github.com/tether-agent/tether/internal/metrics"
 	"github.com/tether-agent/tether/internal/proto"
 	"github.com/tether-agent/tether/internal/proto/filetransfer"
@@ -43,8 +44,10 @@ func terminalProtocol(cfg *config.Config, log *slog.Logger, acct *shell.Account,
 }
 
 // protocols builds the enabled protocols besides the terminal; the
-// returned func frees what they hold once the router is shut down.
-func protocols(cfg *config.Config, log *slog.Logger, rec *metrics.Metrics, reaper *shell.Reaper) ([]proto.Protocol, func(), error) {
+// returned func frees what they hold once the router is shut down. fds is
+// the descriptor budget their remote users' work shares.
+func protocols(cfg *config.Config, log *slog.Logger, rec *metrics.Metrics, reaper *shell.Reaper,
+	fds *fdbudget.Budget) ([]proto.Protocol, func(), error) {
 	var ps []proto.Protocol
 	closers := []func(){}
 	if !cfg.FileTransfer.Disable {
@@ -60,8 +63,9 @@ func protocols(cfg *config.Config, log *slog.Logger, rec *metrics.Metrics, reape
 			log.Warn("file transfer runs as root: a remote user can read and write every file", "user", a.Name)
 		}
 		ft, err := filetransfer.New(filetransfer.Options{Log: log, Limits: cfg.Limits,
-			Identity: &filetransfer.Identity{Name: a.Name, UID: a.UID, GID: a.GID, Groups: a.Groups},
-			StateDir: runtimeDir()})
+			Identity:     &filetransfer.Identity{Name: a.Name, UID: a.UID, GID: a.GID, Groups: a.Groups},
+			StateDir:     runtimeDir(),
+			MaxTransfers: int(cfg.FileTransfer.MaxTransfers), FDs: fds})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -89,6 +93,7 @@ func protocols(cfg *config.Config, log *slog.Logger, rec *metrics.Metrics, reape
 			ReadSize:      pf.ReadSize,
 			Allow:         allow,
 			Recorder:      rec,
+			FDs:           fds,
 		}))
 		if allow == nil {
 			log.Info("port forwarding allows any destination (PortForward.Allow is not set)")

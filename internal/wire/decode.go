@@ -275,6 +275,17 @@ func decodeBytes(v valueReader) (b []byte, typeErr, err error) {
 	return nil, fmt.Errorf("msgpack code 0x%02x, not bin or str", c), err
 }
 
+// Properties other than the ones tether reads (the Prop* keys) are kept
+// only up to these bounds, for the echo: a file-transfer error reply and
+// an upload's ack copy the request's props back, as upstream does. The
+// server adds nothing but user_id, so real frames never reach the bounds;
+// without them a 1 MiB frame of 131,000 tiny props decodes into a map of
+// ten megabytes.
+const (
+	maxOtherProps     = 16
+	maxOtherPropBytes = 1024
+)
+
 func decodeProps(v valueReader) (props map[string]interface{}, typeErr, err error) {
 	d := v.d
 	c, err := d.PeekCode()
@@ -292,9 +303,12 @@ func decodeProps(v valueReader) (props map[string]interface{}, typeErr, err erro
 	if err != nil {
 		return nil, nil, err
 	}
-	props = make(map[string]interface{}, n)
+	// Not make(…, n): n is the peer's claim, and most entries may be
+	// dropped below.
+	props = make(map[string]interface{}, min(n, 4))
+	others, otherBytes := 0, 0
 	for i := 0; i < n; i++ {
-		k, kerr, err := decodeString(v)
+		kb, kerr, err := decodeKey(v)
 		if err != nil {
 			return nil, typeErr, err
 		}
@@ -303,12 +317,14 @@ func decodeProps(v valueReader) (props map[string]interface{}, typeErr, err erro
 		// cost a hundred megabytes of map headers.
 		c, err := d.PeekCode()
 		if err != nil {
-			return nil, typeErr, fmt.Errorf("%q: %w", k, err)
+			return nil, typeErr, fmt.Errorf("%q: %w", kb, err)
 		}
 		container := isMap(c) || isArray(c)
-		val, err := v.value(0, !container)
+		k, known := knownProp(kb)
+		keep := kerr == nil && !container && (known || (others < maxOtherProps && otherBytes+len(kb) <= maxOtherPropBytes))
+		val, err := v.value(0, keep)
 		if err != nil {
-			return nil, typeErr, fmt.Errorf("%q: %w", k, err)
+			return nil, typeErr, fmt.Errorf("%q: %w", kb, err)
 		}
 		if kerr != nil {
 			if typeErr == nil {
@@ -316,11 +332,78 @@ func decodeProps(v valueReader) (props map[string]interface{}, typeErr, err erro
 			}
 			continue
 		}
-		if !container {
-			props[k] = val
+		if !keep {
+			continue
 		}
+		if !known {
+			size := len(kb) + scalarSize(val)
+			if otherBytes+size > maxOtherPropBytes {
+				continue
+			}
+			if _, dup := props[string(kb)]; !dup {
+				others++
+				otherBytes += size
+			}
+			k = string(kb)
+		}
+		props[k] = val
 	}
 	return props, typeErr, nil
+}
+
+// decodeKey reads a props key (str, bin or nil) as a window into the
+// frame, so that a key that is dropped costs nothing. A key of another
+// type is skipped and reported as typeErr.
+func decodeKey(v valueReader) (b []byte, typeErr, err error) {
+	d := v.d
+	c, err := d.PeekCode()
+	if err != nil {
+		return nil, nil, err
+	}
+	switch {
+	case c == msgpcode.Nil:
+		return nil, nil, d.DecodeNil()
+	case msgpcode.IsString(c), msgpcode.IsBin(c):
+		b, err := v.view()
+		return b, nil, err
+	}
+	_, err = v.value(0, false)
+	return nil, fmt.Errorf("msgpack code 0x%02x, not a string", c), err
+}
+
+// knownProp returns the constant for a property key some protocol reads.
+func knownProp(b []byte) (string, bool) {
+	switch string(b) { // compared in place, not converted
+	case PropStatus:
+		return PropStatus, true
+	case PropUserID:
+		return PropUserID, true
+	case PropTerminalWidth:
+		return PropTerminalWidth, true
+	case PropTerminalHeight:
+		return PropTerminalHeight, true
+	case PropTimeout:
+		return PropTimeout, true
+	case PropOffset:
+		return PropOffset, true
+	case PropConnectionID:
+		return PropConnectionID, true
+	case PropMsgID:
+		return PropMsgID, true
+	}
+	return "", false
+}
+
+// scalarSize is what a kept property value counts against
+// maxOtherPropBytes: its bytes for a string or bin, 8 otherwise.
+func scalarSize(v interface{}) int {
+	switch x := v.(type) {
+	case string:
+		return len(x)
+	case []byte:
+		return len(x)
+	}
+	return 8
 }
 
 // maxDepth bounds nesting inside property values and skipped fields. Real

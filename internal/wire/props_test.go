@@ -2,7 +2,9 @@ package wire
 
 import (
 	"bytes"
+	"fmt"
 	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -66,5 +68,141 @@ func TestPropsBombAllocation(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	if per := (after.TotalAlloc - before.TotalAlloc) / 5; per > 64<<10 {
 		t.Fatalf("decoding a 1 MB props bomb allocated %d bytes per frame, want under 64 KiB", per)
+	}
+}
+
+// manyProps is a frame whose props hold n distinct 8-byte scalar entries
+// and then user_id and offset, which must survive whatever precedes them.
+func manyProps(n int) []byte {
+	b := []byte("\x81\xa3hdr\x84\xa5proto\x02\xa3typ\xaafile_chunk\xa3sid\xa2s1\xa5props\xdf")
+	b = append(b, byte((n+2)>>24), byte((n+2)>>16), byte((n+2)>>8), byte(n+2))
+	for i := 0; i < n; i++ {
+		b = append(b, 0xa6)
+		b = append(b, fmt.Sprintf("%06x", i)...)
+		b = append(b, byte(i&0x7f))
+	}
+	b = append(b, "\xa7user_id\xa2u1"...)
+	return append(b, "\xa6offset\xd3\x00\x00\x00\x00\x00\x00\x10\x00"...)
+}
+
+// Props nobody reads are kept for the echo, but only a few: the ones
+// tether reads survive any number of others before them.
+func TestPropsBounded(t *testing.T) {
+	tests := []struct {
+		name       string
+		n          int
+		wantOthers int
+	}{
+		{"none", 0, 0},
+		{"a few, all kept for the echo", 5, 5},
+		{"at the bound", maxOtherProps, maxOtherProps},
+		{"131,000 of them", 131000, maxOtherProps},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := Unmarshal(manyProps(tt.n))
+			if err != nil {
+				t.Fatal(err)
+			}
+			h := m.Header
+			if h.StringProp(PropUserID) != "u1" {
+				t.Errorf("user_id lost")
+			}
+			if off, ok := h.IntProp(PropOffset); !ok || off != 4096 {
+				t.Errorf("offset %v %v", off, ok)
+			}
+			if others := len(h.Properties) - 2; others != tt.wantOthers {
+				t.Errorf("kept %d other props, want %d", others, tt.wantOthers)
+			}
+			for i := 0; i < min(tt.n, maxOtherProps); i++ {
+				if v, ok := h.IntProp(fmt.Sprintf("%06x", i)); !ok || v != int64(i&0x7f) {
+					t.Errorf("prop %06x = %v %v; the first ones are kept", i, v, ok)
+				}
+			}
+		})
+	}
+	// Big values count against the byte bound.
+	b, err := msgpack.Marshal(map[string]interface{}{"hdr": map[string]interface{}{"proto": 2, "typ": "stat",
+		"props": map[string]interface{}{"big": strings.Repeat("x", 2000), "small": "y", "custom": "z"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := Unmarshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.Header.Properties["big"]; ok {
+		t.Error("a 2000-byte prop nobody reads was kept")
+	}
+	if m.Header.StringProp("small") != "y" || m.Header.StringProp("custom") != "z" {
+		t.Errorf("small props lost: %v", m.Header.Properties)
+	}
+}
+
+// A frame of 131,000 props costs the decoder a few kilobytes, not the
+// ten megabytes of a map that holds them all.
+func TestManyPropsAllocation(t *testing.T) {
+	frame := manyProps(131000)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := 0; i < 5; i++ {
+		if _, err := Unmarshal(frame); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if per := (after.TotalAlloc - before.TotalAlloc) / 5; per > 64<<10 {
+		t.Fatalf("decoding 131,000 props allocated %d bytes per frame, want under 64 KiB", per)
+	}
+}
+
+func TestMemSize(t *testing.T) {
+	small := &ProtoMsg{Header: Header{Proto: ProtoFileTransfer, MsgType: FileChunk, SessionID: "s1",
+		Properties: map[string]interface{}{PropOffset: int64(0)}}, Body: make([]byte, FileChunkSize)}
+	if n := small.MemSize(); n < FileChunkSize || n > FileChunkSize+512 {
+		t.Errorf("a chunk counts %d bytes", n)
+	}
+	big := &ProtoMsg{Header: Header{MsgType: FileStat, Properties: map[string]interface{}{"u": strings.Repeat("x", 1<<20)}}}
+	if n := big.MemSize(); n < 1<<20 {
+		t.Errorf("a 1 MiB prop counts %d bytes", n)
+	}
+}
+
+// Messages with at most one integer prop take a hand-written encoder; it
+// must produce msgpack's bytes exactly.
+func TestMarshalOneIntPropMatchesMsgpack(t *testing.T) {
+	body := bytes.Repeat([]byte{7}, 70000)
+	for _, m := range []*ProtoMsg{
+		{Header: Header{Proto: ProtoFileTransfer, MsgType: FileChunk, SessionID: "0f0e0d0c-0b0a-4908-8706-050403020100",
+			Properties: map[string]interface{}{PropOffset: int64(1 << 40)}}, Body: body},
+		{Header: Header{Proto: ProtoFileTransfer, MsgType: FileChunk, SessionID: "s", Properties: map[string]interface{}{PropOffset: int64(-1)}}},
+		{Header: Header{Proto: ProtoFileTransfer, MsgType: FileAck, SessionID: "s", Properties: map[string]interface{}{PropOffset: 0}}},
+		{Header: Header{Proto: ProtoFileTransfer, MsgType: FileChunk, Properties: map[string]interface{}{PropOffset: uint8(3)}}, Body: body[:300]},
+		{Header: Header{Proto: ProtoControl, MsgType: TypePong}},
+		{Header: Header{Proto: ProtoControl, MsgType: TypePong, Properties: map[string]interface{}{"": 5}}},
+		{Header: Header{Proto: ProtoControl, MsgType: TypePong, Properties: map[string]interface{}{}}},
+		{Header: Header{Proto: ProtoFileTransfer}, Body: body[:70000]},
+		{Header: Header{Proto: ProtoPortForward, MsgType: "ack", SessionID: strings.Repeat("s", 300)}},
+	} {
+		got, err := Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := *m
+		c.Header.Properties = int64Props(m.Header.Properties)
+		if c.Header.Properties == nil {
+			c.Header.Properties = m.Header.Properties
+		}
+		want, err := msgpack.Marshal(&c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%+v:\n got %x\nwant %x", m.Header, got[:min(len(got), 80)], want[:min(len(want), 80)])
+		}
+		if cap(got) > len(got)+64 {
+			t.Errorf("%+v: %d bytes in a buffer of %d", m.Header, len(got), cap(got))
+		}
 	}
 }

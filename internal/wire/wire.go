@@ -85,6 +85,12 @@ type ProtoMsg struct {
 // one). The server re-encodes what it relays with the type it decoded, so
 // int64 reaches the client through it.
 func Marshal(m *ProtoMsg) ([]byte, error) {
+	if k, _, ok := oneIntProp(m.Header.Properties); ok && len(m.Header.MsgType) < 32 && len(m.Header.SessionID) < 1<<16 && len(k) < 32 {
+		// The frames of a transfer: one allocation of the exact size.
+		h := &m.Header
+		size := 64 + len(h.MsgType) + len(h.SessionID) + len(k) + len(m.Body)
+		return appendOneIntProp(make([]byte, 0, size), h, m.Body), nil
+	}
 	if p := int64Props(m.Header.Properties); p != nil {
 		c := *m
 		c.Header.Properties = p
@@ -198,4 +204,18 @@ func asInt64(v interface{}) (int64, bool) {
 func (h *Header) StringProp(key string) string {
 	s, _ := h.Properties[key].(string)
 	return s
+}
+
+// MemSize estimates the bytes a decoded message holds in memory: its body,
+// strings and props with the allocator's and map's overheads. Queues of
+// peer messages are bounded by it, so that their bound is in bytes, not
+// only in messages.
+func (m *ProtoMsg) MemSize() int {
+	const msgOverhead, propOverhead = 160, 48
+	h := &m.Header
+	n := msgOverhead + len(m.Body) + len(h.MsgType) + len(h.SessionID)
+	for k, v := range h.Properties {
+		n += propOverhead + len(k) + scalarSize(v)
+	}
+	return n
 }

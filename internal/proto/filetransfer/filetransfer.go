@@ -7,9 +7,11 @@ package filetransfer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os/user"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -18,6 +20,8 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/tether-agent/tether/internal/config"
+	"github.com/tether-agent/tether/internal/fdbudget"
+	"github.com/tether-agent/tether/internal/logging"
 	"github.com/tether-agent/tether/internal/proto"
 	"github.com/tether-agent/tether/internal/wire"
 )
@@ -39,6 +43,32 @@ const (
 	// server keeps at most 20 chunks unacknowledged, so a peer that
 	// follows the protocol never fills it.
 	DefaultQueue = 128
+	// DefaultQueueBytes bounds the bytes of the inbound messages a
+	// session holds (queued and in hand): 20 unacknowledged chunks are
+	// about 85 KiB.
+	DefaultQueueBytes = 512 << 10
+	// DefaultTotalQueueBytes bounds the same over all sessions: 1,024
+	// sessions of 512 KiB would otherwise be half a gigabyte.
+	DefaultTotalQueueBytes = 8 << 20
+	// maxPath is the kernel's PATH_MAX: a longer path cannot name a file,
+	// and is not echoed back in an error.
+	maxPath = 4096
+)
+
+// Descriptors a request holds while it runs: a download its file; an
+// upload its directory, its temporary file and, to sync the directory at
+// the end, the directory once more; a stat its O_PATH handle.
+const (
+	fdsDownload = 1
+	fdsUpload   = 3
+	fdsStat     = 1
+)
+
+// Refusals of this implementation's own limits.
+const (
+	msgQueueFull = "too many messages from the peer: the device's file-transfer queue is full"
+	msgNoFDs     = "file transfer refused: no file descriptors left for it (the rest is kept for shells and the link)"
+	msgTooMany   = "too many file transfers in progress on the device (limit %d)"
 )
 
 // Options configure the protocol.
@@ -57,6 +87,17 @@ type Options struct {
 	// StateDir (the runtime directory) holds the journal of uploads'
 	// temporary files; New removes those a killed daemon left. "" = none.
 	StateDir string
+	// QueueBytes bounds the bytes of each session's inbound messages,
+	// TotalQueueBytes their sum over every session (defaults
+	// DefaultQueueBytes, DefaultTotalQueueBytes). A message beyond either
+	// is dropped and the peer told (a running transfer is aborted).
+	QueueBytes, TotalQueueBytes int64
+	// MaxTransfers bounds the transfers running at once (default
+	// config.DefaultFileTransferMaxTransfers).
+	MaxTransfers int
+	// FDs is the daemon's descriptor budget for remote users' work,
+	// shared with port forwarding; nil is unlimited.
+	FDs *fdbudget.Budget
 }
 
 // Protocol serves proto 2. Its byte-rate limiters are device-global, as
@@ -70,6 +111,15 @@ type Protocol struct {
 	wg     sync.WaitGroup
 
 	journal *journal
+	queued  atomic.Int64 // bytes of inbound messages held, all sessions
+	running atomic.Int64 // transfers running
+	// moved counts the bytes transfers have moved; collecting is set
+	// while a collection paced by it runs.
+	moved      atomic.Int64
+	collecting atomic.Bool
+
+	peerLog   logging.RateLimit // error texts from the peer
+	refuseLog logging.RateLimit // messages dropped, transfers refused
 }
 
 // New builds the protocol; a malformed Umask is an error.
@@ -83,7 +133,19 @@ func New(o Options) (*Protocol, error) {
 	if o.QueueLength <= 0 {
 		o.QueueLength = DefaultQueue
 	}
-	p := &Protocol{opts: o, log: o.Log.With("proto", "filetransfer")}
+	if o.QueueBytes <= 0 {
+		o.QueueBytes = DefaultQueueBytes
+	}
+	if o.TotalQueueBytes <= 0 {
+		o.TotalQueueBytes = DefaultTotalQueueBytes
+	}
+	if o.MaxTransfers <= 0 {
+		o.MaxTransfers = config.DefaultFileTransferMaxTransfers
+	}
+	// Paths, error texts and the errors that quote them come from the
+	// peer: every line this package logs has its strings clipped.
+	log := slog.New(clipHandler{o.Log.Handler()})
+	p := &Protocol{opts: o, log: log.With("proto", "filetransfer")}
 	l := o.Limits.FileTransfer
 	if o.Limits.Enabled {
 		p.res = newResolver(l.Chroot, l.FollowSymLinks)
@@ -129,7 +191,7 @@ func (p *Protocol) Open(sid string, out proto.Sender) proto.Session {
 		sid:    sid,
 		out:    out,
 		log:    p.log.With("session_id", sid),
-		in:     make(chan *wire.ProtoMsg, p.opts.QueueLength),
+		in:     make(chan item, p.opts.QueueLength),
 		ctx:    ctx,
 		cancel: cancel,
 		done:   make(chan struct{}),
@@ -138,9 +200,70 @@ func (p *Protocol) Open(sid string, out proto.Sender) proto.Session {
 	go func() {
 		defer p.wg.Done()
 		defer close(s.done)
+		defer s.drain()
 		s.run()
 	}()
 	return s
+}
+
+// item is an inbound message and the bytes it counts against the queues'
+// budgets.
+type item struct {
+	m    *wire.ProtoMsg
+	size int64
+}
+
+// reserve counts n bytes against the device-wide budget if they fit.
+func (p *Protocol) reserve(n int64) bool {
+	for {
+		q := p.queued.Load()
+		if q+n > p.opts.TotalQueueBytes {
+			return false
+		}
+		if p.queued.CompareAndSwap(q, q+n) {
+			return true
+		}
+	}
+}
+
+// gcEvery is how many transferred bytes pass between two collections: a
+// transfer's garbage (a frame per chunk) is collected before it can grow
+// the heap to the runtime's 4 MB minimum goal, which the kernel would then
+// see as resident memory long after the transfer.
+const gcEvery = 512 << 10
+
+// paced counts n transferred bytes and starts a collection, in the
+// background and one at a time, each time gcEvery more have passed. A
+// small heap takes well under a millisecond to collect, about 1% of the
+// time a gcEvery takes on the wire.
+func (p *Protocol) paced(n int) {
+	after := p.moved.Add(int64(n))
+	if (after-int64(n))/gcEvery == after/gcEvery || !p.collecting.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer p.collecting.Store(false)
+		runtime.GC()
+	}()
+}
+
+// begin takes a transfer's place and descriptors; "" means it may run,
+// otherwise the refusal for the peer. end gives them back.
+func (p *Protocol) begin(fds int) string {
+	if p.running.Add(1) > int64(p.opts.MaxTransfers) {
+		p.running.Add(-1)
+		return fmt.Sprintf(msgTooMany, p.opts.MaxTransfers)
+	}
+	if !p.opts.FDs.Acquire(fds) {
+		p.running.Add(-1)
+		return msgNoFDs
+	}
+	return ""
+}
+
+func (p *Protocol) end(fds int) {
+	p.opts.FDs.Release(fds)
+	p.running.Add(-1)
 }
 
 // session is the protocol's state in one router session: one goroutine
@@ -151,25 +274,110 @@ type session struct {
 	out proto.Sender
 	log *slog.Logger
 
-	in       chan *wire.ProtoMsg
+	in       chan item
 	overflow atomic.Bool
 	ctx      context.Context
 	cancel   context.CancelFunc
 	done     chan struct{}
 
+	// bytes counts the session's inbound messages, queued and in hand,
+	// against Options.QueueBytes; Protocol.queued has the same in it.
+	bytes atomic.Int64
+	// dropped is the header of the first message dropped since the
+	// goroutine last looked, for the error reply.
+	dropMu  sync.Mutex
+	dropped *wire.Header
+
 	// Owned by run's goroutine.
-	pending  []*wire.ProtoMsg // taken from in but not handled yet
+	pending  []*wire.ProtoMsg // taken from in (by ready, and counted in cur) but not handled yet
+	cur      int64            // bytes of the message in hand, counted until the next is taken
 	finished int64            // total of the last completed download, for its late acks
 }
 
-// Handle implements proto.Session; it never blocks. A peer that outruns
-// the protocol's window overflows the queue: its transfer is aborted.
+// Handle implements proto.Session; it never blocks. A message that does
+// not fit the session's queue or the device's budget for all of them is
+// dropped: a running transfer is aborted, otherwise the peer gets an
+// error for it.
 func (s *session) Handle(m *wire.ProtoMsg) {
-	select {
-	case s.in <- m:
-	default:
-		if !s.overflow.Swap(true) {
-			s.log.Warn("file transfer: inbound queue full; aborting the transfer", "queue", cap(s.in))
+	if s.ctx.Err() != nil {
+		return
+	}
+	size := int64(m.MemSize())
+	if s.bytes.Add(size) <= s.p.opts.QueueBytes && s.p.reserve(size) {
+		select {
+		case s.in <- item{m: m, size: size}:
+			return
+		default:
+			s.p.queued.Add(-size)
+		}
+	}
+	s.bytes.Add(-size)
+	s.drop(m)
+}
+
+// drop remembers the first message dropped and logs the overflow once
+// per episode, rate-limited over all sessions.
+func (s *session) drop(m *wire.ProtoMsg) {
+	s.dropMu.Lock()
+	if s.dropped == nil {
+		h := m.Header
+		h.Properties = copyProps(h.Properties)
+		s.dropped = &h
+	}
+	s.dropMu.Unlock()
+	if !s.overflow.Swap(true) && s.p.refuseLog.Allow(time.Now()) {
+		s.log.Warn("file transfer: too many messages from the peer; dropping them", "type", m.Header.MsgType,
+			"queued", len(s.in), "queued_bytes", s.bytes.Load(), "device_queued_bytes", s.p.queued.Load(),
+			"suppressed", s.p.refuseLog.TakeSuppressed())
+	}
+}
+
+// takeDropped returns and forgets the first dropped message's header.
+func (s *session) takeDropped() *wire.Header {
+	s.dropMu.Lock()
+	defer s.dropMu.Unlock()
+	h := s.dropped
+	s.dropped = nil
+	return h
+}
+
+// take makes it the message in hand: the previous one's bytes are given
+// back to the budgets.
+func (s *session) take(it item) *wire.ProtoMsg {
+	s.release(s.cur)
+	s.cur = it.size
+	s.p.paced(len(it.m.Body))
+	return it.m
+}
+
+// handled gives back the bytes of the message in hand once it is handled,
+// unless it waits in pending (taken by ready, handed out later by next).
+func (s *session) handled() {
+	if len(s.pending) == 0 {
+		s.release(s.cur)
+		s.cur = 0
+	}
+}
+
+func (s *session) release(n int64) {
+	if n != 0 {
+		s.bytes.Add(-n)
+		s.p.queued.Add(-n)
+	}
+}
+
+// drain gives back what the session still counts when its goroutine
+// ends; nothing is queued after Close.
+func (s *session) drain() {
+	s.release(s.cur)
+	s.cur = 0
+	s.pending = nil
+	for {
+		select {
+		case it := <-s.in:
+			s.release(it.size)
+		default:
+			return
 		}
 	}
 }
@@ -182,10 +390,13 @@ func (s *session) Close() { s.cancel() }
 // peer has been silent for the ack timeout (timedOut).
 func (s *session) next(timeout time.Duration) (m *wire.ProtoMsg, timedOut bool) {
 	if len(s.pending) > 0 {
+		// The message was taken (and counted as in hand) by ready.
 		m = s.pending[0]
 		s.pending = s.pending[1:]
 		return m, false
 	}
+	// Asking for the next message, the caller is done with the last.
+	s.handled()
 	var tc <-chan time.Time
 	if timeout > 0 {
 		t := time.NewTimer(timeout)
@@ -193,8 +404,8 @@ func (s *session) next(timeout time.Duration) (m *wire.ProtoMsg, timedOut bool) 
 		tc = t.C
 	}
 	select {
-	case m = <-s.in:
-		return m, false
+	case it := <-s.in:
+		return s.take(it), false
 	case <-s.ctx.Done():
 		return nil, false
 	case <-tc:
@@ -205,8 +416,10 @@ func (s *session) next(timeout time.Duration) (m *wire.ProtoMsg, timedOut bool) 
 // ready returns a message already queued, without waiting.
 func (s *session) ready() *wire.ProtoMsg {
 	select {
-	case m := <-s.in:
-		return m
+	case it := <-s.in:
+		// It stays counted while in hand or pending (a pending message
+		// is handed out by next without being counted again).
+		return s.take(it)
 	default:
 		return nil
 	}
@@ -219,8 +432,50 @@ func (s *session) run() {
 		if m == nil {
 			return
 		}
-		s.overflow.Store(false)
+		if s.overflow.Swap(false) {
+			s.refuseDropped()
+		}
 		s.dispatch(m)
+		s.handled()
+	}
+}
+
+// refuseDropped answers the first message dropped since the last time:
+// one error per flood, not one per message, since the reply itself
+// would need the room the flood took.
+func (s *session) refuseDropped() {
+	h := s.takeDropped()
+	if h == nil {
+		return
+	}
+	s.replyError(&wire.ProtoMsg{Header: *h}, msgQueueFull)
+}
+
+// refused logs a refusal of the device's own limits, rate-limited.
+func (s *session) refused(m *wire.ProtoMsg, text string) {
+	if s.p.refuseLog.Allow(time.Now()) {
+		s.log.Warn("file transfer: request refused", "type", m.Header.MsgType, "reason", text,
+			"suppressed", s.p.refuseLog.TakeSuppressed())
+	}
+	s.replyError(m, text)
+}
+
+// transfer runs a download or upload within the device's limits.
+func (s *session) transfer(m *wire.ProtoMsg, fds int, run func(*wire.ProtoMsg)) {
+	if text := s.p.begin(fds); text != "" {
+		s.refused(m, text)
+		return
+	}
+	defer s.p.end(fds)
+	run(m)
+}
+
+// peerAborted logs an error message from the peer: its text is the
+// peer's, so the line is clipped and rate-limited.
+func (s *session) peerAborted(what, path string, m *wire.ProtoMsg) {
+	if s.p.peerLog.Allow(time.Now()) {
+		s.log.Info("file transfer: "+what, "path", path, "error", peerError(m),
+			"suppressed", s.p.peerLog.TakeSuppressed())
 	}
 }
 
@@ -230,9 +485,9 @@ func (s *session) dispatch(m *wire.ProtoMsg) {
 	case wire.FileStat:
 		s.stat(m)
 	case wire.FileGet:
-		s.download(m)
+		s.transfer(m, fdsDownload, s.download)
 	case wire.FilePut:
-		s.upload(m)
+		s.transfer(m, fdsUpload, s.upload)
 	case wire.FileAck:
 		if off, ok := m.Header.IntProp(wire.PropOffset); ok && off == s.finished {
 			// The server acks a download's last window and then its EOF
@@ -243,7 +498,7 @@ func (s *session) dispatch(m *wire.ProtoMsg) {
 	case wire.FileChunk:
 		s.replyError(m, msgNoTransfer)
 	case wire.FileError:
-		s.log.Info("file transfer: error from the peer with no transfer running", "error", peerError(m))
+		s.peerAborted("error from the peer with no transfer running", "", m)
 	default:
 		s.replyError(m, "session: filetransfer message type '"+m.Header.MsgType+"' not supported")
 	}
@@ -284,7 +539,10 @@ func (s *session) replyError(req *wire.ProtoMsg, text string) {
 	reply := &wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoFileTransfer, MsgType: wire.FileError,
 		SessionID: s.sid, Properties: copyProps(req.Header.Properties)}, Body: b}
 	if err := s.send(reply); err != nil {
-		s.log.Info("file transfer: could not send an error reply", "error", err, "text", text)
+		if s.p.refuseLog.Allow(time.Now()) {
+			s.log.Info("file transfer: could not send an error reply", "error", err, "text", text,
+				"suppressed", s.p.refuseLog.TakeSuppressed())
+		}
 	}
 }
 
@@ -304,7 +562,7 @@ func peerError(m *wire.ProtoMsg) string {
 	if err := wire.DecodeBody(m.Body, &e); err != nil {
 		return "undecodable: " + err.Error()
 	}
-	return e.Error
+	return e.Error // clipped by the log handler, as every string here
 }
 
 // userName and groupName resolve ids for the owner limits; an id with no

@@ -21,6 +21,10 @@ func pathOf(m *wire.ProtoMsg) (string, string) {
 	if b.Path == nil || *b.Path == "" {
 		return "", "invalid request parameters: path: cannot be blank"
 	}
+	if len(*b.Path) > maxPath {
+		// No file has such a name; the error would only echo it.
+		return "", fmt.Sprintf("invalid request parameters: path: longer than %d bytes", maxPath)
+	}
 	return *b.Path, ""
 }
 
@@ -39,6 +43,11 @@ func (s *session) stat(m *wire.ProtoMsg) {
 		s.replyError(m, bad)
 		return
 	}
+	if !s.p.opts.FDs.Acquire(fdsStat) {
+		s.refused(m, msgNoFDs)
+		return
+	}
+	defer s.p.opts.FDs.Release(fdsStat)
 	var st unix.Stat_t
 	err := s.p.opts.Identity.do(func() error {
 		fd, err := s.p.res.open(path, unix.O_PATH, 0)
@@ -174,6 +183,7 @@ func (s *session) download(m *wire.ProtoMsg) {
 					return
 				}
 				sent += int64(n)
+				s.p.paced(n)
 			}
 			switch {
 			case err == io.EOF || err == io.ErrUnexpectedEOF:
@@ -217,7 +227,7 @@ func (s *session) download(m *wire.ProtoMsg) {
 			}
 			acked = max(acked, off)
 		case a.Header.MsgType == wire.FileError:
-			s.log.Info("file transfer: peer aborted the download", "path", path, "error", peerError(a))
+			s.peerAborted("peer aborted the download", path, a)
 			return
 		case s.during(a):
 		default:

@@ -323,7 +323,7 @@ func (s *session) uploadOn(th *thread, m *wire.ProtoMsg, req *wire.UploadBody, p
 			return
 		case c.Header.MsgType == wire.FileChunk:
 		case c.Header.MsgType == wire.FileError:
-			s.log.Info("file transfer: peer aborted the upload; nothing kept", "path", path, "error", peerError(c))
+			s.peerAborted("peer aborted the upload; nothing kept", path, c)
 			return
 		case s.during(c):
 			continue
