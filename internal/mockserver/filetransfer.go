@@ -144,8 +144,9 @@ func (p *ftPeer) recvUntil(ctx context.Context, timeout <-chan time.Time) (*wire
 
 // deviceError reads a device "error" body and the HTTP status the real
 // server answers with: an integer code > 0 in the body becomes the status
-// (PROTOCOL.md 2.9.1), else def. A code that is no HTTP status (outside
-// 100..599) also gives def, where the real server would fail on it.
+// (PROTOCOL.md 2.9.1), else def. A code that is no HTTP error status
+// (outside 400..599) also gives def: the mock does not answer a failure
+// with a success or an informational status.
 func deviceError(m *wire.ProtoMsg, def int) (string, int) {
 	var e struct {
 		Error string      `msgpack:"err"`
@@ -161,7 +162,7 @@ func deviceError(m *wire.ProtoMsg, def int) (string, int) {
 			code = int64(v.Uint())
 		}
 	}
-	if code < 100 || code > 599 {
+	if code < 400 || code > 599 {
 		return e.Error, def
 	}
 	return e.Error, int(code)

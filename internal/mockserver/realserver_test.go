@@ -2,6 +2,7 @@ package mockserver
 
 import (
 	"errors"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -428,6 +429,90 @@ func TestDeviceFrameAboveNATSLimit(t *testing.T) {
 			}
 			if ce, _ := endOf(t, term); ce.Code != websocket.CloseInternalServerErr {
 				t.Errorf("user closed with %d, want 1011", ce.Code)
+			}
+		})
+	}
+}
+
+// ftErrorDevice is a device that accepts file transfer and answers every
+// stat and put_file with an error whose body is body.
+func ftErrorDevice(t *testing.T, url, token string, body map[string]interface{}) {
+	t.Helper()
+	conn, _, err := dialDevice(testCtx(t), url, token, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() { conn.Close(); <-done })
+	go func() {
+		defer close(done)
+		for {
+			_, data, err := conn.ReadMessage()
+			if err != nil {
+				return
+			}
+			m, err := wire.Unmarshal(data)
+			if err != nil {
+				continue
+			}
+			reply := &wire.ProtoMsg{Header: wire.Header{Proto: m.Header.Proto, SessionID: m.Header.SessionID}}
+			switch {
+			case m.Header.Proto == wire.ProtoControl && m.Header.MsgType == wire.TypeOpen:
+				reply.Header.MsgType = wire.TypeAccept
+				reply.Body, _ = wire.EncodeBody(wire.AcceptBody{Version: 1, Protocols: []uint16{wire.ProtoFileTransfer}})
+			case m.Header.Proto == wire.ProtoFileTransfer && (m.Header.MsgType == wire.FileStat || m.Header.MsgType == wire.FilePut):
+				reply.Header.MsgType = wire.FileError
+				reply.Body, _ = wire.EncodeBody(body)
+			default:
+				continue
+			}
+			b, _ := wire.Marshal(reply)
+			if conn.WriteMessage(websocket.BinaryMessage, b) != nil {
+				return
+			}
+		}
+	}()
+}
+
+// Rule h: a device file-transfer error whose body has an integer code > 0
+// (an HTTP status) becomes the status of the failed download or upload;
+// without one it is 400.
+func TestFileTransferErrorCode(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		code interface{}
+		want int
+	}{
+		{"not found", 404, 404},
+		{"permission", int64(403), 403},
+		{"too large", uint16(413), 413},
+		{"conflict", int16(409), 409},
+		{"success code", 200, 400},
+		{"informational", 101, 400},
+		{"no code", nil, 400},
+		{"zero", 0, 400},
+		{"negative", -404, 400},
+		{"not a status", 42, 400},
+		{"not an integer", "404", 400},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s, url := startServer(t, Options{})
+			body := map[string]interface{}{"err": "failed: " + tt.name}
+			if tt.code != nil {
+				body["code"] = tt.code
+			}
+			ftErrorDevice(t, url, s.IssueDeviceToken("dev-h"), body)
+			if _, err := s.WaitDevice(testCtx(t), "dev-h"); err != nil {
+				t.Fatal(err)
+			}
+			tok := login(t, url)
+			_, derr := DownloadFile(testCtx(t), url, tok, "dev-h", "/some/file", io.Discard)
+			uerr := UploadFile(testCtx(t), url, tok, "dev-h", "/some/file", "src", strings.NewReader("data"), nil, nil)
+			for name, err := range map[string]error{"download": derr, "upload": uerr} {
+				var he *HTTPError
+				if !errors.As(err, &he) || he.StatusCode != tt.want || !strings.Contains(he.Message, "failed: "+tt.name) {
+					t.Errorf("%s: %v, want HTTP %d with the device's text", name, err, tt.want)
+				}
 			}
 		})
 	}
