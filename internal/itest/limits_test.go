@@ -47,7 +47,11 @@ func TestLimits(t *testing.T) {
 			t.Errorf("%s = %v, want %v", name, got, want)
 		}
 	}
-	// Closing a terminal frees its slot for someone else.
+	// Ending a terminal frees its slot for someone else. The user's own
+	// stop, as mender-cli's CTRL+] sends: a real server tells the device
+	// nothing when a user just closes the socket.
+	_ = a1.Stop()
+	e.waitStop(a1)
 	a1.Close()
 	eventually(t, 5*time.Second, "slot freed", func() bool {
 		term, err := e.tryOpen("carol@tether.local")
