@@ -24,6 +24,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"JWT signing key file, created if missing, so restarts keep tokens valid (env "+envKeyFile+"; default: a new key per run)")
 	logLevel := fs.String("log-level", envOr(envLogLevel, "info"), "debug, info, warn or error (env "+envLogLevel+")")
 	pingInterval := fs.Duration("device-ping-interval", mockserver.DefaultDevicePingInterval, "websocket ping period towards devices")
+	readTimeout := fs.Duration("read-timeout", mockserver.DefaultReadTimeout, "drop a device (or user) the server has heard nothing from for this long")
+	lenient := fs.Bool("lenient", false, "forgiving rules instead of the real server's: user sessions survive a device reconnect, the device hears \"user disconnected\", no 1 MiB frame limit, no byte-limit cut unless --session-byte-limit is given")
 	byteLimit := fs.Int64("session-byte-limit", mockserver.DefaultSessionByteLimit, "terminal output per user session before the server stops it (<0: unlimited)")
 	lifetime := fs.Duration("token-lifetime", mockserver.DefaultTokenLifetime, "validity of issued tokens")
 	strict := fs.Bool("strict", false, "close a device connection on an undecodable frame, like the real server")
@@ -58,6 +60,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *byteLimit == 0 {
 		return errors.New("--session-byte-limit: 0 is not a limit; use a negative value for unlimited")
 	}
+	if *lenient && !flagSet(fs, "session-byte-limit") {
+		*byteLimit = 0 // Lenient's default: no cut
+	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	tlsCfg, err := serveTLS(log, *listen, splitList(*allowedHosts), *tlsCert, *tlsKey, *tlsSelfSigned)
 	if err != nil {
@@ -68,6 +73,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Users:              userMap,
 		SigningKey:         key,
 		DevicePingInterval: *pingInterval,
+		ReadTimeout:        *readTimeout,
+		Lenient:            *lenient,
 		SessionByteLimit:   *byteLimit,
 		TokenLifetime:      *lifetime,
 		Strict:             *strict,
@@ -124,4 +131,11 @@ func parseUsers(spec string) (map[string]string, error) {
 		return nil, errors.New("no users")
 	}
 	return users, nil
+}
+
+// flagSet reports whether name was given on the command line.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }

@@ -84,6 +84,10 @@ type env struct {
 	wrap  []string   // command line the daemon is started through (it must exec the binary in $0)
 	files []*os.File // descriptors the daemon inherits from 3 up
 	flags []string   // extra command-line flags, e.g. --trace
+
+	// lenient runs the mock server in its Lenient mode (set by
+	// newLenientEnv) instead of the real server's rules.
+	lenient bool
 }
 
 // shellUser is nobody when the tests run as root (CI), so the shells'
@@ -115,9 +119,22 @@ func newEnvBin(t *testing.T, bin string, overrides map[string]interface{}, daemo
 // newEnvWith is newEnv with prepare called just before the daemon starts.
 func newEnvWith(t *testing.T, overrides map[string]interface{}, prepare func(*env), daemonEnv ...string) *env {
 	t.Helper()
+	return newEnvMode(t, false, overrides, prepare, daemonEnv...)
+}
+
+// newLenientEnv is newEnvWith against a Lenient mock server, for tests of
+// what tether does when a server is more forgiving than the real one
+// (user sessions that outlive a link drop, "user disconnected" stops).
+func newLenientEnv(t *testing.T, overrides map[string]interface{}, prepare func(*env), daemonEnv ...string) *env {
+	t.Helper()
+	return newEnvMode(t, true, overrides, prepare, daemonEnv...)
+}
+
+func newEnvMode(t *testing.T, lenient bool, overrides map[string]interface{}, prepare func(*env), daemonEnv ...string) *env {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
-	e := &env{t: t, ctx: ctx, jwts: map[string]string{}, log: &syncbuf.Buffer{}, extraEnv: daemonEnv}
+	e := &env{t: t, ctx: ctx, jwts: map[string]string{}, log: &syncbuf.Buffer{}, extraEnv: daemonEnv, lenient: lenient}
 	e.bus = dbustest.Start(t)
 	e.startServer("127.0.0.1:0")
 	e.deviceID = "0f0e0d0c-0b0a-4908-8706-050403020100"
@@ -156,7 +173,7 @@ func newEnvWith(t *testing.T, overrides map[string]interface{}, prepare func(*en
 
 func (e *env) startServer(addr string) {
 	e.t.Helper()
-	e.srv = mockserver.New(mockserver.Options{SigningKey: signingKey, Users: users,
+	e.srv = mockserver.New(mockserver.Options{SigningKey: signingKey, Users: users, Lenient: e.lenient,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	url, err := e.srv.Start(addr)
 	if err != nil {

@@ -16,7 +16,10 @@ func TestNoLeaksAfterManySessions(t *testing.T) {
 	if testing.Short() {
 		cycles = 100
 	}
-	e := newEnv(t, map[string]interface{}{"Sessions": map[string]interface{}{"MaxPerUser": 16, "StopGrace": "100ms"}})
+	// Lenient: one of the ways is the server's "user disconnected" stop,
+	// which the real server never delivers (its user leaving silently
+	// leaves the shell behind until tether notices).
+	e := newLenientEnv(t, map[string]interface{}{"Sessions": map[string]interface{}{"MaxPerUser": 16, "StopGrace": "100ms"}}, nil)
 	e.waitDevice()
 	// Warm up: the first session loads everything that stays loaded.
 	warm := e.open(adminEmail)

@@ -17,6 +17,13 @@ import (
 // SubscriptionBuffer is how many frames a Subscribe channel holds.
 const SubscriptionBuffer = 4096
 
+// DefaultDeviceFrameLimit is NATS's default payload limit, which every
+// device frame crosses in the real server (PROTOCOL.md 2.9.1).
+const DefaultDeviceFrameLimit = 1 << 20
+
+// Close texts of the device link drop as the user sees it.
+const closeLinkLostText = "internal error"
+
 // Device is one live device websocket connection.
 type Device struct {
 	s     *Server
@@ -125,6 +132,14 @@ func (d *Device) Close() error {
 	return d.closeWith(websocket.CloseInternalServerErr, "connection closed by the server")
 }
 
+// drop closes the connection without a close frame, as the real server
+// does to a device connection that a newer one of the same device
+// replaces (the device reads 1006).
+func (d *Device) drop() {
+	d.closeOnce.Do(func() { _ = d.conn.Close() })
+	<-d.done
+}
+
 func (d *Device) closeWith(code int, text string) error {
 	d.closeOnce.Do(func() {
 		msg := websocket.FormatCloseMessage(code, text)
@@ -204,13 +219,19 @@ func (s *Server) handleDeviceConnect(w http.ResponseWriter, r *http.Request) {
 	for _, sub := range s.taps[d.id] {
 		d.subs[sub] = struct{}{}
 	}
+	s.adoptParkedLocked(d)
 	s.notifyLocked()
 	s.mu.Unlock()
 	if old != nil {
 		// One websocket per device: the newest wins, like the real
-		// server's connection version check.
+		// server's connection version check, which just drops the old
+		// socket (no close frame).
 		d.log.Info("device reconnected; closing its previous connection")
-		_ = old.Close()
+		if s.opts.Lenient {
+			_ = old.Close()
+		} else {
+			old.drop()
+		}
 	}
 	d.log.Info("device connected", "connection", n, "token_sha256", tokenFingerprint(tok))
 	d.serve()
@@ -243,9 +264,7 @@ func (d *Device) serve() {
 	_ = d.conn.Close()
 	close(stopPinger)
 	<-pingerDone
-	for _, us := range sessions {
-		us.deviceGone()
-	}
+	d.s.releaseSessions(d, sessions)
 
 	d.s.mu.Lock()
 	if d.s.conns[d.id] == d {
@@ -284,6 +303,13 @@ func (d *Device) readLoop() error {
 		_, data, err := d.conn.ReadMessage()
 		if err != nil {
 			return err
+		}
+		if limit := d.s.opts.DeviceFrameLimit; limit >= 0 && len(data) > limit {
+			// The real server publishes every device frame on NATS; one
+			// above the payload limit fails there and ends the link.
+			msg := websocket.FormatCloseMessage(websocket.CloseInternalServerErr, closeLinkLostText)
+			_ = d.conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(closeTimeout))
+			return fmt.Errorf("device frame of %d bytes exceeds the NATS payload limit of %d bytes", len(data), limit)
 		}
 		m, err := wire.Unmarshal(data)
 		if err != nil {
@@ -389,4 +415,136 @@ func (d *Device) removeSession(us *userSession) {
 	if d.sessions[us.sid] == us {
 		delete(d.sessions, us.sid)
 	}
+}
+
+// adopt binds a user session to this connection (Lenient); false if the
+// connection has ended.
+func (d *Device) adopt(us *userSession) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return false
+	}
+	d.sessions[us.sid] = us
+	us.dev.Store(d)
+	return true
+}
+
+// releaseSessions ends the user sessions of a connection that went down.
+// The real server closes each user socket with 1011 and tells nobody
+// anything else (PROTOCOL.md 2.9.1). A Lenient server keeps them for the
+// device's next connection (for ReadTimeout); at shutdown users get a stop
+// "device disconnected" and 1001.
+func (s *Server) releaseSessions(d *Device, sessions map[string]*userSession) {
+	if len(sessions) == 0 {
+		return
+	}
+	s.mu.Lock()
+	closed := s.closed
+	if !closed && s.opts.Lenient {
+		cur := s.conns[d.id]
+		for _, us := range sessions {
+			us.dev.Store(nil)
+			if us.ended {
+				continue
+			}
+			if cur != nil && cur != d && cur.adopt(us) {
+				us.log.Info("user session moved to the device's new connection (lenient)")
+				continue
+			}
+			s.parkLocked(d.id, us)
+		}
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	for _, us := range sessions {
+		if closed {
+			us.deviceGone()
+		} else {
+			us.linkLost()
+		}
+	}
+}
+
+// parkLocked keeps a user session of a dropped device until the device's
+// next connection adopts it or ReadTimeout passes; s.mu must be held.
+func (s *Server) parkLocked(id string, us *userSession) {
+	if s.parked == nil {
+		s.parked = make(map[string]map[*userSession]*time.Timer)
+	}
+	if s.parked[id] == nil {
+		s.parked[id] = make(map[*userSession]*time.Timer)
+	}
+	s.parked[id][us] = time.AfterFunc(s.opts.ReadTimeout, func() { s.expireParked(id, us) })
+	us.log.Info("device link lost; user session kept for the device's next connection (lenient)")
+}
+
+func (s *Server) expireParked(id string, us *userSession) {
+	s.mu.Lock()
+	_, ok := s.parked[id][us]
+	s.unparkLocked(id, us)
+	s.mu.Unlock()
+	if ok {
+		us.deviceGone()
+	}
+}
+
+// unparkLocked forgets a parked session; s.mu must be held.
+func (s *Server) unparkLocked(id string, us *userSession) {
+	set := s.parked[id]
+	if tm, ok := set[us]; ok {
+		tm.Stop()
+		delete(set, us)
+	}
+	if len(set) == 0 {
+		delete(s.parked, id)
+	}
+}
+
+// adoptParkedLocked hands the parked user sessions of d's device to d;
+// s.mu must be held.
+func (s *Server) adoptParkedLocked(d *Device) {
+	for us := range s.parked[d.id] {
+		s.unparkLocked(d.id, us)
+		if d.adopt(us) {
+			us.log.Info("user session moved to the device's new connection (lenient)")
+		}
+	}
+}
+
+// closeParked ends every parked session at shutdown.
+func (s *Server) closeParked() {
+	s.mu.Lock()
+	var all []*userSession
+	for id, set := range s.parked {
+		for us := range set {
+			all = append(all, us)
+			s.unparkLocked(id, us)
+		}
+	}
+	s.mu.Unlock()
+	for _, us := range all {
+		us.deviceGone()
+	}
+}
+
+// removeUser forgets a user session that ended.
+func (s *Server) removeUser(us *userSession) {
+	s.mu.Lock()
+	us.ended = true
+	s.unparkLocked(us.deviceID, us)
+	d := us.dev.Load()
+	s.mu.Unlock()
+	if d != nil {
+		d.removeSession(us)
+	}
+}
+
+// linkLost ends a user session whose device link went down, as the real
+// server does: close 1011, no stop either way.
+func (us *userSession) linkLost() {
+	us.deviceLeft.Store(true)
+	us.log.Info("device link lost; closing the user session")
+	us.closeWith(websocket.CloseInternalServerErr, closeLinkLostText)
 }

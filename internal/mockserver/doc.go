@@ -22,10 +22,11 @@
 //   - GET /api/devices/v1/deviceconnect/connect: the device websocket. Token
 //     from "Authorization: Bearer" or the JWT cookie; 401 for a bad, expired
 //     or revoked token, 400 for a non-device token. A new connection of a
-//     device replaces its old one. The server pings every
-//     DevicePingInterval (payload "60"; postponed by every write to the
-//     device), answers pings, and drops the device after ReadTimeout
-//     without any frame.
+//     device replaces its old one, which is dropped without a close frame
+//     (1006). The server pings every DevicePingInterval (payload "60";
+//     postponed by every write to the device), answers pings, and drops
+//     the device after ReadTimeout without any frame. A device frame above
+//     DeviceFrameLimit (1 MiB, NATS's payload limit) ends the link (1011).
 //   - POST /api/management/v1/useradm/auth/login (Basic auth): user JWT.
 //   - GET /api/management/v2/devauth/devices: [{"id","status":"accepted",
 //     "identity_data",...}], paged by page/per_page.
@@ -36,15 +37,14 @@
 //     connected), relayed as in the real server: a fresh UUID sid per user
 //     connection is written into every user message and user_id added;
 //     device messages go to the user connection named by their sid and are
-//     dropped when there is none. When the user leaves after a shell `new`
-//     (and no `stop` of its own) the device gets shell stop, status 2,
-//     "user disconnected". When a user connection has received
-//     SessionByteLimit bytes of shell output, the next output message is
-//     not forwarded: the device gets stop "session byte limit exceeded" and
-//     the user a 1008 close (and then, since the user socket goes away, the
-//     device also gets "user disconnected", as from the real server). When
-//     the device goes away, users with a running shell get stop "device
-//     disconnected" and every user socket is closed (1001).
+//     dropped when there is none. When the user leaves without a `stop`
+//     of its own the device hears nothing (PROTOCOL.md 2.9.1). When a user
+//     connection has received SessionByteLimit bytes of shell output, the
+//     next output message is not forwarded: the device gets stop "session
+//     byte limit exceeded" and the user a 1008 close. When the device link
+//     drops, every user socket of it is closed (1011) and nobody gets a
+//     stop; at server shutdown users with a running shell get stop
+//     "device disconnected" and a 1001 close.
 //   - GET /: the web console (web.go, sources in web/): log in, device
 //     list, xterm.js terminals over the user websocket, a file panel for
 //     the file-transfer REST calls. Login also sets the user JWT as an
@@ -61,6 +61,14 @@
 //     .../send-inventory: the device gets the proto 4 message with no sid
 //     and the user's user_id; 202 (404 for a device not connected).
 //   - Errors everywhere are JSON {"error": "..."}.
+//
+// Options.Lenient is a forgiving server instead of the real one: user
+// sessions of a dropped device wait (up to ReadTimeout) for its next
+// connection and are relayed over it with the same sid, else they get
+// "device disconnected" and 1001; a replaced connection gets a 1011 close
+// frame; a user leaving after a shell `new` without a `stop` makes the
+// device get stop, status 2, "user disconnected"; no frame limit; no
+// byte-limit cut unless SessionByteLimit is set.
 //
 // Every JWT is HS256 with sub, iss "Mender", iat, exp, jti and
 // mender.device or mender.user. RevokeDeviceTokens invalidates a device's

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -141,11 +142,30 @@ func (p *ftPeer) recvUntil(ctx context.Context, timeout <-chan time.Time) (*wire
 	}
 }
 
-// deviceError reads a device "error" body.
-func deviceError(m *wire.ProtoMsg) (string, int) {
-	var e wire.ErrorBody // err and code; msgtype decodes too
+// deviceError reads a device "error" body and the HTTP status the real
+// server answers with: an integer code > 0 in the body becomes the status
+// (PROTOCOL.md 2.9.1), else def. A code that is no HTTP error status
+// (outside 400..599) also gives def: the mock does not answer a failure
+// with a success or an informational status.
+func deviceError(m *wire.ProtoMsg, def int) (string, int) {
+	var e struct {
+		Error string      `msgpack:"err"`
+		Code  interface{} `msgpack:"code"`
+	}
 	_ = wire.DecodeBody(m.Body, &e)
-	return e.Error, e.Code
+	var code int64
+	switch v := reflect.ValueOf(e.Code); v.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		code = v.Int()
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		if v.Uint() < 1000 {
+			code = int64(v.Uint())
+		}
+	}
+	if code < 400 || code > 599 {
+		return e.Error, def
+	}
+	return e.Error, int(code)
 }
 
 // openPeer finds the device, registers a session and does the control
@@ -183,10 +203,7 @@ func (s *Server) openPeer(ctx context.Context, deviceID, userID string) (*ftPeer
 
 func handshake(p *ftPeer, m *wire.ProtoMsg) error {
 	if m.Header.MsgType == wire.TypeError {
-		text, code := deviceError(m)
-		if code == 0 {
-			code = http.StatusInternalServerError
-		}
+		text, code := deviceError(m, http.StatusInternalServerError)
 		return &ftError{code, "handshake error from client: handshake error from client: " + text}
 	}
 	if m.Header.MsgType != wire.TypeAccept {
@@ -299,10 +316,7 @@ func (p *ftPeer) stat(ctx context.Context, fpath string) (*wire.FileInfoBody, er
 		return nil, err
 	}
 	if m.Header.MsgType == wire.FileError {
-		text, code := deviceError(m)
-		if code == 0 {
-			code = http.StatusBadRequest
-		}
+		text, code := deviceError(m, http.StatusBadRequest)
 		return nil, &ftError{code, "error received from device: " + text}
 	}
 	if m.Header.Proto != wire.ProtoFileTransfer || m.Header.MsgType != wire.FileInfo {
@@ -337,10 +351,7 @@ func (p *ftPeer) download(ctx context.Context, dst io.Writer, fpath string) erro
 		}
 		switch m.Header.MsgType {
 		case wire.FileError:
-			text, code := deviceError(m)
-			if code == 0 {
-				code = http.StatusInternalServerError
-			}
+			text, code := deviceError(m, http.StatusInternalServerError)
 			return &ftError{code, text}
 		case wire.FileChunk:
 			if len(m.Body) == 0 {
@@ -471,10 +482,7 @@ func (p *ftPeer) upload(ctx context.Context, req *uploadRequest) error {
 		return err
 	}
 	if m.Header.MsgType == wire.FileError {
-		text, code := deviceError(m)
-		if code == 0 {
-			code = http.StatusBadRequest
-		}
+		text, code := deviceError(m, http.StatusBadRequest)
 		return &ftError{code, text}
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -552,10 +560,7 @@ func (p *ftPeer) uploadInbound(ctx context.Context, acks chan int64, errc chan<-
 		}
 		switch m.Header.MsgType {
 		case wire.FileError:
-			text, code := deviceError(m)
-			if code == 0 {
-				code = http.StatusBadRequest
-			}
+			text, code := deviceError(m, http.StatusBadRequest)
 			errc <- &ftError{code, text}
 			return
 		case wire.FileAck:

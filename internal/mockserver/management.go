@@ -154,11 +154,17 @@ func (s *Server) handleDeviceStatus(w http.ResponseWriter, r *http.Request) {
 
 // userSession is one management websocket relayed to a device connection.
 type userSession struct {
-	sid    string
-	userID string
-	dev    *Device
-	conn   *websocket.Conn
-	log    *slog.Logger
+	server   *Server
+	sid      string
+	userID   string
+	deviceID string
+	// dev is the device connection the session is relayed to; nil while
+	// a Lenient server waits for the device's next connection.
+	dev  atomic.Pointer[Device]
+	conn *websocket.Conn
+	log  *slog.Logger
+	// ended is set (under Server.mu) when the user socket is done.
+	ended bool
 
 	writeMu   sync.Mutex
 	closeOnce sync.Once
@@ -205,16 +211,13 @@ func (s *Server) handleUserConnect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	conn.SetReadLimit(MessageSizeLimit)
-	us := &userSession{
-		sid:    randomUUID(),
-		userID: c.Subject,
-		dev:    dev,
-		conn:   conn,
-	}
+	us := &userSession{server: s, sid: randomUUID(), userID: c.Subject, deviceID: id, conn: conn}
+	us.dev.Store(dev)
 	us.log = dev.log.With("sid", us.sid, "user_id", us.userID)
 	if !dev.addSession(us) {
-		us.closeWith(websocket.CloseGoingAway, StopDeviceDisconnected)
-		return
+		// The device went down during the upgrade: as if it went
+		// down just after.
+		s.releaseSessions(dev, map[string]*userSession{us.sid: us})
 	}
 	us.log.Info("user session opened")
 	us.serve(s.opts)
@@ -231,10 +234,13 @@ func (us *userSession) serve(opts Options) {
 	err := us.readLoop(opts.ReadTimeout)
 	us.log.Info("user session ended", "reason", err)
 
-	us.dev.removeSession(us)
-	if us.terminalRunning.Load() && !us.deviceLeft.Load() {
+	s := us.server
+	s.removeUser(us)
+	// The real server closes its stream before it tries to send "user
+	// disconnected", so the device hears nothing (PROTOCOL.md 2.9.1).
+	if d := us.dev.Load(); s.opts.Lenient && d != nil && us.terminalRunning.Load() && !us.deviceLeft.Load() {
 		stop := us.stopMessage(StopUserDisconnected)
-		if err := us.dev.Send(stop); err != nil {
+		if err := d.Send(stop); err != nil {
 			us.log.Info("could not tell the device that the user left", "err", err)
 		}
 	}
@@ -284,7 +290,16 @@ func (us *userSession) readLoop(timeout time.Duration) error {
 				us.terminalRunning.Store(false)
 			}
 		}
-		if err := us.dev.Send(m); err != nil {
+		d := us.dev.Load()
+		if d == nil {
+			us.log.Debug("device link down; dropping user message (lenient)", "typ", m.Header.MsgType)
+			continue
+		}
+		if err := d.Send(m); err != nil {
+			if us.server.opts.Lenient {
+				us.log.Debug("device link down; dropping user message (lenient)", "typ", m.Header.MsgType, "err", err)
+				continue
+			}
 			return err
 		}
 	}
@@ -322,7 +337,7 @@ func (us *userSession) fromDevice(m *wire.ProtoMsg) {
 		case wire.ShellStop:
 			us.deviceTerminal.Store(false)
 		case wire.ShellData:
-			limit := us.dev.s.opts.SessionByteLimit
+			limit := us.server.opts.SessionByteLimit
 			if limit >= 0 && us.recorded >= limit {
 				us.byteLimitExceeded()
 				return
@@ -362,7 +377,7 @@ func (us *userSession) byteLimitExceeded() {
 	us.limitHit = true
 	us.log.Info("session byte limit exceeded", "recorded", us.recorded)
 	stop := us.stopMessage(StopByteLimit)
-	if err := us.dev.Send(stop); err != nil {
+	if err := us.dev.Load().Send(stop); err != nil {
 		us.log.Info("could not send the byte-limit stop", "err", err)
 	}
 	us.closeWith(websocket.ClosePolicyViolation, CloseByteLimitText)

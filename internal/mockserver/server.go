@@ -72,9 +72,22 @@ type Options struct {
 	// refreshed by every frame and every ping/pong (default 60 s).
 	ReadTimeout time.Duration
 	// SessionByteLimit is how much terminal output one user connection may
-	// receive before the server stops it (docs/protocol.md §8.1): 0 = 8 MiB,
-	// negative = unlimited.
+	// receive before the server stops it (docs/protocol.md §8.1): 0 = 8 MiB
+	// (unlimited when Lenient), negative = unlimited.
 	SessionByteLimit int64
+	// DeviceFrameLimit is the largest device frame the server relays (the
+	// NATS payload limit between the real server's two sockets): a bigger
+	// one ends the device link with 1011. 0 = 1 MiB, negative = none;
+	// ignored when Lenient.
+	DeviceFrameLimit int
+	// Lenient turns off the real server's harsher rules (PROTOCOL.md
+	// 2.9.1) for tests of behaviour only a forgiving server shows: user
+	// sessions outlive a device link drop (kept for ReadTimeout and
+	// relayed over the device's next connection), a replaced device
+	// connection gets a close frame, a user leaving without a stop makes
+	// the device get "user disconnected", no frame size limit beyond the
+	// read limit, no byte-limit cut unless SessionByteLimit is set.
+	Lenient bool
 	// TokenLifetime is the validity of issued JWTs (default 24 h).
 	TokenLifetime time.Duration
 	// Strict makes a device connection end on an undecodable frame or on a
@@ -123,6 +136,9 @@ type Server struct {
 	serveDone chan struct{}
 	console   *console
 
+	// parked holds, when Lenient, the user sessions of dropped devices.
+	parked map[string]map[*userSession]*time.Timer
+
 	// wg counts hijacked websocket handlers: http.Server.Shutdown does
 	// not wait for them.
 	wg sync.WaitGroup
@@ -170,8 +186,17 @@ func New(opts Options) *Server {
 	if opts.ReadTimeout <= 0 {
 		opts.ReadTimeout = DefaultReadTimeout
 	}
-	if opts.SessionByteLimit == 0 {
+	switch {
+	case opts.SessionByteLimit == 0 && opts.Lenient:
+		opts.SessionByteLimit = -1
+	case opts.SessionByteLimit == 0:
 		opts.SessionByteLimit = DefaultSessionByteLimit
+	}
+	switch {
+	case opts.Lenient:
+		opts.DeviceFrameLimit = -1
+	case opts.DeviceFrameLimit == 0:
+		opts.DeviceFrameLimit = DefaultDeviceFrameLimit
 	}
 	if opts.TokenLifetime <= 0 {
 		opts.TokenLifetime = DefaultTokenLifetime
@@ -311,6 +336,7 @@ func (s *Server) Close() error {
 		// report a server error.
 		_ = d.closeWith(websocket.CloseGoingAway, "server shutting down")
 	}
+	s.closeParked()
 	s.wg.Wait()
 	return err
 }
