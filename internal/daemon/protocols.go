@@ -8,6 +8,7 @@ import (
 
 	"github.com/tether-agent/tether/internal/config"
 	"github.com/tether-agent/tether/internal/fdbudget"
+	"github.com/tether-agent/tether/internal/identity"
 	"github.com/tether-agent/tether/internal/metrics"
 	"github.com/tether-agent/tether/internal/proto"
 	"github.com/tether-agent/tether/internal/proto/filetransfer"
@@ -63,7 +64,7 @@ func protocols(cfg *config.Config, log *slog.Logger, rec *metrics.Metrics, reape
 			log.Warn("file transfer runs as root: a remote user can read and write every file", "user", a.Name)
 		}
 		ft, err := filetransfer.New(filetransfer.Options{Log: log, Limits: cfg.Limits,
-			Identity:     &filetransfer.Identity{Name: a.Name, UID: a.UID, GID: a.GID, Groups: a.Groups},
+			Identity:     &identity.Identity{Name: a.Name, UID: a.UID, GID: a.GID, Groups: a.Groups},
 			StateDir:     runtimeDir(),
 			MaxTransfers: int(cfg.FileTransfer.MaxTransfers), FDs: fds})
 		if err != nil {
@@ -83,7 +84,7 @@ func protocols(cfg *config.Config, log *slog.Logger, rec *metrics.Metrics, reape
 			return nil, nil, fmt.Errorf("port forward user: %w", err)
 		}
 		ps = append(ps, portforward.New(portforward.Options{
-			Identity:      &portforward.Identity{Name: a.Name, UID: a.UID, GID: a.GID, Groups: a.Groups},
+			Identity:      &identity.Identity{Name: a.Name, UID: a.UID, GID: a.GID, Groups: a.Groups},
 			Log:           log,
 			DialTimeout:   pf.DialTimeout.Duration(),
 			IdleTimeout:   pf.IdleTimeout.Duration(),

@@ -1,6 +1,7 @@
 package filetransfer
 
 import (
+	"github.com/tether-agent/tether/internal/identity"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -152,7 +153,7 @@ func TestSwapRace(t *testing.T) {
 	wg.Wait()
 }
 
-func nobody(t *testing.T) *Identity {
+func nobody(t *testing.T) *identity.Identity {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("this test switches identity and must run as root (CI does)")
@@ -163,7 +164,7 @@ func nobody(t *testing.T) *Identity {
 	}
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
-	return &Identity{Name: "nobody", UID: uint32(uid), GID: uint32(gid)}
+	return &identity.Identity{Name: "nobody", UID: uint32(uid), GID: uint32(gid)}
 }
 
 // TestLeastPrivilege: as nobody the kernel refuses what nobody may not do,

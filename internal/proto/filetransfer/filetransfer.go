@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tether-agent/tether/internal/identity"
 	"io"
 	"log/slog"
 	"os/user"
@@ -76,7 +77,7 @@ type Options struct {
 	Log *slog.Logger
 	// Identity is the account every file operation runs as; nil means
 	// the daemon's own (only sensible when the daemon is not root).
-	Identity *Identity
+	Identity *identity.Identity
 	// Limits is the Limits tree of the configuration; its FileTransfer
 	// part applies only when Enabled.
 	Limits config.LimitsConfig

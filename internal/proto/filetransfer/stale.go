@@ -173,17 +173,17 @@ func (p *Protocol) sweep() {
 	if len(ents) == 0 {
 		return
 	}
-	th, err := p.opts.Identity.start()
+	th, err := p.opts.Identity.Start()
 	if err != nil {
 		p.log.Error("file transfer: cannot switch to the account to remove stale temporary files", "error", err)
 		return
 	}
-	defer th.close()
+	defer th.Close()
 	for _, e := range ents {
 		path := filepath.Join(j.dir, e.Name())
 		rec, err := readRecord(path)
 		if err == nil {
-			err = th.do(func() error { return p.removeStale(rec) })
+			err = th.Do(func() error { return p.removeStale(rec) })
 		}
 		// The path came from the server once: clipped. One line per
 		// record, and there are at most as many as uploads were running.

@@ -49,7 +49,7 @@ func (s *session) stat(m *wire.ProtoMsg) {
 	}
 	defer s.p.opts.FDs.Release(fdsStat)
 	var st unix.Stat_t
-	err := s.p.opts.Identity.do(func() error {
+	err := s.p.opts.Identity.Do(func() error {
 		fd, err := s.p.res.open(path, unix.O_PATH, 0)
 		if err != nil {
 			return err
@@ -122,7 +122,7 @@ func (s *session) download(m *wire.ProtoMsg) {
 	l := s.p.opts.Limits.FileTransfer
 	var f *os.File
 	var st unix.Stat_t
-	err := s.p.opts.Identity.do(func() error {
+	err := s.p.opts.Identity.Do(func() error {
 		// O_NONBLOCK: opening a FIFO must not wait for a writer.
 		fd, err := s.p.res.open(path, unix.O_RDONLY|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
 		if err != nil {

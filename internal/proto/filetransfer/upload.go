@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/tether-agent/tether/internal/identity"
 	"os"
 	"os/user"
 	"strconv"
@@ -189,14 +190,14 @@ func (s *session) upload(m *wire.ProtoMsg) {
 	// included, is the account's: permissions, quotas and root's reserved
 	// blocks hold (see thread for why one thread per upload, and why the
 	// whole upload and not each step).
-	th, err := s.p.opts.Identity.start()
+	th, err := s.p.opts.Identity.Start()
 	if err != nil {
 		s.log.Error("file transfer: cannot switch to the account", "error", err)
 		s.replyError(m, "failed to open the target directory: "+err.Error())
 		return
 	}
-	defer th.close()
-	_ = th.do(func() error {
+	defer th.Close()
+	_ = th.Do(func() error {
 		s.uploadOn(th, m, &req, path)
 		return nil
 	})
@@ -205,7 +206,7 @@ func (s *session) upload(m *wire.ProtoMsg) {
 // uploadOn is upload once on the account's thread (th; nil when the
 // daemon cannot switch): everything here has the account's rights but
 // what goes through th.asRoot.
-func (s *session) uploadOn(th *thread, m *wire.ProtoMsg, req *wire.UploadBody, path string) {
+func (s *session) uploadOn(th *identity.Thread, m *wire.ProtoMsg, req *wire.UploadBody, path string) {
 	l := s.p.opts.Limits.FileTransfer
 	t, err := s.locate(path, req.SrcPath)
 	var c conflict
@@ -269,13 +270,13 @@ func (s *session) uploadOn(th *thread, m *wire.ProtoMsg, req *wire.UploadBody, p
 			return
 		}
 		tmp = tempName(t.leaf)
-		r := record{Dir: []byte(t.dir), Dev: dst.Dev, Ino: dst.Ino, Name: []byte(tmp), UID: s.p.opts.Identity.fsuid()}
-		th.asRoot(func() { rec = s.p.journal.add(r, s.log) })
+		r := record{Dir: []byte(t.dir), Dev: dst.Dev, Ino: dst.Ino, Name: []byte(tmp), UID: s.p.opts.Identity.FSUID()}
+		th.AsRoot(func() { rec = s.p.journal.add(r, s.log) })
 		fd, err := unix.Openat(t.dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 		if err == nil {
 			f = os.NewFile(uintptr(fd), tmp)
 		} else {
-			th.asRoot(func() { s.p.journal.done(rec) })
+			th.AsRoot(func() { s.p.journal.done(rec) })
 		}
 		if err != nil && !errors.Is(err, unix.EEXIST) {
 			s.replyError(m, "failed to create the file: "+(&pathError{op: "create temporary file in", path: path, err: err}).Error())
@@ -294,7 +295,7 @@ func (s *session) uploadOn(th *thread, m *wire.ProtoMsg, req *wire.UploadBody, p
 		if !committed {
 			_ = unix.Unlinkat(t.dirfd, tmp, 0)
 		}
-		th.asRoot(func() { s.p.journal.done(rec) })
+		th.AsRoot(func() { s.p.journal.done(rec) })
 	}
 	defer discard()
 	fail := func(about *wire.ProtoMsg, text string) {
@@ -358,7 +359,7 @@ func (s *session) uploadOn(th *thread, m *wire.ProtoMsg, req *wire.UploadBody, p
 				return
 			}
 			committed = true
-			th.asRoot(func() { s.p.journal.done(rec) })
+			th.AsRoot(func() { s.p.journal.done(rec) })
 			rec = ""
 		}
 		ack := &wire.ProtoMsg{Header: last.Header}
@@ -446,7 +447,7 @@ func (s *session) owner(req *wire.UploadBody) (int, int, error) {
 // keep a set-id bit), renamed over the target, directory synced. It runs
 // on the account's thread, like the writes: the writeback of delayed
 // allocations may happen in the fsync.
-func (s *session) commit(th *thread, f *os.File, t *target, tmp string, perm uint32, uid, gid int) error {
+func (s *session) commit(th *identity.Thread, f *os.File, t *target, tmp string, perm uint32, uid, gid int) error {
 	noReplace := s.limits() && !s.p.opts.Limits.FileTransfer.AllowOverwrite
 	err := func() error {
 		if err := f.Sync(); err != nil {
@@ -481,7 +482,7 @@ func (s *session) commit(th *thread, f *os.File, t *target, tmp string, perm uin
 	// descriptor cannot be synced; reopening "." of it needs no lookup,
 	// but read permission, which the account may lack (a drop box
 	// directory): as root.
-	th.asRoot(func() {
+	th.AsRoot(func() {
 		var dfd int
 		dfd, err = unix.Openat(t.dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err == nil {

@@ -1,6 +1,7 @@
 package filetransfer
 
 import (
+	"github.com/tether-agent/tether/internal/identity"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -27,7 +28,7 @@ func BenchmarkUploadAsAccount(b *testing.B) {
 	dir := b.TempDir()
 	os.Chmod(filepath.Dir(dir), 0o755)
 	os.Chmod(dir, 0o777)
-	p, err := New(Options{Identity: &Identity{Name: "nobody", UID: uint32(uid), GID: uint32(gid)}})
+	p, err := New(Options{Identity: &identity.Identity{Name: "nobody", UID: uint32(uid), GID: uint32(gid)}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"github.com/tether-agent/tether/internal/identity"
 	"net"
 	"os"
 	"path/filepath"
@@ -279,7 +280,7 @@ func TestSocketOwnerIsTheAccount(t *testing.T) {
 		t.Skip("switching identity needs root; this runs as root in CI")
 	}
 	const nobody = 65534
-	id := &Identity{Name: "nobody", UID: nobody, GID: nobody, Groups: []uint32{nobody}}
+	id := &identity.Identity{Name: "nobody", UID: nobody, GID: nobody, Groups: []uint32{nobody}}
 	for _, network := range []string{"tcp", "udp"} {
 		t.Run(network, func(t *testing.T) {
 			p := New(Options{Identity: id})

@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tether-agent/tether/internal/identity"
 	"io"
 	"log/slog"
 	"net"
@@ -118,7 +119,7 @@ type Options struct {
 	// the daemon's own): the kernel records a socket's owner when it is
 	// created, and owner-matching firewall rules and /proc/net/tcp go by
 	// it.
-	Identity *Identity
+	Identity *identity.Identity
 	// Window is how many device forwards may await the peer's ack (8).
 	Window int
 	// ReadSize is the largest forward body read from a TCP destination
@@ -724,7 +725,7 @@ func (c *conn) dial() (nc net.Conn, err error) {
 	p := c.s.p
 	ctx, cancel := context.WithTimeout(c.ctx, p.o.DialTimeout)
 	defer cancel()
-	if e := p.o.Identity.do(func() { nc, err = c.dialAddrs(ctx) }); e != nil {
+	if e := p.o.Identity.Do(func() error { nc, err = c.dialAddrs(ctx); return nil }); e != nil {
 		return nil, e
 	}
 	return nc, err

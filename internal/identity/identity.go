@@ -1,4 +1,12 @@
-package filetransfer
+// Package identity runs work with a configured account's rights inside
+// the root daemon: file transfer's lookups, opens and writes and port
+// forwarding's sockets. The account's supplementary groups, filesystem
+// uid and gid are set on one OS thread only, its capabilities dropped, and
+// that thread ends with the work, so the kernel's own checks (permissions,
+// quotas, reserved blocks, a socket's owner for firewall rules) apply to
+// what a remote user asks for, and nothing else in the daemon ever runs
+// with the switched identity.
+package identity
 
 import (
 	"fmt"
@@ -9,7 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Identity is the account whose rights every file operation has.
+// Identity is the account whose rights remote users' work has.
 type Identity struct {
 	Name   string
 	UID    uint32
@@ -17,19 +25,20 @@ type Identity struct {
 	Groups []uint32
 }
 
-// do runs f with id's identity so that the kernel's own permission
-// checks, quotas and reserved-block limits apply to every path f resolves
-// and every file it opens, creates, writes, renames or removes. The
+// Do runs f with id's identity so that the kernel's own permission
+// checks, quotas and reserved-block limits apply to every path f resolves,
+// every file it opens, creates, writes, renames or removes and every
+// socket it creates (its owner is the account). f must do its work on the
+// calling goroutine. The
 // identity is switched on one OS thread only (setgroups, setfsgid and
 // setfsuid as raw per-thread system calls, then capset clears all the
 // thread's capabilities, CAP_SYS_RESOURCE included; see enter), and that
-// thread is
-// never given back to the Go scheduler: the goroutine exits still
+// thread is never given back to the Go scheduler: the goroutine exits still
 // locked, so the runtime ends the thread and no other goroutine can ever
 // run with the switched identity, nor this one with root's. A nil id, or
 // a daemon that is not root, runs f as the daemon itself (it cannot
 // switch).
-func (id *Identity) do(f func() error) error {
+func (id *Identity) Do(f func() error) error {
 	if id == nil || os.Geteuid() != 0 {
 		return f()
 	}
@@ -71,17 +80,17 @@ func goLocked(body func()) {
 	<-held
 }
 
-// fsuid is the owner of the files created on id's threads.
-func (id *Identity) fsuid() uint32 {
+// FSUID is the owner of the files and sockets created on id's threads.
+func (id *Identity) FSUID() uint32 {
 	if id == nil || os.Geteuid() != 0 {
 		return uint32(os.Geteuid())
 	}
 	return id.UID
 }
 
-// thread is an OS thread switched to an identity and held for a series
-// of operations (an upload's lifetime): do hands it work, close ends it.
-// A nil thread runs the work on the caller's thread.
+// Thread is an OS thread switched to an identity and held for a series
+// of operations (an upload's lifetime): Do hands it work, Close ends it.
+// A nil Thread runs the work on the caller's thread.
 //
 // Why hold one rather than switch per operation: a switch is a new OS
 // thread (clone, setgroups, setfsgid, setfsuid, capset, the thread's
@@ -91,28 +100,28 @@ func (id *Identity) fsuid() uint32 {
 // chunk would cost 40–60 times the write, and even handing the held
 // thread each ack window (10 chunks) cost +50% CPU per MiB uploaded
 // (5.6–5.9 ms against 3.7–4.1 ms when root wrote; BenchmarkUploadAsAccount).
-// So an upload runs whole on its thread (3.5–3.6 ms/MiB): do called
+// So an upload runs whole on its thread (3.5–3.6 ms/MiB): Do called
 // there runs inline, and the few steps that need the daemon's own rights
-// (its journal, the directory fsync) go to another goroutine (asRoot).
+// (its journal, the directory fsync) go to another goroutine (AsRoot).
 // Holding the thread costs one parked OS thread per running upload,
 // which the transfer's end (complete, failed, aborted, peer silent for
 // the ack timeout, session closed) gives back. No switched thread
 // outlives its upload: a pool kept across transfers would hold threads
 // for ever on a device idle most of the time.
-type thread struct {
+type Thread struct {
 	ops chan func()
 	res chan error
 	tid int // the OS thread's id
 }
 
-// start switches a new OS thread to id for a series of operations.
-func (id *Identity) start() (*thread, error) {
+// Start switches a new OS thread to id for a series of operations.
+func (id *Identity) Start() (*Thread, error) {
 	if id == nil || os.Geteuid() != 0 {
 		return nil, nil
 	}
-	t := &thread{ops: make(chan func()), res: make(chan error, 1)}
+	t := &Thread{ops: make(chan func()), res: make(chan error, 1)}
 	goLocked(func() {
-		// No UnlockOSThread: the thread ends with the goroutine (see do).
+		// No UnlockOSThread: the thread ends with the goroutine (see Do).
 		if err := id.enter(); err != nil {
 			t.res <- err
 			return
@@ -129,9 +138,9 @@ func (id *Identity) start() (*thread, error) {
 	return t, nil
 }
 
-// do runs f on the switched thread; calls must not overlap. Called on
+// Do runs f on the switched thread; calls must not overlap. Called on
 // the thread itself, it just runs f.
-func (t *thread) do(f func() error) error {
+func (t *Thread) Do(f func() error) error {
 	if t == nil || unix.Gettid() == t.tid {
 		return f()
 	}
@@ -139,10 +148,10 @@ func (t *thread) do(f func() error) error {
 	return <-t.res
 }
 
-// asRoot runs f with the daemon's own rights: on another goroutine if
+// AsRoot runs f with the daemon's own rights: on another goroutine if
 // called on the switched thread (a new goroutine cannot run on a thread
 // locked to another), else right away.
-func (t *thread) asRoot(f func()) {
+func (t *Thread) AsRoot(f func()) {
 	if t == nil || unix.Gettid() != t.tid {
 		f()
 		return
@@ -155,8 +164,8 @@ func (t *thread) asRoot(f func()) {
 	<-done
 }
 
-// close ends the thread; it must not be used afterwards.
-func (t *thread) close() {
+// Close ends the thread; it must not be used afterwards.
+func (t *Thread) Close() {
 	if t != nil {
 		close(t.ops)
 	}

@@ -1,10 +1,12 @@
-package filetransfer
+package identity
 
 import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -45,14 +47,14 @@ func TestIdentityOnItsThread(t *testing.T) {
 				}
 				var err error
 				if held {
-					var th *thread
-					if th, err = tt.id.start(); err != nil {
+					var th *Thread
+					if th, err = tt.id.Start(); err != nil {
 						t.Fatal(err)
 					}
-					err = th.do(read)
-					th.close()
+					err = th.Do(read)
+					th.Close()
 				} else {
-					err = tt.id.do(read)
+					err = tt.id.Do(read)
 				}
 				if err != nil {
 					t.Fatal(err)
@@ -84,14 +86,14 @@ func TestIdentityOnItsThread(t *testing.T) {
 func TestHeldThreadEnds(t *testing.T) {
 	id := nobody(t)
 	for i := 0; i < 20; i++ {
-		th, err := id.start()
+		th, err := id.Start()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := th.do(func() error { return nil }); err != nil {
+		if err := th.Do(func() error { return nil }); err != nil {
 			t.Fatal(err)
 		}
-		th.close()
+		th.Close()
 	}
 	var left []string
 	eventually(t, 5*time.Second, "no thread left as nobody", func() bool {
@@ -155,19 +157,19 @@ func BenchmarkIdentity(b *testing.B) {
 	b.Run("switch-per-write", func(b *testing.B) {
 		cpu(b, func() {
 			for i := 0; i < b.N; i++ {
-				_ = id.do(write)
+				_ = id.Do(write)
 			}
 		})
 	})
 	b.Run("held-thread", func(b *testing.B) {
-		th, err := id.start()
+		th, err := id.Start()
 		if err != nil {
 			b.Fatal(err)
 		}
-		defer th.close()
+		defer th.Close()
 		cpu(b, func() {
 			for i := 0; i < b.N; i++ {
-				_ = th.do(write)
+				_ = th.Do(write)
 			}
 		})
 	})
@@ -188,13 +190,13 @@ func statusField(status, key string) string {
 // only the filesystem ids are the account's, the others stay root's.
 func TestSwitchedThreadNotSignalable(t *testing.T) {
 	id := nobody(t)
-	th, err := id.start()
+	th, err := id.Start()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer th.close()
+	defer th.Close()
 	var tid int
-	_ = th.do(func() error { tid = unix.Gettid(); return nil })
+	_ = th.Do(func() error { tid = unix.Gettid(); return nil })
 	cmd := exec.Command("/bin/sh", "-c", fmt.Sprintf("kill -0 %d", tid))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: id.UID, Gid: id.GID}}
 	out, err := cmd.CombinedOutput()
@@ -204,4 +206,18 @@ func TestSwitchedThreadNotSignalable(t *testing.T) {
 	if !strings.Contains(strings.ToLower(string(out)), "not permitted") {
 		t.Errorf("kill -0 as the account: %v %s", err, out)
 	}
+}
+
+func nobody(t *testing.T) *Identity {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("this test switches identity and must run as root (CI does)")
+	}
+	u, err := user.Lookup("nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return &Identity{Name: "nobody", UID: uint32(uid), GID: uint32(gid)}
 }
