@@ -53,7 +53,9 @@ func noTempFiles(t *testing.T, dir string) {
 }
 
 // TestFileTransferREST drives the mock server's REST calls as mender-cli
-// does, against the real daemon.
+// does, against the real daemon: a round trip, then each failure with its
+// text and the HTTP status the device's "code" gives it through the server (403
+// refused, 404 missing, 409 another type, 413 too large, 400 the rest).
 func TestFileTransferREST(t *testing.T) {
 	dir := ftDir(t)
 	e := newEnv(t, map[string]interface{}{
@@ -98,17 +100,17 @@ func TestFileTransferREST(t *testing.T) {
 		{"download outside chroot", func() error {
 			_, err := mockserver.DownloadFile(e.ctx, e.url, jwt, e.deviceID, outside, io.Discard)
 			return err
-		}, 400, "failed to retrieve file info: error received from device: access denied: the target file path is outside chroot"},
+		}, 403, "failed to retrieve file info: error received from device: access denied: the target file path is outside chroot"},
 		{"upload outside chroot", func() error {
 			return mockserver.UploadFile(e.ctx, e.url, jwt, e.deviceID, "/etc/planted", "x", strings.NewReader("x"), nil, nil)
-		}, 400, "access denied: the target file path is outside chroot"},
+		}, 403, "access denied: the target file path is outside chroot"},
 		{"setuid as the server sends it", func() error {
 			return mockserver.UploadFile(e.ctx, e.url, jwt, e.deviceID, filepath.Join(dir, "s"), "s", strings.NewReader("x"),
 				[]mockserver.UploadField{{Name: "mode", Value: "4755"}}, nil)
-		}, 400, "access denied: the set uid mode is forbidden"},
+		}, 403, "access denied: the set uid mode is forbidden"},
 		{"upload over the size limit", func() error {
 			return mockserver.UploadFile(e.ctx, e.url, jwt, e.deviceID, target, "big", bytes.NewReader(make([]byte, 1<<20+1)), nil, nil)
-		}, 400, "failed to write file chunk: the file size is over the limit"},
+		}, 413, "failed to write file chunk: the file size is over the limit"},
 		{"download a directory", func() error {
 			_, err := mockserver.DownloadFile(e.ctx, e.url, jwt, e.deviceID, dir, io.Discard)
 			return err
@@ -116,7 +118,10 @@ func TestFileTransferREST(t *testing.T) {
 		{"missing file", func() error {
 			_, err := mockserver.DownloadFile(e.ctx, e.url, jwt, e.deviceID, filepath.Join(dir, "none"), io.Discard)
 			return err
-		}, 400, "failed to retrieve file info: error received from device: failed to get file info from path '" + filepath.Join(dir, "none") + "': open " + filepath.Join(dir, "none") + ": no such file or directory"},
+		}, 404, "failed to retrieve file info: error received from device: failed to get file info from path '" + filepath.Join(dir, "none") + "': open " + filepath.Join(dir, "none") + ": no such file or directory"},
+		{"upload over a directory", func() error {
+			return mockserver.UploadFile(e.ctx, e.url, jwt, e.deviceID, dir, "d", strings.NewReader("x"), nil, nil)
+		}, 409, "conflicting file path: cannot overwrite directory"},
 		{"relative path", func() error {
 			_, err := mockserver.DownloadFile(e.ctx, e.url, jwt, e.deviceID, "etc/passwd", io.Discard)
 			return err
@@ -159,7 +164,7 @@ func TestFileTransferLeastPrivilege(t *testing.T) {
 		t.Errorf("download /etc/shadow as nobody: %v, %d bytes", err, got.Len())
 	}
 	err = mockserver.UploadFile(e.ctx, e.url, jwt, e.deviceID, "/etc/tether-planted", "x", strings.NewReader("x"), nil, nil)
-	if he := httpErr(t, err); he.StatusCode != 400 || !strings.HasSuffix(he.Message, "permission denied") {
+	if he := httpErr(t, err); he.StatusCode != 403 || !strings.HasSuffix(he.Message, "permission denied") {
 		t.Errorf("upload under /etc as nobody: %v", err)
 	}
 	if _, err := os.Stat("/etc/tether-planted"); err == nil {

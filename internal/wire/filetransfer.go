@@ -28,6 +28,10 @@ type FileErrorBody struct {
 	Error       string `msgpack:"err"`
 	MessageType string `msgpack:"msgtype,omitempty"`
 	MessageID   string `msgpack:"msgid,omitempty"`
+	// Code is the HTTP status the server gives the user for the failed
+	// request (tether's addition; mender-connect sends none, so every
+	// failure read as 400).
+	Code int `msgpack:"code,omitempty"`
 }
 
 // FilePathBody is the body of "stat" and "get_file".

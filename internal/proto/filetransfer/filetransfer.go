@@ -528,10 +528,16 @@ func (s *session) send(m *wire.ProtoMsg) error {
 	return s.out.Send(ctx, m)
 }
 
-// replyError answers req with a file-transfer error: the request's props
-// copied back and {"err","msgtype"} (and msgid when the request had one).
+// replyError answers req with a file-transfer error of status 400.
 func (s *session) replyError(req *wire.ProtoMsg, text string) {
-	body := wire.FileErrorBody{Error: text, MessageType: req.Header.MsgType, MessageID: req.Header.StringProp(wire.PropMsgID)}
+	s.replyStatus(req, statusBadRequest, text)
+}
+
+// replyStatus answers req with a file-transfer error: the request's props
+// copied back and {"err","msgtype","code"} (and msgid when the request had
+// one); code is the HTTP status the server gives the user (status.go).
+func (s *session) replyStatus(req *wire.ProtoMsg, code int, text string) {
+	body := wire.FileErrorBody{Error: text, MessageType: req.Header.MsgType, MessageID: req.Header.StringProp(wire.PropMsgID), Code: code}
 	b, err := wire.EncodeBody(body)
 	if err != nil {
 		s.log.Error("file transfer: encode error body", "error", err)

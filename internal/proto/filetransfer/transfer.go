@@ -58,7 +58,7 @@ func (s *session) stat(m *wire.ProtoMsg) {
 		return unix.Fstat(fd, &st)
 	})
 	if err != nil {
-		s.replyError(m, denial(fmt.Sprintf("failed to get file info from path '%s': ", path), err))
+		s.replyStatus(m, statusOf(err), denial(fmt.Sprintf("failed to get file info from path '%s': ", path), err))
 		return
 	}
 	size, uid, gid, mode := st.Size, st.Uid, st.Gid, uint32(goMode(st.Mode))
@@ -136,7 +136,7 @@ func (s *session) download(m *wire.ProtoMsg) {
 		return nil
 	})
 	if err != nil {
-		s.replyError(m, denial("failed to open the file: ", err))
+		s.replyStatus(m, statusOf(err), denial("failed to open the file: ", err))
 		return
 	}
 	defer f.Close()
@@ -158,7 +158,7 @@ func (s *session) download(m *wire.ProtoMsg) {
 		reason = "transmitted bytes limit exhausted"
 	}
 	if reason != "" {
-		s.replyError(m, msgAccessDenied+reason)
+		s.replyStatus(m, statusForbidden, msgAccessDenied+reason)
 		return
 	}
 	var r io.Reader = f
@@ -175,7 +175,7 @@ func (s *session) download(m *wire.ProtoMsg) {
 			n, err := io.ReadFull(r, buf)
 			if n > 0 {
 				if s.p.tx != nil && !s.p.tx.AllowN(time.Now(), n) {
-					s.replyError(m, "failed to send file chunk: transmitted bytes limit exhausted")
+					s.replyStatus(m, statusForbidden, "failed to send file chunk: transmitted bytes limit exhausted")
 					return
 				}
 				if err := s.send(chunk(s.sid, sent, buf[:n])); err != nil {

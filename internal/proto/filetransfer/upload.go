@@ -178,11 +178,11 @@ func (s *session) upload(m *wire.ProtoMsg) {
 	path := *req.Path
 	l := s.p.opts.Limits.FileTransfer
 	if s.limits() && l.MaxFileSize > 0 && req.Size != nil && *req.Size > 0 && uint64(*req.Size) > l.MaxFileSize {
-		s.replyError(m, msgAccessDenied+"the file size is over the limit")
+		s.replyStatus(m, statusTooLarge, msgAccessDenied+"the file size is over the limit")
 		return
 	}
 	if _, err := s.p.res.rel(path); err != nil {
-		s.replyError(m, denial("invalid request parameters: ", err))
+		s.replyStatus(m, statusOf(err), denial("invalid request parameters: ", err))
 		return
 	}
 	// The rest of the upload runs on one thread switched to the account,
@@ -213,13 +213,13 @@ func (s *session) uploadOn(th *identity.Thread, m *wire.ProtoMsg, req *wire.Uplo
 	var d deny
 	switch {
 	case errors.As(err, &c):
-		s.replyError(m, c.Error())
+		s.replyStatus(m, statusConflict, c.Error())
 		return
 	case errors.As(err, &d):
-		s.replyError(m, msgAccessDenied+d.Error())
+		s.replyStatus(m, statusForbidden, msgAccessDenied+d.Error())
 		return
 	case err != nil:
-		s.replyError(m, denial("failed to open the target directory: ", err))
+		s.replyStatus(m, statusOf(err), denial("failed to open the target directory: ", err))
 		return
 	}
 	defer unix.Close(t.dirfd)
@@ -230,7 +230,7 @@ func (s *session) uploadOn(th *identity.Thread, m *wire.ProtoMsg, req *wire.Uplo
 	}
 	special := mode&(posixSetuid|posixSetgid|goSetuid|goSetgid) != 0
 	if s.limits() && !l.AllowSuid && special {
-		s.replyError(m, msgAccessDenied+"the set uid mode is forbidden")
+		s.replyStatus(m, statusForbidden, msgAccessDenied+"the set uid mode is forbidden")
 		return
 	}
 	perm := mode & 0o777
@@ -251,7 +251,7 @@ func (s *session) uploadOn(th *identity.Thread, m *wire.ProtoMsg, req *wire.Uplo
 		return
 	}
 	if s.p.rx != nil && s.p.rx.Tokens() < 1 {
-		s.replyError(m, msgAccessDenied+"received bytes limit exhausted")
+		s.replyStatus(m, statusForbidden, msgAccessDenied+"received bytes limit exhausted")
 		return
 	}
 
@@ -279,7 +279,7 @@ func (s *session) uploadOn(th *identity.Thread, m *wire.ProtoMsg, req *wire.Uplo
 			th.AsRoot(func() { s.p.journal.done(rec) })
 		}
 		if err != nil && !errors.Is(err, unix.EEXIST) {
-			s.replyError(m, "failed to create the file: "+(&pathError{op: "create temporary file in", path: path, err: err}).Error())
+			s.replyStatus(m, statusOf(err), "failed to create the file: "+(&pathError{op: "create temporary file in", path: path, err: err}).Error())
 			return
 		}
 	}
@@ -298,9 +298,9 @@ func (s *session) uploadOn(th *identity.Thread, m *wire.ProtoMsg, req *wire.Uplo
 		th.AsRoot(func() { s.p.journal.done(rec) })
 	}
 	defer discard()
-	fail := func(about *wire.ProtoMsg, text string) {
+	fail := func(about *wire.ProtoMsg, code int, text string) {
 		discard()
-		s.replyError(about, text)
+		s.replyStatus(about, code, text)
 	}
 	if err := s.send(&wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoFileTransfer, MsgType: wire.FileAck, SessionID: s.sid,
 		Properties: map[string]interface{}{wire.PropOffset: int64(0)}}}); err != nil {
@@ -314,13 +314,13 @@ func (s *session) uploadOn(th *identity.Thread, m *wire.ProtoMsg, req *wire.Uplo
 		switch {
 		case timedOut:
 			s.log.Warn("file transfer: no chunk for the ack timeout; upload aborted", "path", path, "written", u.written)
-			fail(m, "file transfer timed out waiting for file chunk")
+			fail(m, statusBadRequest, "file transfer timed out waiting for file chunk")
 			return
 		case c == nil:
 			s.log.Info("file transfer: session closed during upload; nothing kept", "path", path, "written", u.written)
 			return
 		case s.overflow.Load():
-			fail(m, "file transfer aborted: too many messages from the peer")
+			fail(m, statusBadRequest, "file transfer aborted: too many messages from the peer")
 			return
 		case c.Header.MsgType == wire.FileChunk:
 		case c.Header.MsgType == wire.FileError:
@@ -329,14 +329,14 @@ func (s *session) uploadOn(th *identity.Thread, m *wire.ProtoMsg, req *wire.Uplo
 		case s.during(c):
 			continue
 		default:
-			fail(c, fmt.Sprintf("received unexpected message type '%s' during file upload", c.Header.MsgType))
+			fail(c, statusBadRequest, fmt.Sprintf("received unexpected message type '%s' during file upload", c.Header.MsgType))
 			return
 		}
 		// Take the chunks already waiting (up to 10 per ack, as upstream).
 		last := c
 		for i := 0; ; i++ {
-			if text := u.put(last); text != "" {
-				fail(last, text)
+			if code, text := u.put(last); text != "" {
+				fail(last, code, text)
 				return
 			}
 			if u.eof || i == wire.FileAckEvery-1 {
@@ -355,7 +355,7 @@ func (s *session) uploadOn(th *identity.Thread, m *wire.ProtoMsg, req *wire.Uplo
 		if u.eof {
 			if err := s.commit(th, f, t, tmp, perm, uid, gid); err != nil {
 				s.log.Warn("file transfer: upload failed", "path", path, "error", err)
-				fail(last, err.Error())
+				fail(last, statusOf(err), err.Error())
 				return
 			}
 			committed = true
@@ -386,33 +386,34 @@ type upState struct {
 	eof     bool
 }
 
-// put writes one chunk; it returns the error text for the peer. It runs
+// put writes one chunk; it returns the error status and text for the
+// peer ("" when it went well). It runs
 // on the account's thread: a write as root could take the blocks ext4
 // reserves for root and ignore the account's quota (CAP_SYS_RESOURCE).
-func (u *upState) put(c *wire.ProtoMsg) string {
+func (u *upState) put(c *wire.ProtoMsg) (int, string) {
 	off, ok := c.Header.IntProp(wire.PropOffset)
 	if !ok {
-		return "invalid file chunk message: missing offset property"
+		return statusBadRequest, "invalid file chunk message: missing offset property"
 	}
 	if off != u.written {
-		return "received unexpected chunk offset"
+		return statusBadRequest, "received unexpected chunk offset"
 	}
 	if len(c.Body) == 0 {
 		u.eof = true
-		return ""
+		return 0, ""
 	}
 	l := u.s.p.opts.Limits.FileTransfer
 	if u.s.limits() && l.MaxFileSize > 0 && uint64(u.written)+uint64(len(c.Body)) > l.MaxFileSize {
-		return "failed to write file chunk: the file size is over the limit"
+		return statusTooLarge, "failed to write file chunk: the file size is over the limit"
 	}
 	if u.s.p.rx != nil && !u.s.p.rx.AllowN(time.Now(), len(c.Body)) {
-		return "failed to write file chunk: received bytes limit exhausted"
+		return statusForbidden, "failed to write file chunk: received bytes limit exhausted"
 	}
 	if _, err := u.f.Write(c.Body); err != nil {
-		return "failed to write file chunk: " + err.Error()
+		return statusOf(err), "failed to write file chunk: " + err.Error()
 	}
 	u.written += int64(len(c.Body))
-	return ""
+	return 0, ""
 }
 
 // owner is the uid/gid to give the upload, -1 for "as created" (the
