@@ -26,6 +26,8 @@ SLIM_TAGS ?= nometrics
 SIZE_DETAIL ?= linux-arm64 linux-armv7
 # SIZE_STRICT=1 makes `make size` fail when a build is over its budget.
 SIZE_STRICT ?=
+# Packages `make size` lists per detail platform, the largest first; 0 = all.
+SIZE_TOP ?= 25
 
 # cross-one's target, from GOOS/GOARCH/GOARM/GOMIPS given on the command line
 # (GOARM may be written v7, as BuildKit's TARGETVARIANT is). Recursively
@@ -106,7 +108,7 @@ size: cross
 	    $(MAKE) --no-print-directory size-unstripped SIZE_SRC=$(CROSS_SIZE)/base-src DIST=$(CROSS_SIZE)/base $(cross_stamps) GOOS=$$os GOARCH=$$arch GOARM=$$arm; \
 	  fi; \
 	done
-	$(GO) run ./internal/buildcheck/sizetable -dist '$(DIST)' -unstripped $(CROSS_SIZE) \
+	$(GO) run ./internal/buildcheck/sizetable -dist '$(DIST)' -unstripped $(CROSS_SIZE) -top $(SIZE_TOP) \
 	  $(if $(SIZE_BASE),-base $(CROSS_SIZE)/base -base-name '$(SIZE_BASE)') $(if $(SIZE_STRICT),-strict) $(SIZE_DETAIL)
 
 .PHONY: size-unstripped

@@ -25,7 +25,7 @@ import (
 func main() {
 	dist := flag.String("dist", "dist", "directory `make cross` built into")
 	unstripped := flag.String("unstripped", "build/size", "directory of the unstripped builds of the detail platforms")
-	top := flag.Int("top", 15, "packages to list per detail platform")
+	top := flag.Int("top", 15, "packages to list per detail platform; 0 lists all")
 	strict := flag.Bool("strict", false, "exit 1 when a build is over its budget")
 	base := flag.String("base", "", "directory of unstripped builds of older sources to compare with")
 	baseName := flag.String("base-name", "base", "what to call the -base builds (a git revision)")
