@@ -10,7 +10,23 @@ LDFLAGS     := -s -w -buildid= \
                -X $(PKG)/internal/version.Version=$(VERSION) \
                -X $(PKG)/internal/version.Commit=$(COMMIT) \
                -X $(PKG)/internal/version.Date=$(BUILD_DATE)
-GOBUILD     := CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)'
+# No inlining (-l) in packages that run only at start, at a TLS handshake,
+# on a config load or a metrics scrape: inlined copies of their helpers are
+# about 0.5 MiB of the arm64 binary (docs/building.md, "Size"). Later
+# patterns win, so the TLS record layer and AES-GCM, which every frame
+# passes through, keep theirs; so do the runtime, net, os, reflect, msgpack,
+# the websocket and tether's own packages, which no pattern here names
+# (config aside).
+COLD_GCFLAGS := -gcflags=crypto/...=-l -gcflags=crypto/tls= -gcflags=crypto/cipher= \
+               -gcflags=crypto/internal/fips140/aes/...= -gcflags=crypto/internal/fips140/subtle= \
+               -gcflags=net/http/...=-l -gcflags=net/url=-l -gcflags=net/textproto=-l \
+               -gcflags=mime/...=-l -gcflags=compress/...=-l -gcflags=vendor/...=-l \
+               -gcflags=encoding/json=-l -gcflags=encoding/asn1=-l -gcflags=math/big=-l \
+               -gcflags=regexp/...=-l -gcflags=text/...=-l -gcflags=flag=-l \
+               -gcflags=os/user=-l -gcflags=os/exec=-l \
+               -gcflags=google.golang.org/protobuf/...=-l -gcflags=github.com/prometheus/...=-l \
+               -gcflags=github.com/godbus/dbus/v5=-l -gcflags=$(PKG)/internal/config=-l
+GOBUILD     := CGO_ENABLED=0 $(GO) build -trimpath $(COLD_GCFLAGS) -ldflags '$(LDFLAGS)'
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.6.1
 # Fuzzing budgets are counts of executions, about 20 s each on a CI-sized
 # machine: a duration races the coordinator's own deadline in Go 1.26 and

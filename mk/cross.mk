@@ -7,7 +7,7 @@
 #   make cross-one    one platform: GOOS=linux GOARCH=arm GOARM=7 [DIST=dir]
 #   make cross-verify the ELF/build-info test on $(DIST) [PLATFORMS="linux-armv7 ..."]
 #   make cross-repro  build linux/arm64 twice (other path, empty cache), compare
-#   make size         size table and budget of the full and slim builds [SIZE_STRICT=1]
+#   make size         size table and budget of the full and slim builds [SIZE_STRICT=1] [SIZE_BASE=rev]
 #   make cross-unit   the tests whose system calls differ by architecture, on arm under qemu-user
 #   make cross-check  all of the above; what CI runs
 
@@ -26,6 +26,8 @@ SLIM_TAGS ?= nometrics
 SIZE_DETAIL ?= linux-arm64 linux-armv7
 # SIZE_STRICT=1 makes `make size` fail when a build is over its budget.
 SIZE_STRICT ?=
+# Packages `make size` lists per detail platform, the largest first; 0 = all.
+SIZE_TOP ?= 25
 
 # cross-one's target, from GOOS/GOARCH/GOARM/GOMIPS given on the command line
 # (GOARM may be written v7, as BuildKit's TARGETVARIANT is). Recursively
@@ -92,19 +94,29 @@ cross-repro:
 
 # Sizes are of the stripped dist binaries; the per-package breakdown needs
 # symbols, so SIZE_DETAIL platforms are linked once more without -s -w.
+# SIZE_BASE=<git revision> also builds that revision's sources the same way
+# (same flags and Go) and lists what grew since, package by package.
 CROSS_SIZE := build/size
+SIZE_BASE ?=
 size: cross
 	@set -e; for d in $(SIZE_DETAIL); do \
 	  os=$${d%%-*}; arch=$${d#*-}; arm=; case $$arch in armv*) arm=$${arch#armv}; arch=arm;; esac; \
 	  $(MAKE) --no-print-directory size-unstripped DIST=$(CROSS_SIZE) $(cross_stamps) GOOS=$$os GOARCH=$$arch GOARM=$$arm; \
+	  if [ -n '$(SIZE_BASE)' ]; then \
+	    rm -rf $(CROSS_SIZE)/base-src && mkdir -p $(CROSS_SIZE)/base-src && \
+	    git archive '$(SIZE_BASE)' | tar x -C $(CROSS_SIZE)/base-src && \
+	    $(MAKE) --no-print-directory size-unstripped SIZE_SRC=$(CROSS_SIZE)/base-src DIST=$(CROSS_SIZE)/base $(cross_stamps) GOOS=$$os GOARCH=$$arch GOARM=$$arm; \
+	  fi; \
 	done
-	$(GO) run ./internal/buildcheck/sizetable -dist '$(DIST)' -unstripped $(CROSS_SIZE) $(if $(SIZE_STRICT),-strict) $(SIZE_DETAIL)
+	$(GO) run ./internal/buildcheck/sizetable -dist '$(DIST)' -unstripped $(CROSS_SIZE) -top $(SIZE_TOP) \
+	  $(if $(SIZE_BASE),-base $(CROSS_SIZE)/base -base-name '$(SIZE_BASE)') $(if $(SIZE_STRICT),-strict) $(SIZE_DETAIL)
 
 .PHONY: size-unstripped
+SIZE_SRC ?= .
 size-unstripped:
 	@mkdir -p $(DIST)/$(cross_dir)
-	$(cross_env) $(subst -s -w ,,$(GOBUILD)) -buildvcs=false -o $(DIST)/$(cross_dir)/tether ./cmd/tether
-	$(cross_env) $(subst -s -w ,,$(GOBUILD)) -buildvcs=false -tags '$(SLIM_TAGS)' -o $(DIST)/$(cross_dir)/tether-slim ./cmd/tether
+	cd $(SIZE_SRC) && $(cross_env) $(subst -s -w ,,$(GOBUILD)) -buildvcs=false -o $(abspath $(DIST))/$(cross_dir)/tether ./cmd/tether
+	cd $(SIZE_SRC) && $(cross_env) $(subst -s -w ,,$(GOBUILD)) -buildvcs=false -tags '$(SLIM_TAGS)' -o $(abspath $(DIST))/$(cross_dir)/tether-slim ./cmd/tether
 
 # System calls whose numbers differ by architecture (the 16-bit id calls of
 # 32-bit arm and 386) are tested on arm under qemu-user. 386 shares the same

@@ -43,7 +43,13 @@ const MiB = 1 << 20
 // Platforms lists every platform `make cross` builds, in its order.
 func Platforms() []Platform {
 	le := elf.ELFDATA2LSB
-	const full, slim = 9 * MiB, 6.5 * MiB
+	// The budgets are the sizes reached in December 2026 (Go 1.26), rounded
+	// up to the next quarter MiB, so that growth past a page shows; see
+	// docs/building.md, "Size".
+	const (
+		arm64Full, arm64Slim = 10 * MiB, 6.5 * MiB
+		armv7Full, armv7Slim = 10.25 * MiB, 6.75 * MiB
+	)
 	return []Platform{
 		{Dir: "linux-amd64", Docker: "linux/amd64", GOOS: "linux", GOARCH: "amd64",
 			Machine: elf.EM_X86_64, Class: elf.ELFCLASS64, Data: le, Mocks: true},
@@ -51,12 +57,12 @@ func Platforms() []Platform {
 			Machine: elf.EM_386, Class: elf.ELFCLASS32, Data: le},
 		{Dir: "linux-arm64", Docker: "linux/arm64", GOOS: "linux", GOARCH: "arm64",
 			Machine: elf.EM_AARCH64, Class: elf.ELFCLASS64, Data: le, Mocks: true,
-			FullBudget: full, SlimBudget: slim},
+			FullBudget: arm64Full, SlimBudget: arm64Slim},
 		{Dir: "linux-armv6", Docker: "linux/arm/v6", GOOS: "linux", GOARCH: "arm", GOARM: "6",
 			Machine: elf.EM_ARM, Class: elf.ELFCLASS32, Data: le},
 		{Dir: "linux-armv7", Docker: "linux/arm/v7", GOOS: "linux", GOARCH: "arm", GOARM: "7",
 			Machine: elf.EM_ARM, Class: elf.ELFCLASS32, Data: le, Mocks: true,
-			FullBudget: full, SlimBudget: slim},
+			FullBudget: armv7Full, SlimBudget: armv7Slim},
 		{Dir: "linux-riscv64", Docker: "linux/riscv64", GOOS: "linux", GOARCH: "riscv64",
 			Machine: elf.EM_RISCV, Class: elf.ELFCLASS64, Data: le},
 		{Dir: "linux-mipsle", Docker: "linux/mipsle", GOOS: "linux", GOARCH: "mipsle", GOMIPS: "softfloat",

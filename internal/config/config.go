@@ -18,7 +18,7 @@ const (
 	DefaultFallbackPath = "/var/lib/tether/tether.conf"
 	// DefaultShellsFile lists the shells ShellCommand may name.
 	DefaultShellsFile = "/etc/shells"
-	// EnvPrefix is the envconfig prefix: TETHER_USER, TETHER_SESSIONS_MAXTOTAL, ...
+	// EnvPrefix is the prefix of the environment keys: TETHER_USER, TETHER_SESSIONS_MAXTOTAL, ...
 	EnvPrefix = "TETHER"
 )
 

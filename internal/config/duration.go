@@ -53,7 +53,7 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// Decode implements envconfig.Decoder: a Go duration string or a bare
+// Decode reads a TETHER_* variable (see loadEnv): a Go duration string or a bare
 // number of seconds.
 func (d *Duration) Decode(value string) error {
 	v, err := parseEnvDuration(value)

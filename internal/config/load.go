@@ -12,8 +12,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-
-	"github.com/kelseyhightower/envconfig"
 )
 
 // LoadOptions says where Load looks. Empty fields mean the defaults.
@@ -63,12 +61,8 @@ func Load(opts LoadOptions) (cfg *Config, warnings []string, err error) {
 	}
 
 	warnings = append(warnings, unknownEnvWarnings()...)
-	if err := envconfig.Process(EnvPrefix, cfg); err != nil {
-		var pe *envconfig.ParseError
-		if errors.As(err, &pe) {
-			return nil, warnings, fmt.Errorf("environment variable %s: cannot use the value as %s: %w", pe.KeyName, pe.TypeName, pe.Err)
-		}
-		return nil, warnings, fmt.Errorf("environment: %w", err)
+	if err := loadEnv(EnvPrefix, cfg); err != nil {
+		return nil, warnings, err
 	}
 
 	cfg.normalize()
@@ -442,26 +436,12 @@ func lineCol(data []byte, idx int) (line, col int) {
 	return line, col
 }
 
-// envKeys lists every variable envconfig reads for a Config, mirroring its
-// naming: prefix, then upper-cased field names joined by '_'.
+// envKeys lists every variable loadEnv reads for a Config.
 func envKeys() map[string]bool {
 	keys := make(map[string]bool)
-	var walk func(prefix string, t reflect.Type)
-	walk = func(prefix string, t reflect.Type) {
-		for i := 0; i < t.NumField(); i++ {
-			f := t.Field(i)
-			if !f.IsExported() {
-				continue
-			}
-			key := prefix + "_" + strings.ToUpper(f.Name)
-			if f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeFor[Duration]() {
-				walk(key, f.Type)
-				continue
-			}
-			keys[key] = true
-		}
+	for _, ef := range envFields(EnvPrefix, reflect.ValueOf(&Config{}).Elem(), nil) {
+		keys[ef.key] = true
 	}
-	walk(EnvPrefix, reflect.TypeOf(Config{}))
 	return keys
 }
 

@@ -438,7 +438,7 @@ func TestUnknownEnvironmentVariable(t *testing.T) {
 
 func TestEnvKeysMatchEnvconfig(t *testing.T) {
 	// Every name envKeys knows (the unknown-variable warning relies on the
-	// list) must be read by envconfig: a marker value either lands in the
+	// list) must be read by loadEnv: a marker value either lands in the
 	// config or fails to parse with an error naming the variable.
 	keys := envKeys()
 	for _, k := range []string{"TETHER_USER", "TETHER_SESSIONS_MAXPERUSER", "TETHER_METRICS_LISTEN",
@@ -469,7 +469,7 @@ func TestEnvKeysMatchEnvconfig(t *testing.T) {
 			t.Fatal(jerr)
 		}
 		if !strings.Contains(string(b), marker) {
-			t.Errorf("%s: envconfig ignored the variable", k)
+			t.Errorf("%s: loadEnv ignored the variable", k)
 		}
 	}
 }

@@ -3,7 +3,10 @@
 // platforms named as arguments, where the bytes go by section, module and
 // package (from unstripped builds of the same sources).
 //
-//	sizetable -dist dist -unstripped build/size [-strict] linux-arm64 linux-armv7
+//	sizetable -dist dist -unstripped build/size [-base build/size/base] [-strict] linux-arm64 linux-armv7
+//
+// With -base, a directory laid out like -unstripped holding builds of
+// older sources, it also lists what grew since, by module and package.
 package main
 
 import (
@@ -22,10 +25,12 @@ import (
 func main() {
 	dist := flag.String("dist", "dist", "directory `make cross` built into")
 	unstripped := flag.String("unstripped", "build/size", "directory of the unstripped builds of the detail platforms")
-	top := flag.Int("top", 15, "packages to list per detail platform")
+	top := flag.Int("top", 15, "packages to list per detail platform; 0 lists all")
 	strict := flag.Bool("strict", false, "exit 1 when a build is over its budget")
+	base := flag.String("base", "", "directory of unstripped builds of older sources to compare with")
+	baseName := flag.String("base-name", "base", "what to call the -base builds (a git revision)")
 	flag.Parse()
-	over, err := run(os.Stdout, *dist, *unstripped, flag.Args(), *top)
+	over, err := run(os.Stdout, *dist, *unstripped, flag.Args(), *top, comparison{dir: *base, name: *baseName})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sizetable:", err)
 		os.Exit(2)
@@ -35,8 +40,11 @@ func main() {
 	}
 }
 
+// comparison names unstripped builds of older sources; dir "" means none.
+type comparison struct{ dir, name string }
+
 // run writes the report and says whether any build is over its budget.
-func run(w io.Writer, dist, unstripped string, detail []string, top int) (bool, error) {
+func run(w io.Writer, dist, unstripped string, detail []string, top int, base comparison) (bool, error) {
 	over, err := summary(w, dist)
 	if err != nil {
 		return false, err
@@ -45,9 +53,85 @@ func run(w io.Writer, dist, unstripped string, detail []string, top int) (bool, 
 		if err := breakdown(w, filepath.Join(unstripped, dir), dir, top); err != nil {
 			return false, err
 		}
+		if base.dir != "" {
+			if err := growth(w, filepath.Join(base.dir, dir), filepath.Join(unstripped, dir), dir, base.name, top); err != nil {
+				return false, err
+			}
+		}
 	}
 	return over, nil
 }
+
+// growth lists, for the full and the slim build, the modules and packages
+// whose symbols changed most in size between the builds in baseDir and
+// those in dir.
+func growth(w io.Writer, baseDir, dir, name, baseName string, top int) error {
+	for _, bin := range []string{"tether", "tether-slim"} {
+		old, err := buildcheck.MeasureSizes(filepath.Join(baseDir, bin))
+		if err != nil {
+			return err
+		}
+		now, err := buildcheck.MeasureSizes(filepath.Join(dir, bin))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "\n%s %s: what changed since %s (KiB of symbols, largest growth first)\n\n", name, bin, baseName)
+		if err := changes(w, "module", old.Modules, now.Modules, 0); err != nil {
+			return err
+		}
+		fmt.Fprintln(w)
+		if err := changes(w, "package", old.Packages, now.Packages, top); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// changes lists the keys whose value differs by half a KiB or more between
+// old and now, largest growth first, then largest shrinkage; n > 0 keeps the first n rows of
+// each; the last row is the total over all keys.
+func changes(w io.Writer, what string, old, now map[string]uint64, n int) error {
+	type row struct {
+		key  string
+		diff int64
+	}
+	var grew, shrank []row
+	var to, tn uint64
+	// Changes under half a KiB would print as +0 or -0: alignment noise.
+	const noise = 512
+	for k, v := range now {
+		tn += v
+		if d := int64(v) - int64(old[k]); d >= noise {
+			grew = append(grew, row{k, d})
+		} else if d <= -noise {
+			shrank = append(shrank, row{k, d})
+		}
+	}
+	for k, v := range old {
+		to += v
+		if _, ok := now[k]; !ok && v >= noise {
+			shrank = append(shrank, row{k, -int64(v)})
+		}
+	}
+	sort.Slice(grew, func(i, j int) bool {
+		return grew[i].diff > grew[j].diff || grew[i].diff == grew[j].diff && grew[i].key < grew[j].key
+	})
+	sort.Slice(shrank, func(i, j int) bool {
+		return shrank[i].diff < shrank[j].diff || shrank[i].diff == shrank[j].diff && shrank[i].key < shrank[j].key
+	})
+	if n > 0 {
+		grew, shrank = grew[:min(n, len(grew))], shrank[:min(n, len(shrank))]
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "%s\tbefore\tnow\tchange\t\n", what)
+	for _, r := range append(grew, shrank...) {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", r.key, kib(old[r.key]), kib(now[r.key]), signedKiB(r.diff))
+	}
+	fmt.Fprintf(tw, "(all %ss)\t%s\t%s\t%s\t\n", what, kib(to), kib(tn), signedKiB(int64(tn)-int64(to)))
+	return tw.Flush()
+}
+
+func signedKiB(n int64) string { return fmt.Sprintf("%+.0f", float64(n)/1024) }
 
 func summary(w io.Writer, dist string) (bool, error) {
 	var budgets []string
