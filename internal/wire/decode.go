@@ -240,20 +240,11 @@ func toProto(v interface{}) (uint16, bool) {
 // decodeString reads a str, bin or nil value. A value of another type is
 // skipped and reported as typeErr.
 func decodeString(v valueReader) (s string, typeErr, err error) {
-	d := v.d
-	c, err := d.PeekCode()
-	if err != nil {
-		return "", nil, err
+	b, typeErr, err := decodeKey(v)
+	if b == nil || typeErr != nil || err != nil {
+		return "", typeErr, err
 	}
-	switch {
-	case c == msgpcode.Nil:
-		return "", nil, d.DecodeNil()
-	case msgpcode.IsString(c), msgpcode.IsBin(c):
-		b, err := v.view()
-		return intern(b), nil, err
-	}
-	_, err = v.value(0, false)
-	return "", fmt.Errorf("msgpack code 0x%02x, not a string", c), err
+	return intern(b), nil, nil
 }
 
 // decodeBytes reads a bin, str or nil value: peers send terminal input as
