@@ -301,9 +301,9 @@ func TestBrowserConsole(t *testing.T) {
 
 // openConsole starts a browser, logs in through a one-time login link (as
 // `make demo` prints it) and waits for the device to show as connected.
-func openConsole(t *testing.T, e *env) context.Context {
+func openConsole(t *testing.T, e *env, extra ...chromedp.ExecAllocatorOption) context.Context {
 	t.Helper()
-	ctx := newBrowser(t, e.ctx)
+	ctx := newBrowser(t, e.ctx, extra...)
 	link, err := e.srv.LoginLink(adminEmail)
 	if err != nil {
 		t.Fatal(err)
