@@ -119,9 +119,9 @@ func TestFileTransferREST(t *testing.T) {
 			_, err := mockserver.DownloadFile(e.ctx, e.url, jwt, e.deviceID, filepath.Join(dir, "none"), io.Discard)
 			return err
 		}, 404, "failed to retrieve file info: error received from device: failed to get file info from path '" + filepath.Join(dir, "none") + "': open " + filepath.Join(dir, "none") + ": no such file or directory"},
-		{"upload over a directory", func() error {
-			return mockserver.UploadFile(e.ctx, e.url, jwt, e.deviceID, dir, "d", strings.NewReader("x"), nil, nil)
-		}, 409, "conflicting file path: cannot overwrite directory"},
+		{"upload beneath a file", func() error {
+			return mockserver.UploadFile(e.ctx, e.url, jwt, e.deviceID, filepath.Join(target, "x"), "x", strings.NewReader("x"), nil, nil)
+		}, 409, "failed to open the target directory: open " + target + ": not a directory"},
 		{"relative path", func() error {
 			_, err := mockserver.DownloadFile(e.ctx, e.url, jwt, e.deviceID, "etc/passwd", io.Discard)
 			return err

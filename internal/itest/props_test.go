@@ -95,6 +95,9 @@ func TestPropsReadAsMenderCLIReadsThem(t *testing.T) {
 		t.Fatalf("ping status %#v (%T), want int64 3", ping.Header.Properties["status"], ping.Header.Properties["status"])
 	}
 
+	// From here on the first terminal answers pings as mender-cli does, so
+	// the device's probe before refusing the second finds it alive.
+	first.answerPings()
 	second := e.cliTerminal("alice@tether.local")
 	refused := second.next("new", 15*time.Second)
 	st, ok := refused.Header.Properties["status"].(int64)
@@ -104,4 +107,28 @@ func TestPropsReadAsMenderCLIReadsThem(t *testing.T) {
 	if string(refused.Body) != "user has too many open sessions" {
 		t.Fatalf("refusal body %q", refused.Body)
 	}
+}
+
+// answerPings answers every ping with a pong, as mender-cli does, from a
+// goroutine that ends when the connection does; nothing else is read.
+func (c *cliTerminal) answerPings() {
+	_ = c.conn.SetReadDeadline(time.Time{})
+	go func() {
+		for {
+			_, data, err := c.conn.ReadMessage()
+			if err != nil {
+				return
+			}
+			var m cliMsg
+			if msgpack.Unmarshal(data, &m) != nil || m.Header.Proto != 1 || m.Header.MsgType != "ping" {
+				continue
+			}
+			var pong cliMsg
+			pong.Header.Proto, pong.Header.MsgType, pong.Header.SessionID = 1, "pong", m.Header.SessionID
+			b, err := msgpack.Marshal(&pong)
+			if err != nil || c.conn.WriteMessage(websocket.BinaryMessage, b) != nil {
+				return
+			}
+		}
+	}()
 }
