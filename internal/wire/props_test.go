@@ -206,3 +206,41 @@ func TestMarshalOneIntPropMatchesMsgpack(t *testing.T) {
 		}
 	}
 }
+
+// A download encodes its chunks with AppendFileChunk into reused
+// buffers: msgpack's bytes exactly, within FileChunkOverhead, and
+// without touching what precedes it in dst.
+func TestAppendFileChunkMatchesMsgpack(t *testing.T) {
+	body := bytes.Repeat([]byte{9}, FileChunkSize)
+	for _, c := range []struct {
+		sid  string
+		off  int64
+		body []byte
+	}{
+		{"0f0e0d0c-0b0a-4908-8706-050403020100", 0, body},
+		{"0f0e0d0c-0b0a-4908-8706-050403020100", 1 << 40, body[:255]},
+		{"s", 4096, body[:256]},
+		{"", 7, body[:1]},
+		{"s", 52428800, nil}, // the EOF chunk
+		{strings.Repeat("s", 300), -1, body},
+	} {
+		m := &ProtoMsg{Header: Header{Proto: ProtoFileTransfer, MsgType: FileChunk, SessionID: c.sid,
+			Properties: map[string]interface{}{PropOffset: c.off}}, Body: c.body}
+		want, err := msgpack.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prefix := []byte("prefix")
+		got := AppendFileChunk(append([]byte{}, prefix...), c.sid, c.off, c.body)
+		if !bytes.Equal(got, append(prefix, want...)) {
+			t.Errorf("sid %q off %d len %d:\n got %x\nwant %x", c.sid, c.off, len(c.body), got[:min(len(got), 90)], append(prefix, want...)[:min(len(want)+6, 90)])
+		}
+		if over := len(want) - len(c.body); over > FileChunkOverhead(len(c.sid)) {
+			t.Errorf("sid %q: overhead %d exceeds the bound %d", c.sid, over, FileChunkOverhead(len(c.sid)))
+		}
+		buf := make([]byte, 0, FileChunkOverhead(len(c.sid))+len(c.body))
+		if n := testing.AllocsPerRun(10, func() { AppendFileChunk(buf[:0], c.sid, c.off, c.body) }); n != 0 {
+			t.Errorf("sid %q: %v allocations into a big enough buffer", c.sid, n)
+		}
+	}
+}
