@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -33,6 +34,27 @@ func (s *sender) Send(ctx context.Context, m *wire.ProtoMsg) error {
 	if err != nil {
 		return err
 	}
+	select {
+	case s.ch <- d:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// SendFrame takes a frame the session encoded itself (a download's
+// chunks), decodes it as the server would, and gives the buffer back as
+// the link does once it has written it.
+func (s *sender) SendFrame(ctx context.Context, b []byte, held int, release func()) error {
+	d, err := wire.Unmarshal(b)
+	if err != nil {
+		return err
+	}
+	if held < len(b) {
+		return fmt.Errorf("frame of %d bytes holds %d", len(b), held)
+	}
+	clear(b) // the buffer is the session's again: nothing may still read it
+	release()
 	select {
 	case s.ch <- d:
 		return nil

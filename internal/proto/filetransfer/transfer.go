@@ -1,6 +1,7 @@
 package filetransfer
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -9,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tether-agent/tether/internal/proto"
 	"github.com/tether-agent/tether/internal/wire"
 )
 
@@ -110,6 +112,57 @@ func chunk(sid string, off int64, body []byte) *wire.ProtoMsg {
 		Properties: map[string]interface{}{wire.PropOffset: off}}, Body: body}
 }
 
+// framePool holds a download's frame buffers: a chunk is encoded into one
+// and the buffer comes back once the link has written the frame, so a
+// download allocates its window's worth of buffers once instead of a
+// frame per chunk. Buffers the link never gives back (the session ended
+// with frames queued) are left to the garbage collector.
+type framePool struct {
+	size int
+	free chan *frameBuf
+}
+
+type frameBuf struct {
+	b       []byte
+	release func() // made once per buffer: no closure per frame
+}
+
+func newFramePool(sid string) *framePool {
+	// The window's chunks, the EOF chunk, and slack for frames the link
+	// has taken but not yet reported written.
+	return &framePool{size: wire.FileChunkOverhead(len(sid)) + wire.FileChunkSize,
+		free: make(chan *frameBuf, wire.FileWindowChunks+4)}
+}
+
+func (p *framePool) get() *frameBuf {
+	select {
+	case fb := <-p.free:
+		return fb
+	default:
+	}
+	fb := &frameBuf{b: make([]byte, p.size)}
+	fb.release = func() {
+		select {
+		case p.free <- fb:
+		default: // more buffers out than the pool keeps: let this one go
+		}
+	}
+	return fb
+}
+
+// sendChunk sends the file_chunk at off carrying body: encoded into a
+// pooled buffer when the Sender takes encoded frames, as a message
+// otherwise.
+func (s *session) sendChunk(ctx context.Context, frames *framePool, off int64, body []byte) error {
+	fs, ok := s.out.(proto.FrameSender)
+	if !ok {
+		return s.out.Send(ctx, chunk(s.sid, off, body))
+	}
+	fb := frames.get()
+	b := wire.AppendFileChunk(fb.b[:0], s.sid, off, body)
+	return fs.SendFrame(ctx, b, cap(fb.b), fb.release)
+}
+
 // download serves get_file: chunks of at most 4096 bytes, at most 20
 // ahead of the last ack, then the EOF chunk, then it waits for the ack
 // of everything.
@@ -167,18 +220,24 @@ func (s *session) download(m *wire.ProtoMsg) {
 		r = io.LimitReader(f, int64(l.MaxFileSize))
 	}
 	buf := make([]byte, wire.FileChunkSize)
+	frames := newFramePool(s.sid)
 	var sent, acked int64
 	eof := false
 	const window = wire.FileChunkSize * wire.FileWindowChunks
 	for {
+		// One timeout for the burst, not one per chunk: a context and
+		// its timer per 4 KiB were a good part of a download's garbage.
+		ctx, cancel := context.WithTimeout(s.ctx, s.p.opts.AckTimeout)
 		for !eof && sent < acked+window {
 			n, err := io.ReadFull(r, buf)
 			if n > 0 {
 				if s.p.tx != nil && !s.p.tx.AllowN(time.Now(), n) {
+					cancel()
 					s.replyError(m, "failed to send file chunk: transmitted bytes limit exhausted")
 					return
 				}
-				if err := s.send(chunk(s.sid, sent, buf[:n])); err != nil {
+				if err := s.sendChunk(ctx, frames, sent, buf[:n]); err != nil {
+					cancel()
 					s.log.Info("file transfer: download aborted", "path", path, "error", err)
 					return
 				}
@@ -187,16 +246,19 @@ func (s *session) download(m *wire.ProtoMsg) {
 			}
 			switch {
 			case err == io.EOF || err == io.ErrUnexpectedEOF:
-				if err := s.send(chunk(s.sid, sent, nil)); err != nil {
+				if err := s.sendChunk(ctx, frames, sent, nil); err != nil {
+					cancel()
 					s.log.Info("file transfer: download aborted", "path", path, "error", err)
 					return
 				}
 				eof = true
 			case err != nil:
+				cancel()
 				s.replyError(m, "failed to read the file: "+err.Error())
 				return
 			}
 		}
+		cancel()
 		if eof && acked >= sent {
 			s.finished = sent
 			s.log.Info("file transfer: download complete", "path", path, "bytes", sent)
