@@ -45,14 +45,19 @@ func (e *DecodeError) Unwrap() error { return e.Err }
 // them: unknown keys are skipped, the body may be bin or str, integers may
 // use any width. The message shares no memory with b, so the caller may
 // reuse b.
-func Unmarshal(b []byte) (*ProtoMsg, error) {
+func Unmarshal(b []byte) (*ProtoMsg, error) { return UnmarshalPooled(b, nil) }
+
+// UnmarshalPooled is Unmarshal with a body of up to BodyPoolSize bytes
+// taken from pool (nil: allocated); the consumer may give it back with
+// Release once done with it.
+func UnmarshalPooled(b []byte, pool *BodyPool) (*ProtoMsg, error) {
 	m := &ProtoMsg{}
 	if len(b) == 0 {
 		return nil, &DecodeError{Kind: MalformedEmpty, Err: errors.New("empty frame")}
 	}
 	r := bytes.NewReader(b)
 	d := msgpack.NewDecoder(r)
-	v := valueReader{d: d, r: r, b: b}
+	v := valueReader{d: d, r: r, b: b, pool: pool}
 	fail := func(kind MalformedKind, err error) (*ProtoMsg, error) {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			kind = MalformedTruncated
@@ -99,14 +104,19 @@ func Unmarshal(b []byte) (*ProtoMsg, error) {
 			}
 			haveHeader = herr == nil
 		case "body":
+			v.body = true
 			body, terr, err := decodeBytes(v)
+			v.body = false
 			if err != nil {
 				return fail(MalformedSyntax, fmt.Errorf("body: %w", err))
 			}
 			if terr != nil && typeErr == nil {
 				typeErr = fmt.Errorf("body: %w", terr)
 			}
-			m.Body = body
+			m.Body, m.pool = body, nil
+			if pool != nil && cap(body) == BodyPoolSize {
+				m.pool = pool
+			}
 		default:
 			if _, err := v.value(0, false); err != nil {
 				return fail(MalformedSyntax, fmt.Errorf("value of %q: %w", key, err))
@@ -420,6 +430,9 @@ type valueReader struct {
 	d *msgpack.Decoder
 	r *bytes.Reader
 	b []byte // what r reads, for views; nil: view copies
+	// body says raw reads the message's body, which pool may lend.
+	body bool
+	pool *BodyPool
 }
 
 func (v valueReader) mapLen() (int, error) {
@@ -443,7 +456,12 @@ func (v valueReader) raw() ([]byte, error) {
 	if n > v.r.Len() {
 		return nil, io.ErrUnexpectedEOF
 	}
-	b := make([]byte, n)
+	var b []byte
+	if v.body {
+		b, _ = v.pool.get(n)
+	} else {
+		b = make([]byte, n)
+	}
 	_, err = io.ReadFull(v.r, b)
 	return b, err
 }

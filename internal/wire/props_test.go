@@ -244,3 +244,76 @@ func TestAppendFileChunkMatchesMsgpack(t *testing.T) {
 		}
 	}
 }
+
+// An upload's chunk bodies come from the link's pool and go back once
+// written: the decode is the same as without a pool, a released body is
+// lent again, and bodies outside the pool's size are plain allocations
+// that Release leaves alone.
+func TestUnmarshalPooledBodies(t *testing.T) {
+	pool := NewBodyPool(2)
+	chunk := func(n int) []byte {
+		b, err := Marshal(&ProtoMsg{Header: Header{Proto: ProtoFileTransfer, MsgType: FileChunk, SessionID: "s",
+			Properties: map[string]interface{}{PropOffset: int64(n)}}, Body: bytes.Repeat([]byte{byte(n)}, n)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for _, n := range []int{0, 1, BodyPoolSize/2 - 1, BodyPoolSize / 2, BodyPoolSize, BodyPoolSize + 1, 70000} {
+		frame := chunk(n)
+		want, err := Unmarshal(frame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := UnmarshalPooled(frame, pool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got.Body, want.Body) || got.Header.MsgType != want.Header.MsgType || got.Header.Properties[PropOffset] != want.Header.Properties[PropOffset] {
+			t.Fatalf("len %d: pooled decode differs", n)
+		}
+		lent := n >= BodyPoolSize/2 && n <= BodyPoolSize
+		if (got.pool != nil) != lent {
+			t.Errorf("len %d: lent %v, want %v", n, got.pool != nil, lent)
+		}
+		body := got.Body
+		got.Release()
+		if got.Body != nil && lent {
+			t.Errorf("len %d: Body kept after Release", n)
+		}
+		if !lent {
+			continue
+		}
+		// The next body of that size reuses the released buffer.
+		again, err := UnmarshalPooled(frame, pool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if &again.Body[0] != &body[0] {
+			t.Errorf("len %d: a released body was not lent again", n)
+		}
+		again.Release()
+		again.Release() // harmless
+	}
+	// A message decoded without a pool keeps its body.
+	m, err := Unmarshal(chunk(BodyPoolSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Release()
+	if len(m.Body) != BodyPoolSize {
+		t.Error("Release dropped the body of a message decoded without a pool")
+	}
+	// With the pool primed, decoding a chunk allocates no body.
+	frame := chunk(BodyPoolSize)
+	warm, _ := UnmarshalPooled(frame, pool)
+	warm.Release()
+	plain := testing.AllocsPerRun(20, func() { Unmarshal(frame) })
+	pooled := testing.AllocsPerRun(20, func() {
+		m, _ := UnmarshalPooled(frame, pool)
+		m.Release()
+	})
+	if pooled >= plain {
+		t.Errorf("pooled decode makes %v allocations, unpooled %v", pooled, plain)
+	}
+}
