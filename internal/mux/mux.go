@@ -309,20 +309,34 @@ func (m *Mux) Next() []byte {
 	}
 	for len(m.ready) > 0 {
 		q := m.ready[0]
-		m.ready = m.ready[1:]
+		m.ready[0] = nil
+		if len(m.ready) == 1 {
+			m.ready = m.ready[:0] // reuse the array, as q.frames below
+		} else {
+			m.ready = m.ready[1:]
+		}
 		if len(q.frames) == 0 {
 			q.inReady = false
 			continue
 		}
 		f := q.frames[0]
 		q.frames[0] = frame{}
-		q.frames = q.frames[1:]
+		if len(q.frames) == 1 {
+			// Back to the array's start: a queue that empties after
+			// every frame (a transfer's chunks) reuses one array instead
+			// of allocating one per frame.
+			q.frames = q.frames[:0]
+			if cap(q.frames) > 64 {
+				q.frames = nil // a burst's array is not kept
+			}
+		} else {
+			q.frames = q.frames[1:]
+		}
 		q.bytes -= f.cost()
 		if len(q.frames) > 0 {
 			m.ready = append(m.ready, q)
 		} else {
 			q.inReady = false
-			q.frames = nil
 		}
 		notify(q.space)
 		m.writing, m.inFlight, m.flight = true, q, f

@@ -287,3 +287,29 @@ func TestPooledDirectWriteReleases(t *testing.T) {
 		t.Fatalf("direct pooled put: %d writes, %d releases, %d bytes queued; want 1, 1, 0", len(wrote), released, q.Bytes())
 	}
 }
+
+// A queue that empties after every frame, as a transfer's does, reuses
+// its array: queuing and writing a pooled frame allocates nothing.
+func TestQueueFrameCycleDoesNotAllocate(t *testing.T) {
+	m := New(nil)
+	q := m.NewQueue(1 << 20)
+	b := make([]byte, 4200)
+	released := 0
+	release := func() { released++ }
+	ctx := context.Background()
+	n := testing.AllocsPerRun(100, func() {
+		if err := q.PutPooled(ctx, b, len(b), release); err != nil {
+			t.Fatal(err)
+		}
+		if f := m.Next(); f == nil {
+			t.Fatal("no frame")
+		}
+		m.Written(nil)
+	})
+	if n != 0 {
+		t.Errorf("%v allocations per frame", n)
+	}
+	if released != 101 {
+		t.Errorf("released %d frames, want 101", released)
+	}
+}
