@@ -417,6 +417,28 @@ func TestDownloadAckTimeoutAndStall(t *testing.T) {
 	}
 }
 
+// A link that takes no chunk for the ack timeout ends the download (the
+// sends of a burst share one re-armed timer), and the session serves the
+// next request.
+func TestDownloadSendStall(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	data := random(t, 100000)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pr := newPeer(t, Options{AckTimeout: 200 * time.Millisecond})
+	pr.out.ch = make(chan *wire.ProtoMsg) // nothing is taken until read
+	pr.send(wire.FileGet, user1, enc(t, wire.FilePathBody{Path: sp(p)}))
+	time.Sleep(600 * time.Millisecond)
+	got, e := pr.get(p)
+	if e != "" {
+		t.Fatal(e)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("got %d bytes, want the file's %d", len(got), len(data))
+	}
+}
+
 func TestAckErrors(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "f")

@@ -2,6 +2,7 @@ package filetransfer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -110,6 +111,19 @@ func (s *session) limits() bool { return s.p.opts.Limits.Enabled }
 func chunk(sid string, off int64, body []byte) *wire.ProtoMsg {
 	return &wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoFileTransfer, MsgType: wire.FileChunk, SessionID: sid,
 		Properties: map[string]interface{}{wire.PropOffset: off}}, Body: body}
+}
+
+// errSendStalled ends a download whose chunks the link did not take for
+// the ack timeout.
+var errSendStalled = fmt.Errorf("no chunk sent for the ack timeout: %w", context.DeadlineExceeded)
+
+// sendErr is why a send under ctx failed: the stall rather than the
+// context's "canceled".
+func sendErr(ctx context.Context, err error) error {
+	if c := context.Cause(ctx); c != nil && errors.Is(err, context.Canceled) {
+		return c
+	}
+	return err
 }
 
 // framePool holds a download's frame buffers: a chunk is encoded into one
@@ -224,10 +238,16 @@ func (s *session) download(m *wire.ProtoMsg) {
 	var sent, acked int64
 	eof := false
 	const window = wire.FileChunkSize * wire.FileWindowChunks
+	// The sends of a burst share one timeout, re-armed per burst: a
+	// context and a timer per chunk were a good part of a download's
+	// garbage.
+	ctx, cancelCtx := context.WithCancelCause(s.ctx)
+	defer cancelCtx(nil)
+	stall := time.AfterFunc(s.p.opts.AckTimeout, func() { cancelCtx(errSendStalled) })
+	defer stall.Stop()
+	cancel := func() { stall.Stop() }
 	for {
-		// One timeout for the burst, not one per chunk: a context and
-		// its timer per 4 KiB were a good part of a download's garbage.
-		ctx, cancel := context.WithTimeout(s.ctx, s.p.opts.AckTimeout)
+		stall.Reset(s.p.opts.AckTimeout)
 		for !eof && sent < acked+window {
 			n, err := io.ReadFull(r, buf)
 			if n > 0 {
@@ -238,7 +258,7 @@ func (s *session) download(m *wire.ProtoMsg) {
 				}
 				if err := s.sendChunk(ctx, frames, sent, buf[:n]); err != nil {
 					cancel()
-					s.log.Info("file transfer: download aborted", "path", path, "error", err)
+					s.log.Info("file transfer: download aborted", "path", path, "error", sendErr(ctx, err))
 					return
 				}
 				sent += int64(n)
@@ -248,7 +268,7 @@ func (s *session) download(m *wire.ProtoMsg) {
 			case err == io.EOF || err == io.ErrUnexpectedEOF:
 				if err := s.sendChunk(ctx, frames, sent, nil); err != nil {
 					cancel()
-					s.log.Info("file transfer: download aborted", "path", path, "error", err)
+					s.log.Info("file transfer: download aborted", "path", path, "error", sendErr(ctx, err))
 					return
 				}
 				eof = true
