@@ -7,7 +7,15 @@ package wire
 // instead of allocating 4 KiB of garbage per chunk. Bodies never released
 // are left to the garbage collector, as without a pool. A nil *BodyPool
 // lends nothing.
-type BodyPool struct{ free chan []byte }
+//
+// It also remembers the last few short strings decoded with it, for
+// UnmarshalPooled's single decoding goroutine (the link's read loop).
+type BodyPool struct {
+	free chan []byte
+
+	recent [4]string
+	next   int
+}
 
 // BodyPoolSize is the largest body a BodyPool lends: a file chunk.
 const BodyPoolSize = FileChunkSize
@@ -46,4 +54,23 @@ func (m *ProtoMsg) Release() {
 		m.pool.put(m.Body)
 		m.Body, m.pool = nil, nil
 	}
+}
+
+// maxRecentLen bounds the strings a BodyPool remembers: ids, not paths.
+const maxRecentLen = 64
+
+// recentString returns the string b spells, the same one as for the
+// last frames when it repeats theirs (a transfer's session and user
+// ids), so that decoding them allocates nothing. Only the goroutine
+// decoding with the pool calls it.
+func (p *BodyPool) recentString(b []byte) string {
+	for _, s := range p.recent {
+		if s == string(b) { // compared in place, not converted
+			return s
+		}
+	}
+	s := string(b)
+	p.recent[p.next] = s
+	p.next = (p.next + 1) % len(p.recent)
+	return s
 }

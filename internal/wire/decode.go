@@ -56,7 +56,12 @@ func UnmarshalPooled(b []byte, pool *BodyPool) (*ProtoMsg, error) {
 		return nil, &DecodeError{Kind: MalformedEmpty, Err: errors.New("empty frame")}
 	}
 	r := bytes.NewReader(b)
-	d := msgpack.NewDecoder(r)
+	// A pooled decoder: a new one per frame was a third of an upload's
+	// garbage. Nothing decoded refers to its buffer (strings and bytes
+	// are copied out).
+	d := msgpack.GetDecoder()
+	d.Reset(r)
+	defer msgpack.PutDecoder(d)
 	v := valueReader{d: d, r: r, b: b, pool: pool}
 	fail := func(kind MalformedKind, err error) (*ProtoMsg, error) {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
@@ -260,7 +265,7 @@ func decodeString(v valueReader) (s string, typeErr, err error) {
 		return "", nil, d.DecodeNil()
 	case msgpcode.IsString(c), msgpcode.IsBin(c):
 		b, err := v.view()
-		return intern(b), nil, err
+		return v.intern(b), nil, err
 	}
 	_, err = v.value(0, false)
 	return "", fmt.Errorf("msgpack code 0x%02x, not a string", c), err
@@ -487,53 +492,73 @@ func (v valueReader) view() ([]byte, error) {
 	return v.b[off : off+n], nil
 }
 
+// intern is the package's intern, then the pool's recent strings: a
+// transfer's frames repeat their session and user ids.
+func (v valueReader) intern(b []byte) string {
+	if s, ok := internConst(b); ok {
+		return s
+	}
+	if v.pool != nil && len(b) <= maxRecentLen {
+		return v.pool.recentString(b)
+	}
+	return string(b)
+}
+
 // intern returns the string b spells: the constant itself for the keys
 // and message types every frame carries, so decoding them allocates
 // nothing; a copy otherwise.
 func intern(b []byte) string {
-	switch string(b) { // compared in place, not converted
-	case "hdr":
-		return "hdr"
-	case "body":
-		return "body"
-	case "proto":
-		return "proto"
-	case "typ":
-		return "typ"
-	case "sid":
-		return "sid"
-	case "props":
-		return "props"
-	case PropStatus:
-		return PropStatus
-	case PropUserID:
-		return PropUserID
-	case PropTerminalWidth:
-		return PropTerminalWidth
-	case PropTerminalHeight:
-		return PropTerminalHeight
-	case PropTimeout:
-		return PropTimeout
-	case PropOffset:
-		return PropOffset
-	case PropConnectionID:
-		return PropConnectionID
-	case PropMsgID:
-		return PropMsgID
-	case ShellData:
-		return ShellData
-	case ShellNew:
-		return ShellNew
-	case ShellResize:
-		return ShellResize
-	case ShellStop:
-		return ShellStop
-	case ShellPing:
-		return ShellPing
-	case ShellPong:
-		return ShellPong
+	if s, ok := internConst(b); ok {
+		return s
 	}
 	return string(b)
+}
+
+// internConst returns the constant b spells, if it is one of those.
+func internConst(b []byte) (string, bool) {
+	switch string(b) { // compared in place, not converted
+	case "hdr":
+		return "hdr", true
+	case "body":
+		return "body", true
+	case "proto":
+		return "proto", true
+	case "typ":
+		return "typ", true
+	case "sid":
+		return "sid", true
+	case "props":
+		return "props", true
+	case PropStatus:
+		return PropStatus, true
+	case PropUserID:
+		return PropUserID, true
+	case PropTerminalWidth:
+		return PropTerminalWidth, true
+	case PropTerminalHeight:
+		return PropTerminalHeight, true
+	case PropTimeout:
+		return PropTimeout, true
+	case PropOffset:
+		return PropOffset, true
+	case PropConnectionID:
+		return PropConnectionID, true
+	case PropMsgID:
+		return PropMsgID, true
+	case ShellData:
+		return ShellData, true
+	case ShellNew:
+		return ShellNew, true
+	case ShellResize:
+		return ShellResize, true
+	case ShellStop:
+		return ShellStop, true
+	case ShellPing:
+		return ShellPing, true
+	case ShellPong:
+		return ShellPong, true
+	}
+	return "", false
 }
 
 // skipRaw skips a str or bin value after checking its claimed length.
@@ -629,7 +654,7 @@ func (v valueReader) value(depth int, keep bool) (interface{}, error) {
 		}
 		if msgpcode.IsString(c) {
 			b, err := v.view()
-			return intern(b), err
+			return v.intern(b), err
 		}
 		return v.raw()
 	case keep:

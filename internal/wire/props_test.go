@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -303,6 +304,12 @@ func TestUnmarshalPooledBodies(t *testing.T) {
 	m.Release()
 	if len(m.Body) != BodyPoolSize {
 		t.Error("Release dropped the body of a message decoded without a pool")
+	}
+	// The session id repeats from frame to frame: decoded once.
+	a, _ := UnmarshalPooled(chunk(BodyPoolSize), pool)
+	b, _ := UnmarshalPooled(chunk(BodyPoolSize), pool)
+	if a.Header.SessionID != "s" || unsafe.StringData(a.Header.SessionID) != unsafe.StringData(b.Header.SessionID) {
+		t.Error("the repeated session id was decoded twice")
 	}
 	// With the pool primed, decoding a chunk allocates no body.
 	frame := chunk(BodyPoolSize)

@@ -311,6 +311,7 @@ type session struct {
 	pending  []*wire.ProtoMsg // taken from in (by ready, and counted in cur) but not handled yet
 	cur      int64            // bytes of the message in hand, counted until the next is taken
 	finished int64            // total of the last completed download, for its late acks
+	timer    *time.Timer      // next's, stopped and drained between waits
 }
 
 // Handle implements proto.Session; it never blocks. A message that does
@@ -418,17 +419,36 @@ func (s *session) next(timeout time.Duration) (m *wire.ProtoMsg, timedOut bool) 
 	s.handled()
 	var tc <-chan time.Time
 	if timeout > 0 {
-		t := time.NewTimer(timeout)
-		defer t.Stop()
-		tc = t.C
+		// One timer per session, re-armed per wait: a timer per chunk
+		// or ack was a good part of a transfer's garbage.
+		if s.timer == nil {
+			s.timer = time.NewTimer(timeout)
+		} else {
+			s.timer.Reset(timeout)
+		}
+		tc = s.timer.C
 	}
 	select {
 	case it := <-s.in:
+		s.disarm()
 		return s.take(it), false
 	case <-s.ctx.Done():
+		s.disarm()
 		return nil, false
 	case <-tc:
-		return nil, true
+		return nil, true // fired and drained
+	}
+}
+
+// disarm stops the wait timer and drains a tick that raced the stop, so
+// the next Reset starts afresh (go.mod's Go 1.22 keeps the old timer
+// channel semantics).
+func (s *session) disarm() {
+	if s.timer != nil && !s.timer.Stop() {
+		select {
+		case <-s.timer.C:
+		default:
+		}
 	}
 }
 
