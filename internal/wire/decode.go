@@ -492,8 +492,9 @@ func (v valueReader) view() ([]byte, error) {
 	return v.b[off : off+n], nil
 }
 
-// intern is the package's intern, then the pool's recent strings: a
-// transfer's frames repeat their session and user ids.
+// intern returns the string b spells: a constant (internConst), then
+// one of the pool's recent strings (a transfer's frames repeat their
+// session and user ids), a copy otherwise.
 func (v valueReader) intern(b []byte) string {
 	if s, ok := internConst(b); ok {
 		return s
@@ -504,17 +505,9 @@ func (v valueReader) intern(b []byte) string {
 	return string(b)
 }
 
-// intern returns the string b spells: the constant itself for the keys
-// and message types every frame carries, so decoding them allocates
-// nothing; a copy otherwise.
-func intern(b []byte) string {
-	if s, ok := internConst(b); ok {
-		return s
-	}
-	return string(b)
-}
-
-// internConst returns the constant b spells, if it is one of those.
+// internConst returns the constant b spells, if it is one of those: the
+// keys and message types every frame carries, so decoding them allocates
+// nothing.
 func internConst(b []byte) (string, bool) {
 	switch string(b) { // compared in place, not converted
 	case "hdr":

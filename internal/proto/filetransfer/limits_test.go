@@ -179,4 +179,3 @@ func TestPeerTextLogged(t *testing.T) {
 		t.Errorf("%d lines for 30 peer errors; want the rate limit's burst", got)
 	}
 }
-
