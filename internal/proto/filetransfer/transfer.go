@@ -120,6 +120,9 @@ var errSendStalled = fmt.Errorf("no chunk sent for the ack timeout: %w", context
 // sendErr is why a send under ctx failed: the stall rather than the
 // context's "canceled".
 func sendErr(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
 	if c := context.Cause(ctx); c != nil && errors.Is(err, context.Canceled) {
 		return c
 	}
@@ -238,27 +241,29 @@ func (s *session) download(m *wire.ProtoMsg) {
 	var sent, acked int64
 	eof := false
 	const window = wire.FileChunkSize * wire.FileWindowChunks
-	// The sends of a burst share one timeout, re-armed per burst: a
-	// context and a timer per chunk were a good part of a download's
-	// garbage.
+	// Each send may wait the ack timeout, as with a context per send, but
+	// on one timer re-armed per send: a context and a timer per chunk
+	// were a good part of a download's garbage.
 	ctx, cancelCtx := context.WithCancelCause(s.ctx)
 	defer cancelCtx(nil)
 	stall := time.AfterFunc(s.p.opts.AckTimeout, func() { cancelCtx(errSendStalled) })
-	defer stall.Stop()
-	cancel := func() { stall.Stop() }
-	for {
+	stall.Stop()
+	send := func(off int64, body []byte) error {
 		stall.Reset(s.p.opts.AckTimeout)
+		err := s.sendChunk(ctx, frames, off, body)
+		stall.Stop()
+		return sendErr(ctx, err)
+	}
+	for {
 		for !eof && sent < acked+window {
 			n, err := io.ReadFull(r, buf)
 			if n > 0 {
 				if s.p.tx != nil && !s.p.tx.AllowN(time.Now(), n) {
-					cancel()
 					s.replyError(m, "failed to send file chunk: transmitted bytes limit exhausted")
 					return
 				}
-				if err := s.sendChunk(ctx, frames, sent, buf[:n]); err != nil {
-					cancel()
-					s.log.Info("file transfer: download aborted", "path", path, "error", sendErr(ctx, err))
+				if err := send(sent, buf[:n]); err != nil {
+					s.log.Info("file transfer: download aborted", "path", path, "error", err)
 					return
 				}
 				sent += int64(n)
@@ -266,19 +271,16 @@ func (s *session) download(m *wire.ProtoMsg) {
 			}
 			switch {
 			case err == io.EOF || err == io.ErrUnexpectedEOF:
-				if err := s.sendChunk(ctx, frames, sent, nil); err != nil {
-					cancel()
-					s.log.Info("file transfer: download aborted", "path", path, "error", sendErr(ctx, err))
+				if err := send(sent, nil); err != nil {
+					s.log.Info("file transfer: download aborted", "path", path, "error", err)
 					return
 				}
 				eof = true
 			case err != nil:
-				cancel()
 				s.replyError(m, "failed to read the file: "+err.Error())
 				return
 			}
 		}
-		cancel()
 		if eof && acked >= sent {
 			s.finished = sent
 			s.log.Info("file transfer: download complete", "path", path, "bytes", sent)
