@@ -101,6 +101,9 @@ type Link struct {
 	handler Handler
 	mux     *mux.Mux
 	dialer  *websocket.Dialer
+	// bodies lends decoded chunk bodies; an upload gives each back once
+	// written, so a bulk upload makes no garbage per chunk.
+	bodies *wire.BodyPool
 
 	// Used by Run's goroutine only: the identity conflict detector and
 	// the backoff that applies while it reports an episode.
@@ -142,7 +145,7 @@ func New(opts Options, h Handler, m *mux.Mux) (*Link, error) {
 	if opts.Alert == nil {
 		opts.Alert = func(string) {}
 	}
-	return &Link{opts: opts, log: opts.Log, handler: h, mux: m, dialer: d,
+	return &Link{opts: opts, log: opts.Log, handler: h, mux: m, dialer: d, bodies: wire.NewBodyPool(bodyPoolKeep),
 		conflict: conflictTracker{p: defaultConflictPolicy()}, conflictMax: max(opts.BackoffMax, conflictBackoffMax)}, nil
 }
 
@@ -505,6 +508,10 @@ func probe(b Beater) <-chan struct{} {
 	return b.Probe()
 }
 
+// bodyPoolKeep is how many free chunk bodies the link keeps (128 KiB):
+// an upload's window of unacknowledged chunks, with room to spare.
+const bodyPoolKeep = 32
+
 // readLoop reads frames until the connection fails. Any frame, data or
 // control, refreshes the read deadline (upstream only counted ping/pong).
 func (l *Link) readLoop(conn *websocket.Conn) error {
@@ -567,7 +574,7 @@ func (l *Link) readLoop(conn *websocket.Conn) error {
 		}
 		// The decoded message owns its strings and body (the decoder
 		// copies them), so buf can be reused for the next frame.
-		msg, err := wire.Unmarshal(buf)
+		msg, err := wire.UnmarshalPooled(buf, l.bodies)
 		if err != nil {
 			var de *wire.DecodeError
 			if !errors.As(err, &de) {

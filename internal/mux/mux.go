@@ -76,7 +76,8 @@ func New(now func() time.Time) *Mux {
 type Queue struct {
 	m       *Mux
 	limit   int
-	frames  []frame
+	frames  []frame // pending from head on
+	head    int
 	bytes   int
 	inReady bool
 	closed  bool
@@ -192,6 +193,13 @@ func (q *Queue) fits(n int) bool {
 
 // enqueueLocked appends f and puts q in the service order; m.mu is held.
 func (q *Queue) enqueueLocked(f frame) {
+	if len(q.frames) == cap(q.frames) && q.head > 0 {
+		// Full to the end with popped room at the front: move the
+		// pending frames down instead of growing a new array.
+		n := copy(q.frames, q.frames[q.head:])
+		clear(q.frames[n:])
+		q.frames, q.head = q.frames[:n], 0
+	}
 	q.frames = append(q.frames, f)
 	q.bytes += f.cost()
 	if !q.inReady {
@@ -203,7 +211,8 @@ func (q *Queue) enqueueLocked(f frame) {
 // pushFrontLocked puts f back at the head of q, and q at the head of the
 // service order, after a write that failed; m.mu is held.
 func (q *Queue) pushFrontLocked(f frame) {
-	q.frames = append([]frame{f}, q.frames...)
+	q.frames = append([]frame{f}, q.frames[q.head:]...)
+	q.head = 0
 	q.bytes += f.cost()
 	if q.inReady {
 		for i, r := range q.m.ready {
@@ -309,20 +318,33 @@ func (m *Mux) Next() []byte {
 	}
 	for len(m.ready) > 0 {
 		q := m.ready[0]
-		m.ready = m.ready[1:]
-		if len(q.frames) == 0 {
+		m.ready[0] = nil
+		if len(m.ready) == 1 {
+			m.ready = m.ready[:0] // reuse the array, as q.frames below
+		} else {
+			m.ready = m.ready[1:]
+		}
+		if q.head == len(q.frames) {
 			q.inReady = false
 			continue
 		}
-		f := q.frames[0]
-		q.frames[0] = frame{}
-		q.frames = q.frames[1:]
+		f := q.frames[q.head]
+		q.frames[q.head] = frame{}
+		q.head++
+		if q.head == len(q.frames) {
+			// Back to the array's start: a transfer's queue, which
+			// empties often, reuses one array instead of allocating
+			// one per few frames.
+			q.frames, q.head = q.frames[:0], 0
+			if cap(q.frames) > 64 {
+				q.frames = nil // a burst's array is not kept
+			}
+		}
 		q.bytes -= f.cost()
-		if len(q.frames) > 0 {
+		if q.head < len(q.frames) {
 			m.ready = append(m.ready, q)
 		} else {
 			q.inReady = false
-			q.frames = nil
 		}
 		notify(q.space)
 		m.writing, m.inFlight, m.flight = true, q, f

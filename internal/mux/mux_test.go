@@ -287,3 +287,38 @@ func TestPooledDirectWriteReleases(t *testing.T) {
 		t.Fatalf("direct pooled put: %d writes, %d releases, %d bytes queued; want 1, 1, 0", len(wrote), released, q.Bytes())
 	}
 }
+
+// A transfer's queue, which holds up to a window of frames and empties
+// often, reuses its array: queuing and writing a pooled frame allocates
+// nothing, whether the queue empties after every frame or stays a window
+// deep.
+func TestQueueFrameCycleDoesNotAllocate(t *testing.T) {
+	for _, depth := range []int{0, 1, 20} {
+		m := New(nil)
+		q := m.NewQueue(1 << 20)
+		b := make([]byte, 4200)
+		released := 0
+		release := func() { released++ }
+		ctx := context.Background()
+		for i := 0; i < depth; i++ {
+			if err := q.PutPooled(ctx, b, len(b), release); err != nil {
+				t.Fatal(err)
+			}
+		}
+		n := testing.AllocsPerRun(100, func() {
+			if err := q.PutPooled(ctx, b, len(b), release); err != nil {
+				t.Fatal(err)
+			}
+			if f := m.Next(); f == nil {
+				t.Fatal("no frame")
+			}
+			m.Written(nil)
+		})
+		if n != 0 {
+			t.Errorf("depth %d: %v allocations per frame", depth, n)
+		}
+		if released != 101 {
+			t.Errorf("depth %d: released %d frames, want 101", depth, released)
+		}
+	}
+}

@@ -24,6 +24,21 @@ type Sender interface {
 	Send(ctx context.Context, m *wire.ProtoMsg) error
 }
 
+// FrameSender is a Sender that also takes frames the protocol encoded
+// itself into a reused buffer (a download's chunks), so that a bulk
+// transfer makes no garbage per frame. The router's senders implement it;
+// a protocol falls back to Send when its Sender does not.
+type FrameSender interface {
+	Sender
+	// SendFrame queues b, one encoded frame that is a window into a
+	// buffer of held bytes, behind the session's earlier frames; it
+	// waits and fails as Send does. release is called once b is written
+	// (the buffer may be reused from then on); never when SendFrame
+	// fails or the frame is dropped unsent, which leaves the buffer to
+	// the garbage collector.
+	SendFrame(ctx context.Context, b []byte, held int, release func()) error
+}
+
 // Protocol is one protocol of the ProtoMsg envelope (hdr.proto), compiled
 // in and enabled.
 type Protocol interface {

@@ -47,6 +47,11 @@ func (s ctrlSender) Send(ctx context.Context, m *wire.ProtoMsg) error {
 	return s.q.Put(ctx, b)
 }
 
+// SendFrame implements proto.FrameSender.
+func (s ctrlSender) SendFrame(ctx context.Context, b []byte, held int, release func()) error {
+	return s.q.PutPooled(ctx, b, held, release)
+}
+
 // handle hands m to its protocol's session in c, opening it first. A
 // protocol that panics ends the router session with "internal error",
 // as upstream does, instead of taking the daemon down.

@@ -45,14 +45,24 @@ func (e *DecodeError) Unwrap() error { return e.Err }
 // them: unknown keys are skipped, the body may be bin or str, integers may
 // use any width. The message shares no memory with b, so the caller may
 // reuse b.
-func Unmarshal(b []byte) (*ProtoMsg, error) {
+func Unmarshal(b []byte) (*ProtoMsg, error) { return UnmarshalPooled(b, nil) }
+
+// UnmarshalPooled is Unmarshal with a body of up to BodyPoolSize bytes
+// taken from pool (nil: allocated); the consumer may give it back with
+// Release once done with it.
+func UnmarshalPooled(b []byte, pool *BodyPool) (*ProtoMsg, error) {
 	m := &ProtoMsg{}
 	if len(b) == 0 {
 		return nil, &DecodeError{Kind: MalformedEmpty, Err: errors.New("empty frame")}
 	}
 	r := bytes.NewReader(b)
-	d := msgpack.NewDecoder(r)
-	v := valueReader{d: d, r: r, b: b}
+	// A pooled decoder: a new one per frame was a third of an upload's
+	// garbage. Nothing decoded refers to its buffer (strings and bytes
+	// are copied out).
+	d := msgpack.GetDecoder()
+	d.Reset(r)
+	defer msgpack.PutDecoder(d)
+	v := valueReader{d: d, r: r, b: b, pool: pool}
 	fail := func(kind MalformedKind, err error) (*ProtoMsg, error) {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			kind = MalformedTruncated
@@ -99,14 +109,19 @@ func Unmarshal(b []byte) (*ProtoMsg, error) {
 			}
 			haveHeader = herr == nil
 		case "body":
+			v.body = true
 			body, terr, err := decodeBytes(v)
+			v.body = false
 			if err != nil {
 				return fail(MalformedSyntax, fmt.Errorf("body: %w", err))
 			}
 			if terr != nil && typeErr == nil {
 				typeErr = fmt.Errorf("body: %w", terr)
 			}
-			m.Body = body
+			m.Body, m.pool = body, nil
+			if pool != nil && cap(body) == BodyPoolSize {
+				m.pool = pool
+			}
 		default:
 			if _, err := v.value(0, false); err != nil {
 				return fail(MalformedSyntax, fmt.Errorf("value of %q: %w", key, err))
@@ -244,7 +259,7 @@ func decodeString(v valueReader) (s string, typeErr, err error) {
 	if b == nil || typeErr != nil || err != nil {
 		return "", typeErr, err
 	}
-	return intern(b), nil, nil
+	return v.intern(b), nil, nil
 }
 
 // decodeBytes reads a bin, str or nil value: peers send terminal input as
@@ -411,6 +426,9 @@ type valueReader struct {
 	d *msgpack.Decoder
 	r *bytes.Reader
 	b []byte // what r reads, for views; nil: view copies
+	// body says raw reads the message's body, which pool may lend.
+	body bool
+	pool *BodyPool
 }
 
 func (v valueReader) mapLen() (int, error) {
@@ -434,7 +452,12 @@ func (v valueReader) raw() ([]byte, error) {
 	if n > v.r.Len() {
 		return nil, io.ErrUnexpectedEOF
 	}
-	b := make([]byte, n)
+	var b []byte
+	if v.body {
+		b, _ = v.pool.get(n)
+	} else {
+		b = make([]byte, n)
+	}
 	_, err = io.ReadFull(v.r, b)
 	return b, err
 }
@@ -460,53 +483,66 @@ func (v valueReader) view() ([]byte, error) {
 	return v.b[off : off+n], nil
 }
 
-// intern returns the string b spells: the constant itself for the keys
-// and message types every frame carries, so decoding them allocates
-// nothing; a copy otherwise.
-func intern(b []byte) string {
-	switch string(b) { // compared in place, not converted
-	case "hdr":
-		return "hdr"
-	case "body":
-		return "body"
-	case "proto":
-		return "proto"
-	case "typ":
-		return "typ"
-	case "sid":
-		return "sid"
-	case "props":
-		return "props"
-	case PropStatus:
-		return PropStatus
-	case PropUserID:
-		return PropUserID
-	case PropTerminalWidth:
-		return PropTerminalWidth
-	case PropTerminalHeight:
-		return PropTerminalHeight
-	case PropTimeout:
-		return PropTimeout
-	case PropOffset:
-		return PropOffset
-	case PropConnectionID:
-		return PropConnectionID
-	case PropMsgID:
-		return PropMsgID
-	case ShellData:
-		return ShellData
-	case ShellNew:
-		return ShellNew
-	case ShellResize:
-		return ShellResize
-	case ShellStop:
-		return ShellStop
-	case ShellPing:
-		return ShellPing
-	case ShellPong:
-		return ShellPong
+// intern returns the string b spells: a constant (internConst), then
+// one of the pool's recent strings (a transfer's frames repeat their
+// session and user ids), a copy otherwise.
+func (v valueReader) intern(b []byte) string {
+	if s, ok := internConst(b); ok {
+		return s
+	}
+	if v.pool != nil && len(b) <= maxRecentLen {
+		return v.pool.recentString(b)
 	}
 	return string(b)
+}
+
+// internConst returns the constant b spells, if it is one of those: the
+// keys and message types every frame carries, so decoding them allocates
+// nothing.
+func internConst(b []byte) (string, bool) {
+	switch string(b) { // compared in place, not converted
+	case "hdr":
+		return "hdr", true
+	case "body":
+		return "body", true
+	case "proto":
+		return "proto", true
+	case "typ":
+		return "typ", true
+	case "sid":
+		return "sid", true
+	case "props":
+		return "props", true
+	case PropStatus:
+		return PropStatus, true
+	case PropUserID:
+		return PropUserID, true
+	case PropTerminalWidth:
+		return PropTerminalWidth, true
+	case PropTerminalHeight:
+		return PropTerminalHeight, true
+	case PropTimeout:
+		return PropTimeout, true
+	case PropOffset:
+		return PropOffset, true
+	case PropConnectionID:
+		return PropConnectionID, true
+	case PropMsgID:
+		return PropMsgID, true
+	case ShellData:
+		return ShellData, true
+	case ShellNew:
+		return ShellNew, true
+	case ShellResize:
+		return ShellResize, true
+	case ShellStop:
+		return ShellStop, true
+	case ShellPing:
+		return ShellPing, true
+	case ShellPong:
+		return ShellPong, true
+	}
+	return "", false
 }
 
 // skipRaw skips a str or bin value after checking its claimed length.
@@ -602,7 +638,7 @@ func (v valueReader) value(depth int, keep bool) (interface{}, error) {
 		}
 		if msgpcode.IsString(c) {
 			b, err := v.view()
-			return intern(b), err
+			return v.intern(b), err
 		}
 		return v.raw()
 	case keep:

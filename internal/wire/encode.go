@@ -88,7 +88,25 @@ func appendBinHeader(dst []byte, n int) []byte {
 // sized allocation per frame instead of an encoder's growing buffers.
 func appendOneIntProp(dst []byte, h *Header, body []byte) []byte {
 	key, val, _ := oneIntProp(h.Properties)
-	hasProp := len(h.Properties) == 1
+	return appendIntPropMsg(dst, h, len(h.Properties) == 1, key, val, body)
+}
+
+// AppendFileChunk appends the encoding of a file_chunk of session sid at
+// offset off carrying body, byte-identical to Marshal of the same
+// message: a download encodes its chunks into reused buffers with it,
+// without a ProtoMsg, a props map or a frame allocation per chunk.
+func AppendFileChunk(dst []byte, sid string, off int64, body []byte) []byte {
+	h := Header{Proto: ProtoFileTransfer, MsgType: FileChunk, SessionID: sid}
+	return appendIntPropMsg(dst, &h, true, PropOffset, off, body)
+}
+
+// FileChunkOverhead bounds the bytes AppendFileChunk adds around a body
+// for a session id of length sidLen.
+func FileChunkOverhead(sidLen int) int { return 80 + sidLen }
+
+// appendIntPropMsg is appendOneIntProp with the prop given apart from the
+// header (h.Properties is not read).
+func appendIntPropMsg(dst []byte, h *Header, hasProp bool, key string, val int64, body []byte) []byte {
 	entries := byte(0x81)
 	if len(body) > 0 {
 		entries = 0x82

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -204,5 +205,122 @@ func TestMarshalOneIntPropMatchesMsgpack(t *testing.T) {
 		if cap(got) > len(got)+64 {
 			t.Errorf("%+v: %d bytes in a buffer of %d", m.Header, len(got), cap(got))
 		}
+	}
+}
+
+// A download encodes its chunks with AppendFileChunk into reused
+// buffers: msgpack's bytes exactly, within FileChunkOverhead, and
+// without touching what precedes it in dst.
+func TestAppendFileChunkMatchesMsgpack(t *testing.T) {
+	body := bytes.Repeat([]byte{9}, FileChunkSize)
+	for _, c := range []struct {
+		sid  string
+		off  int64
+		body []byte
+	}{
+		{"0f0e0d0c-0b0a-4908-8706-050403020100", 0, body},
+		{"0f0e0d0c-0b0a-4908-8706-050403020100", 1 << 40, body[:255]},
+		{"s", 4096, body[:256]},
+		{"", 7, body[:1]},
+		{"s", 52428800, nil}, // the EOF chunk
+		{strings.Repeat("s", 300), -1, body},
+	} {
+		m := &ProtoMsg{Header: Header{Proto: ProtoFileTransfer, MsgType: FileChunk, SessionID: c.sid,
+			Properties: map[string]interface{}{PropOffset: c.off}}, Body: c.body}
+		want, err := msgpack.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prefix := []byte("prefix")
+		got := AppendFileChunk(append([]byte{}, prefix...), c.sid, c.off, c.body)
+		if !bytes.Equal(got, append(prefix, want...)) {
+			t.Errorf("sid %q off %d len %d:\n got %x\nwant %x", c.sid, c.off, len(c.body), got[:min(len(got), 90)], append(prefix, want...)[:min(len(want)+6, 90)])
+		}
+		if over := len(want) - len(c.body); over > FileChunkOverhead(len(c.sid)) {
+			t.Errorf("sid %q: overhead %d exceeds the bound %d", c.sid, over, FileChunkOverhead(len(c.sid)))
+		}
+		buf := make([]byte, 0, FileChunkOverhead(len(c.sid))+len(c.body))
+		if n := testing.AllocsPerRun(10, func() { AppendFileChunk(buf[:0], c.sid, c.off, c.body) }); n != 0 {
+			t.Errorf("sid %q: %v allocations into a big enough buffer", c.sid, n)
+		}
+	}
+}
+
+// An upload's chunk bodies come from the link's pool and go back once
+// written: the decode is the same as without a pool, a released body is
+// lent again, and bodies outside the pool's size are plain allocations
+// that Release leaves alone.
+func TestUnmarshalPooledBodies(t *testing.T) {
+	pool := NewBodyPool(2)
+	chunk := func(n int) []byte {
+		b, err := Marshal(&ProtoMsg{Header: Header{Proto: ProtoFileTransfer, MsgType: FileChunk, SessionID: "s",
+			Properties: map[string]interface{}{PropOffset: int64(n)}}, Body: bytes.Repeat([]byte{byte(n)}, n)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for _, n := range []int{0, 1, BodyPoolSize/2 - 1, BodyPoolSize / 2, BodyPoolSize, BodyPoolSize + 1, 70000} {
+		frame := chunk(n)
+		want, err := Unmarshal(frame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := UnmarshalPooled(frame, pool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got.Body, want.Body) || got.Header.MsgType != want.Header.MsgType || got.Header.Properties[PropOffset] != want.Header.Properties[PropOffset] {
+			t.Fatalf("len %d: pooled decode differs", n)
+		}
+		lent := n >= BodyPoolSize/2 && n <= BodyPoolSize
+		if (got.pool != nil) != lent {
+			t.Errorf("len %d: lent %v, want %v", n, got.pool != nil, lent)
+		}
+		body := got.Body
+		got.Release()
+		if got.Body != nil && lent {
+			t.Errorf("len %d: Body kept after Release", n)
+		}
+		if !lent {
+			continue
+		}
+		// The next body of that size reuses the released buffer.
+		again, err := UnmarshalPooled(frame, pool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if &again.Body[0] != &body[0] {
+			t.Errorf("len %d: a released body was not lent again", n)
+		}
+		again.Release()
+		again.Release() // harmless
+	}
+	// A message decoded without a pool keeps its body.
+	m, err := Unmarshal(chunk(BodyPoolSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Release()
+	if len(m.Body) != BodyPoolSize {
+		t.Error("Release dropped the body of a message decoded without a pool")
+	}
+	// The session id repeats from frame to frame: decoded once.
+	a, _ := UnmarshalPooled(chunk(BodyPoolSize), pool)
+	b, _ := UnmarshalPooled(chunk(BodyPoolSize), pool)
+	if a.Header.SessionID != "s" || unsafe.StringData(a.Header.SessionID) != unsafe.StringData(b.Header.SessionID) {
+		t.Error("the repeated session id was decoded twice")
+	}
+	// With the pool primed, decoding a chunk allocates no body.
+	frame := chunk(BodyPoolSize)
+	warm, _ := UnmarshalPooled(frame, pool)
+	warm.Release()
+	plain := testing.AllocsPerRun(20, func() { Unmarshal(frame) })
+	pooled := testing.AllocsPerRun(20, func() {
+		m, _ := UnmarshalPooled(frame, pool)
+		m.Release()
+	})
+	if pooled >= plain {
+		t.Errorf("pooled decode makes %v allocations, unpooled %v", pooled, plain)
 	}
 }

@@ -75,6 +75,8 @@ type Header struct {
 type ProtoMsg struct {
 	Header Header `msgpack:"hdr"`
 	Body   []byte `msgpack:"body,omitempty"`
+	// pool lent Body (UnmarshalPooled); Release gives it back.
+	pool *BodyPool
 }
 
 // Marshal encodes m as the upstream Go library does, except that every

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os/user"
 	"runtime"
+	"runtime/metrics"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -115,9 +116,12 @@ type Protocol struct {
 	queued  atomic.Int64 // bytes of inbound messages held, all sessions
 	running atomic.Int64 // transfers running
 	// moved counts the bytes transfers have moved; collecting is set
-	// while a collection paced by it runs.
+	// while a collection paced by it runs, or while its holder reads
+	// allocs. allocs and collected belong to whoever set collecting.
 	moved      atomic.Int64
 	collecting atomic.Bool
+	allocs     [1]metrics.Sample
+	collected  uint64 // the heap's allocations at the last paced collection
 
 	peerLog   logging.RateLimit // error texts from the peer
 	refuseLog logging.RateLimit // messages dropped, transfers refused
@@ -227,21 +231,36 @@ func (p *Protocol) reserve(n int64) bool {
 	}
 }
 
-// gcEvery is how many transferred bytes pass between two collections: a
-// transfer's garbage (a frame per chunk) is collected before it can grow
-// the heap to the runtime's 4 MB minimum goal, which the kernel would then
-// see as resident memory long after the transfer.
-const gcEvery = 512 << 10
+// gcEvery is how many bytes a transfer may allocate between two
+// collections: its garbage is collected before it can grow the heap to
+// the runtime's 4 MB minimum goal, which the kernel would then see as
+// resident memory long after the transfer. Transfers make little
+// garbage (frames and chunk bodies are reused), so collections are paced
+// by what was allocated, not by what was moved: a collection costs the
+// same whether it finds 512 KiB of garbage or 20.
+const gcEvery = 256 << 10
 
-// paced counts n transferred bytes and starts a collection, in the
-// background and one at a time, each time gcEvery more have passed. A
-// small heap takes well under a millisecond to collect, about 1% of the
-// time a gcEvery takes on the wire.
+// gcCheckEvery is how many transferred bytes pass between two looks at
+// the heap's allocations.
+const gcCheckEvery = 64 << 10
+
+// paced counts n transferred bytes and, each gcCheckEvery, starts a
+// collection, in the background and one at a time, once the heap has
+// allocated gcEvery more bytes since the last one. A small heap takes
+// well under a millisecond to collect.
 func (p *Protocol) paced(n int) {
 	after := p.moved.Add(int64(n))
-	if (after-int64(n))/gcEvery == after/gcEvery || !p.collecting.CompareAndSwap(false, true) {
+	if (after-int64(n))/gcCheckEvery == after/gcCheckEvery || !p.collecting.CompareAndSwap(false, true) {
 		return
 	}
+	p.allocs[0].Name = "/gc/heap/allocs:bytes"
+	metrics.Read(p.allocs[:])
+	a := p.allocs[0].Value.Uint64()
+	if a-p.collected < gcEvery {
+		p.collecting.Store(false)
+		return
+	}
+	p.collected = a
 	go func() {
 		defer p.collecting.Store(false)
 		runtime.GC()
@@ -293,6 +312,7 @@ type session struct {
 	pending  []*wire.ProtoMsg // taken from in (by ready, and counted in cur) but not handled yet
 	cur      int64            // bytes of the message in hand, counted until the next is taken
 	finished int64            // total of the last completed download, for its late acks
+	timer    *time.Timer      // next's, stopped and drained between waits
 }
 
 // Handle implements proto.Session; it never blocks. A message that does
@@ -400,17 +420,36 @@ func (s *session) next(timeout time.Duration) (m *wire.ProtoMsg, timedOut bool) 
 	s.handled()
 	var tc <-chan time.Time
 	if timeout > 0 {
-		t := time.NewTimer(timeout)
-		defer t.Stop()
-		tc = t.C
+		// One timer per session, re-armed per wait: a timer per chunk
+		// or ack was a good part of a transfer's garbage.
+		if s.timer == nil {
+			s.timer = time.NewTimer(timeout)
+		} else {
+			s.timer.Reset(timeout)
+		}
+		tc = s.timer.C
 	}
 	select {
 	case it := <-s.in:
+		s.disarm()
 		return s.take(it), false
 	case <-s.ctx.Done():
+		s.disarm()
 		return nil, false
 	case <-tc:
-		return nil, true
+		return nil, true // fired and drained
+	}
+}
+
+// disarm stops the wait timer and drains a tick that raced the stop, so
+// the next Reset starts afresh (go.mod's Go 1.22 keeps the old timer
+// channel semantics).
+func (s *session) disarm() {
+	if s.timer != nil && !s.timer.Stop() {
+		select {
+		case <-s.timer.C:
+		default:
+		}
 	}
 }
 

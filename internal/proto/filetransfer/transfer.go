@@ -1,6 +1,8 @@
 package filetransfer
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -9,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tether-agent/tether/internal/proto"
 	"github.com/tether-agent/tether/internal/wire"
 )
 
@@ -110,6 +113,73 @@ func chunk(sid string, off int64, body []byte) *wire.ProtoMsg {
 		Properties: map[string]interface{}{wire.PropOffset: off}}, Body: body}
 }
 
+// errSendStalled ends a download whose chunks the link did not take for
+// the ack timeout.
+var errSendStalled = fmt.Errorf("no chunk sent for the ack timeout: %w", context.DeadlineExceeded)
+
+// sendErr is why a send under ctx failed: the stall rather than the
+// context's "canceled".
+func sendErr(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	if c := context.Cause(ctx); c != nil && errors.Is(err, context.Canceled) {
+		return c
+	}
+	return err
+}
+
+// framePool holds a download's frame buffers: a chunk is encoded into one
+// and the buffer comes back once the link has written the frame, so a
+// download allocates its window's worth of buffers once instead of a
+// frame per chunk. Buffers the link never gives back (the session ended
+// with frames queued) are left to the garbage collector.
+type framePool struct {
+	size int
+	free chan *frameBuf
+}
+
+type frameBuf struct {
+	b       []byte
+	release func() // made once per buffer: no closure per frame
+}
+
+func newFramePool(sid string) *framePool {
+	// The window's chunks, the EOF chunk, and slack for frames the link
+	// has taken but not yet reported written.
+	return &framePool{size: wire.FileChunkOverhead(len(sid)) + wire.FileChunkSize,
+		free: make(chan *frameBuf, wire.FileWindowChunks+4)}
+}
+
+func (p *framePool) get() *frameBuf {
+	select {
+	case fb := <-p.free:
+		return fb
+	default:
+	}
+	fb := &frameBuf{b: make([]byte, p.size)}
+	fb.release = func() {
+		select {
+		case p.free <- fb:
+		default: // more buffers out than the pool keeps: let this one go
+		}
+	}
+	return fb
+}
+
+// sendChunk sends the file_chunk at off carrying body: encoded into a
+// pooled buffer when the Sender takes encoded frames, as a message
+// otherwise.
+func (s *session) sendChunk(ctx context.Context, frames *framePool, off int64, body []byte) error {
+	fs, ok := s.out.(proto.FrameSender)
+	if !ok {
+		return s.out.Send(ctx, chunk(s.sid, off, body))
+	}
+	fb := frames.get()
+	b := wire.AppendFileChunk(fb.b[:0], s.sid, off, body)
+	return fs.SendFrame(ctx, b, cap(fb.b), fb.release)
+}
+
 // download serves get_file: chunks of at most 4096 bytes, at most 20
 // ahead of the last ack, then the EOF chunk, then it waits for the ack
 // of everything.
@@ -167,9 +237,23 @@ func (s *session) download(m *wire.ProtoMsg) {
 		r = io.LimitReader(f, int64(l.MaxFileSize))
 	}
 	buf := make([]byte, wire.FileChunkSize)
+	frames := newFramePool(s.sid)
 	var sent, acked int64
 	eof := false
 	const window = wire.FileChunkSize * wire.FileWindowChunks
+	// Each send may wait the ack timeout, as with a context per send, but
+	// on one timer re-armed per send: a context and a timer per chunk
+	// were a good part of a download's garbage.
+	ctx, cancelCtx := context.WithCancelCause(s.ctx)
+	defer cancelCtx(nil)
+	stall := time.AfterFunc(s.p.opts.AckTimeout, func() { cancelCtx(errSendStalled) })
+	stall.Stop()
+	send := func(off int64, body []byte) error {
+		stall.Reset(s.p.opts.AckTimeout)
+		err := s.sendChunk(ctx, frames, off, body)
+		stall.Stop()
+		return sendErr(ctx, err)
+	}
 	for {
 		for !eof && sent < acked+window {
 			n, err := io.ReadFull(r, buf)
@@ -178,7 +262,7 @@ func (s *session) download(m *wire.ProtoMsg) {
 					s.replyStatus(m, statusForbidden, "failed to send file chunk: transmitted bytes limit exhausted")
 					return
 				}
-				if err := s.send(chunk(s.sid, sent, buf[:n])); err != nil {
+				if err := send(sent, buf[:n]); err != nil {
 					s.log.Info("file transfer: download aborted", "path", path, "error", err)
 					return
 				}
@@ -187,7 +271,7 @@ func (s *session) download(m *wire.ProtoMsg) {
 			}
 			switch {
 			case err == io.EOF || err == io.ErrUnexpectedEOF:
-				if err := s.send(chunk(s.sid, sent, nil)); err != nil {
+				if err := send(sent, nil); err != nil {
 					s.log.Info("file transfer: download aborted", "path", path, "error", err)
 					return
 				}

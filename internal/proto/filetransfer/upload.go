@@ -413,6 +413,9 @@ func (u *upState) put(c *wire.ProtoMsg) (int, string) {
 		return statusOf(err), "failed to write file chunk: " + err.Error()
 	}
 	u.written += int64(len(c.Body))
+	// The chunk is on disk: its body goes back to the link for the next
+	// one (the header stays, for the ack).
+	c.Release()
 	return 0, ""
 }
 
