@@ -123,6 +123,6 @@ size-unstripped:
 # build-tagged file; Go's 386 binaries do not run under qemu-i386 ("morestack
 # on gsignal").
 cross-unit: hil-setup
-	GOARCH=arm GOARM=7 $(GO) test -count=1 -exec qemu-arm-static -run 'TestIdentityOnItsThread' ./internal/proto/filetransfer
+	GOARCH=arm GOARM=7 $(GO) test -count=1 -exec qemu-arm-static -run 'TestIdentityOnItsThread' ./internal/identity
 
 cross-check: cross cross-repro size cross-unit

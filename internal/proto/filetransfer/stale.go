@@ -234,7 +234,7 @@ func (p *Protocol) removeStale(rec record) error {
 	if err := unix.Fstat(dirfd, &st); err != nil {
 		return err
 	}
-	if st.Dev != rec.Dev || st.Ino != rec.Ino {
+	if uint64(st.Dev) != rec.Dev || uint64(st.Ino) != rec.Ino {
 		return errors.New("the directory is no longer the one the upload wrote in")
 	}
 	if err := unix.Fstatat(dirfd, string(rec.Name), &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {

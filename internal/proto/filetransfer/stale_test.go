@@ -50,7 +50,7 @@ func TestSweepStale(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ours := record{Dir: []byte(data), Dev: dst.Dev, Ino: dst.Ino, UID: id.UID}
+	ours := record{Dir: []byte(data), Dev: uint64(dst.Dev), Ino: uint64(dst.Ino), UID: id.UID}
 	with := func(name string) record { r := ours; r.Name = []byte(name); return r }
 
 	mk(".a.tether-0123456789ab", int(id.UID)) // ours: removed

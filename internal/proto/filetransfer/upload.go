@@ -270,7 +270,7 @@ func (s *session) uploadOn(th *identity.Thread, m *wire.ProtoMsg, req *wire.Uplo
 			return
 		}
 		tmp = tempName(t.leaf)
-		r := record{Dir: []byte(t.dir), Dev: dst.Dev, Ino: dst.Ino, Name: []byte(tmp), UID: s.p.opts.Identity.FSUID()}
+		r := record{Dir: []byte(t.dir), Dev: uint64(dst.Dev), Ino: uint64(dst.Ino), Name: []byte(tmp), UID: s.p.opts.Identity.FSUID()}
 		th.AsRoot(func() { rec = s.p.journal.add(r, s.log) })
 		fd, err := unix.Openat(t.dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 		if err == nil {
