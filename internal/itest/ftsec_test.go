@@ -144,12 +144,12 @@ func TestFileTransferAbsoluteSymlinks(t *testing.T) {
 	}
 
 	_, err = mockserver.DownloadFile(e.ctx, e.url, jwt, e.deviceID, filepath.Join(dir, "etc", "hostname"), io.Discard)
-	if he := httpErr(t, err); he.StatusCode != 400 ||
+	if he := httpErr(t, err); he.StatusCode != 403 ||
 		he.Message != "failed to retrieve file info: error received from device: access denied: the target file path is outside chroot" {
 		t.Errorf("download through a link out: %d %q", he.StatusCode, he.Message)
 	}
 	err = mockserver.UploadFile(e.ctx, e.url, jwt, e.deviceID, filepath.Join(dir, "etc", "planted"), "x", strings.NewReader("x"), nil, nil)
-	if he := httpErr(t, err); he.StatusCode != 400 || he.Message != "access denied: the target file path is outside chroot" {
+	if he := httpErr(t, err); he.StatusCode != 403 || he.Message != "access denied: the target file path is outside chroot" {
 		t.Errorf("upload through a link out: %d %q", he.StatusCode, he.Message)
 	}
 	if _, err := os.Stat("/etc/planted"); err == nil {
@@ -177,9 +177,9 @@ func TestFileTransferReservedBlocks(t *testing.T) {
 	target := filepath.Join(mnt, "up.bin")
 	err := mockserver.UploadFile(e.ctx, e.url, e.jwt(adminEmail), e.deviceID, target, "up.bin",
 		bytes.NewReader(make([]byte, 256<<10)), nil, nil)
-	if he := httpErr(t, err); he.StatusCode != 400 || !strings.HasPrefix(he.Message, "failed to write file chunk: ") ||
+	if he := httpErr(t, err); he.StatusCode != 413 || !strings.HasPrefix(he.Message, "failed to write file chunk: ") ||
 		!strings.HasSuffix(he.Message, "no space left on device") {
-		t.Errorf("upload onto a full file system: %d %q, want ENOSPC", he.StatusCode, he.Message)
+		t.Errorf("upload onto a full file system: %d %q, want 413 and ENOSPC", he.StatusCode, he.Message)
 	}
 	unix.Sync()
 	if err := unix.Statfs(mnt, &after); err != nil {
