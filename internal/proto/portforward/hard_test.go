@@ -277,7 +277,7 @@ func TestManyConnectionsOneSession(t *testing.T) {
 // daemon keeps the account's identity afterwards.
 func TestSocketOwnerIsTheAccount(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("switching identity needs root; this runs as root in CI")
+		t.Fatal("switching identity needs root: run the tests as root (CI does)")
 	}
 	const nobody = 65534
 	id := &identity.Identity{Name: "nobody", UID: nobody, GID: nobody, Groups: []uint32{nobody}}
