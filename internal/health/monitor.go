@@ -1,5 +1,5 @@
 // Package health knows whether tether's main loops are still making
-// progress, and tells systemd about it: READY, STATUS, STOPPING, RELOADING
+// progress, and tells systemd about it: READY, STATUS, STOPPING
 // and — only while every loop is alive — WATCHDOG pings.
 //
 // Liveness is asked for, not broadcast: every Check sends each loop a probe

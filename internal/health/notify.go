@@ -2,14 +2,12 @@ package health
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
-	"golang.org/x/sys/unix"
 )
 
 // Notifier speaks the sd_notify protocol through go-systemd's daemon
@@ -50,18 +48,6 @@ func (n *Notifier) sendStatus(text string) {
 
 // Stopping tells systemd that shutdown has begun.
 func (n *Notifier) Stopping() { n.send(daemon.SdNotifyStopping) }
-
-// Reloading tells systemd that a configuration reload has begun; call Ready
-// when it is done. MONOTONIC_USEC is included because Type=notify-reload
-// (systemd ≥ 253) requires it and older managers ignore it.
-func (n *Notifier) Reloading() {
-	msg := daemon.SdNotifyReloading
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err == nil {
-		msg += fmt.Sprintf("\nMONOTONIC_USEC=%d", ts.Nano()/1000)
-	}
-	n.send(msg)
-}
 
 func (n *Notifier) send(state string) {
 	sent, err := daemon.SdNotify(false, state)
