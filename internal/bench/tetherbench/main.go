@@ -219,7 +219,10 @@ func launch(bin, prefix, token string, extra func(dir string) map[string]interfa
 		return nil, err
 	}
 	cmd := exec.Command(bin, "-c", conf, "-b", filepath.Join(dir, "none"), "daemon")
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	// A runtime directory of its own, as systemd gives the unit: the
+	// upload journal there is locked by one daemon at a time, and the
+	// bench's daemons overlap as one stops and the next starts.
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "RUNTIME_DIRECTORY=" + dir}
 	for _, k := range []string{"GOGC", "GOMEMLIMIT", "GODEBUG", "GOMAXPROCS"} {
 		if v, ok := os.LookupEnv(k); ok {
 			cmd.Env = append(cmd.Env, k+"="+v)
