@@ -101,14 +101,24 @@ func (r *Router) StopUser(user, reason string) {
 // of the user's sessions, so that a resize sent right behind the "new"
 // is not lost.
 type pendingAdmit struct {
-	mu   sync.Mutex
-	msgs []*wire.ProtoMsg
-	done bool
+	mu    sync.Mutex
+	msgs  []*wire.ProtoMsg
+	bytes int
+	done  bool
 }
 
-// pendingLimit bounds the messages held for a pending sid; a client sends
-// a resize or two before the reply, not a stream.
-const pendingLimit = 64
+// pendingLimit and pendingBytes bound the messages held for a pending sid;
+// a client sends a resize or two before the reply, not a stream.
+// pendingMax bounds the admissions waiting for a probe at once: each holds
+// a goroutine for up to ProbeGrace, and a server sending a flood of "new"
+// for a user whose terminal stays silent must not buy goroutines and
+// held frames with it. A "new" beyond it is decided at once, as without
+// reattach (refused, or evicting with EvictOldest).
+const (
+	pendingLimit = 64
+	pendingBytes = 64 << 10
+	pendingMax   = 16
+)
 
 // handleAdmitted hands a terminal message to its session, or to the
 // terminal when its sid has none. A message from the peer answers a
@@ -122,8 +132,9 @@ func (r *Router) handleAdmitted(p proto.Admitted, m *wire.ProtoMsg) {
 		r.mu.Unlock()
 		pa.mu.Lock()
 		if !pa.done {
-			if len(pa.msgs) < pendingLimit {
+			if len(pa.msgs) < pendingLimit && pa.bytes+len(m.Body) <= pendingBytes {
 				pa.msgs = append(pa.msgs, m)
+				pa.bytes += len(m.Body)
 			}
 			pa.mu.Unlock()
 			return
@@ -244,6 +255,11 @@ func (r *Router) Admit(sid, user string, m *wire.ProtoMsg, open func(proto.Lease
 				probe = append(probe, l)
 			}
 		}
+	}
+	if len(probe) > 0 && len(r.pending) >= pendingMax {
+		r.log.Debug("too many admissions waiting for a probe; deciding at once", "session_id", logging.Clip(sid),
+			"user_id", logging.Clip(user))
+		probe = nil
 	}
 	if len(probe) == 0 {
 		l, reattached, err := r.admitLocked(sid, user, m, a, open) // unlocks

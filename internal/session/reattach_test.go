@@ -2,6 +2,7 @@ package session
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -374,4 +375,33 @@ func TestLinkUpProbesDetached(t *testing.T) {
 			t.Fatalf("probes %d, detaches %v; want one probe, then discard", s.probes, s.detaches)
 		}
 	})
+}
+
+// A flood of "new" for a user whose terminal stays silent holds at most
+// pendingMax admissions (a goroutine each) waiting for the probe; the rest
+// are decided at once, and every one gets its answer.
+func TestPendingAdmissionsBounded(t *testing.T) {
+	r, f, _ := reattachRouter(Options{DetachedTimeout: time.Minute, ProbeGrace: time.Second})
+	f.open(t, r, "a", "u")
+	const flood = 200
+	for i := range flood {
+		r.HandleMessage(&wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoShell, MsgType: wire.ShellNew,
+			SessionID: fmt.Sprintf("flood-%d", i), Properties: map[string]interface{}{wire.PropUserID: "u"}}})
+	}
+	r.mu.Lock()
+	pending := len(r.pending)
+	r.mu.Unlock()
+	if pending > 16 { // pendingMax, written out so that the test pins it
+		t.Fatalf("%d admissions wait for a probe, want at most 16", pending)
+	}
+	for i := range flood {
+		f.mu.Lock()
+		ch := f.results[fmt.Sprintf("flood-%d", i)]
+		f.mu.Unlock()
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no decision on flood-%d", i)
+		}
+	}
 }
