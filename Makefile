@@ -79,8 +79,8 @@ demo: setup build
 	@bash scripts/demo.sh
 
 bench: setup build
-	$(GO) run ./internal/bench/tetherbench
-	$(GO) run ./internal/bench/fleetsim
+	$(GO) run ./internal/tools/bench/tetherbench
+	$(GO) run ./internal/tools/bench/fleetsim
 
 # web: rebuild the mock server's web console bundle (committed and embedded,
 # so `go build` needs no node) from its sources and pinned npm packages.

@@ -49,8 +49,8 @@ container-images: container-setup
 	done
 
 container-lint:
-	$(GO) vet -tags container ./internal/containertest/
-	$(GO) run $(STATICCHECK) -tags container ./internal/containertest/
+	$(GO) vet -tags container ./internal/tstest/containertest/
+	$(GO) run $(STATICCHECK) -tags container ./internal/tstest/containertest/
 
 container-test: container-setup container-lint
-	$(GO) test -tags container -count=1 -v -timeout 10m ./internal/containertest/
+	$(GO) test -tags container -count=1 -v -timeout 10m ./internal/tstest/containertest/

@@ -3,7 +3,7 @@
 # cross-verify targets, so what `make cross` proves in CI is what the image
 # ships.
 #
-#   make cross        every platform, full and slim, checked by internal/buildcheck
+#   make cross        every platform, full and slim, checked by internal/tools/buildcheck
 #   make cross-one    one platform: GOOS=linux GOARCH=arm GOARM=7 [DIST=dir]
 #   make cross-verify the ELF/build-info test on $(DIST) [PLATFORMS="linux-armv7 ..."]
 #   make cross-repro  build linux/arm64 twice (other path, empty cache), compare
@@ -54,7 +54,7 @@ cross-one:
 cross-verify:
 	TETHER_DIST='$(abspath $(DIST))' TETHER_PLATFORMS='$(PLATFORMS)' \
 	TETHER_SLIM_TAGS='$(SLIM_TAGS)' TETHER_VERSION='$(VERSION)' \
-	$(GO) test -count=1 ./internal/buildcheck
+	$(GO) test -count=1 ./internal/tools/buildcheck
 
 # The stamps are fixed once here: HEAD or the tree may change while the
 # sub-makes run, and every binary of one `make cross` must say the same.
@@ -108,7 +108,7 @@ size: cross
 	    $(MAKE) --no-print-directory size-unstripped SIZE_SRC=$(CROSS_SIZE)/base-src DIST=$(CROSS_SIZE)/base $(cross_stamps) GOOS=$$os GOARCH=$$arch GOARM=$$arm; \
 	  fi; \
 	done
-	$(GO) run ./internal/buildcheck/sizetable -dist '$(DIST)' -unstripped $(CROSS_SIZE) -top $(SIZE_TOP) \
+	$(GO) run ./internal/tools/buildcheck/sizetable -dist '$(DIST)' -unstripped $(CROSS_SIZE) -top $(SIZE_TOP) \
 	  $(if $(SIZE_BASE),-base $(CROSS_SIZE)/base -base-name '$(SIZE_BASE)') $(if $(SIZE_STRICT),-strict) $(SIZE_DETAIL)
 
 .PHONY: size-unstripped

@@ -1,4 +1,4 @@
-# Hardware-in-the-loop tests in QEMU guests (qemu/, hil-tests/); see
+# Hardware-in-the-loop tests in QEMU guests (qemu/, internal/tstest/hil/); see
 # docs/testing.md, "Hardware-in-the-loop tests (QEMU)".
 #
 #   make hil                          all guests: 2 flavours x 3 architectures
@@ -34,15 +34,15 @@ hil-images: hil-setup
 # Both tag sets: the bench's file must build, and what only it uses must
 # not show up as unused in `make hil`'s build.
 hil-lint:
-	$(GO) vet -tags hil ./hil-tests/
-	$(GO) vet -tags 'hil hilbench' ./hil-tests/
-	$(GO) run $(STATICCHECK) -tags hil ./hil-tests/
-	$(GO) run $(STATICCHECK) -tags 'hil hilbench' ./hil-tests/
+	$(GO) vet -tags hil ./internal/tstest/hil/
+	$(GO) vet -tags 'hil hilbench' ./internal/tstest/hil/
+	$(GO) run $(STATICCHECK) -tags hil ./internal/tstest/hil/
+	$(GO) run $(STATICCHECK) -tags 'hil hilbench' ./internal/tstest/hil/
 
 hil: hil-images
 	@mkdir -p $(HIL_BUILD)
 	@{ HIL_ARCHES="$(HIL_ARCHES)" HIL_BUILD="$(HIL_BUILD)" \
-	  $(GO) test -tags hil -count=1 -v -timeout $(HIL_TIMEOUT) -run '^($(HIL_RUN))$$' ./hil-tests/ 2>&1; \
+	  $(GO) test -tags hil -count=1 -v -timeout $(HIL_TIMEOUT) -run '^($(HIL_RUN))$$' ./internal/tstest/hil/ 2>&1; \
 	  echo $$? >$(HIL_BUILD)/test.rc; } | tee $(HIL_BUILD)/test.log; \
 	echo "== HIL measurements (log: $(HIL_BUILD)/test.log; serial logs: $(HIL_BUILD)/logs/)"; \
 	grep -o 'HIL-RESULT.*' $(HIL_BUILD)/test.log | sed 's/^HIL-RESULT /  /'; \
@@ -58,7 +58,7 @@ bench-guests: hil-setup
 	@HIL_BUILD="$(HIL_BUILD)" bash qemu/build.sh "$(BENCH_ARCHES)" minimal
 	@mkdir -p $(HIL_BUILD)
 	@{ HIL_ARCHES="$(BENCH_ARCHES)" HIL_BUILD="$(HIL_BUILD)" HIL_BENCH_MIB=$(BENCH_MIB) HIL_BENCH_RUNS=$(BENCH_RUNS) \
-	  $(GO) test -tags 'hil hilbench' -count=1 -v -timeout $(BENCH_TIMEOUT) -run '^TestGuestBench$$' ./hil-tests/ 2>&1; \
+	  $(GO) test -tags 'hil hilbench' -count=1 -v -timeout $(BENCH_TIMEOUT) -run '^TestGuestBench$$' ./internal/tstest/hil/ 2>&1; \
 	  echo $$? >$(HIL_BUILD)/bench.rc; } | tee $(HIL_BUILD)/bench.log; \
 	echo "== guest bench (log: $(HIL_BUILD)/bench.log; serial logs: $(HIL_BUILD)/logs/)"; \
 	grep -o 'BENCH-RESULT.*' $(HIL_BUILD)/bench.log | sed 's/^BENCH-RESULT /  /'; \

@@ -22,10 +22,10 @@ import (
 	"time"
 
 	"github.com/tether-agent/tether/internal/auth"
-	"github.com/tether-agent/tether/internal/dbustest"
 	"github.com/tether-agent/tether/internal/mockauth"
+	"github.com/tether-agent/tether/internal/tstest/dbustest"
 
-	"github.com/tether-agent/tether/internal/syncbuf"
+	"github.com/tether-agent/tether/internal/tstest/syncbuf"
 )
 
 // binPath is the mock-authd binary built once for all tests.

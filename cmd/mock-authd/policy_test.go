@@ -16,9 +16,9 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/tether-agent/tether/internal/auth"
-	"github.com/tether-agent/tether/internal/dbustest"
+	"github.com/tether-agent/tether/internal/tstest/dbustest"
 
-	"github.com/tether-agent/tether/internal/syncbuf"
+	"github.com/tether-agent/tether/internal/tstest/syncbuf"
 )
 
 const policyFile = "io.mender.AuthenticationManager.conf"

@@ -29,7 +29,7 @@ import (
 	"github.com/tether-agent/tether/internal/mockserver"
 	"github.com/tether-agent/tether/internal/wire"
 
-	"github.com/tether-agent/tether/internal/syncbuf"
+	"github.com/tether-agent/tether/internal/tstest/syncbuf"
 )
 
 func buildBinary(t *testing.T) string {

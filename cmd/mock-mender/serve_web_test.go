@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/tether-agent/tether/internal/mockserver"
-	"github.com/tether-agent/tether/internal/syncbuf"
+	"github.com/tether-agent/tether/internal/tstest/syncbuf"
 )
 
 // serve --login-link prints a second line: a link that logs a browser in

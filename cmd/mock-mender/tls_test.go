@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/tether-agent/tether/internal/mockserver"
-	"github.com/tether-agent/tether/internal/syncbuf"
+	"github.com/tether-agent/tether/internal/tstest/syncbuf"
 )
 
 // serveInProcess runs "serve" with args and returns its base URL and

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/tether-agent/tether/internal/auth"
-	"github.com/tether-agent/tether/internal/dbustest"
 	"github.com/tether-agent/tether/internal/mockauth"
+	"github.com/tether-agent/tether/internal/tstest/dbustest"
 )
 
 // fastOpts keep retries short so that tests run in seconds.

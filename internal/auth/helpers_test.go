@@ -13,7 +13,7 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/tether-agent/tether/internal/auth"
-	"github.com/tether-agent/tether/internal/leakcheck"
+	"github.com/tether-agent/tether/internal/tstest/leakcheck"
 )
 
 // secretPrefix starts every token the tests use; logs must never show it.

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/tether-agent/tether/internal/config"
-	"github.com/tether-agent/tether/internal/leakcheck"
+	"github.com/tether-agent/tether/internal/tstest/leakcheck"
 )
 
 func TestMain(m *testing.M) { leakcheck.Main(m) }

@@ -13,10 +13,10 @@ import (
 func TestShippedBinaryHasNoTestCode(t *testing.T) {
 	const mod = "github.com/tether-agent/tether/"
 	forbidden := []string{
-		"internal/mockserver", "internal/mockauth", "internal/dbustest", "internal/leakcheck",
-		"internal/syncbuf", "internal/testclock", "internal/itest", "internal/containertest",
-		"internal/bench", "internal/buildcheck", "internal/layercheck", "internal/reconnect/fleetsim",
-		"hil-tests", "cmd/mock-mender", "cmd/mock-authd",
+		"internal/mockserver", "internal/mockauth", "internal/tstest/dbustest", "internal/tstest/leakcheck",
+		"internal/tstest/syncbuf", "internal/tstest/testclock", "internal/tstest/itest", "internal/tstest/containertest",
+		"internal/tools/bench", "internal/tools/buildcheck", "internal/tools/layercheck", "internal/tools/fleetsim",
+		"internal/tstest/hil", "cmd/mock-mender", "cmd/mock-authd",
 	}
 	for _, tags := range []string{"", "nometrics"} {
 		out, err := exec.Command("go", "list", "-tags", tags, "-deps", "-f", "{{.ImportPath}}", mod+"cmd/tether").Output()

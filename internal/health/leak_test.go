@@ -3,7 +3,7 @@ package health
 import (
 	"testing"
 
-	"github.com/tether-agent/tether/internal/leakcheck"
+	"github.com/tether-agent/tether/internal/tstest/leakcheck"
 )
 
 // TestMain fails the run if goroutines started by the tests outlive them.

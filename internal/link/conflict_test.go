@@ -20,7 +20,7 @@ import (
 
 	"github.com/tether-agent/tether/internal/auth"
 	"github.com/tether-agent/tether/internal/mux"
-	"github.com/tether-agent/tether/internal/syncbuf"
+	"github.com/tether-agent/tether/internal/tstest/syncbuf"
 )
 
 // The detector's rule on its own, with the real thresholds: which ends of

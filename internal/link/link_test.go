@@ -15,8 +15,8 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/tether-agent/tether/internal/auth"
-	"github.com/tether-agent/tether/internal/leakcheck"
 	"github.com/tether-agent/tether/internal/mux"
+	"github.com/tether-agent/tether/internal/tstest/leakcheck"
 	"github.com/tether-agent/tether/internal/wire"
 )
 

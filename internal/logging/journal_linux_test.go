@@ -19,7 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/tether-agent/tether/internal/syncbuf"
+	"github.com/tether-agent/tether/internal/tstest/syncbuf"
 )
 
 // entry is one journal entry as the fake journald parsed it.

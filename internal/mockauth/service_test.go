@@ -18,7 +18,7 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/tether-agent/tether/internal/auth"
-	"github.com/tether-agent/tether/internal/dbustest"
+	"github.com/tether-agent/tether/internal/tstest/dbustest"
 )
 
 func testLogger(t *testing.T) *slog.Logger {

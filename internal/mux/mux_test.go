@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tether-agent/tether/internal/leakcheck"
+	"github.com/tether-agent/tether/internal/tstest/leakcheck"
 )
 
 func TestMain(m *testing.M) { leakcheck.Main(m) }

@@ -8,10 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tether-agent/tether/internal/leakcheck"
 	"github.com/tether-agent/tether/internal/mux"
 	"github.com/tether-agent/tether/internal/proto"
-	"github.com/tether-agent/tether/internal/testclock"
+	"github.com/tether-agent/tether/internal/tstest/leakcheck"
+	"github.com/tether-agent/tether/internal/tstest/testclock"
 	"github.com/tether-agent/tether/internal/wire"
 )
 

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tether-agent/tether/internal/leakcheck"
+	"github.com/tether-agent/tether/internal/tstest/leakcheck"
 )
 
 // TestMain fails the run if goroutines started by the tests outlive them.

@@ -10,7 +10,7 @@ import (
 
 	"github.com/tether-agent/tether/internal/mux"
 	"github.com/tether-agent/tether/internal/proto"
-	"github.com/tether-agent/tether/internal/testclock"
+	"github.com/tether-agent/tether/internal/tstest/testclock"
 	"github.com/tether-agent/tether/internal/wire"
 )
 

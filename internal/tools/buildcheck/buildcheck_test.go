@@ -103,7 +103,7 @@ func buildHost(t *testing.T) distUnderTest {
 	for _, b := range []struct{ out, tags string }{{"tether", ""}, {"tether-slim", d.slimTags}} {
 		out := filepath.Join(d.root, p.Dir, b.out)
 		cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-ldflags", ldflags, "-tags", b.tags, "-o", out, "./cmd/tether")
-		cmd.Dir = filepath.Join("..", "..")
+		cmd.Dir = filepath.Join("..", "..", "..")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS="+p.GOOS, "GOARCH="+p.GOARCH, "GOARM="+p.GOARM, "GOMIPS="+p.GOMIPS)
 		if msg, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("building %s: %v\n%s", b.out, err, msg)

@@ -72,7 +72,7 @@ func TestMeasureSizes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const self = "github.com/tether-agent/tether/internal/buildcheck"
+	const self = "github.com/tether-agent/tether/internal/tools/buildcheck"
 	for _, c := range []struct {
 		what string
 		m    map[string]uint64

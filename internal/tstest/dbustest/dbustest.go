@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tether-agent/tether/internal/syncbuf"
+	"github.com/tether-agent/tether/internal/tstest/syncbuf"
 )
 
 // OpenPolicy lets every user connect, own any name, send and receive

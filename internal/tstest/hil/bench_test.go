@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tether-agent/tether/internal/bench/procstat"
 	"github.com/tether-agent/tether/internal/mockserver"
+	"github.com/tether-agent/tether/internal/tools/bench/procstat"
 )
 
 // TestGuestBench measures what carrying terminal output costs tether on

@@ -43,7 +43,7 @@ func settings(t *testing.T, defaultArches string) (buildDir string, arches []str
 	t.Helper()
 	buildDir = os.Getenv("HIL_BUILD")
 	if buildDir == "" {
-		buildDir = filepath.Join("..", "build", "hil")
+		buildDir = filepath.Join("..", "..", "..", "build", "hil")
 	}
 	buildDir, err := filepath.Abs(buildDir)
 	if err != nil {

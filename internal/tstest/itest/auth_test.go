@@ -17,7 +17,7 @@ import (
 
 	"github.com/tether-agent/tether/internal/mockauth"
 
-	"github.com/tether-agent/tether/internal/syncbuf"
+	"github.com/tether-agent/tether/internal/tstest/syncbuf"
 )
 
 // The auth service may come up after tether (boot order): tether must

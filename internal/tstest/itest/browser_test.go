@@ -187,7 +187,7 @@ func launch(t *testing.T, ctx context.Context, deviceID string) consoleTerm {
 func artifactDir(t *testing.T) string {
 	dir := os.Getenv("TETHER_ARTIFACTS")
 	if dir == "" {
-		dir = filepath.Join("..", "..", "build", "artifacts")
+		dir = filepath.Join("..", "..", "..", "build", "artifacts")
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)

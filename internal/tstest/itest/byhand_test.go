@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tether-agent/tether/internal/dbustest"
-	"github.com/tether-agent/tether/internal/syncbuf"
+	"github.com/tether-agent/tether/internal/tstest/dbustest"
+	"github.com/tether-agent/tether/internal/tstest/syncbuf"
 )
 
 // byHandSteps returns the command lines of the "by hand" block of
@@ -54,7 +54,7 @@ func TestReadmeByHand(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the by-hand steps run mock-authd and tether as root; run the integration tests as root (.ci/run does)")
 	}
-	root, err := filepath.Abs(filepath.Join("..", ".."))
+	root, err := filepath.Abs(filepath.Join("..", "..", ".."))
 	if err != nil {
 		t.Fatal(err)
 	}

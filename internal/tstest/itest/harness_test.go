@@ -23,11 +23,11 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
-	"github.com/tether-agent/tether/internal/dbustest"
 	"github.com/tether-agent/tether/internal/mockauth"
 	"github.com/tether-agent/tether/internal/mockserver"
+	"github.com/tether-agent/tether/internal/tstest/dbustest"
 
-	"github.com/tether-agent/tether/internal/syncbuf"
+	"github.com/tether-agent/tether/internal/tstest/syncbuf"
 )
 
 // tetherBin is built with -race; binDir holds it and any other build.

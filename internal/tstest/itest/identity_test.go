@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tether-agent/tether/internal/dbustest"
-	"github.com/tether-agent/tether/internal/syncbuf"
+	"github.com/tether-agent/tether/internal/tstest/dbustest"
+	"github.com/tether-agent/tether/internal/tstest/syncbuf"
 )
 
 // newestWinsRelay is deviceconnect's one-connection-per-device rule in

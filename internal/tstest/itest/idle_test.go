@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tether-agent/tether/internal/bench/procstat"
+	"github.com/tether-agent/tether/internal/tools/bench/procstat"
 )
 
 // A connected, idle daemon sleeps: no ticker wakes it while nothing is

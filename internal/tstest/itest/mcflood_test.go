@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tether-agent/tether/internal/dbustest"
 	"github.com/tether-agent/tether/internal/mockserver"
+	"github.com/tether-agent/tether/internal/tstest/dbustest"
 	"github.com/tether-agent/tether/internal/wire"
 )
 

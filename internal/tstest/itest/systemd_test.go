@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tether-agent/tether/internal/dbustest"
+	"github.com/tether-agent/tether/internal/tstest/dbustest"
 )
 
 type notification struct {

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tether-agent/tether/internal/syncbuf"
+	"github.com/tether-agent/tether/internal/tstest/syncbuf"
 )
 
 // The real binary's ClientHello, captured by a TLS server: go.mod's

@@ -12,7 +12,7 @@ import (
 
 	"github.com/tether-agent/tether/internal/config"
 	"github.com/tether-agent/tether/internal/reconnect"
-	"github.com/tether-agent/tether/internal/reconnect/fleetsim"
+	"github.com/tether-agent/tether/internal/tools/fleetsim"
 )
 
 func main() {

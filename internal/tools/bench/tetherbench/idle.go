@@ -6,7 +6,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/tether-agent/tether/internal/bench/procstat"
+	"github.com/tether-agent/tether/internal/tools/bench/procstat"
 	"github.com/tether-agent/tether/internal/wire"
 )
 

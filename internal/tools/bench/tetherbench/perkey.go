@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/tether-agent/tether/internal/bench/procstat"
+	"github.com/tether-agent/tether/internal/tools/bench/procstat"
 )
 
 // countingListener wraps every accepted connection so that the bytes the

@@ -19,7 +19,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/tether-agent/tether/internal/buildcheck"
+	"github.com/tether-agent/tether/internal/tools/buildcheck"
 )
 
 func main() {

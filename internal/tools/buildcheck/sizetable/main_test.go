@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tether-agent/tether/internal/buildcheck"
+	"github.com/tether-agent/tether/internal/tools/buildcheck"
 )
 
 // fakeDist lays out files of the given sizes (sparse, so cheap) for every
