@@ -10,6 +10,11 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/tether-agent/tether/internal/confval"
+	"github.com/tether-agent/tether/internal/proto/filetransfer"
+	"github.com/tether-agent/tether/internal/proto/menderclient"
+	"github.com/tether-agent/tether/internal/proto/portforward"
 )
 
 // Default file locations. The fallback is read first, the main file on top.
@@ -39,6 +44,10 @@ const (
 	DefaultMaxTotal        = 16
 	DefaultMaxMessageSize  = 1 << 20
 )
+
+// Duration is a configuration duration: a Go duration string or a number
+// of seconds (confval.Duration).
+type Duration = confval.Duration
 
 // redactedToken replaces a non-empty Auth.Token in Redacted output.
 const redactedToken = "<redacted>"
@@ -212,38 +221,6 @@ type FeatureConfig struct {
 	Disable bool
 }
 
-// LimitsConfig is upstream's Limits tree (file-transfer restrictions).
-type LimitsConfig struct {
-	Enabled      bool
-	FileTransfer FileTransferLimits
-}
-
-// FileTransferLimits mirrors upstream's Limits.FileTransfer keys.
-type FileTransferLimits struct {
-	Chroot           string
-	FollowSymLinks   bool
-	AllowOverwrite   bool
-	OwnerPut         string
-	GroupPut         string
-	OwnerGet         []string
-	GroupGet         []string
-	Umask            string // octal text
-	MaxFileSize      uint64 // bytes, 0 = unlimited
-	Counters         RateLimits
-	AllowSuid        bool
-	RegularFilesOnly bool
-	// Upstream forces these to true regardless of the file; tether keeps
-	// what the file says and leaves the policy to the feature's owner.
-	PreserveMode  bool
-	PreserveOwner bool
-}
-
-// RateLimits mirrors upstream's Limits.FileTransfer.Counters.
-type RateLimits struct {
-	MaxBytesTxPerMinute uint64
-	MaxBytesRxPerMinute uint64
-}
-
 // Default returns the built-in defaults: everything but User, which has no
 // default. Load starts from this before reading any file.
 func Default() *Config {
@@ -285,8 +262,9 @@ func Default() *Config {
 			MaxMessageSize: DefaultMaxMessageSize,
 		},
 		Log:          LogConfig{Level: "info", Format: "text", Journal: "auto"},
-		PortForward:  defaultPortForward(),
-		MenderClient: defaultMenderClient(),
+		FileTransfer: filetransfer.DefaultConfig(),
+		PortForward:  portforward.DefaultConfig(),
+		MenderClient: menderclient.DefaultConfig(),
 	}
 }
 
@@ -306,7 +284,7 @@ func (c *Config) capPingInterval() []string {
 		return nil
 	}
 	w := fmt.Sprintf("Sessions.PingInterval %s is above %s: the Mender UI closes a terminal that hears no ping within 65 s; using %s",
-		s.PingInterval, formatDuration(MaxFirstPing), formatDuration(MaxFirstPing))
+		s.PingInterval, confval.FormatDuration(MaxFirstPing), confval.FormatDuration(MaxFirstPing))
 	s.PingInterval = Duration(MaxFirstPing)
 	return []string{w}
 }

@@ -12,6 +12,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/tether-agent/tether/internal/confval"
 )
 
 // LoadOptions says where Load looks. Empty fields mean the defaults.
@@ -206,9 +208,9 @@ func (w *walker) value(path string, t reflect.Type) error {
 		var perr error
 		switch v := tok.(type) {
 		case json.Number:
-			_, perr = parseSeconds(v.String())
+			_, perr = confval.ParseSeconds(v.String())
 		case string:
-			_, perr = parseDurationString(v)
+			_, perr = confval.ParseDurationString(v)
 		default:
 			return bad("a duration (string such as \"30s\" or a number of seconds)")
 		}

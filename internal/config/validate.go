@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tether-agent/tether/internal/confval"
 )
 
 // Validate checks the configuration and returns every problem found, joined
@@ -43,33 +45,33 @@ func (c *Config) Validate(shellsFile string) error {
 
 	s := c.Sessions
 	// Comparing with an out-of-range MaxTotal would only repeat that error.
-	if checkUint(add, "Sessions.MaxTotal", s.MaxTotal, 1, 1024) && s.MaxPerUser > s.MaxTotal {
+	if confval.CheckUint(add, "Sessions.MaxTotal", s.MaxTotal, 1, 1024) && s.MaxPerUser > s.MaxTotal {
 		add("Sessions.MaxPerUser", "%d is larger than Sessions.MaxTotal (%d)", s.MaxPerUser, s.MaxTotal)
 	}
-	checkDuration(add, "Sessions.StopGrace", s.StopGrace, 10*time.Millisecond, time.Minute)
-	checkDuration(add, "Sessions.PingInterval", s.PingInterval, 100*time.Millisecond, time.Hour)
-	checkDurationAbove(add, "Sessions.PongTimeout", s.PongTimeout, "Sessions.PingInterval", s.PingInterval, 24*time.Hour)
-	checkDuration(add, "Sessions.DetachedTimeout", s.DetachedTimeout, 0, 24*time.Hour)
-	checkDuration(add, "Sessions.ProbeGrace", s.ProbeGrace, 100*time.Millisecond, 30*time.Second)
-	checkUint(add, "Sessions.ReplayBuffer", s.ReplayBuffer, 0, MaxReplayBuffer)
+	confval.CheckDuration(add, "Sessions.StopGrace", s.StopGrace, 10*time.Millisecond, time.Minute)
+	confval.CheckDuration(add, "Sessions.PingInterval", s.PingInterval, 100*time.Millisecond, time.Hour)
+	confval.CheckDurationAbove(add, "Sessions.PongTimeout", s.PongTimeout, "Sessions.PingInterval", s.PingInterval, 24*time.Hour)
+	confval.CheckDuration(add, "Sessions.DetachedTimeout", s.DetachedTimeout, 0, 24*time.Hour)
+	confval.CheckDuration(add, "Sessions.ProbeGrace", s.ProbeGrace, 100*time.Millisecond, 30*time.Second)
+	confval.CheckUint(add, "Sessions.ReplayBuffer", s.ReplayBuffer, 0, MaxReplayBuffer)
 
 	c.validateServer(add, addErr)
 	c.validateAuth(add)
 
 	r := c.Reconnect
-	checkDuration(add, "Reconnect.BackoffBase", r.BackoffBase, 10*time.Millisecond, 10*time.Minute)
+	confval.CheckDuration(add, "Reconnect.BackoffBase", r.BackoffBase, 10*time.Millisecond, 10*time.Minute)
 	switch {
 	case r.BackoffMax < r.BackoffBase:
 		add("Reconnect.BackoffMax", "%s must be at least Reconnect.BackoffBase (%s)", r.BackoffMax, r.BackoffBase)
 	case r.BackoffMax.Duration() > 24*time.Hour:
 		add("Reconnect.BackoffMax", "%s is out of range (at most 24h)", r.BackoffMax)
 	}
-	checkDuration(add, "Reconnect.FirstJitter", r.FirstJitter, 0, 10*time.Minute)
+	confval.CheckDuration(add, "Reconnect.FirstJitter", r.FirstJitter, 0, 10*time.Minute)
 
 	l := c.Link
-	checkDuration(add, "Link.PingInterval", l.PingInterval, 10*time.Millisecond, time.Hour)
-	checkDurationAbove(add, "Link.ReadTimeout", l.ReadTimeout, "Link.PingInterval", l.PingInterval, 24*time.Hour)
-	checkDuration(add, "Link.WriteTimeout", l.WriteTimeout, 10*time.Millisecond, 10*time.Minute)
+	confval.CheckDuration(add, "Link.PingInterval", l.PingInterval, 10*time.Millisecond, time.Hour)
+	confval.CheckDurationAbove(add, "Link.ReadTimeout", l.ReadTimeout, "Link.PingInterval", l.PingInterval, 24*time.Hour)
+	confval.CheckDuration(add, "Link.WriteTimeout", l.WriteTimeout, 10*time.Millisecond, 10*time.Minute)
 	if l.MaxMessageSize < 64<<10 || l.MaxMessageSize > 8<<20 {
 		add("Link.MaxMessageSize", "%d is out of range (allowed %d..%d, 64 KiB..8 MiB)", l.MaxMessageSize, 64<<10, 8<<20)
 	}
@@ -154,31 +156,6 @@ func isServerScheme(s string) bool {
 		return true
 	}
 	return false
-}
-
-func checkUint(add func(key, format string, args ...any), key string, v, lo, hi uint32) bool {
-	if v < lo || v > hi {
-		add(key, "%d is out of range (allowed %d..%d)", v, lo, hi)
-		return false
-	}
-	return true
-}
-
-func checkDuration(add func(key, format string, args ...any), key string, d Duration, lo, hi time.Duration) {
-	if v := d.Duration(); v < lo || v > hi {
-		add(key, "%s is out of range (allowed %s..%s)", d, formatDuration(lo), formatDuration(hi))
-	}
-}
-
-// checkDurationAbove enforces other < d ≤ hi, where other is the value of
-// the key named otherKey.
-func checkDurationAbove(add func(key, format string, args ...any), key string, d Duration, otherKey string, other Duration, hi time.Duration) {
-	switch v := d.Duration(); {
-	case v <= other.Duration():
-		add(key, "%s must be greater than %s (%s)", d, otherKey, other)
-	case v > hi:
-		add(key, "%s is out of range (at most %s)", d, formatDuration(hi))
-	}
 }
 
 // checkShell applies upstream's rules: absolute, an existing executable

@@ -1,4 +1,9 @@
-package config
+// Package confval holds what the configuration (internal/config) and the
+// protocols' own Config types (internal/proto/<name>) share: the Duration
+// type of configuration files and the range checks whose messages name the
+// key. It imports nothing of tether's, so that a protocol can define its
+// configuration without importing internal/config.
+package confval
 
 import (
 	"encoding/json"
@@ -21,7 +26,7 @@ func (d Duration) Duration() time.Duration { return time.Duration(d) }
 
 // String renders d like time.Duration.String but without trailing zero units
 // ("1m" instead of "1m0s"), which is friendlier in messages and output.
-func (d Duration) String() string { return formatDuration(time.Duration(d)) }
+func (d Duration) String() string { return FormatDuration(time.Duration(d)) }
 
 // MarshalJSON writes the duration as a string such as "1m30s".
 func (d Duration) MarshalJSON() ([]byte, error) {
@@ -42,9 +47,9 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 		if err := json.Unmarshal(b, &str); err != nil {
 			return err
 		}
-		v, err = parseDurationString(str)
+		v, err = ParseDurationString(str)
 	} else {
-		v, err = parseSeconds(s)
+		v, err = ParseSeconds(s)
 	}
 	if err != nil {
 		return err
@@ -53,7 +58,7 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// Decode reads a TETHER_* variable (see loadEnv): a Go duration string or a bare
+// Decode reads a TETHER_* variable (internal/config's environment overlay): a Go duration string or a bare
 // number of seconds.
 func (d *Duration) Decode(value string) error {
 	v, err := parseEnvDuration(value)
@@ -70,12 +75,13 @@ func parseEnvDuration(value string) (time.Duration, error) {
 		return 0, errors.New("empty duration")
 	}
 	if _, err := strconv.ParseFloat(s, 64); err == nil {
-		return parseSeconds(s)
+		return ParseSeconds(s)
 	}
-	return parseDurationString(s)
+	return ParseDurationString(s)
 }
 
-func parseDurationString(s string) (time.Duration, error) {
+// ParseDurationString reads a Go duration string.
+func ParseDurationString(s string) (time.Duration, error) {
 	v, err := time.ParseDuration(strings.TrimSpace(s))
 	if err != nil {
 		return 0, fmt.Errorf("invalid duration %q (want e.g. \"500ms\", \"30s\", \"5m\" or a number of seconds)", s)
@@ -83,9 +89,9 @@ func parseDurationString(s string) (time.Duration, error) {
 	return v, nil
 }
 
-// parseSeconds converts a decimal number of seconds, guarding against values
+// ParseSeconds converts a decimal number of seconds, guarding against values
 // that do not fit in a time.Duration.
-func parseSeconds(s string) (time.Duration, error) {
+func ParseSeconds(s string) (time.Duration, error) {
 	f, err := strconv.ParseFloat(s, 64)
 	if err != nil {
 		return 0, fmt.Errorf("invalid number of seconds %q", s)
@@ -97,7 +103,8 @@ func parseSeconds(s string) (time.Duration, error) {
 	return time.Duration(math.Round(ns)), nil
 }
 
-func formatDuration(d time.Duration) string {
+// FormatDuration is time.Duration.String without trailing zero units.
+func FormatDuration(d time.Duration) string {
 	s := d.String()
 	if strings.HasSuffix(s, "m0s") {
 		s = strings.TrimSuffix(s, "0s")

@@ -78,11 +78,17 @@ func Run(ctx context.Context, o Options) error {
 	reaper := shell.NewReaper()
 	// One descriptor budget for every protocol's remote work.
 	fds := descriptorBudget(cfg, log)
-	protos, closeProtos, err := protocols(cfg, log, rec, reaper, fds)
+	protos, err := protocols(cfg, log, rec, reaper, fds)
 	if err != nil {
 		return err
 	}
-	defer closeProtos()
+	defer func() {
+		for _, p := range protos {
+			if c, ok := p.(interface{ Close() }); ok {
+				c.Close()
+			}
+		}
+	}()
 	router := session.New(session.Options{
 		Log:             log,
 		Terminal:        terminalProtocol(cfg, log, acct, rec, reaper, func() { status.publish(); release.changed() }),

@@ -44,73 +44,54 @@ func terminalProtocol(cfg *config.Config, log *slog.Logger, acct *shell.Account,
 	})
 }
 
-// protocols builds the enabled protocols besides the terminal; the
-// returned func frees what they hold once the router is shut down. fds is
-// the descriptor budget their remote users' work shares.
+// protocols builds the enabled protocols besides the terminal, each from
+// its section of the configuration and what the daemon lends it. fds is
+// the descriptor budget their remote users' work shares. The router
+// closes them (proto.Protocol.Close) when it shuts down.
 func protocols(cfg *config.Config, log *slog.Logger, rec *metrics.Metrics, reaper *shell.Reaper,
-	fds *fdbudget.Budget) ([]proto.Protocol, func(), error) {
+	fds *fdbudget.Budget) ([]proto.Protocol, error) {
 	var ps []proto.Protocol
-	closers := []func(){}
-	if !cfg.FileTransfer.Disable {
-		name := cfg.FileTransfer.User
-		if name == "" {
-			name = cfg.User
+	if c := cfg.FileTransfer; !c.Disable {
+		id, err := account(c.User, cfg.User, "file transfer")
+		if err == nil {
+			var p *filetransfer.Protocol
+			p, err = filetransfer.FromConfig(c, cfg.Limits, filetransfer.Deps{Log: log, Identity: id, StateDir: runtimeDir(), FDs: fds})
+			ps = append(ps, p)
 		}
-		a, err := shell.LookupAccount(name)
 		if err != nil {
-			return nil, nil, fmt.Errorf("file transfer user: %w", err)
+			return nil, err
 		}
-		if a.UID == 0 {
-			log.Warn("file transfer runs as root: a remote user can read and write every file", "user", a.Name)
-		}
-		ft, err := filetransfer.New(filetransfer.Options{Log: log, Limits: cfg.Limits,
-			Identity:     &identity.Identity{Name: a.Name, UID: a.UID, GID: a.GID, Groups: a.Groups},
-			StateDir:     runtimeDir(),
-			MaxTransfers: int(cfg.FileTransfer.MaxTransfers), FDs: fds})
-		if err != nil {
-			return nil, nil, err
-		}
-		ps = append(ps, ft)
 	}
-	if pf := cfg.PortForward; !pf.Disable {
-		allow, err := portforward.ParseAllow(pf.Allow)
-		if err != nil {
-			return nil, nil, fmt.Errorf("PortForward.Allow: %w", err)
-		}
+	if c := cfg.PortForward; !c.Disable {
 		// Forwarded sockets are the shells' account's, so that owner
 		// matching firewall rules treat them as that user's.
-		a, err := shell.LookupAccount(cfg.User)
+		id, err := account("", cfg.User, "port forward")
+		if err == nil {
+			var p *portforward.Protocol
+			p, err = portforward.FromConfig(c, portforward.Deps{Log: log, Identity: id, FDs: fds, Recorder: rec})
+			ps = append(ps, p)
+		}
 		if err != nil {
-			return nil, nil, fmt.Errorf("port forward user: %w", err)
-		}
-		ps = append(ps, portforward.New(portforward.Options{
-			Identity:      &identity.Identity{Name: a.Name, UID: a.UID, GID: a.GID, Groups: a.Groups},
-			Log:           log,
-			DialTimeout:   pf.DialTimeout.Duration(),
-			IdleTimeout:   pf.IdleTimeout.Duration(),
-			MaxPerSession: int(pf.MaxConnections),
-			MaxTotal:      int(pf.MaxTotal),
-			Window:        int(pf.Window),
-			ReadSize:      pf.ReadSize,
-			Allow:         allow,
-			Recorder:      rec,
-			FDs:           fds,
-		}))
-		if allow == nil {
-			log.Info("port forwarding allows any destination (PortForward.Allow is not set)")
+			return nil, err
 		}
 	}
-	if mc := cfg.MenderClient; !mc.Disable {
-		p := menderclient.New(menderclient.Options{Log: log, Binaries: mc.Binaries, Timeout: mc.Timeout.Duration(),
-			Exec: reaper.Exec})
-		ps = append(ps, p)
-		closers = append(closers, p.Close)
+	if c := cfg.MenderClient; !c.Disable {
+		ps = append(ps, menderclient.FromConfig(c, menderclient.Deps{Log: log, Exec: reaper.Exec}))
 	}
-	return ps, func() {
-		for _, c := range closers {
-			c()
-		}
-	}, nil
+	return ps, nil
+}
+
+// account is the identity of the account name, or of fallback when name
+// is empty; what says whose account it is in an error.
+func account(name, fallback, what string) (*identity.Identity, error) {
+	if name == "" {
+		name = fallback
+	}
+	a, err := shell.LookupAccount(name)
+	if err != nil {
+		return nil, fmt.Errorf("%s user: %w", what, err)
+	}
+	return &identity.Identity{Name: a.Name, UID: a.UID, GID: a.GID, Groups: a.Groups}, nil
 }
 
 // runtimeDir is the daemon's runtime directory: systemd's

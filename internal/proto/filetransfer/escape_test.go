@@ -11,7 +11,6 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/tether-agent/tether/internal/config"
 	"github.com/tether-agent/tether/internal/wire"
 )
 
@@ -61,7 +60,7 @@ func TestEscapes(t *testing.T) {
 		for _, fallback := range []bool{false, true} {
 			name := "follow=" + strconv.FormatBool(follow) + ",fallback=" + strconv.FormatBool(fallback)
 			t.Run(name, func(t *testing.T) {
-				pr := newPeer(t, limits(config.FileTransferLimits{Chroot: data, FollowSymLinks: follow, AllowOverwrite: true}))
+				pr := newPeer(t, limits(FileLimits{Chroot: data, FollowSymLinks: follow, AllowOverwrite: true}))
 				if fallback {
 					pr.p.res.openat2.Store(-1)
 				}
@@ -137,7 +136,7 @@ func TestSwapRace(t *testing.T) {
 			os.Rename(tmpDir, sw)
 		}
 	}()
-	pr := newPeer(t, limits(config.FileTransferLimits{Chroot: data, FollowSymLinks: true, AllowOverwrite: true}))
+	pr := newPeer(t, limits(FileLimits{Chroot: data, FollowSymLinks: true, AllowOverwrite: true}))
 	for i := 0; i < 300; i++ {
 		got, e := pr.get(sw + "/f")
 		if string(got) == "SECRET" {

@@ -21,7 +21,6 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"github.com/tether-agent/tether/internal/config"
 	"github.com/tether-agent/tether/internal/fdbudget"
 	"github.com/tether-agent/tether/internal/logging"
 	"github.com/tether-agent/tether/internal/proto"
@@ -81,7 +80,7 @@ type Options struct {
 	Identity *identity.Identity
 	// Limits is the Limits tree of the configuration; its FileTransfer
 	// part applies only when Enabled.
-	Limits config.LimitsConfig
+	Limits Limits
 	// AckTimeout ends a transfer whose peer stays silent (default 60 s).
 	AckTimeout time.Duration
 	// QueueLength bounds each session's inbound queue (default 128).
@@ -95,7 +94,7 @@ type Options struct {
 	// is dropped and the peer told (a running transfer is aborted).
 	QueueBytes, TotalQueueBytes int64
 	// MaxTransfers bounds the transfers running at once (default
-	// config.DefaultFileTransferMaxTransfers).
+	// DefaultMaxTransfers).
 	MaxTransfers int
 	// FDs is the daemon's descriptor budget for remote users' work,
 	// shared with port forwarding; nil is unlimited.
@@ -145,7 +144,7 @@ func New(o Options) (*Protocol, error) {
 		o.TotalQueueBytes = DefaultTotalQueueBytes
 	}
 	if o.MaxTransfers <= 0 {
-		o.MaxTransfers = config.DefaultFileTransferMaxTransfers
+		o.MaxTransfers = DefaultMaxTransfers
 	}
 	// Paths, error texts and the errors that quote them come from the
 	// peer: every line this package logs has its strings clipped.

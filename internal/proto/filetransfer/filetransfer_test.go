@@ -16,7 +16,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/tether-agent/tether/internal/config"
 	"github.com/tether-agent/tether/internal/wire"
 )
 
@@ -329,8 +328,8 @@ func TestChunkOffsetWire(t *testing.T) {
 	}
 }
 
-func limits(l config.FileTransferLimits) Options {
-	return Options{Limits: config.LimitsConfig{Enabled: true, FileTransfer: l}}
+func limits(l FileLimits) Options {
+	return Options{Limits: Limits{Enabled: true, FileTransfer: l}}
 }
 
 func TestUploadInterrupted(t *testing.T) {
@@ -349,10 +348,10 @@ func TestUploadInterrupted(t *testing.T) {
 		{"bad offset", Options{}, func(pr *peer) { pr.send(wire.FileChunk, props(1), []byte("zz")) }, "received unexpected chunk offset"},
 		{"missing offset", Options{}, func(pr *peer) { pr.send(wire.FileChunk, user1, []byte("zz")) }, "invalid file chunk message: missing offset property"},
 		{"unexpected type", Options{}, func(pr *peer) { pr.send("bogus", user1, nil) }, "received unexpected message type 'bogus' during file upload"},
-		{"size limit", limits(config.FileTransferLimits{AllowOverwrite: true, MaxFileSize: 6000}), func(pr *peer) {
+		{"size limit", limits(FileLimits{AllowOverwrite: true, MaxFileSize: 6000}), func(pr *peer) {
 			pr.send(wire.FileChunk, props(4096), random(t, 4096))
 		}, "failed to write file chunk: the file size is over the limit"},
-		{"rx limit", limits(config.FileTransferLimits{AllowOverwrite: true, Counters: config.RateLimits{MaxBytesRxPerMinute: 5000}}), func(pr *peer) {
+		{"rx limit", limits(FileLimits{AllowOverwrite: true, Counters: RateLimits{MaxBytesRxPerMinute: 5000}}), func(pr *peer) {
 			pr.send(wire.FileChunk, props(4096), random(t, 4096))
 		}, "failed to write file chunk: received bytes limit exhausted"},
 		{"ack timeout", Options{AckTimeout: 100 * time.Millisecond}, func(pr *peer) {}, "file transfer timed out waiting for file chunk"},
@@ -485,8 +484,8 @@ func TestLimitDenials(t *testing.T) {
 	unix.Mkfifo(filepath.Join(data, "fifo"), 0o644)
 	me, _ := user.Current()
 	g, _ := user.LookupGroupId(me.Gid)
-	base := config.FileTransferLimits{Chroot: data}
-	with := func(f func(l *config.FileTransferLimits)) config.FileTransferLimits {
+	base := FileLimits{Chroot: data}
+	with := func(f func(l *FileLimits)) FileLimits {
 		l := base
 		f(&l)
 		return l
@@ -495,7 +494,7 @@ func TestLimitDenials(t *testing.T) {
 	size := func(n int64) *int64 { return &n }
 	for _, c := range []struct {
 		name string
-		l    config.FileTransferLimits
+		l    FileLimits
 		typ  string
 		path string
 		up   *wire.UploadBody
@@ -508,19 +507,19 @@ func TestLimitDenials(t *testing.T) {
 		{"stat symlink", base, wire.FileStat, filepath.Join(data, "inlink"), nil, "access denied: forbidden to follow the link"},
 		{"regular only", base, wire.FileGet, filepath.Join(data, "fifo"), nil, "access denied: only regular files are allowed"},
 		{"regular only dir", base, wire.FileGet, filepath.Join(data, "sub"), nil, "access denied: only regular files are allowed"},
-		{"owner get", with(func(l *config.FileTransferLimits) { l.OwnerGet = []string{"nobody-else"} }), wire.FileGet, filepath.Join(data, "f"), nil, "access denied: the file owner does not match"},
-		{"group get", with(func(l *config.FileTransferLimits) { l.GroupGet = []string{"nogroup-else"} }), wire.FileGet, filepath.Join(data, "f"), nil, "access denied: the file group does not match"},
-		{"size get", with(func(l *config.FileTransferLimits) { l.MaxFileSize = 4 }), wire.FileGet, filepath.Join(data, "f"), nil, "access denied: the file size is over the limit"},
-		{"size put", with(func(l *config.FileTransferLimits) { l.MaxFileSize = 4 }), wire.FilePut, "", &wire.UploadBody{Path: sp(filepath.Join(data, "n")), Size: size(5)}, "access denied: the file size is over the limit"},
+		{"owner get", with(func(l *FileLimits) { l.OwnerGet = []string{"nobody-else"} }), wire.FileGet, filepath.Join(data, "f"), nil, "access denied: the file owner does not match"},
+		{"group get", with(func(l *FileLimits) { l.GroupGet = []string{"nogroup-else"} }), wire.FileGet, filepath.Join(data, "f"), nil, "access denied: the file group does not match"},
+		{"size get", with(func(l *FileLimits) { l.MaxFileSize = 4 }), wire.FileGet, filepath.Join(data, "f"), nil, "access denied: the file size is over the limit"},
+		{"size put", with(func(l *FileLimits) { l.MaxFileSize = 4 }), wire.FilePut, "", &wire.UploadBody{Path: sp(filepath.Join(data, "n")), Size: size(5)}, "access denied: the file size is over the limit"},
 		{"put outside", base, wire.FilePut, "", &wire.UploadBody{Path: sp(filepath.Join(root, "n"))}, "access denied: the target file path is outside chroot"},
 		{"put dotdot", base, wire.FilePut, "", &wire.UploadBody{Path: sp(data + "/sub/../n")}, "access denied: the target file path is outside chroot"},
 		{"overwrite", base, wire.FilePut, "", &wire.UploadBody{Path: sp(filepath.Join(data, "f"))}, "access denied: forbidden to overwrite the file"},
-		{"owner put", with(func(l *config.FileTransferLimits) { l.AllowOverwrite = true; l.OwnerPut = "nobody" }), wire.FilePut, "", &wire.UploadBody{Path: sp(filepath.Join(data, "f"))}, "access denied: the file owner does not match"},
-		{"group put", with(func(l *config.FileTransferLimits) { l.AllowOverwrite = true; l.GroupPut = "nogroup-x" }), wire.FilePut, "", &wire.UploadBody{Path: sp(filepath.Join(data, "f"))}, "access denied: the file group does not match"},
+		{"owner put", with(func(l *FileLimits) { l.AllowOverwrite = true; l.OwnerPut = "nobody" }), wire.FilePut, "", &wire.UploadBody{Path: sp(filepath.Join(data, "f"))}, "access denied: the file owner does not match"},
+		{"group put", with(func(l *FileLimits) { l.AllowOverwrite = true; l.GroupPut = "nogroup-x" }), wire.FilePut, "", &wire.UploadBody{Path: sp(filepath.Join(data, "f"))}, "access denied: the file group does not match"},
 		{"suid posix", base, wire.FilePut, "", &wire.UploadBody{Path: sp(filepath.Join(data, "n")), Mode: mode(0o4755)}, "access denied: the set uid mode is forbidden"},
 		{"sgid posix", base, wire.FilePut, "", &wire.UploadBody{Path: sp(filepath.Join(data, "n")), Mode: mode(0o2755)}, "access denied: the set uid mode is forbidden"},
 		{"suid go", base, wire.FilePut, "", &wire.UploadBody{Path: sp(filepath.Join(data, "n")), Mode: mode(1<<23 | 0o755)}, "access denied: the set uid mode is forbidden"},
-		{"tx rate", with(func(l *config.FileTransferLimits) { l.Counters.MaxBytesTxPerMinute = 1 }), wire.FileGet, "", nil, ""},
+		{"tx rate", with(func(l *FileLimits) { l.Counters.MaxBytesTxPerMinute = 1 }), wire.FileGet, "", nil, ""},
 		{"irregular", base, wire.FilePut, "", &wire.UploadBody{Path: sp(filepath.Join(data, "fifo"))}, "conflicting file path: cannot overwrite irregular file"},
 		{"directory", base, wire.FilePut, "", &wire.UploadBody{Path: sp(filepath.Join(data, "sub"))}, "conflicting file path: cannot overwrite directory"},
 		{"blank", base, wire.FileGet, "", nil, "invalid request parameters: path: cannot be blank"},
@@ -550,7 +549,7 @@ func TestRates(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "f")
 	os.WriteFile(p, random(t, 20000), 0o644)
-	pr := newPeer(t, limits(config.FileTransferLimits{AllowOverwrite: true, Counters: config.RateLimits{MaxBytesTxPerMinute: 30000, MaxBytesRxPerMinute: 30000}}))
+	pr := newPeer(t, limits(FileLimits{AllowOverwrite: true, Counters: RateLimits{MaxBytesTxPerMinute: 30000, MaxBytesRxPerMinute: 30000}}))
 	if _, e := pr.get(p); e != "" {
 		t.Fatal(e)
 	}
@@ -580,8 +579,8 @@ func TestUploadModesAndUmask(t *testing.T) {
 		want os.FileMode
 	}{
 		{"no limits keeps perm only", Options{}, mode(0o4755), 0o755},
-		{"suid allowed", limits(config.FileTransferLimits{AllowSuid: true}), mode(0o4755), 0o755 | os.ModeSetuid},
-		{"umask masks the request", limits(config.FileTransferLimits{Umask: "027"}), mode(0o666), 0o640},
+		{"suid allowed", limits(FileLimits{AllowSuid: true}), mode(0o4755), 0o755 | os.ModeSetuid},
+		{"umask masks the request", limits(FileLimits{Umask: "027"}), mode(0o666), 0o640},
 		{"default", Options{}, nil, 0o644},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -596,7 +595,7 @@ func TestUploadModesAndUmask(t *testing.T) {
 			}
 		})
 	}
-	if _, err := New(limits(config.FileTransferLimits{Umask: "9"})); err == nil {
+	if _, err := New(limits(FileLimits{Umask: "9"})); err == nil {
 		t.Error("bad umask accepted")
 	}
 }

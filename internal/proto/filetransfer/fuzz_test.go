@@ -3,7 +3,6 @@ package filetransfer
 import (
 	"testing"
 
-	"github.com/tether-agent/tether/internal/config"
 	"github.com/tether-agent/tether/internal/wire"
 )
 
@@ -16,7 +15,7 @@ func FuzzHandle(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, typ string, body []byte, off int64) {
 		dir := t.TempDir()
-		pr := newPeer(t, limits(config.FileTransferLimits{Chroot: dir, AllowOverwrite: true}))
+		pr := newPeer(t, limits(FileLimits{Chroot: dir, AllowOverwrite: true}))
 		pr.send(typ, props(off), body)
 		pr.send(wire.FileChunk, props(off), body)
 		pr.send(wire.FileChunk, props(0), nil)

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tether-agent/tether/internal/config"
 	"github.com/tether-agent/tether/internal/wire"
 )
 
@@ -82,7 +81,7 @@ func TestSymlinksBeneathChroot(t *testing.T) {
 	for _, fallback := range []bool{false, true} {
 		t.Run("fallback="+strconv.FormatBool(fallback), func(t *testing.T) {
 			for _, chroot := range []string{data, alias} {
-				pr := newPeer(t, limits(config.FileTransferLimits{Chroot: chroot, FollowSymLinks: true, AllowOverwrite: true}))
+				pr := newPeer(t, limits(FileLimits{Chroot: chroot, FollowSymLinks: true, AllowOverwrite: true}))
 				if fallback {
 					pr.p.res.openat2.Store(-1)
 				}
@@ -157,7 +156,7 @@ func TestSymlinksNotFollowed(t *testing.T) {
 	os.MkdirAll(filepath.Join(data, "v7"), 0o755)
 	os.WriteFile(filepath.Join(data, "v7", "f"), []byte("v7"), 0o644)
 	os.Symlink(filepath.Join(data, "v7"), filepath.Join(data, "current"))
-	pr := newPeer(t, limits(config.FileTransferLimits{Chroot: data, AllowOverwrite: true}))
+	pr := newPeer(t, limits(FileLimits{Chroot: data, AllowOverwrite: true}))
 	if _, e := pr.get(data + "/current/f"); e != "access denied: forbidden to follow the link" {
 		t.Errorf("get: %q", e)
 	}
@@ -197,7 +196,7 @@ func TestSymlinkSwapRace(t *testing.T) {
 					os.Rename(out, sw)
 				}
 			}()
-			pr := newPeer(t, limits(config.FileTransferLimits{Chroot: data, FollowSymLinks: true, AllowOverwrite: true}))
+			pr := newPeer(t, limits(FileLimits{Chroot: data, FollowSymLinks: true, AllowOverwrite: true}))
 			if fallback {
 				pr.p.res.openat2.Store(-1)
 			}
@@ -235,7 +234,7 @@ func TestSymlinkStepsBounded(t *testing.T) {
 	os.Symlink(strings.Repeat("./", 1100)+"f", filepath.Join(data, "wide"))
 	os.Symlink(strings.Repeat("./", 500)+"f", filepath.Join(data, "narrow"))
 	os.Symlink(filepath.Join(data, "wide"), filepath.Join(data, "abs"))
-	pr := newPeer(t, limits(config.FileTransferLimits{Chroot: data, FollowSymLinks: true}))
+	pr := newPeer(t, limits(FileLimits{Chroot: data, FollowSymLinks: true}))
 	if _, e := pr.get(data + "/abs"); !strings.HasSuffix(e, "file name too long") {
 		t.Errorf("get through a link of 1100 components: %q", e)
 	}

@@ -8,7 +8,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/tether-agent/tether/internal/config"
 	"github.com/tether-agent/tether/internal/wire"
 )
 
@@ -76,7 +75,7 @@ func TestSweepStale(t *testing.T) {
 	write("r7", record{Dir: []byte("/etc"), Name: []byte(".passwd.tether-0123456789ab"), UID: id.UID}) // nothing there
 	os.WriteFile(filepath.Join(journalDir, "r8"), []byte("{garbage"), 0o600)
 
-	o := limits(config.FileTransferLimits{Chroot: data})
+	o := limits(FileLimits{Chroot: data})
 	o.Identity, o.StateDir = id, state
 	p, err := New(o)
 	if err != nil {

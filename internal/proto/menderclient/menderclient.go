@@ -120,10 +120,10 @@ func New(o Options) *Protocol {
 		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if len(o.Binaries) == 0 {
-		o.Binaries = []string{"/usr/bin/mender-update", "/usr/bin/mender"}
+		o.Binaries = DefaultBinaries()
 	}
 	if o.Timeout <= 0 {
-		o.Timeout = 10 * time.Minute
+		o.Timeout = DefaultTimeout
 	}
 	if o.Env == nil {
 		o.Env = ChildEnv(os.LookupEnv)

@@ -204,10 +204,10 @@ func New(o Options) *Protocol {
 		o.MaxTotal = DefaultMaxTotal
 	}
 	if o.Window <= 0 {
-		o.Window = 8
+		o.Window = DefaultWindow
 	}
 	if o.ReadSize <= 0 {
-		o.ReadSize = 16 << 10
+		o.ReadSize = DefaultReadSize
 	}
 	if o.Resolver == nil {
 		o.Resolver = net.DefaultResolver
