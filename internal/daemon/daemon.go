@@ -82,11 +82,11 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	// The router's Shutdown closes them; this is for the ways out before
+	// it (Close is idempotent).
 	defer func() {
 		for _, p := range protos {
-			if c, ok := p.(interface{ Close() }); ok {
-				c.Close()
-			}
+			p.Close()
 		}
 	}()
 	router := session.New(session.Options{

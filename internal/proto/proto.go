@@ -48,6 +48,12 @@ type Protocol interface {
 	// first message of that session for this protocol. It is called from
 	// the link's read loop and must not block.
 	Open(sid string, out Sender) Session
+	// Close ends the protocol: it closes the sessions still open, stops
+	// whatever else it started (commands, dials, background work) and
+	// waits until every goroutine it started has ended. The router calls
+	// it once, when it shuts down, after closing its sessions; nothing
+	// is opened after. A Group does the bookkeeping.
+	Close()
 }
 
 // Session is a protocol's state within one router session.

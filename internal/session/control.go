@@ -67,7 +67,10 @@ func (r *Router) handleProto(c *ctrlSession, p proto.Protocol, m *wire.ProtoMsg)
 			r.log.Error("protocol handler panicked", "proto", wire.ProtoName(n), "session_id", c.sid, "panic", fmt.Sprint(v))
 			if ps := c.protos[n]; ps != nil {
 				delete(c.protos, n)
-				go ps.Close()
+				// Off this goroutine: the session may have panicked
+				// holding its own locks. Once the router is shut down
+				// the protocol's Close has closed it.
+				r.bg.Go(ps.Close)
 			}
 			if c.sid != "" {
 				c.ended = true
@@ -148,7 +151,11 @@ func (r *Router) endCtrl(sid string) {
 	delete(r.ctrl, sid)
 	r.mu.Unlock()
 	if c != nil {
-		go r.closeProtos(c)
+		// Off this goroutine: a protocol's handler that panicked ends
+		// its session from under c.pmu. Once the router is shut down,
+		// Shutdown has closed every session it had, and the protocols
+		// close whatever opened later.
+		r.bg.Go(func() { r.closeProtos(c) })
 	}
 }
 

@@ -27,6 +27,7 @@ func newRecordingProto(n uint16) *recordingProto {
 }
 
 func (p *recordingProto) Number() uint16 { return p.n }
+func (p *recordingProto) Close()         {}
 func (p *recordingProto) Open(sid string, _ proto.Sender) proto.Session {
 	p.mu.Lock()
 	defer p.mu.Unlock()

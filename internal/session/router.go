@@ -102,6 +102,10 @@ type Router struct {
 	pending map[string]*pendingAdmit
 
 	wg sync.WaitGroup // every admitted session's goroutines
+	// bg owns the router's own goroutines that close protocol sessions
+	// off the read loop; Shutdown waits for them before it closes the
+	// protocols.
+	bg proto.Group
 
 	malformedLog logging.RateLimit
 	plog         peerLogs
@@ -291,7 +295,8 @@ func (r *Router) TokenCleared() {
 }
 
 // Shutdown tells every peer its session stops and tears all shells down
-// with grace, then waits for them (or for ctx).
+// with grace, closes every protocol (proto.Protocol.Close), then waits
+// for the shells and the protocols' goroutines (or for ctx).
 func (r *Router) Shutdown(ctx context.Context, grace time.Duration) {
 	r.mu.Lock()
 	r.closed = true
@@ -307,13 +312,19 @@ func (r *Router) Shutdown(ctx context.Context, grace time.Duration) {
 	r.stopAllGrace(proto.ReasonShutdown, "device agent shutting down", grace)
 	done := make(chan struct{})
 	go func() {
+		// The sessions are closed; each protocol now ends what it
+		// started and waits for it, as the shells are waited for.
+		r.bg.Close()
+		for _, p := range r.opts.Protocols {
+			p.Close()
+		}
 		r.wg.Wait()
 		close(done)
 	}()
 	select {
 	case <-done:
 	case <-ctx.Done():
-		r.log.Warn("shutdown: shells still tearing down", "error", ctx.Err())
+		r.log.Warn("shutdown: sessions still tearing down", "error", ctx.Err())
 	}
 }
 

@@ -109,7 +109,9 @@ type Protocol struct {
 	res    resolver
 	umask  uint32
 	tx, rx *rate.Limiter
-	wg     sync.WaitGroup
+	// g owns the sessions and every goroutine: each session's, and a
+	// paced collection.
+	g proto.Group
 
 	journal *journal
 	queued  atomic.Int64 // bytes of inbound messages held, all sessions
@@ -184,8 +186,14 @@ func perMinute(n uint64) *rate.Limiter {
 // Number implements proto.Protocol.
 func (p *Protocol) Number() uint16 { return wire.ProtoFileTransfer }
 
-// Wait waits until every session's goroutine has ended (tests).
-func (p *Protocol) Wait() { p.wg.Wait() }
+// Wait waits until every goroutine has ended, closing nothing (tests,
+// once their sessions are closed).
+func (p *Protocol) Wait() { p.g.Wait() }
+
+// Close ends every session (a running transfer aborts and removes its
+// temporary file) and waits until all the goroutines have ended
+// (proto.Protocol).
+func (p *Protocol) Close() { p.g.Close() }
 
 // Open implements proto.Protocol.
 func (p *Protocol) Open(sid string, out proto.Sender) proto.Session {
@@ -200,13 +208,16 @@ func (p *Protocol) Open(sid string, out proto.Sender) proto.Session {
 		cancel: cancel,
 		done:   make(chan struct{}),
 	}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
+	run := func() {
 		defer close(s.done)
 		defer s.drain()
 		s.run()
-	}()
+	}
+	if !p.g.Track(s) || !p.g.Go(run) {
+		// The protocol is closed: the session takes nothing.
+		s.cancel()
+		close(s.done)
+	}
 	return s
 }
 
@@ -260,10 +271,12 @@ func (p *Protocol) paced(n int) {
 		return
 	}
 	p.collected = a
-	go func() {
+	if !p.g.Go(func() {
 		defer p.collecting.Store(false)
 		runtime.GC()
-	}()
+	}) {
+		p.collecting.Store(false)
+	}
 }
 
 // begin takes a transfer's place and descriptors; "" means it may run,
@@ -404,7 +417,10 @@ func (s *session) drain() {
 
 // Close implements proto.Session: the goroutine stops at once, and a
 // running transfer removes its temporary file on its way out.
-func (s *session) Close() { s.cancel() }
+func (s *session) Close() {
+	s.p.g.Untrack(s)
+	s.cancel()
+}
 
 // next returns the next message, or nil when the session ends or the
 // peer has been silent for the ack timeout (timedOut).

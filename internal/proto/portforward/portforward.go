@@ -177,6 +177,9 @@ type Protocol struct {
 	log     *slog.Logger
 	total   atomic.Int64
 	pending atomic.Int64 // bytes drawn from the shared pool (maxPendingAll)
+	// g owns the sessions and every goroutine: each session's reply
+	// sender, each connection's dialer-writer and reader.
+	g proto.Group
 
 	// The server decides how often these lines are written: each kind
 	// is rate-limited on its own.
@@ -240,9 +243,15 @@ func (p *Protocol) Open(sid string, out proto.Sender) proto.Session {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &session{p: p, sid: sid, out: out, ctx: ctx, cancel: cancel,
 		wake: make(chan struct{}, 1), conns: make(map[string]*conn)}
-	go s.sendReplies()
+	if !p.g.Track(s) || !p.g.Go(s.sendReplies) {
+		s.Close() // the protocol is closed: the session takes nothing
+	}
 	return s
 }
+
+// Close ends every session's connections and waits until all their
+// goroutines have ended (proto.Protocol).
+func (p *Protocol) Close() { p.g.Close() }
 
 // session is the protocol's state in one router session.
 type session struct {
@@ -476,7 +485,9 @@ func (s *session) handleNew(m *wire.ProtoMsg, id string) {
 			"remote", logging.Clip(net.JoinHostPort(c.host, strconv.Itoa(int(c.port)))),
 			"user_id", logging.Clip(m.Header.StringProp(wire.PropUserID)), "suppressed", p.logNew.TakeSuppressed())
 	}
-	go c.run()
+	if !p.g.Go(c.run) {
+		c.end(stopNone, "protocol closed")
+	}
 }
 
 // refuseHost answers a `new` whose remote_host is too long; the id is
@@ -500,8 +511,10 @@ func (s *session) forget(c *conn) {
 	s.mu.Unlock()
 }
 
-// Close ends every connection without `stop` messages, as upstream.
+// Close ends every connection without `stop` messages, as upstream; the
+// goroutines end soon after, and the Protocol's Close waits for them.
 func (s *session) Close() {
+	s.p.g.Untrack(s)
 	s.mu.Lock()
 	conns := s.conns
 	s.conns, s.closed = map[string]*conn{}, true
@@ -713,7 +726,10 @@ func (c *conn) run() {
 		c.end(stopNone, "link gone")
 		return
 	}
-	go c.read(nc)
+	if !c.s.p.g.Go(func() { c.read(nc) }) {
+		c.end(stopNone, "protocol closed")
+		return
+	}
 	c.write(nc)
 	// write returns once the connection is over; if it left because
 	// the session or the link ended, nothing has freed the slot yet.

@@ -74,3 +74,7 @@ func count() int {
 	}
 	return total
 }
+
+// Count is the number of goroutines running now, the runtime's permanent
+// ones aside: a test's baseline for Settled.
+func Count() int { return count() }
