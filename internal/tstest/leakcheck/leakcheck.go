@@ -49,7 +49,11 @@ func Settled(want int, d time.Duration) error {
 var permanent = []string{"os/signal.loop"}
 
 // count is the number of goroutines, the runtime's permanent ones aside.
-func count() int {
+func count() int { return len(Stacks()) }
+
+// Stacks is the stack of every goroutine running now, the runtime's
+// permanent ones aside, as runtime.Stack prints them.
+func Stacks() []string {
 	buf := make([]byte, 1<<20)
 	for {
 		n := runtime.Stack(buf, true)
@@ -59,20 +63,23 @@ func count() int {
 		}
 		buf = make([]byte, 2*len(buf))
 	}
-	total := 0
+	var out []string
 	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.TrimSpace(g) == "" {
+		if strings.TrimSpace(g) == "" || isPermanent(g) {
 			continue
 		}
-		total++
-		for _, p := range permanent {
-			if strings.Contains(g, p) {
-				total--
-				break
-			}
+		out = append(out, g)
+	}
+	return out
+}
+
+func isPermanent(g string) bool {
+	for _, p := range permanent {
+		if strings.Contains(g, p) {
+			return true
 		}
 	}
-	return total
+	return false
 }
 
 // Count is the number of goroutines running now, the runtime's permanent
