@@ -7,7 +7,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -18,13 +17,15 @@ import (
 	"net/http"
 	"os"
 	"strings"
+
+	"github.com/tether-agent/tether/internal/mockserver/authapi"
 )
 
 // AuthRequestsPath is the device authentication endpoint of a Mender server.
-const AuthRequestsPath = "/api/devices/v1/authentication/auth_requests"
+const AuthRequestsPath = authapi.Path
 
 // SignatureHeader carries the base64 signature of the request body.
-const SignatureHeader = "X-MEN-Signature"
+const SignatureHeader = authapi.SignatureHeader
 
 // maxTokenSize bounds the server's answer; real device JWTs are ~1 KiB.
 const maxTokenSize = 64 << 10
@@ -33,59 +34,9 @@ const maxTokenSize = 64 << 10
 // has not accepted it.
 var errNotAccepted = errors.New("device not accepted yet (401)")
 
-// AuthRequest is the JSON body of an authentication request.
-type AuthRequest struct {
-	// IDData is itself a JSON document, e.g. {"mac":"52:54:00:12:34:56"}.
-	IDData string `json:"id_data"`
-	// PubKey is the PEM ("PUBLIC KEY", PKIX) of the device key.
-	PubKey string `json:"pubkey"`
-}
-
-// Sign signs an authentication request body the way Mender clients do:
-// Ed25519 signs the body itself, RSA signs its SHA-256 with PKCS #1 v1.5.
-func Sign(key crypto.Signer, body []byte) ([]byte, error) {
-	switch k := key.(type) {
-	case ed25519.PrivateKey:
-		return ed25519.Sign(k, body), nil
-	case *rsa.PrivateKey:
-		sum := sha256.Sum256(body)
-		sig, err := rsa.SignPKCS1v15(rand.Reader, k, crypto.SHA256, sum[:])
-		if err != nil {
-			return nil, fmt.Errorf("rsa signature: %w", err)
-		}
-		return sig, nil
-	default:
-		return nil, fmt.Errorf("unsupported key type %T", key)
-	}
-}
-
-// VerifySignature checks a signature made by Sign against the PEM public
-// key of an AuthRequest; mock servers and tests use it.
-func VerifySignature(pubPEM string, body, sig []byte) error {
-	block, _ := pem.Decode([]byte(pubPEM))
-	if block == nil {
-		return errors.New("pubkey is not PEM")
-	}
-	pub, err := x509.ParsePKIXPublicKey(block.Bytes)
-	if err != nil {
-		return fmt.Errorf("parsing pubkey: %w", err)
-	}
-	switch k := pub.(type) {
-	case ed25519.PublicKey:
-		if !ed25519.Verify(k, body, sig) {
-			return errors.New("ed25519 signature does not verify")
-		}
-		return nil
-	case *rsa.PublicKey:
-		sum := sha256.Sum256(body)
-		if err := rsa.VerifyPKCS1v15(k, crypto.SHA256, sum[:], sig); err != nil {
-			return fmt.Errorf("rsa signature does not verify: %w", err)
-		}
-		return nil
-	default:
-		return fmt.Errorf("unsupported public key type %T", pub)
-	}
-}
+// AuthRequest is the JSON body of an authentication request, the one
+// the mock server checks.
+type AuthRequest = authapi.Request
 
 // GenerateKey makes a device key: "ed25519" (also for "") or "rsa" (3072
 // bits, as the Mender client generates).
@@ -171,7 +122,7 @@ func (d *deviceAuth) request(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("encoding request: %w", err)
 	}
-	sig, err := Sign(d.key, body)
+	sig, err := authapi.Sign(d.key, body)
 	if err != nil {
 		return "", err
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/tether-agent/tether/internal/auth"
+	"github.com/tether-agent/tether/internal/mockserver/authapi"
 	"github.com/tether-agent/tether/internal/tstest/dbustest"
 )
 
@@ -255,7 +256,7 @@ func (s *fakeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		s.t.Errorf("server: signature header not base64: %v", err)
 	}
-	if err := VerifySignature(req.PubKey, body, sig); err != nil {
+	if err := authapi.VerifyPEM(req.PubKey, body, sig); err != nil {
 		s.t.Errorf("server: %v", err)
 		http.Error(w, "bad signature", http.StatusUnauthorized)
 		return

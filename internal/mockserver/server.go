@@ -18,12 +18,13 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/tether-agent/tether/internal/mockserver/authapi"
 	"github.com/tether-agent/tether/internal/wire"
 )
 
 // API paths served by the mock, identical to the real server's.
 const (
-	AuthRequestsPath     = "/api/devices/v1/authentication/auth_requests"
+	AuthRequestsPath     = authapi.Path
 	DeviceConnectPath    = "/api/devices/v1/deviceconnect/connect"
 	LoginPath            = "/api/management/v1/useradm/auth/login"
 	DevicesPath          = "/api/management/v2/devauth/devices"
@@ -92,7 +93,7 @@ type Options struct {
 	TokenLifetime time.Duration
 	// Strict makes a device connection end on an undecodable frame or on a
 	// shell message without sid, as the real deviceconnect does. By
-	// default such frames are counted (Device.Malformed), logged and
+	// default such frames are counted (Device.malformedCount), logged and
 	// skipped, so that a test can look at them.
 	Strict bool
 	// AllowedHosts are the host names, besides IP literals and
@@ -483,8 +484,8 @@ func (s *Server) rememberDeviceLocked(id, idData, pubKey string) {
 	}
 }
 
-// Devices lists every known device, sorted by id.
-func (s *Server) Devices() []DeviceInfo {
+// deviceList lists every known device, sorted by id.
+func (s *Server) deviceList() []DeviceInfo {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]DeviceInfo, 0, len(s.devices))
