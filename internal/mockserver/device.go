@@ -64,8 +64,8 @@ func (d *Device) Token() string { return d.token }
 // Done is closed when the connection has ended and been cleaned up.
 func (d *Device) Done() <-chan struct{} { return d.done }
 
-// Malformed counts frames from the device that did not decode.
-func (d *Device) Malformed() int { return int(d.malformed.Load()) }
+// malformedCount counts frames from the device that did not decode.
+func (d *Device) malformedCount() int { return int(d.malformed.Load()) }
 
 // Send writes one message to the device.
 func (d *Device) Send(m *wire.ProtoMsg) error {

@@ -139,7 +139,7 @@ func TestNewConnectionReplacesOld(t *testing.T) {
 	if d2 == d1 || s.DeviceConnects("dev-x") != 2 {
 		t.Fatalf("connects %d", s.DeviceConnects("dev-x"))
 	}
-	if devs := s.Devices(); len(devs) != 1 || !devs[0].Connected || devs[0].Connects != 2 {
+	if devs := s.deviceList(); len(devs) != 1 || !devs[0].Connected || devs[0].Connects != 2 {
 		t.Errorf("devices %+v", devs)
 	}
 }
@@ -182,7 +182,7 @@ func TestSubscribeSendRawMalformed(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("subscriber got nothing")
 	}
-	if n := d.Malformed(); n != 1 {
+	if n := d.malformedCount(); n != 1 {
 		t.Errorf("Malformed = %d, want 1", n)
 	}
 	cancel()
@@ -241,8 +241,8 @@ func TestStrictClosesOnMalformed(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("strict server kept the connection")
 	}
-	if d.Malformed() != 1 {
-		t.Errorf("Malformed = %d", d.Malformed())
+	if d.malformedCount() != 1 {
+		t.Errorf("Malformed = %d", d.malformedCount())
 	}
 }
 

@@ -135,7 +135,7 @@ func TestAuthRequests(t *testing.T) {
 			}
 		})
 	}
-	devs := s.Devices()
+	devs := s.deviceList()
 	if len(devs) != 1 || devs[0].ID != wantID || devs[0].IdentityData != idData || devs[0].Status != "accepted" || devs[0].Connected {
 		t.Errorf("devices after auth: %+v", devs)
 	}

@@ -75,7 +75,7 @@
 // tokens issued so far (the live connection stays; Device.Close drops it).
 //
 // Device frames are decoded with wire.Unmarshal; undecodable ones are
-// counted (Device.Malformed) and skipped, unless Options.Strict, which ends
+// counted (tests read Device.malformedCount) and skipped, unless Options.Strict, which ends
 // the connection like the real server. Undecodable user frames end the user
 // session, as in the real server.
 //
@@ -88,8 +88,8 @@
 // WaitDevice / WaitReconnect return the live *Device, which can Send or
 // SendRaw any frame, Subscribe to every decoded frame it sends (buffered;
 // a subscriber that falls SubscriptionBuffer frames behind is cut off, its
-// channel closed), count Malformed frames and Close the connection.
-// Devices and DeviceConnects report what the server knows.
+// channel closed) and Close the connection. DeviceConnects reports what
+// the server knows.
 //
 // # User side
 //

@@ -452,7 +452,7 @@ func TestRestartWithSameKeyKeepsTokens(t *testing.T) {
 	if tok := authenticateDevice(t, url2, idData, devKey); tok == devTok {
 		t.Error("same token issued twice")
 	}
-	if n := len(s2.Devices()); n != 1 {
+	if n := len(s2.deviceList()); n != 1 {
 		t.Errorf("%d devices after re-authentication", n)
 	}
 

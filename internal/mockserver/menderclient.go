@@ -5,13 +5,15 @@ import (
 	"net/http"
 	"net/url"
 
+	"github.com/tether-agent/tether/internal/proto/menderclient"
 	"github.com/tether-agent/tether/internal/wire"
 )
 
-// Mender client commands the management API triggers (docs/protocol.md §7, §8.2).
+// Mender client commands the management API triggers (docs/protocol.md
+// §7, §8.2): the device's own message types, which the API's paths repeat.
 const (
-	CommandCheckUpdate   = "check-update"
-	CommandSendInventory = "send-inventory"
+	CommandCheckUpdate   = menderclient.TypeCheckUpdate
+	CommandSendInventory = menderclient.TypeSendInventory
 )
 
 // handleMenderCommand is POST .../devices/{id}/check-update and

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/tether-agent/tether/internal/proto/portforward"
 	"github.com/tether-agent/tether/internal/wire"
 )
 
@@ -19,28 +20,14 @@ import (
 // accept does not list port forwarding.
 var ErrPortForwardNotImplemented = errors.New("port forward not implemented or enabled on the device")
 
-// Port-forward message types and the read size mender-cli uses.
+// The read size mender-cli uses; the message types and bodies are the
+// device's own (internal/proto/portforward), so that the vocabulary is
+// written once.
 const (
-	pfNew      = "new"
-	pfForward  = "forward"
-	pfAck      = "ack"
-	pfStop     = "stop"
-	pfError    = "error"
 	pfReadSize = 4096
 	// pfQueue is mender-cli's per-connection channel of device messages.
 	pfQueue = 20
 )
-
-type pfNewBody struct {
-	RemoteHost string `msgpack:"remote_host"`
-	RemotePort uint16 `msgpack:"remote_port"`
-	Protocol   string `msgpack:"protocol"`
-}
-
-type pfErrorBody struct {
-	Error       string `msgpack:"err"`
-	MessageType string `msgpack:"msgtype"`
-}
 
 // pfConn is one connection's queue of device messages; gone is closed
 // when its reader stops taking them.
@@ -68,7 +55,6 @@ type PortForward struct {
 	closed    bool
 	wg        sync.WaitGroup
 	strayAcks atomic.Int64
-	errors    atomic.Int64
 	done      chan struct{}
 }
 
@@ -123,18 +109,12 @@ func containsProto(list []uint16, p uint16) bool {
 	return false
 }
 
-// SID is the session id from the device's accept.
-func (p *PortForward) SID() string { return p.sid }
-
 // Done is closed when the websocket ends.
 func (p *PortForward) Done() <-chan struct{} { return p.done }
 
 // StrayAcks counts device acks with no forward outstanding (mender-cli
 // dies of those: it unlocks an unlocked mutex).
 func (p *PortForward) StrayAcks() int { return int(p.strayAcks.Load()) }
-
-// Errors counts port-forward errors from the device.
-func (p *PortForward) Errors() int { return int(p.errors.Load()) }
 
 func (p *PortForward) dispatch() {
 	defer close(p.done)
@@ -148,15 +128,14 @@ func (p *PortForward) dispatch() {
 			_ = msgpack.Unmarshal(m.Body, &e)
 			p.logf("error from the device: %s", e.Error)
 		case h.Proto != wire.ProtoPortForward:
-		case h.MsgType == pfError:
-			p.errors.Add(1)
-			var e pfErrorBody
+		case h.MsgType == portforward.TypeError:
+			var e portforward.ErrorBody
 			_ = msgpack.Unmarshal(m.Body, &e)
 			p.logf("port-forward error from the device (%s): %s", e.MessageType, e.Error)
 			if id := h.StringProp(wire.PropConnectionID); id != "" {
-				p.deliver(id, &wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoPortForward, MsgType: pfStop}})
+				p.deliver(id, &wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoPortForward, MsgType: portforward.TypeStop}})
 			}
-		case h.MsgType == pfForward || h.MsgType == pfAck || h.MsgType == pfStop:
+		case h.MsgType == portforward.TypeForward || h.MsgType == portforward.TypeAck || h.MsgType == portforward.TypeStop:
 			p.deliver(h.StringProp(wire.PropConnectionID), m)
 		}
 	}
@@ -216,8 +195,8 @@ func (p *PortForward) unregister(id string) {
 }
 
 func (p *PortForward) sendNew(id, network, host string, port uint16) error {
-	body, _ := msgpack.Marshal(&pfNewBody{RemoteHost: host, RemotePort: port, Protocol: network})
-	return p.send(p.pfMsg(pfNew, id, body))
+	body, _ := msgpack.Marshal(&portforward.NewBody{RemoteHost: &host, RemotePort: &port, Protocol: &network})
+	return p.send(p.pfMsg(portforward.TypeNew, id, body))
 }
 
 // ServeTCP forwards every connection accepted on l to host:port on the
@@ -274,7 +253,7 @@ func (p *PortForward) tcpConn(c net.Conn, id string, in chan *wire.ProtoMsg, hos
 				case <-stopped:
 					return
 				}
-				if p.send(p.pfMsg(pfForward, id, append([]byte(nil), buf[:n]...))) != nil {
+				if p.send(p.pfMsg(portforward.TypeForward, id, append([]byte(nil), buf[:n]...))) != nil {
 					return
 				}
 			}
@@ -290,21 +269,21 @@ func (p *PortForward) tcpConn(c net.Conn, id string, in chan *wire.ProtoMsg, hos
 				return
 			}
 			switch m.Header.MsgType {
-			case pfForward:
+			case portforward.TypeForward:
 				if _, err := c.Write(m.Body); err == nil {
-					_ = p.send(p.pfMsg(pfAck, id, nil))
+					_ = p.send(p.pfMsg(portforward.TypeAck, id, nil))
 				}
-			case pfAck:
+			case portforward.TypeAck:
 				select {
 				case slot <- struct{}{}:
 				default:
 					p.strayAcks.Add(1)
 				}
-			case pfStop:
+			case portforward.TypeStop:
 				return
 			}
 		case <-localDone:
-			_ = p.send(p.pfMsg(pfStop, id, nil))
+			_ = p.send(p.pfMsg(portforward.TypeStop, id, nil))
 			// Wait (a while) for the device's stop, so late messages
 			// still have a reader.
 			t := time.NewTimer(10 * time.Second)
@@ -312,7 +291,7 @@ func (p *PortForward) tcpConn(c net.Conn, id string, in chan *wire.ProtoMsg, hos
 			for {
 				select {
 				case m, ok := <-in:
-					if !ok || m.Header.MsgType == pfStop {
+					if !ok || m.Header.MsgType == portforward.TypeStop {
 						return
 					}
 				case <-t.C:
@@ -357,7 +336,7 @@ func (p *PortForward) ServeUDP(pc *net.UDPConn, host string, port uint16) error 
 			case <-stopped:
 				return
 			}
-			if p.send(p.pfMsg(pfForward, id, append([]byte(nil), buf[:n]...))) != nil {
+			if p.send(p.pfMsg(portforward.TypeForward, id, append([]byte(nil), buf[:n]...))) != nil {
 				return
 			}
 		}
@@ -368,19 +347,19 @@ func (p *PortForward) ServeUDP(pc *net.UDPConn, host string, port uint16) error 
 		defer close(stopped)
 		for m := range in {
 			switch m.Header.MsgType {
-			case pfForward:
+			case portforward.TypeForward:
 				if to := src.Load(); to != nil {
 					if _, err := pc.WriteToUDP(m.Body, to); err == nil {
-						_ = p.send(p.pfMsg(pfAck, id, nil))
+						_ = p.send(p.pfMsg(portforward.TypeAck, id, nil))
 					}
 				}
-			case pfAck:
+			case portforward.TypeAck:
 				select {
 				case slot <- struct{}{}:
 				default:
 					p.strayAcks.Add(1)
 				}
-			case pfStop:
+			case portforward.TypeStop:
 				return
 			}
 		}

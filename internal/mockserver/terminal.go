@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -50,27 +49,12 @@ type TerminalOption func(*terminalConfig)
 type terminalConfig struct {
 	autoPong bool
 	buffer   int
-	header   http.Header
 }
 
 // WithoutAutoPong stops the Terminal from answering the device's shell
 // pings, to test the device's health check.
 func WithoutAutoPong() TerminalOption {
 	return func(c *terminalConfig) { c.autoPong = false }
-}
-
-// WithMessageBuffer sets the capacity of the Messages channel.
-func WithMessageBuffer(n int) TerminalOption {
-	return func(c *terminalConfig) {
-		if n > 0 {
-			c.buffer = n
-		}
-	}
-}
-
-// WithHeader adds request headers to the websocket handshake.
-func WithHeader(h http.Header) TerminalOption {
-	return func(c *terminalConfig) { c.header = h.Clone() }
 }
 
 // Terminal is the user side of a management websocket: what the web UI or
@@ -90,7 +74,6 @@ type Terminal struct {
 	closeOnce  sync.Once
 	readerDone chan struct{}
 	err        error // set by the reader before readerDone is closed
-	malformed  atomic.Int64
 
 	// Owned by the consumer goroutine.
 	out  []byte
@@ -117,9 +100,6 @@ func Dial(ctx context.Context, baseURL, userJWT, deviceID string, opts ...Termin
 	}
 	u.Path += DeviceConnectMgmtDir + url.PathEscape(deviceID) + "/connect"
 	hdr := http.Header{}
-	for k, v := range cfg.header {
-		hdr[k] = v
-	}
 	hdr.Set("Authorization", "Bearer "+userJWT)
 	dialer := &websocket.Dialer{HandshakeTimeout: 45 * time.Second}
 	conn, resp, err := dialer.DialContext(ctx, u.String(), hdr)
@@ -207,8 +187,7 @@ func (t *Terminal) read() {
 		}
 		m, err := wire.Unmarshal(data)
 		if err != nil {
-			t.malformed.Add(1)
-			continue
+			continue // undecodable frames from the server are skipped
 		}
 		if m.Header.SessionID != "" {
 			t.setSID(m.Header.SessionID)
@@ -257,9 +236,6 @@ func (t *Terminal) Err() error {
 		return nil
 	}
 }
-
-// Malformed counts undecodable frames from the server.
-func (t *Terminal) Malformed() int { return int(t.malformed.Load()) }
 
 // Send writes any message; the server sets sid and user_id.
 func (t *Terminal) Send(m *wire.ProtoMsg) error {
