@@ -1,8 +1,43 @@
 // Package proto is the contract between the router (internal/session) and
 // the protocols it dispatches to, each a package of its own under
 // internal/proto/<name>. The router knows a protocol only through this
-// interface; a protocol knows the link only through a Sender, so no
-// protocol imports the link or the router.
+// package; a protocol knows the link only through a Sender, so no
+// protocol imports the link or the router. A protocol imports neither
+// another protocol nor internal/config: it owns its configuration
+// section (Config, DefaultConfig, Validate, FromConfig), and
+// TestProtocolsStandApart keeps it so.
+//
+// There are two contracts, on purpose.
+//
+// Protocol / Session / Sender (file transfer, port forwarding, the Mender
+// client): a protocol's state lives in a router session, one sid, and
+// ends with it (control close, idle timeout, link drop, shutdown). Open
+// and Handle are called from the read loop and never block; Session.Close
+// stops the session's work without waiting; Sender queues frames with
+// back-pressure. Protocol.Close ends the protocol at shutdown and waits
+// for every goroutine it started (a Group keeps the books), so that
+// nothing a protocol starts outlives the router.
+//
+// Admitted / Table / Lease / AdmittedSession (the terminal): a shell is
+// not part of a router session, for two reasons. Its sessions count
+// against the device's limits (per user, in total, with eviction and
+// probes of silent peers), which must be decided over all of them at
+// once under one lock, so the router keeps the table and the terminal
+// asks it for a place (Table.Admit) and holds a Lease. And its sessions
+// outlive link drops: a router session dies with the link because the
+// server forgets its sid, a shell is detached instead and its user may
+// reattach it from a new terminal, so its place is keyed by the table,
+// its queue is a share of the device's output budget handed out with the
+// lease (a concrete *mux.Queue, for the pooled-buffer and control-frame
+// paths a Sender does not offer), and its health check counts link-up
+// time. The router owns what follows from the table (expiry, stop on
+// token loss and shutdown, reattach); the session owns its pty and
+// processes, and says Done when its goroutines have ended, which the
+// router's Shutdown waits for.
+//
+// A protocol that needed limits across sessions, or sessions that
+// survive a link drop, would use the second contract; every other one
+// uses the first. docs/architecture.md says the same at more length.
 package proto
 
 import (

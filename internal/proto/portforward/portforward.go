@@ -93,6 +93,13 @@ type ErrorBody struct {
 
 // Recorder is told what happens, for metrics. Directions: "in" is from
 // the peer to the destination, "out" from the destination to the peer.
+//
+// The protocol owns the interface; the collectors that implement it stay
+// in internal/metrics (portforward_prom.go), which does not import this
+// package. Moving them here would add arrows (this package to
+// client_golang and to the metrics package's registry and coarse
+// counters) and the nometrics build tag; as it is, neither package knows
+// the other and the daemon hands the recorder over (Deps.Recorder).
 type Recorder interface {
 	PortForwardOpened(proto string)
 	PortForwardClosed(proto string)
