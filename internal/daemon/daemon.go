@@ -78,7 +78,7 @@ func Run(ctx context.Context, o Options) error {
 	reaper := shell.NewReaper()
 	// One descriptor budget for every protocol's remote work.
 	fds := descriptorBudget(cfg, log)
-	protos, err := protocols(cfg, log, rec, reaper, fds)
+	protos, err := protocols(cfg, log, acct, rec, reaper, fds)
 	if err != nil {
 		return err
 	}

@@ -45,53 +45,60 @@ func terminalProtocol(cfg *config.Config, log *slog.Logger, acct *shell.Account,
 }
 
 // protocols builds the enabled protocols besides the terminal, each from
-// its section of the configuration and what the daemon lends it. fds is
-// the descriptor budget their remote users' work shares. The router
-// closes them (proto.Protocol.Close) when it shuts down.
-func protocols(cfg *config.Config, log *slog.Logger, rec *metrics.Metrics, reaper *shell.Reaper,
+// its section of the configuration and what the daemon lends it: shells
+// is the shells' account, fds the descriptor budget their remote users'
+// work shares. The router closes them (proto.Protocol.Close) when it
+// shuts down.
+func protocols(cfg *config.Config, log *slog.Logger, shells *shell.Account, rec *metrics.Metrics, reaper *shell.Reaper,
 	fds *fdbudget.Budget) ([]proto.Protocol, error) {
-	var ps []proto.Protocol
+	var r registry
 	if c := cfg.FileTransfer; !c.Disable {
-		id, err := account(c.User, cfg.User, "file transfer")
-		if err == nil {
-			var p *filetransfer.Protocol
-			p, err = filetransfer.FromConfig(c, cfg.Limits, filetransfer.Deps{Log: log, Identity: id, StateDir: runtimeDir(), FDs: fds})
-			ps = append(ps, p)
-		}
-		if err != nil {
-			return nil, err
-		}
+		r.add(fileTransfer(c, cfg.Limits, shells, log, fds))
 	}
 	if c := cfg.PortForward; !c.Disable {
 		// Forwarded sockets are the shells' account's, so that owner
 		// matching firewall rules treat them as that user's.
-		id, err := account("", cfg.User, "port forward")
-		if err == nil {
-			var p *portforward.Protocol
-			p, err = portforward.FromConfig(c, portforward.Deps{Log: log, Identity: id, FDs: fds, Recorder: rec})
-			ps = append(ps, p)
-		}
-		if err != nil {
-			return nil, err
-		}
+		r.add(portforward.FromConfig(c, portforward.Deps{Log: log, Identity: ident(shells), FDs: fds, Recorder: rec}))
 	}
 	if c := cfg.MenderClient; !c.Disable {
-		ps = append(ps, menderclient.FromConfig(c, menderclient.Deps{Log: log, Exec: reaper.Exec}))
+		r.add(menderclient.FromConfig(c, menderclient.Deps{Log: log, Exec: reaper.Exec}), nil)
 	}
-	return ps, nil
+	return r.ps, r.err
 }
 
-// account is the identity of the account name, or of fallback when name
-// is empty; what says whose account it is in an error.
-func account(name, fallback, what string) (*identity.Identity, error) {
-	if name == "" {
-		name = fallback
+// registry collects the protocols built, or the first error.
+type registry struct {
+	ps  []proto.Protocol
+	err error
+}
+
+func (r *registry) add(p proto.Protocol, err error) {
+	switch {
+	case r.err != nil:
+	case err != nil:
+		r.err = err
+	default:
+		r.ps = append(r.ps, p)
 	}
-	a, err := shell.LookupAccount(name)
-	if err != nil {
-		return nil, fmt.Errorf("%s user: %w", what, err)
+}
+
+// fileTransfer builds file transfer as FileTransfer.User, or as the
+// shells' account when that is empty.
+func fileTransfer(c filetransfer.Config, l filetransfer.Limits, shells *shell.Account, log *slog.Logger,
+	fds *fdbudget.Budget) (*filetransfer.Protocol, error) {
+	a := shells
+	if c.User != "" {
+		var err error
+		if a, err = shell.LookupAccount(c.User); err != nil {
+			return nil, fmt.Errorf("file transfer user: %w", err)
+		}
 	}
-	return &identity.Identity{Name: a.Name, UID: a.UID, GID: a.GID, Groups: a.Groups}, nil
+	return filetransfer.FromConfig(c, l, filetransfer.Deps{Log: log, Identity: ident(a), StateDir: runtimeDir(), FDs: fds})
+}
+
+// ident is the identity the protocols run remote users' work as.
+func ident(a *shell.Account) *identity.Identity {
+	return &identity.Identity{Name: a.Name, UID: a.UID, GID: a.GID, Groups: a.Groups}
 }
 
 // runtimeDir is the daemon's runtime directory: systemd's
