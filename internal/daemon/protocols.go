@@ -63,7 +63,13 @@ func protocols(cfg *config.Config, log *slog.Logger, shells *shell.Account, rec 
 	if c := cfg.MenderClient; !c.Disable {
 		r.add(menderclient.FromConfig(c, menderclient.Deps{Log: log, Exec: reaper.Exec}), nil)
 	}
-	return r.ps, r.err
+	if r.err != nil {
+		for _, p := range r.ps {
+			p.Close()
+		}
+		return nil, r.err
+	}
+	return r.ps, nil
 }
 
 // registry collects the protocols built, or the first error.
