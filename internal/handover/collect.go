@@ -124,10 +124,10 @@ func checkPair(rec Record, master *os.File, checks Checks) error {
 }
 
 // ptyDev is the device number of /dev/pts/n as /proc/<pid>/stat encodes
-// tty_nr: major 136 (UNIX98_PTY_SLAVE_MAJOR, its minors run on across the
-// next majors), in the kernel's new_encode_dev layout.
+// tty_nr: major 136 (UNIX98_PTY_SLAVE_MAJOR) and minor n (the kernel's
+// minors are 20 bits wide), in the kernel's new_encode_dev layout.
 func ptyDev(n int) uint64 {
-	major, minor := uint64(136+n/256), uint64(n%256)
+	major, minor := uint64(136), uint64(n)
 	return minor&0xff | major<<8 | (minor&^0xff)<<12
 }
 
