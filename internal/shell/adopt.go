@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -152,6 +153,11 @@ func (p *Process) HandOver() *os.File {
 	}
 	return p.pty
 }
+
+// Master is the pty master as a syscall.Conn, for passing it on (to
+// systemd's descriptor store) without File.Fd, which would put it into
+// blocking mode.
+func (p *Process) Master() syscall.Conn { return p.pty }
 
 // Winsize reads the terminal size the pty holds now: a restored session's
 // size is the pty's, whatever was recorded.
