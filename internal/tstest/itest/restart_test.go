@@ -3,14 +3,19 @@ package itest
 import (
 	"context"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tether-agent/tether/internal/tstest/dbustest"
 )
 
 // Restart without losing a shell (issue 28): `tether upgrade PATH` makes
@@ -163,5 +168,207 @@ func TestUpgradeWithoutDetachedEndsSessions(t *testing.T) {
 	eventually(t, 10*time.Second, "the shell to end", func() bool { return !alive(pid) })
 	if ents, _ := filepath.Glob(filepath.Join(rt, "sessions", "tether-*.json")); len(ents) != 0 {
 		t.Fatalf("records kept with detached sessions off: %v", ents)
+	}
+}
+
+// fdStore stands in for systemd's file-descriptor store on the daemon's
+// NOTIFY_SOCKET: it keeps the descriptors sent with FDSTORE=1 by FDNAME
+// and drops them on FDSTOREREMOVE=1, as systemd does.
+type fdStore struct {
+	path string
+	mu   sync.Mutex
+	fds  map[string]*os.File
+	log  []string // FDSTORE / FDSTOREREMOVE events, in order
+	st   string   // the last STATUS=
+}
+
+func newFDStore(t *testing.T) *fdStore {
+	t.Helper()
+	s := &fdStore{path: filepath.Join(dbustest.ShortTempDir(t), "notify"), fds: map[string]*os.File{}}
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: s.path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf, oob := make([]byte, 4096), make([]byte, 1024)
+		for {
+			n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+			if err != nil {
+				return
+			}
+			var fds []int
+			if cms, err := syscall.ParseSocketControlMessage(oob[:oobn]); err == nil {
+				for _, cm := range cms {
+					if r, err := syscall.ParseUnixRights(&cm); err == nil {
+						fds = append(fds, r...)
+					}
+				}
+			}
+			s.handle(string(buf[:n]), fds)
+		}
+	}()
+	t.Cleanup(func() {
+		conn.Close()
+		<-done
+		s.mu.Lock()
+		for _, f := range s.fds {
+			f.Close()
+		}
+		s.mu.Unlock()
+	})
+	return s
+}
+
+func (s *fdStore) handle(msg string, fds []int) {
+	vars := map[string]string{}
+	for _, line := range strings.Split(msg, "\n") {
+		k, v, _ := strings.Cut(line, "=")
+		vars[k] = v
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st, ok := vars["STATUS"]; ok {
+		s.st = st
+	}
+	name := vars["FDNAME"]
+	switch {
+	case vars["FDSTORE"] == "1" && len(fds) == 1:
+		syscall.CloseOnExec(fds[0])
+		if old := s.fds[name]; old != nil {
+			old.Close()
+		}
+		s.fds[name] = os.NewFile(uintptr(fds[0]), name)
+		s.log = append(s.log, "store "+name)
+		return
+	case vars["FDSTOREREMOVE"] == "1":
+		if f := s.fds[name]; f != nil {
+			f.Close()
+			delete(s.fds, name)
+		}
+		s.log = append(s.log, "remove "+name)
+	}
+	for _, fd := range fds {
+		syscall.Close(fd)
+	}
+}
+
+// names lists the stored descriptors' names.
+func (s *fdStore) names() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for n := range s.fds {
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// pass hands the stored descriptors to e's next start as systemd does:
+// from descriptor 3, named in LISTEN_FDNAMES, with LISTEN_PID set by a
+// wrapper to the pid that execs the daemon.
+func (s *fdStore) pass(e *env) {
+	names := s.names()
+	s.mu.Lock()
+	e.files = nil
+	for _, n := range names {
+		// Duplicates: the store may drop its own meanwhile.
+		fd, err := syscall.Dup(int(s.fds[n].Fd()))
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		syscall.CloseOnExec(fd)
+		f := os.NewFile(uintptr(fd), n)
+		e.t.Cleanup(func() { f.Close() })
+		e.files = append(e.files, f)
+	}
+	s.mu.Unlock()
+	e.extraEnv = append(e.extraEnv, "LISTEN_FDS="+strconv.Itoa(len(names)), "LISTEN_FDNAMES="+strings.Join(names, ":"))
+	e.wrap = []string{"/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`}
+}
+
+func (s *fdStore) status() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.st
+}
+
+// The systemd path after a crash (the watchdog's SIGABRT, Restart=):
+// every session's pty master went to the descriptor store when it opened,
+// the daemon dies without a word, and the next start takes the stored
+// masters back (LISTEN_FDS from 3, by name) and matches them with the
+// records. The shell, in a unit of its own under systemd and here simply
+// orphaned, runs on; the user's next terminal gets it with what it
+// printed while no daemon ran.
+func TestCrashRestoreFromFDStore(t *testing.T) {
+	store := newFDStore(t)
+	rt := t.TempDir()
+	e := newEnv(t, map[string]interface{}{"Sessions": map[string]interface{}{"StopGrace": "200ms", "MaxPerUser": 1}},
+		"RUNTIME_DIRECTORY="+rt, "NOTIFY_SOCKET="+store.path)
+	d := e.waitDevice()
+	term := e.open(alice)
+	pid := shellPid(e, term)
+	e.run(term, "stty -echo")
+	if _, err := io.WriteString(term, "i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.2; done &\n"); err != nil {
+		t.Fatal(err)
+	}
+	seen := ticks(e.expect(term, "tick 5\r\n"))
+	eventually(t, 5*time.Second, "the master in the store", func() bool { return len(store.names()) == 1 })
+	key := store.names()[0]
+	if !strings.HasPrefix(key, "tether-"+strconv.Itoa(pid)+"-") {
+		t.Fatalf("stored as %q, want a name of shell %d", key, pid)
+	}
+
+	if err := e.daemon.Process.Signal(syscall.SIGABRT); err != nil {
+		t.Fatal(err)
+	}
+	<-e.exited
+	// What the old terminal got after tick 5, up to the crash.
+	seen = append(seen, ticks(term.Output())...)
+	term.Close()
+	if !alive(pid) {
+		t.Fatal("the shell died with the daemon although its master is in the store")
+	}
+	time.Sleep(time.Second) // ticks pile up in the pty
+
+	store.pass(e)
+	e.startDaemon()
+	ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+	_, err := e.srv.WaitReconnect(ctx, d)
+	cancel()
+	if err != nil {
+		t.Fatalf("the restarted daemon did not connect: %v\n%s", err, e.log.String())
+	}
+	if !strings.Contains(e.log.String(), "restored 1 session from the previous run") {
+		t.Fatalf("no restore line:\n%s", e.log.String())
+	}
+	eventually(t, 5*time.Second, "the status line", func() bool {
+		return strings.Contains(store.status(), "restored 1 session from the previous run")
+	})
+	again := openSized(e, alice, 100, 30)
+	e.expect(again, reattachNotice)
+	last := seen[len(seen)-1]
+	replay := e.expect(again, "tick "+strconv.Itoa(last+15)+"\r\n")
+	got := ticks(replay)
+	// The old terminal saw up to last; the pty kept the rest.
+	if len(got) == 0 || got[0] > last+1 {
+		t.Fatalf("ticks after the crash start at %v, want at most %d: %q", got, last+1, replay)
+	}
+	for i := 1; i < len(got); i++ {
+		if got[i] != got[i-1]+1 {
+			t.Fatalf("ticks missed across the crash: %d then %d", got[i-1], got[i])
+		}
+	}
+	if p := shellPid(e, again); p != pid {
+		t.Fatalf("reattached to shell %d, want %d", p, pid)
+	}
+	// A stop (no restart job: there is no systemd to ask) ends it, and
+	// its descriptor leaves the store.
+	e.stopDaemon()
+	eventually(t, 5*time.Second, "the shell to end", func() bool { return !alive(pid) })
+	if n := store.names(); len(n) != 0 {
+		t.Fatalf("left in the store after a stop: %v", n)
 	}
 }
