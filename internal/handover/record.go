@@ -87,9 +87,9 @@ func validKey(name string) bool {
 	return true
 }
 
-// maxRecord bounds a record file: the replay buffer (at most 1 MiB,
-// base64 in JSON) and a few fields.
-const maxRecord = 2 << 20
+// maxRecord bounds a record file: the replay buffer (Sessions.ReplayBuffer,
+// at most 4 MiB, base64 in JSON) and a few fields.
+const maxRecord = 8 << 20
 
 // Dir is the root-only directory of the records.
 type Dir struct {
