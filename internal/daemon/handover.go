@@ -74,7 +74,7 @@ func (k *keeper) Forget(key string) {
 	k.mu.Unlock()
 }
 
-// outliveService says every kept shell runs outside the daemon's own
+// outliveService says there are shells kept and every one runs outside the daemon's own
 // cgroup, so that systemd, restarting the service, does not kill it with
 // the daemon. Shells that are the daemon's children share its cgroup;
 // shells in units of their own (issue 27) do not.
@@ -85,6 +85,9 @@ func (k *keeper) outliveService() bool {
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if len(k.pids) == 0 {
+		return false // nothing to keep: a plain stop
+	}
 	for _, pid := range k.pids {
 		cg, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
 		if err == nil && bytes.Equal(cg, own) {
