@@ -28,8 +28,9 @@ func TestMinimalUpgrade(t *testing.T) {
 			step{"connects", func() { r.waitConnected(3 * time.Minute) }},
 			step{"tether-upgrade", func() {
 				keepsShell(r, "tether upgrade /usr/bin/tether", "the upgrade")
-				if log := r.g.serial.String(); !strings.Contains(log, "restored 1 session from the previous run") {
-					r.t.Errorf("the guest's log has no restore line")
+				// Admin's counting shell and alice's, which ran the upgrade.
+				if log := r.g.serial.String(); !strings.Contains(log, "restored 2 sessions from the previous run") {
+					r.t.Errorf("the guest's log has no restore line for both shells")
 				}
 			}},
 		)
@@ -59,7 +60,7 @@ func keepsShell(r *rig, trigger, why string) {
 	r.run(term, "stty -echo")
 	fmt.Fprintf(term, "i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.2; done &\n")
 	ctx, cancel := context.WithTimeout(r.ctx, cmdTimeout)
-	out, err := term.Expect(ctx, "tick 5\n")
+	out, err := term.Expect(ctx, "tick 5\r\n")
 	cancel()
 	if err != nil {
 		r.t.Fatalf("the counter did not start: %v %q", err, out)
@@ -80,7 +81,7 @@ func keepsShell(r *rig, trigger, why string) {
 		r.t.Fatalf("reopen admin's terminal: %v", err)
 	}
 	ctx, cancel = context.WithTimeout(r.ctx, cmdTimeout)
-	replay, err := a.Expect(ctx, "tick "+strconv.Itoa(last+15)+"\n")
+	replay, err := a.Expect(ctx, "tick "+strconv.Itoa(last+15)+"\r\n")
 	cancel()
 	if err != nil {
 		r.t.Fatalf("the reopened terminal: %v; got %q", err, replay)
