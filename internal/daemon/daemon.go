@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -68,12 +69,7 @@ func Run(ctx context.Context, o Options) error {
 	if records != nil && cfg.Sessions.DetachedTimeout.Duration() > 0 {
 		keep = newKeeper(records, store, log)
 	}
-	upgrading := false
-	defer func() {
-		if !upgrading {
-			handover.RemovePID(rt)
-		}
-	}()
+	defer handover.RemovePID(rt)
 	if o.Subreaper {
 		if err := setSubreaper(); err != nil {
 			log.Warn("cannot become a child subreaper; orphaned shell processes go to PID 1", "error", err)
@@ -204,7 +200,7 @@ func Run(ctx context.Context, o Options) error {
 	// sessions.
 	runCtx, endRun := context.WithCancel(ctx)
 	defer endRun()
-	var upgradeTo string
+	var upgradeTarget atomic.Pointer[string] // set before endRun
 	usr2 := make(chan os.Signal, 1)
 	signal.Notify(usr2, syscall.SIGUSR2)
 	defer signal.Stop(usr2)
@@ -220,13 +216,13 @@ func Run(ctx context.Context, o Options) error {
 			case <-runCtx.Done():
 				return
 			case <-usr2:
-				path, err := upgradeTarget(c, records, self, reaper)
+				path, err := checkUpgrade(c, records, self, reaper)
 				if err != nil {
 					log.Error("upgrade refused; running on", "event", "upgrade_refused", "error", err)
 					continue
 				}
 				log.Info("upgrading: handing the sessions over to the new binary", "event", "upgrade", "binary", path)
-				upgradeTo = path
+				upgradeTarget.Store(&path)
 				endRun()
 				return
 			}
@@ -255,6 +251,10 @@ func Run(ctx context.Context, o Options) error {
 	<-runCtx.Done()
 	deadline, cancel := context.WithTimeout(context.Background(), o.ShutdownTimeout-200*time.Millisecond)
 	defer cancel()
+	upgradeTo := ""
+	if p := upgradeTarget.Load(); p != nil {
+		upgradeTo = *p
+	}
 	switch {
 	case upgradeTo != "" && ctx.Err() == nil:
 		// Same pid after the exec: the shells stay this process's
@@ -266,13 +266,14 @@ func Run(ctx context.Context, o Options) error {
 		flush(deadline, out)
 		stopLink()
 		wg.Wait()
-		upgrading = true
+		// Gone until the new run has its SIGUSR2 handler: a second
+		// tether upgrade meanwhile would kill it.
+		handover.RemovePID(rt)
 		log.Info("handing sessions over to the new binary", "sessions", len(files), "binary", upgradeTo)
 		err := handover.Exec(upgradeTo, os.Args, os.Environ(), files)
 		log.Error("upgrade: exec failed; running the old binary again", "error", err)
 		err = handover.Exec("/proc/self/exe", os.Args, os.Environ(), files)
 		closeHandedOver(hs)
-		upgrading = false
 		return fmt.Errorf("upgrade: exec failed, the sessions are lost: %w", err)
 	case keep != nil && store.Enabled() && keep.outliveService() && restartRequested(log):
 		log.Info("restarting: the sessions wait for the next run")

@@ -225,11 +225,11 @@ func restartRequested(log *slog.Logger) bool {
 	return jt == "restart" || jt == "try-restart" || jt == "reload-or-restart"
 }
 
-// upgradeTarget takes an upgrade request (tether upgrade PATH, or a bare
+// checkUpgrade takes an upgrade request (tether upgrade PATH, or a bare
 // SIGUSR2: self) and checks that the binary runs here: it must answer
 // "version" within 10 s, so that a broken or foreign build never replaces
 // a daemon that holds shells.
-func upgradeTarget(ctx context.Context, dir *handover.Dir, self string, reaper *shell.Reaper) (string, error) {
+func checkUpgrade(ctx context.Context, dir *handover.Dir, self string, reaper *shell.Reaper) (string, error) {
 	if dir == nil {
 		return "", errors.New("no session records directory")
 	}
