@@ -376,3 +376,40 @@ func TestCrashRestoreFromFDStore(t *testing.T) {
 		t.Fatalf("left in the store after a stop: %v", n)
 	}
 }
+
+// A restored shell that exits by itself ends its session as any other:
+// the user is told (its exit status is not known to the new run), its
+// record goes, and the daemon reaps it.
+func TestUpgradedShellExits(t *testing.T) {
+	e, rt := upgradeEnv(t, nil)
+	d := e.waitDevice()
+	term := e.open(alice)
+	pid := shellPid(e, term)
+	upgrade(t, rt, tetherBin)
+	ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+	_, err := e.srv.WaitReconnect(ctx, d)
+	cancel()
+	if err != nil {
+		t.Fatalf("the upgraded daemon did not connect: %v", err)
+	}
+	term.Close()
+	again := e.open(alice)
+	e.expect(again, reattachNotice)
+	if p := shellPid(e, again); p != pid {
+		t.Fatalf("reattached to shell %d, want %d", p, pid)
+	}
+	if _, err := io.WriteString(again, "exit 3\n"); err != nil {
+		t.Fatal(err)
+	}
+	if body := e.waitStop(again); !strings.Contains(body, "exit status unknown") {
+		t.Fatalf("stop notice %q", body)
+	}
+	eventually(t, 10*time.Second, "the shell reaped", func() bool {
+		live, zombies := e.children()
+		return !slices.Contains(live, pid) && !slices.Contains(zombies, pid)
+	})
+	eventually(t, 5*time.Second, "the record removed", func() bool {
+		ents, _ := filepath.Glob(filepath.Join(rt, "sessions", "tether-*.json"))
+		return len(ents) == 0
+	})
+}
