@@ -9,9 +9,12 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"strings"
+	"time"
 
 	"github.com/tether-agent/tether/internal/config"
 	"github.com/tether-agent/tether/internal/daemon"
+	"github.com/tether-agent/tether/internal/handover"
 	"github.com/tether-agent/tether/internal/logging"
 	"github.com/tether-agent/tether/internal/version"
 )
@@ -22,6 +25,8 @@ commands:
   daemon         run the agent
   version        print the version
   check-config   print the effective configuration (secrets redacted) or the errors
+  upgrade PATH   make the running daemon exec the binary at PATH in place,
+                 keeping its shell sessions (docs/operations.md)
   help           show this help
 
 global options (before the command, as with mender-connect):
@@ -84,6 +89,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	// Commands take no arguments; -h/--help after any of them asks for
 	// the usage rather than running it.
+	if cmd == "upgrade" && fs.NArg() == 2 && !strings.HasPrefix(fs.Arg(1), "-") {
+		return upgrade(fs.Arg(1), stdout, stderr)
+	}
 	if fs.NArg() > 1 {
 		for _, a := range fs.Args()[1:] {
 			switch a {
@@ -104,6 +112,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return checkConfig(path, fallback, stdout, stderr)
 	case "daemon":
 		return runDaemon(path, fallback, debug, trace, stderr)
+	case "upgrade":
+		fmt.Fprintln(stderr, "tether: upgrade takes the new binary's path: tether upgrade PATH")
+		return 1
 	case "":
 		fs.Usage()
 		return 1
@@ -111,6 +122,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "tether: unknown command %q (see tether help)\n", cmd)
 		return 1
 	}
+}
+
+// upgrade asks the running daemon to exec the binary at path, keeping its
+// sessions.
+func upgrade(path string, stdout, stderr io.Writer) int {
+	pid, err := handover.RequestUpgrade(daemon.RuntimeDir(), path, 30*time.Second)
+	if err != nil {
+		fmt.Fprintln(stderr, "tether: upgrade:", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "tether: the daemon (pid %d) took the upgrade to %s; its log says how it went\n", pid, path)
+	return 0
 }
 
 func checkConfig(path, fallback string, stdout, stderr io.Writer) int {

@@ -51,6 +51,9 @@ func TestCLI(t *testing.T) {
 		{name: "no command", args: nil, code: 1, stderr: []string{"usage:"}},
 		{name: "unknown command", args: []string{"dance"}, code: 1, stderr: []string{`unknown command "dance"`}},
 		{name: "unknown flag", args: []string{"--nope", "daemon"}, code: 1},
+		{name: "upgrade without a path", args: []string{"upgrade"}, code: 1, stderr: []string{"tether upgrade PATH"}},
+		{name: "upgrade --help", args: []string{"upgrade", "--help"}, stdout: []string{"upgrade PATH"}},
+		{name: "upgrade of a missing binary", args: []string{"upgrade", filepath.Join(dir, "no-tether")}, code: 1, stderr: []string{"upgrade: new binary", "no-tether"}},
 		{
 			name: "check-config redacts the token", args: []string{"-c", good, "-b", none, "check-config"},
 			stdout: []string{`"ShellCommand": "/bin/sh"`, `"<redacted>"`, `"User": "` + user + `"`}, notOutputs: []string{"s3cr3t-token"},

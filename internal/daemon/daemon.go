@@ -9,15 +9,18 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/tether-agent/tether/internal/auth"
 	"github.com/tether-agent/tether/internal/config"
+	"github.com/tether-agent/tether/internal/handover"
 	"github.com/tether-agent/tether/internal/health"
 	"github.com/tether-agent/tether/internal/link"
 	"github.com/tether-agent/tether/internal/metrics"
 	"github.com/tether-agent/tether/internal/mux"
+	"github.com/tether-agent/tether/internal/proto/terminal"
 	"github.com/tether-agent/tether/internal/session"
 	"github.com/tether-agent/tether/internal/shell"
 	"github.com/tether-agent/tether/internal/version"
@@ -47,6 +50,26 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("shell user: %w", err)
 	}
+	// What the previous run handed over (systemd's descriptor store, or
+	// the exec of an upgrade), taken before anything else.
+	passed, err := handover.ListenFiles()
+	if err != nil {
+		log.Warn("previous run: descriptors passed to this run not usable", "error", err)
+	}
+	rt := runtimeDir()
+	self, _ := os.Executable()
+	var records *handover.Dir
+	if err := os.MkdirAll(rt, 0o755); err != nil {
+		log.Warn("no runtime directory: sessions will not survive a restart or upgrade", "error", err)
+	} else if records, err = handover.OpenDir(handover.SessionsDir(rt)); err != nil {
+		log.Warn("sessions will not survive a restart or upgrade", "error", err)
+	}
+	store := handover.NewFDStore()
+	var keep *keeper
+	if records != nil && cfg.Sessions.DetachedTimeout.Duration() > 0 {
+		keep = newKeeper(records, store, log)
+	}
+	defer handover.RemovePID(rt)
 	if o.Subreaper {
 		if err := setSubreaper(); err != nil {
 			log.Warn("cannot become a child subreaper; orphaned shell processes go to PID 1", "error", err)
@@ -89,9 +112,10 @@ func Run(ctx context.Context, o Options) error {
 			p.Close()
 		}
 	}()
+	term := terminalProtocol(cfg, log, acct, rec, reaper, keep, func() { status.publish(); release.changed() })
 	router := session.New(session.Options{
 		Log:             log,
-		Terminal:        terminalProtocol(cfg, log, acct, rec, reaper, func() { status.publish(); release.changed() }),
+		Terminal:        term,
 		Protocols:       protos,
 		MaxPerUser:      int(cfg.Sessions.MaxPerUser),
 		MaxTotal:        int(cfg.Sessions.MaxTotal),
@@ -149,6 +173,17 @@ func Run(ctx context.Context, o Options) error {
 	// The reaper outlives the shells: it stops with the link, after the
 	// router's shutdown has torn every shell down.
 	start("reaper", reaper.Run)
+	// Before the link: a user's first terminal must find them.
+	tp, _ := term.(*terminal.Protocol)
+	if n := restore(log, records, store, passed, tp, router, cfg.Sessions.DetachedTimeout.Duration()); n > 0 || len(passed) > 0 {
+		note := fmt.Sprintf("restored %d sessions from the previous run", n)
+		if n == 1 {
+			note = "restored 1 session from the previous run"
+		}
+		log.Info(note, "event", "sessions_restored", "sessions", n)
+		rec.SessionsRestored(n)
+		status.setNote(note)
+	}
 	start("auth", func(c context.Context) {
 		if err := src.Run(c); err != nil {
 			log.Error("auth source failed", "error", err)
@@ -166,6 +201,39 @@ func Run(ctx context.Context, o Options) error {
 			}
 		})
 	}
+
+	// SIGUSR2 (tether upgrade) execs the new binary in place, keeping the
+	// sessions.
+	runCtx, endRun := context.WithCancel(ctx)
+	defer endRun()
+	var upgradeTarget atomic.Pointer[string] // set before endRun
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
+	// Only now: a SIGUSR2 before the handler would kill the daemon.
+	if err := handover.WritePID(rt); err != nil {
+		log.Debug("no pid file: tether upgrade cannot find the daemon", "error", err)
+	}
+	start("upgrade", func(c context.Context) {
+		for {
+			select {
+			case <-c.Done():
+				return
+			case <-runCtx.Done():
+				return
+			case <-usr2:
+				path, err := checkUpgrade(c, records, self, reaper)
+				if err != nil {
+					log.Error("upgrade refused; running on", "event", "upgrade_refused", "error", err)
+					continue
+				}
+				log.Info("upgrading: handing the sessions over to the new binary", "event", "upgrade", "binary", path)
+				upgradeTarget.Store(&path)
+				endRun()
+				return
+			}
+		}
+	})
 
 	// SIGUSR1 logs a status report, as upstream does.
 	usr1 := make(chan os.Signal, 1)
@@ -186,11 +254,47 @@ func Run(ctx context.Context, o Options) error {
 		"auth", cfg.Auth.Source, "max_per_user", cfg.Sessions.MaxPerUser, "max_total", cfg.Sessions.MaxTotal)
 	notifier.Ready()
 
-	<-ctx.Done()
-	log.Info("shutting down")
-	notifier.Stopping()
+	<-runCtx.Done()
 	deadline, cancel := context.WithTimeout(context.Background(), o.ShutdownTimeout-200*time.Millisecond)
 	defer cancel()
+	upgradeTo := ""
+	if p := upgradeTarget.Load(); p != nil {
+		upgradeTo = *p
+	}
+	switch {
+	case upgradeTo != "" && ctx.Err() == nil:
+		// Same pid after the exec: the shells stay this process's
+		// children. No STOPPING=1: to systemd, if it runs the daemon,
+		// the service goes on.
+		notifier.Status("upgrading to " + upgradeTo)
+		hs := router.HandOver(deadline, grace)
+		files := keep.writeHandedOver(hs)
+		flush(deadline, out)
+		stopLink()
+		wg.Wait()
+		// Gone until the new run has its SIGUSR2 handler: a second
+		// tether upgrade meanwhile would kill it.
+		handover.RemovePID(rt)
+		log.Info("handing sessions over to the new binary", "sessions", len(files), "binary", upgradeTo)
+		err := handover.Exec(upgradeTo, os.Args, os.Environ(), files)
+		log.Error("upgrade: exec failed; running the old binary again", "error", err)
+		err = handover.Exec("/proc/self/exe", os.Args, os.Environ(), files)
+		closeHandedOver(hs)
+		return fmt.Errorf("upgrade: exec failed, the sessions are lost: %w", err)
+	case keep != nil && store.Enabled() && keep.outliveService() && restartRequested(log):
+		log.Info("restarting: the sessions wait for the next run")
+		notifier.Stopping()
+		hs := router.HandOver(deadline, grace)
+		keep.writeHandedOver(hs) // their masters are in systemd's store
+		closeHandedOver(hs)
+		flush(deadline, out)
+		stopLink()
+		wg.Wait()
+		log.Info("tether stopped; sessions handed over", "sessions", len(hs))
+		return nil
+	}
+	log.Info("shutting down")
+	notifier.Stopping()
 	// Every shell gets the configured grace per step (HUP, TERM, KILL),
 	// as on any other stop; the budget was sized for it.
 	router.Shutdown(deadline, grace)
@@ -264,6 +368,14 @@ type statusLine struct {
 	mu    sync.Mutex
 	link  string
 	alert string
+	note  string
+}
+
+func (s *statusLine) setNote(text string) {
+	s.mu.Lock()
+	s.note = text
+	s.mu.Unlock()
+	s.publish()
 }
 
 func (s *statusLine) setLink(up bool, detail string) {
@@ -286,8 +398,8 @@ func (s *statusLine) setAlert(text string) {
 
 func (s *statusLine) publish() {
 	s.mu.Lock()
-	l, a := s.link, s.alert
+	l, a, note := s.link, s.alert, s.note
 	s.mu.Unlock()
 	n, u := s.counts()
-	s.n.Status(health.Summary{Link: l, Sessions: n, Users: u, MaxTotal: s.maxTotal, Alert: a}.String())
+	s.n.Status(health.Summary{Link: l, Sessions: n, Users: u, MaxTotal: s.maxTotal, Note: note, Alert: a}.String())
 }

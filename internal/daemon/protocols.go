@@ -21,7 +21,7 @@ import (
 // terminalProtocol builds the terminal (proto 1), or nil when it is
 // disabled; changed is told when a shell opens or closes.
 func terminalProtocol(cfg *config.Config, log *slog.Logger, acct *shell.Account, rec *metrics.Metrics,
-	reaper *shell.Reaper, changed func()) proto.Admitted {
+	reaper *shell.Reaper, keep *keeper, changed func()) proto.Admitted {
 	if cfg.Terminal.Disable {
 		return nil
 	}
@@ -40,6 +40,7 @@ func terminalProtocol(cfg *config.Config, log *slog.Logger, acct *shell.Account,
 		IdleCountsOutput: cfg.Sessions.IdleCountsOutput,
 		Reaper:           reaper,
 		Recorder:         rec,
+		Keeper:           keeperOrNil(keep),
 		Changed:          changed,
 	})
 }
@@ -107,6 +108,10 @@ func ident(a *shell.Account) *identity.Identity {
 	return &identity.Identity{Name: a.Name, UID: a.UID, GID: a.GID, Groups: a.Groups}
 }
 
+// RuntimeDir is the daemon's runtime directory, for the commands that
+// talk to a running daemon (tether upgrade).
+func RuntimeDir() string { return runtimeDir() }
+
 // runtimeDir is the daemon's runtime directory: systemd's
 // RuntimeDirectory= ($RUNTIME_DIRECTORY, the first if several), else
 // /run/tether, the unit's.
@@ -115,4 +120,12 @@ func runtimeDir() string {
 		return d
 	}
 	return "/run/tether"
+}
+
+// keeperOrNil keeps a nil *keeper from becoming a non-nil terminal.Keeper.
+func keeperOrNil(k *keeper) terminal.Keeper {
+	if k == nil {
+		return nil
+	}
+	return k
 }

@@ -16,6 +16,9 @@ type Summary struct {
 	Sessions, Users int
 	// MaxTotal is the configured session limit; 0 leaves it out.
 	MaxTotal int
+	// Note is a remark put before the alert, e.g. that sessions were
+	// restored from the previous run; "" leaves it out.
+	Note string
 	// Alert is a standing warning put last, e.g. that another agent
 	// holds this device's identity; "" leaves it out.
 	Alert string
@@ -41,6 +44,10 @@ func (s Summary) String() string {
 	}
 	if s.MaxTotal > 0 {
 		fmt.Fprintf(&b, " (limit %d)", s.MaxTotal)
+	}
+	if s.Note != "" {
+		b.WriteString("; ")
+		b.WriteString(s.Note)
 	}
 	if s.Alert != "" {
 		b.WriteString("; ")

@@ -36,6 +36,9 @@ func (*Metrics) SessionDetached(string) {}
 // SessionReattached does nothing in the nometrics build.
 func (*Metrics) SessionReattached(string) {}
 
+// SessionsRestored does nothing in the nometrics build.
+func (*Metrics) SessionsRestored(int) {}
+
 // DetachedSessions does nothing in the nometrics build.
 func (*Metrics) DetachedSessions(int) {}
 

@@ -39,6 +39,7 @@ type Metrics struct {
 	detached         *prometheus.CounterVec
 	reattached       *prometheus.CounterVec
 	detachedNow      prometheus.Gauge
+	restored         prometheus.Counter
 	terminalBytesIn  *coarseCounter
 	terminalBytesOut *coarseCounter
 	framesIn         *coarseCounter
@@ -88,6 +89,8 @@ func New(info BuildInfo, limits Limits) *Metrics {
 	m.reattached = f.counterVec("sessions_reattached_total",
 		"Detached shells given a peer again, by reason (resumed: its own peer answered; new_terminal: its user opened a terminal again).", "reason")
 	m.detachedNow = f.gauge("sessions_detached", "Shells detached right now (counted in sessions_active too).")
+	m.restored = f.counter("sessions_restored_total",
+		"Shells taken back from the previous run of the daemon (a restart or an upgrade that kept them), detached for their users.")
 
 	terminalBytes := f.counterVec("terminal_bytes_total",
 		"Terminal data bytes in whole KiB (so that single keystrokes do not show): in = from the user to the shell, out = from the shell to the user.", "direction")
@@ -229,6 +232,14 @@ func (m *Metrics) SessionReattached(how string) {
 		return
 	}
 	m.reattached.WithLabelValues(knownOf(how, []string{ReattachResumed, ReattachNewTerminal})).Inc()
+}
+
+// SessionsRestored counts n shells taken back from the previous run.
+func (m *Metrics) SessionsRestored(n int) {
+	if m == nil {
+		return
+	}
+	m.restored.Add(float64(n))
 }
 
 // DetachedSessions sets how many shells are detached now.

@@ -514,3 +514,19 @@ func TestSlimBuildHasNoPrometheus(t *testing.T) {
 		t.Fatalf("go list output looks wrong: %s", out)
 	}
 }
+
+// tether_sessions_restored_total counts the shells a start took back
+// from the previous run; it is exported at 0 before any.
+func TestSessionsRestored(t *testing.T) {
+	m := New(BuildInfo{}, Limits{})
+	e := serveLive(t, m.Handler(nil))
+	if got := value(t, scrape(t, e), "tether_sessions_restored_total"); got != 0 {
+		t.Fatalf("before: %v", got)
+	}
+	m.SessionsRestored(3)
+	if got := value(t, scrape(t, e), "tether_sessions_restored_total"); got != 3 {
+		t.Fatalf("after restoring 3: %v", got)
+	}
+	var nilm *Metrics
+	nilm.SessionsRestored(1)
+}

@@ -252,3 +252,49 @@ const (
 	DetachByteLimit = "byte_limit" // the server's recording cut it
 	DetachUserGone  = "user_gone"  // the server said the user disconnected
 )
+
+// DetachRestored: the session comes from a previous run of the daemon
+// (internal/handover) and waits for its user's next terminal.
+const DetachRestored = "restored"
+
+// Restorer is the Table of a router that can take back sessions from a
+// previous run of the daemon and hand its own to the next.
+type Restorer interface {
+	Table
+	// Restore puts a session from a previous run in the table, detached
+	// (its output goes to its replay buffer only), for its user's next
+	// terminal; open builds it as for Admit. Its expiry clocks go on from
+	// r. It fails with ErrExists or ErrClosed.
+	Restore(r Restored, open func(Lease) AdmittedSession) error
+}
+
+// Restored is a session from a previous run and its clocks.
+type Restored struct {
+	SessionID string
+	UserID    string
+	Created   time.Time // the absolute timeout counts from it
+	// IdleLeft is what was left of the idle timeout (0: it starts over);
+	// DetachedLeft what was left of the detached timeout (0: all of it).
+	IdleLeft     time.Duration
+	DetachedLeft time.Duration
+}
+
+// HandOverer is an AdmittedSession that can go on in the next run of the
+// daemon: HandOver ends the session's work here without ending what it
+// runs, and returns what the next run needs (nil: it cannot, or it ended
+// meanwhile).
+type HandOverer interface {
+	HandOver() any
+}
+
+// HandedOver is a session given up for the next run, with its clocks.
+type HandedOver struct {
+	SessionID string
+	UserID    string
+	Created   time.Time
+	Detached  bool
+	// What was left of each clock (0: it does not run).
+	IdleLeft, AbsoluteLeft, DetachedLeft time.Duration
+	// State is what the session's HandOver returned.
+	State any
+}

@@ -32,6 +32,9 @@ type leased struct {
 	// detached timeout counts only time in which its user could have
 	// come back.
 	goneUp atomic.Int64
+	// spent is detached time already used up in a previous run of the
+	// daemon (a restored session), nanoseconds.
+	spent atomic.Int64
 	// probe is the health probe waiting for the peer's answer, if any:
 	// the peer's next message answers it.
 	probe atomic.Pointer[probeWait]
@@ -172,6 +175,7 @@ func (r *Router) attachLocked(l *leased) {
 	l.detached, l.discard, l.why, l.probed = false, false, "", false
 	l.gone.Store(0)
 	l.goneUp.Store(0)
+	l.spent.Store(0)
 	r.opts.Recorder.DetachedSessions(r.detachedLocked())
 }
 
@@ -515,7 +519,7 @@ func (l *leased) supervise(now, early time.Duration) (time.Duration, bool) {
 	var next time.Duration
 	if g := l.goneUp.Load(); g > 0 && o.DetachedTimeout > 0 {
 		up, linkUp := l.r.mux.UpState()
-		left := time.Duration(g-1) + o.DetachedTimeout - up
+		left := time.Duration(g-1) + o.DetachedTimeout - time.Duration(l.spent.Load()) - up
 		switch {
 		case left <= 0:
 			l.r.log.Info("detached session not reattached in time", "event", "session_detach_expired",

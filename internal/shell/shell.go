@@ -67,6 +67,7 @@ type Process struct {
 
 	stopOnce sync.Once
 	stopped  chan struct{} // closed when Stop has finished its teardown
+	release  func()        // an adopted shell's: stops watching its exit (adopt.go)
 }
 
 // Start spawns the shell. The window size is set before the child runs, so

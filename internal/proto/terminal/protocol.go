@@ -63,6 +63,9 @@ type Options struct {
 	Reaper *shell.Reaper
 
 	Recorder Recorder
+	// Keeper keeps what the next run of the daemon needs to take the
+	// sessions back (nil: nothing is kept, a restart ends them).
+	Keeper Keeper
 	// Changed is called after a session opened or closed (for the
 	// systemd status line); it must not block.
 	Changed func()

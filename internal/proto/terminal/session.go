@@ -68,6 +68,11 @@ type session struct {
 	stopCh   chan stopRequest // capacity 1: the first request wins
 	ctx      context.Context  // ends when the session is stopping
 	cancel   context.CancelFunc
+
+	// Hand-over to the next run of the daemon (restore.go).
+	key    string          // its record's and stored descriptor's name; "" = not kept
+	handCh chan chan *Kept // capacity 1: a hand-over request
+	ended  chan struct{}   // closed when run returns
 }
 
 // Handle takes a message of a sid that has no session: a "new", or one
@@ -167,24 +172,30 @@ func (t *Protocol) newShell(tb proto.Table, m *wire.ProtoMsg) {
 		cols, rows = c, rr
 	}
 	open := func(l proto.Lease) proto.AdmittedSession {
-		ctx, cancel := context.WithCancel(context.Background())
-		s := &session{
-			t: t, table: tb, lease: l, sid: sid, userID: user, created: time.Now(),
-			q:    l.Queue(),
-			cols: cols, rows: rows,
-			stopCh: make(chan stopRequest, 1),
-			ctx:    ctx, cancel: cancel,
-		}
-		s.ring.max = t.opts.ReplayBuffer
-		s.sendCtx, s.sendCancel = context.WithCancel(ctx)
-		s.in = newInputQueue(inputLimit, t.opts.Recorder.TerminalBytesIn,
-			func(err error) { t.log.Debug("terminal write failed", "session_id", s.id(), "error", err) })
-		s.lastPingAt = l.UpTime()
-		return s
+		return t.newSession(tb, l, sid, user, cols, rows)
 	}
 	tb.Admit(sid, user, m, open, func(as proto.AdmittedSession, reattached bool, err error) {
 		t.admitted(tb, sid, as, reattached, err)
 	})
+}
+
+// newSession builds a session around its lease; it starts nothing.
+func (t *Protocol) newSession(tb proto.Table, l proto.Lease, sid, user string, cols, rows uint16) *session {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &session{
+		t: t, table: tb, lease: l, sid: sid, userID: user, created: time.Now(),
+		q:    l.Queue(),
+		cols: cols, rows: rows,
+		stopCh: make(chan stopRequest, 1),
+		ctx:    ctx, cancel: cancel,
+		handCh: make(chan chan *Kept, 1), ended: make(chan struct{}),
+	}
+	s.ring.max = t.opts.ReplayBuffer
+	s.sendCtx, s.sendCancel = context.WithCancel(ctx)
+	s.in = newInputQueue(inputLimit, t.opts.Recorder.TerminalBytesIn,
+		func(err error) { t.log.Debug("terminal write failed", "session_id", s.id(), "error", err) })
+	s.lastPingAt = l.UpTime()
+	return s
 }
 
 // admitted answers a "new" once the table decided on it.
@@ -498,6 +509,7 @@ func (s *session) sendControl(m *wire.ProtoMsg, sent func()) {
 func (s *session) run() {
 	t := s.t
 	sid := s.id() // for the start: a reattach comes later
+	defer close(s.ended)
 	defer s.lease.Done()
 	defer s.q.Close()
 	defer s.cancel()
@@ -523,9 +535,16 @@ func (s *session) run() {
 	s.sendControl(shellMsg(sid, wire.ShellNew, wire.StatusNormal, msgShellStarted), nil)
 	t.log.Info("session opened", "event", "session_open", "session_id", sid, "user_id", s.userID,
 		"proto", "shell", "pid", proc.Pid(), "cols", cols, "rows", rows)
+	s.keep(proc, cols, rows)
 	t.opts.Recorder.SessionOpened("shell")
 	t.opts.Changed()
+	s.serve(proc)
+}
 
+// serve pumps a running shell's output and input until it exits, is
+// stopped or is handed over, and tears it down unless handed over.
+func (s *session) serve(proc *shell.Process) {
+	t := s.t
 	pumpDone := make(chan struct{})
 	go func() {
 		defer close(pumpDone)
@@ -535,6 +554,9 @@ func (s *session) run() {
 
 	var req stopRequest
 	select {
+	case reply := <-s.handCh:
+		s.handOver(proc, pumpDone, reply)
+		return
 	case req = <-s.stopCh:
 		// Tell the peer first, behind the output it already has, so the
 		// notice is not held up by the teardown.
@@ -559,6 +581,7 @@ func (s *session) run() {
 	_ = proc.Close()
 	<-pumpDone
 	s.in.End()
+	s.forget()
 	if req.notice != "" {
 		s.sendControl(shellMsg(s.id(), wire.ShellStop, wire.StatusError, req.notice), nil)
 	}
