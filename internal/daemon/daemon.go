@@ -20,6 +20,7 @@ import (
 	"github.com/tether-agent/tether/internal/mux"
 	"github.com/tether-agent/tether/internal/session"
 	"github.com/tether-agent/tether/internal/shell"
+	"github.com/tether-agent/tether/internal/utmp"
 	"github.com/tether-agent/tether/internal/version"
 )
 
@@ -34,6 +35,9 @@ type Options struct {
 	// ShutdownTimeout bounds the whole shutdown (default: shutdownBudget
 	// of Sessions.StopGrace).
 	ShutdownTimeout time.Duration
+	// LoginRecords replaces the system's utmp and wtmp (tests only; nil =
+	// the system's).
+	LoginRecords *utmp.Files
 }
 
 // Run runs the daemon until ctx ends, then shuts down cleanly.
@@ -85,7 +89,7 @@ func Run(ctx context.Context, o Options) error {
 	defer closeProtos()
 	router := session.New(session.Options{
 		Log:             log,
-		Terminal:        terminalProtocol(cfg, log, acct, rec, reaper, func() { status.publish(); release.changed() }),
+		Terminal:        terminalProtocol(cfg, log, acct, rec, reaper, loginRecords(cfg, o.LoginRecords, log), func() { status.publish(); release.changed() }),
 		Protocols:       protos,
 		MaxPerUser:      int(cfg.Sessions.MaxPerUser),
 		MaxTotal:        int(cfg.Sessions.MaxTotal),

@@ -16,12 +16,13 @@ import (
 	"github.com/tether-agent/tether/internal/proto/portforward"
 	"github.com/tether-agent/tether/internal/proto/terminal"
 	"github.com/tether-agent/tether/internal/shell"
+	"github.com/tether-agent/tether/internal/utmp"
 )
 
 // terminalProtocol builds the terminal (proto 1), or nil when it is
 // disabled; changed is told when a shell opens or closes.
 func terminalProtocol(cfg *config.Config, log *slog.Logger, acct *shell.Account, rec *metrics.Metrics,
-	reaper *shell.Reaper, changed func()) proto.Admitted {
+	reaper *shell.Reaper, records *utmp.Recorder, changed func()) proto.Admitted {
 	if cfg.Terminal.Disable {
 		return nil
 	}
@@ -39,6 +40,7 @@ func terminalProtocol(cfg *config.Config, log *slog.Logger, acct *shell.Account,
 		ReplayBuffer:     int(cfg.Sessions.ReplayBuffer),
 		IdleCountsOutput: cfg.Sessions.IdleCountsOutput,
 		Reaper:           reaper,
+		LoginRecords:     records,
 		Recorder:         rec,
 		Changed:          changed,
 	})

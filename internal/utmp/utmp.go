@@ -262,3 +262,27 @@ func lock(f *os.File) error {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// Read decodes a utmp or wtmp file of this architecture (for tests and
+// tools; login records are read with who, w and last).
+func Read(path string) ([]Record, error) {
+	if native == nil {
+		return nil, errors.New("struct utmp's layout is not known for this architecture")
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(b)%native.size != 0 {
+		return nil, fmt.Errorf("%s: %d bytes are not whole %d-byte records", path, len(b), native.size)
+	}
+	out := make([]Record, 0, len(b)/native.size)
+	for o := 0; o < len(b); o += native.size {
+		r, err := native.decode(b[o : o+native.size])
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}

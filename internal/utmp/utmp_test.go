@@ -81,22 +81,11 @@ func files(t *testing.T) Files {
 
 func read(t *testing.T, path string) []Record {
 	t.Helper()
-	b, err := os.ReadFile(path)
+	recs, err := Read(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(b)%native.size != 0 {
-		t.Fatalf("%s: %d bytes, not whole records", path, len(b))
-	}
-	var out []Record
-	for o := 0; o < len(b); o += native.size {
-		r, err := native.decode(b[o : o+native.size])
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, r)
-	}
-	return out
+	return recs
 }
 
 func TestLoginLogout(t *testing.T) {

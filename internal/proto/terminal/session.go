@@ -11,6 +11,7 @@ import (
 	"github.com/tether-agent/tether/internal/mux"
 	"github.com/tether-agent/tether/internal/proto"
 	"github.com/tether-agent/tether/internal/shell"
+	"github.com/tether-agent/tether/internal/utmp"
 	"github.com/tether-agent/tether/internal/wire"
 )
 
@@ -521,8 +522,13 @@ func (s *session) run() {
 	s.mu.Unlock()
 
 	s.sendControl(shellMsg(sid, wire.ShellNew, wire.StatusNormal, msgShellStarted), nil)
+	tty := proc.PtyName()
 	t.log.Info("session opened", "event", "session_open", "session_id", sid, "user_id", s.userID,
-		"proto", "shell", "pid", proc.Pid(), "cols", cols, "rows", rows)
+		"proto", "shell", "pid", proc.Pid(), "tty", tty, "cols", cols, "rows", rows)
+	// Once per shell, here and at its end below: a reattach joins the
+	// running shell and records nothing.
+	login := s.recordLogin(tty, proc.Pid())
+	defer s.recordLogout(login)
 	t.opts.Recorder.SessionOpened("shell")
 	t.opts.Changed()
 
@@ -567,6 +573,26 @@ func (s *session) run() {
 		"proto", "shell", "reason", req.reason, "duration", d.Round(time.Millisecond).String())
 	t.opts.Recorder.SessionClosed("shell", req.reason, d)
 	t.opts.Changed()
+}
+
+// recordLogin writes the shell's login records: the configured account
+// on the shell's terminal, from "tether:<user id>".
+func (s *session) recordLogin(tty string, pid int) *utmp.Entry {
+	r := s.t.opts.LoginRecords
+	if r == nil || tty == "" {
+		return nil
+	}
+	e, err := r.Login(utmp.Login{Line: tty, User: s.t.opts.Account.Name, Host: "tether:" + s.userID, PID: pid})
+	if err != nil {
+		s.t.log.Warn("login record not written", "session_id", s.id(), "error", err)
+	}
+	return e
+}
+
+func (s *session) recordLogout(e *utmp.Entry) {
+	if err := e.Logout(); err != nil {
+		s.t.log.Warn("logout record not written", "session_id", s.id(), "error", err)
+	}
 }
 
 func exitNotice(err error) string {
