@@ -103,8 +103,15 @@ func protocols(cfg *config.Config, log *slog.Logger, rec *metrics.Metrics, reape
 		}
 	}
 	if mc := cfg.MenderClient; !mc.Disable {
+		// Under systemd each command runs in a transient unit, outside
+		// the daemon's sandbox; otherwise as the daemon's child.
+		exec := reaper.Exec
+		if menderclient.Booted() {
+			exec = menderclient.UnitExec(mc.Timeout.Duration())
+			log.Info("mender client commands run in transient systemd units")
+		}
 		p := menderclient.New(menderclient.Options{Log: log, Binaries: mc.Binaries, Timeout: mc.Timeout.Duration(),
-			Exec: reaper.Exec})
+			Exec: exec})
 		ps = append(ps, p)
 		closers = append(closers, p.Close)
 	}

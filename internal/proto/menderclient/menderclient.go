@@ -42,6 +42,9 @@ const ErrTextUnknownType = "unknown message type"
 // bytes (the router refuses longer ones), so this is at most 2 KiB.
 const maxUnknownPending = 16
 
+// DefaultTimeout is Options.Timeout when unset.
+const DefaultTimeout = 10 * time.Minute
+
 // ChildPath is the PATH the client command runs with: the daemon's own
 // environment (its token, NOTIFY_SOCKET, whatever its parent set) is not
 // passed on.
@@ -123,7 +126,7 @@ func New(o Options) *Protocol {
 		o.Binaries = []string{"/usr/bin/mender-update", "/usr/bin/mender"}
 	}
 	if o.Timeout <= 0 {
-		o.Timeout = 10 * time.Minute
+		o.Timeout = DefaultTimeout
 	}
 	if o.Env == nil {
 		o.Env = ChildEnv(os.LookupEnv)
