@@ -44,7 +44,11 @@ func runUnit(ctx context.Context, c *exec.Cmd, timeout time.Duration) error {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	conn, err := sd.NewSystemConnectionContext(ctx)
+	// The connection lives on its own context: one bound to ctx would
+	// close at the timeout, just when the unit is to be killed.
+	cctx, ccancel := context.WithCancel(context.Background())
+	defer ccancel()
+	conn, err := sd.NewSystemConnectionContext(cctx)
 	if err != nil {
 		return fmt.Errorf("system bus: %w", err)
 	}
@@ -55,7 +59,10 @@ func runUnit(ctx context.Context, c *exec.Cmd, timeout time.Duration) error {
 	props := []sd.Property{
 		sd.PropDescription("tether: " + filepath.Base(c.Path) + " " + c.Args[len(c.Args)-1]),
 		sd.PropType("oneshot"),
-		sd.PropExecStart(append([]string{c.Path}, c.Args[1:]...), true),
+		// The flag go-systemd calls uncleanIsFailure is systemd's
+		// ignore_failure (ExecStart's a(sasb)): false, so that a failing
+		// command fails the unit.
+		sd.PropExecStart(append([]string{c.Path}, c.Args[1:]...), false),
 		sd.PropRemainAfterExit(false),
 		{Name: "Environment", Value: dbus.MakeVariant(c.Env)},
 		{Name: "WorkingDirectory", Value: dbus.MakeVariant(c.Dir)},
