@@ -109,6 +109,8 @@ func protocols(cfg *config.Config, log *slog.Logger, rec *metrics.Metrics, reape
 		if menderclient.Booted() {
 			exec = menderclient.UnitExec(mc.Timeout.Duration())
 			log.Info("mender client commands run in transient systemd units")
+		} else {
+			log.Info("mender client commands run as the daemon's children (no systemd)")
 		}
 		p := menderclient.New(menderclient.Options{Log: log, Binaries: mc.Binaries, Timeout: mc.Timeout.Duration(),
 			Exec: exec})

@@ -52,12 +52,15 @@ func Detect() (Files, string) {
 	if st, err := os.Stat(WtmpPath); err == nil && st.Mode().IsRegular() {
 		f.Wtmp = WtmpPath
 	}
-	return f, f.describe()
+	_, err := os.Stat(WtmpDBPath)
+	return f, f.describe(err == nil)
 }
 
-func (f Files) describe() string {
+// describe says what is written to f, and that wtmpdb, which last reads
+// where it exists, is not.
+func (f Files) describe(wtmpdb bool) string {
 	if native == nil {
-		return "not written: struct utmp's layout is not known for this architecture; the journal's session_open and session_close events are the record"
+		return "not written: struct utmp's layout is not known for this architecture; the log's session_open and session_close events (the journal's under systemd) are the record"
 	}
 	var s string
 	switch {
@@ -68,12 +71,10 @@ func (f Files) describe() string {
 	case f.Wtmp != "":
 		s = "wtmp " + f.Wtmp + " (last); no utmp, who will not list tether sessions"
 	default:
-		s = "no utmp or wtmp on this system; the journal's session_open and session_close events are the record"
+		s = "no utmp or wtmp on this system; the log's session_open and session_close events (the journal's under systemd) are the record"
 	}
-	if f.Wtmp == "" {
-		if _, err := os.Stat(WtmpDBPath); err == nil {
-			s += "; wtmpdb (" + WtmpDBPath + ", read by last) is not written"
-		}
+	if f.Wtmp == "" && wtmpdb {
+		s += "; wtmpdb (" + WtmpDBPath + ", which last reads here) is not written: last will not list tether sessions"
 	}
 	return s
 }

@@ -241,3 +241,22 @@ func TestSystemTools(t *testing.T) {
 		t.Errorf("last does not show the ended session:\n%s", out)
 	}
 }
+
+func TestDescribe(t *testing.T) {
+	for _, tc := range []struct {
+		f      Files
+		wtmpdb bool
+		want   []string
+	}{
+		{Files{Utmp: "/run/utmp", Wtmp: "/var/log/wtmp"}, false, []string{"utmp /run/utmp (who, w) and wtmp /var/log/wtmp (last)"}},
+		{Files{Utmp: "/run/utmp"}, true, []string{"utmp /run/utmp", "no wtmp", "wtmpdb", "not written"}},
+		{Files{}, false, []string{"no utmp or wtmp", "session_open"}},
+	} {
+		got := tc.f.describe(tc.wtmpdb)
+		for _, w := range tc.want {
+			if !strings.Contains(got, w) {
+				t.Errorf("%+v, wtmpdb %v: %q lacks %q", tc.f, tc.wtmpdb, got, w)
+			}
+		}
+	}
+}

@@ -192,8 +192,8 @@ func menderInUnit(r *rig, term *mockserver.Terminal) {
 		return nil
 	})
 	r.eventually(30*time.Second, time.Second, "the failure in the journal", func() error {
-		out := r.run(term, "journalctl --no-pager -b -t tether | grep 'mender client' || true")
-		if !strings.Contains(out, "exit status 1") || !strings.Contains(out, "send-inventory") {
+		out := r.run(term, "journalctl --no-pager -b -t tether -o verbose MESSAGE='mender client: command failed' | grep -E 'TETHER_(ERROR|COMMAND)=' || true")
+		if !strings.Contains(out, "TETHER_ERROR=exit status 1") || !strings.Contains(out, "TETHER_COMMAND=send-inventory") {
 			return fmt.Errorf("no failed send-inventory with its exit status in:\n%s", out)
 		}
 		return nil
