@@ -115,3 +115,22 @@ func TestLoginRecordsOff(t *testing.T) {
 		t.Error("no word at start that login records are off")
 	}
 }
+
+// A shell ended by the daemon's shutdown is logged out too.
+func TestLoginRecordsShutdown(t *testing.T) {
+	dir := recordsDir(t)
+	ut, wt := filepath.Join(dir, "utmp"), filepath.Join(dir, "wtmp")
+	e := newEnvWith(t, map[string]interface{}{"Sessions": map[string]interface{}{"StopGrace": "200ms"}}, nil,
+		"TETHERTEST_LOGIN_RECORDS_DIR="+dir)
+	e.waitDevice()
+	term := e.open(alice)
+	e.run(term, "true")
+	if u := records(t, ut); len(u) != 1 || u[0].Type != utmp.UserProcess {
+		t.Fatalf("utmp: %+v", u)
+	}
+	e.stopDaemon()
+	u, w := records(t, ut), records(t, wt)
+	if len(u) != 1 || u[0].Type != utmp.DeadProcess || len(w) != 2 || w[1].Type != utmp.DeadProcess {
+		t.Fatalf("after the shutdown: utmp %+v, wtmp %+v", u, w)
+	}
+}
