@@ -19,7 +19,7 @@ BENCH_ARCHES  := $(if $(filter file,$(origin HIL_ARCHES)),arm64 armhf,$(HIL_ARCH
 BENCH_MIB     ?= 16
 BENCH_RUNS    ?= 3
 BENCH_TIMEOUT ?= 40m
-HIL_RUN      := $(if $(filter minimal,$(HIL_FLAVOURS)),TestMinimal|TestMinimalUpgrade)$(if $(filter systemd,$(HIL_FLAVOURS)),$(if $(filter minimal,$(HIL_FLAVOURS)),|)TestSystemd)
+HIL_RUN      := $(if $(filter minimal,$(HIL_FLAVOURS)),TestMinimal|TestMinimalUpgrade)$(if $(filter systemd,$(HIL_FLAVOURS)),$(if $(filter minimal,$(HIL_FLAVOURS)),|)TestSystemd|TestSystemdLogin)
 
 .PHONY: hil hil-setup hil-images hil-lint hil-clean bench-guests
 

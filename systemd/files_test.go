@@ -1,6 +1,7 @@
 // The tests here check the files tether ships for systemd: the
 // default configuration loads cleanly, and the unit keeps the directives
-// the daemon relies on and none that would break remote administration.
+// the daemon relies on, its sandbox, and none that would break file
+// transfer or port forwarding.
 // `systemd-analyze verify` and the exposure score are check.sh's job.
 package systemd_test
 
@@ -117,35 +118,69 @@ func TestUnitDirectives(t *testing.T) {
 		t.Error("Requires= would stop tether with the auth service; use Wants=")
 	}
 
-	// Shells inherit the sandbox: these would stop a remote shell from
-	// administering the device.
-	breaking := []struct{ key, allowed string }{
-		{"ProtectSystem", "no"},
-		{"ProtectHome", "no"},
+	// The daemon is locked down (shells and the Mender client's commands
+	// run in units of their own); these are what keep its exposure low.
+	hardening := []struct{ key, want string }{
+		{"NoNewPrivileges", "yes"},
+		{"ProtectSystem", "strict"},
+		{"PrivateDevices", "yes"},
+		{"PrivateIPC", "yes"},
+		{"PrivateMounts", "yes"},
+		{"ProtectKernelTunables", "yes"},
+		{"ProtectKernelModules", "yes"},
+		{"ProtectKernelLogs", "yes"},
+		{"ProtectControlGroups", "yes"},
+		{"ProtectClock", "yes"},
+		{"ProtectHostname", "yes"},
+		{"RestrictNamespaces", "yes"},
+		{"RestrictRealtime", "yes"},
+		{"RestrictSUIDSGID", "yes"},
+		{"LockPersonality", "yes"},
+		{"MemoryDenyWriteExecute", "yes"},
+		{"SystemCallArchitectures", "native"},
+		{"SystemCallFilter", "@system-service"},
+		{"UMask", "0077"},
+	}
+	for _, h := range hardening {
+		if got := last("Service", h.key); got != h.want {
+			t.Errorf("%s=%q, want %q", h.key, got, h.want)
+		}
+	}
+	// What the daemon itself needs, and nothing more privileged.
+	caps := words("Service", "CapabilityBoundingSet")
+	for _, c := range []string{"CAP_SETUID", "CAP_SETGID", "CAP_KILL"} {
+		if !caps[c] {
+			t.Errorf("CapabilityBoundingSet lacks %s (the identity switch, signals to the account's processes)", c)
+		}
+	}
+	if len(caps) != 3 {
+		t.Errorf("CapabilityBoundingSet=%v: more than the daemon needs", caps)
+	}
+	fams := words("Service", "RestrictAddressFamilies")
+	for _, f := range []string{"AF_UNIX", "AF_INET", "AF_INET6"} {
+		if !fams[f] {
+			t.Errorf("RestrictAddressFamilies lacks %s (the bus, the server, forwarded ports)", f)
+		}
+	}
+	rw := words("Service", "ReadWritePaths")
+	for _, p := range []string{"-/run/utmp", "-/var/log/wtmp", "-/tmp"} {
+		if !rw[p] {
+			t.Errorf("ReadWritePaths lacks %s", p)
+		}
+	}
+	// Uploads into /tmp and home directories, forwarded ports and the
+	// identity switch need these left open.
+	open := []struct{ key, allowed string }{
 		{"PrivateTmp", "no"},
-		{"NoNewPrivileges", "no"},
-		{"PrivateDevices", ""},
+		{"ProtectHome", "no"},
 		{"PrivateNetwork", ""},
 		{"PrivateUsers", ""},
-		{"ProtectKernelTunables", ""},
-		{"ProtectKernelModules", ""},
-		{"ProtectControlGroups", ""},
-		{"ProtectClock", ""},
-		{"ProtectHostname", ""},
-		{"ProtectProc", ""},
-		{"ProcSubset", ""},
-		{"RestrictSUIDSGID", ""},
-		{"RestrictNamespaces", ""},
-		{"RestrictAddressFamilies", ""},
-		{"CapabilityBoundingSet", ""},
-		{"MemoryDenyWriteExecute", ""},
 		{"DynamicUser", ""},
-		{"ReadOnlyPaths", ""},
-		{"InaccessiblePaths", ""},
+		{"IPAddressDeny", ""},
 	}
-	for _, b := range breaking {
-		if got := last("Service", b.key); got != b.allowed {
-			t.Errorf("%s=%s would break remote administration from tether's shells (want %q)", b.key, got, b.allowed)
+	for _, o := range open {
+		if got := last("Service", o.key); got != o.allowed {
+			t.Errorf("%s=%s would break file transfer, port forwarding or the identity switch (want %q)", o.key, got, o.allowed)
 		}
 	}
 	if u := last("Service", "User"); u != "" && u != "root" {

@@ -187,7 +187,8 @@ func runDaemon(path, fallback string, debug, trace bool, stderr io.Writer) int {
 	ctx, stop := stopContext(log)
 	resetInheritedIgnores()
 	defer stop()
-	if err := daemon.Run(ctx, daemon.Options{Config: cfg, Log: log, Version: version.Version, Subreaper: true}); err != nil {
+	if err := daemon.Run(ctx, daemon.Options{Config: cfg, Log: log, Version: version.Version, Subreaper: true,
+		LoginRecords: testLoginRecords()}); err != nil {
 		log.Error("tether failed", "error", err)
 		return 1
 	}

@@ -138,6 +138,10 @@ type SessionsConfig struct {
 	// IdleCountsOutput makes shell output count as activity for
 	// ExpireAfterIdle, as input always does (upstream: input only).
 	IdleCountsOutput bool
+	// LoginRecords writes each shell's utmp entry (who, w) and wtmp login
+	// and logout (last), with the remote user's id as the host, where
+	// the system keeps those files.
+	LoginRecords bool
 }
 
 // MaxFirstPing is the longest Sessions.PingInterval that works with the
@@ -248,6 +252,7 @@ func Default() *Config {
 			DetachedTimeout: Duration(10 * time.Minute),
 			ProbeGrace:      Duration(1500 * time.Millisecond),
 			ReplayBuffer:    DefaultReplayBuffer,
+			LoginRecords:    true,
 		},
 		Auth: AuthConfig{Source: AuthSourceDBus},
 		Reconnect: ReconnectConfig{

@@ -23,6 +23,7 @@ import (
 	"github.com/tether-agent/tether/internal/proto/terminal"
 	"github.com/tether-agent/tether/internal/session"
 	"github.com/tether-agent/tether/internal/shell"
+	"github.com/tether-agent/tether/internal/utmp"
 	"github.com/tether-agent/tether/internal/version"
 )
 
@@ -37,6 +38,9 @@ type Options struct {
 	// ShutdownTimeout bounds the whole shutdown (default: shutdownBudget
 	// of Sessions.StopGrace).
 	ShutdownTimeout time.Duration
+	// LoginRecords replaces the system's utmp and wtmp (tests only; nil =
+	// the system's).
+	LoginRecords *utmp.Files
 }
 
 // Run runs the daemon until ctx ends, then shuts down cleanly.
@@ -112,7 +116,7 @@ func Run(ctx context.Context, o Options) error {
 			p.Close()
 		}
 	}()
-	term := terminalProtocol(cfg, log, acct, rec, reaper, keep, func() { status.publish(); release.changed() })
+	term := terminalProtocol(cfg, log, acct, rec, reaper, keep, loginRecords(cfg, o.LoginRecords, log), func() { status.publish(); release.changed() })
 	router := session.New(session.Options{
 		Log:             log,
 		Terminal:        term,

@@ -16,12 +16,13 @@ import (
 	"github.com/tether-agent/tether/internal/proto/portforward"
 	"github.com/tether-agent/tether/internal/proto/terminal"
 	"github.com/tether-agent/tether/internal/shell"
+	"github.com/tether-agent/tether/internal/utmp"
 )
 
 // terminalProtocol builds the terminal (proto 1), or nil when it is
 // disabled; changed is told when a shell opens or closes.
 func terminalProtocol(cfg *config.Config, log *slog.Logger, acct *shell.Account, rec *metrics.Metrics,
-	reaper *shell.Reaper, keep *keeper, changed func()) proto.Admitted {
+	reaper *shell.Reaper, keep *keeper, records *utmp.Recorder, changed func()) proto.Admitted {
 	if cfg.Terminal.Disable {
 		return nil
 	}
@@ -39,6 +40,7 @@ func terminalProtocol(cfg *config.Config, log *slog.Logger, acct *shell.Account,
 		ReplayBuffer:     int(cfg.Sessions.ReplayBuffer),
 		IdleCountsOutput: cfg.Sessions.IdleCountsOutput,
 		Reaper:           reaper,
+		LoginRecords:     records,
 		Recorder:         rec,
 		Keeper:           keeperOrNil(keep),
 		Changed:          changed,
@@ -62,7 +64,16 @@ func protocols(cfg *config.Config, log *slog.Logger, shells *shell.Account, rec 
 		r.add(portforward.FromConfig(c, portforward.Deps{Log: log, Identity: ident(shells), FDs: fds, Recorder: rec}))
 	}
 	if c := cfg.MenderClient; !c.Disable {
-		r.add(menderclient.FromConfig(c, menderclient.Deps{Log: log, Exec: reaper.Exec}), nil)
+		// Under systemd each command runs in a transient unit, outside
+		// the daemon's sandbox; otherwise as the daemon's child.
+		exec := reaper.Exec
+		if menderclient.Booted() {
+			exec = menderclient.UnitExec(c.Timeout.Duration())
+			log.Info("mender client commands run in transient systemd units")
+		} else {
+			log.Info("mender client commands run as the daemon's children (no systemd)")
+		}
+		r.add(menderclient.FromConfig(c, menderclient.Deps{Log: log, Exec: exec}), nil)
 	}
 	if r.err != nil {
 		for _, p := range r.ps {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tether-agent/tether/internal/shell"
+	"github.com/tether-agent/tether/internal/utmp"
 	"github.com/tether-agent/tether/internal/wire"
 )
 
@@ -61,6 +62,9 @@ type Options struct {
 	IdleCountsOutput bool
 	// Reaper starts and reaps the shells (and the orphans it adopts).
 	Reaper *shell.Reaper
+	// LoginRecords writes each shell's utmp and wtmp entries; nil
+	// writes none.
+	LoginRecords *utmp.Recorder
 
 	Recorder Recorder
 	// Keeper keeps what the next run of the daemon needs to take the

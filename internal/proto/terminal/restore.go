@@ -8,6 +8,7 @@ import (
 
 	"github.com/tether-agent/tether/internal/proto"
 	"github.com/tether-agent/tether/internal/shell"
+	"github.com/tether-agent/tether/internal/utmp"
 )
 
 // Keeper keeps what the next run of the daemon needs to take a session
@@ -105,7 +106,14 @@ func (s *session) runRestored(proc *shell.Process, cols, rows uint16) {
 	s.keep(proc, cols, rows)
 	t.opts.Recorder.SessionOpened("shell")
 	t.opts.Changed()
-	s.serve(proc)
+	// The previous run wrote the login; this run writes the logout.
+	var login *utmp.Entry
+	if r := t.opts.LoginRecords; r != nil {
+		if tty := proc.PtyName(); tty != "" {
+			login = r.Resume(utmp.Login{Line: tty, User: t.opts.Account.Name, Host: "tether:" + s.userID, PID: proc.Pid()})
+		}
+	}
+	s.serve(proc, login)
 }
 
 // keep records the session for the next run, if a Keeper keeps them.

@@ -11,6 +11,7 @@ import (
 	"github.com/tether-agent/tether/internal/mux"
 	"github.com/tether-agent/tether/internal/proto"
 	"github.com/tether-agent/tether/internal/shell"
+	"github.com/tether-agent/tether/internal/utmp"
 	"github.com/tether-agent/tether/internal/wire"
 )
 
@@ -533,17 +534,23 @@ func (s *session) run() {
 	s.mu.Unlock()
 
 	s.sendControl(shellMsg(sid, wire.ShellNew, wire.StatusNormal, msgShellStarted), nil)
+	tty := proc.PtyName()
 	t.log.Info("session opened", "event", "session_open", "session_id", sid, "user_id", s.userID,
-		"proto", "shell", "pid", proc.Pid(), "cols", cols, "rows", rows)
+		"proto", "shell", "pid", proc.Pid(), "tty", tty, "cols", cols, "rows", rows)
+	// Once per shell, here and at its end below: a reattach joins the
+	// running shell and records nothing.
+	login := s.recordLogin(tty, proc.Pid())
 	s.keep(proc, cols, rows)
 	t.opts.Recorder.SessionOpened("shell")
 	t.opts.Changed()
-	s.serve(proc)
+	s.serve(proc, login)
 }
 
 // serve pumps a running shell's output and input until it exits, is
-// stopped or is handed over, and tears it down unless handed over.
-func (s *session) serve(proc *shell.Process) {
+// stopped or is handed over, and tears it down unless handed over. login
+// is the shell's utmp entry: closed when the shell ends, left standing
+// when it is handed over to the next run, which closes it.
+func (s *session) serve(proc *shell.Process, login *utmp.Entry) {
 	t := s.t
 	pumpDone := make(chan struct{})
 	go func() {
@@ -582,6 +589,7 @@ func (s *session) serve(proc *shell.Process) {
 	<-pumpDone
 	s.in.End()
 	s.forget()
+	s.recordLogout(login)
 	if req.notice != "" {
 		s.sendControl(shellMsg(s.id(), wire.ShellStop, wire.StatusError, req.notice), nil)
 	}
@@ -590,6 +598,26 @@ func (s *session) serve(proc *shell.Process) {
 		"proto", "shell", "reason", req.reason, "duration", d.Round(time.Millisecond).String())
 	t.opts.Recorder.SessionClosed("shell", req.reason, d)
 	t.opts.Changed()
+}
+
+// recordLogin writes the shell's login records: the configured account
+// on the shell's terminal, from "tether:<user id>".
+func (s *session) recordLogin(tty string, pid int) *utmp.Entry {
+	r := s.t.opts.LoginRecords
+	if r == nil || tty == "" {
+		return nil
+	}
+	e, err := r.Login(utmp.Login{Line: tty, User: s.t.opts.Account.Name, Host: "tether:" + s.userID, PID: pid})
+	if err != nil {
+		s.t.log.Warn("login record not written", "session_id", s.id(), "error", err)
+	}
+	return e
+}
+
+func (s *session) recordLogout(e *utmp.Entry) {
+	if err := e.Logout(); err != nil {
+		s.t.log.Warn("logout record not written", "session_id", s.id(), "error", err)
+	}
 }
 
 func exitNotice(err error) string {

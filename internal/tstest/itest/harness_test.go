@@ -209,6 +209,10 @@ func (e *env) startDaemon() {
 		// Not the host's /run/tether.
 		cmd.Env = append(cmd.Env, "RUNTIME_DIRECTORY="+t.TempDir())
 	}
+	if !hasEnv(e.extraEnv, "TETHERTEST_LOGIN_RECORDS_DIR") {
+		// Not the host's utmp and wtmp: an empty directory, no records.
+		cmd.Env = append(cmd.Env, "TETHERTEST_LOGIN_RECORDS_DIR="+t.TempDir())
+	}
 	cmd.Stdout, cmd.Stderr = e.log, e.log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
