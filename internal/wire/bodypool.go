@@ -10,6 +10,10 @@ import "bytes"
 // are left to the garbage collector, as without a pool. A nil *BodyPool
 // lends nothing.
 //
+// It lends the messages themselves the same way: a consumer done with a
+// whole message (a transfer's chunk once written and acked, an ack once
+// read) gives it back with ProtoMsg.Recycle.
+//
 // It also remembers the last few short strings decoded with it, for
 // UnmarshalPooled's single decoding goroutine (the link's read loop).
 type BodyPool struct {
