@@ -164,6 +164,11 @@ func TestMemSize(t *testing.T) {
 	if n := small.MemSize(); n < FileChunkSize || n > FileChunkSize+512 {
 		t.Errorf("a chunk counts %d bytes", n)
 	}
+	// An empty message still counts at least what its struct holds, so
+	// that a flood of tiny frames is bounded in bytes too.
+	if n, size := (&ProtoMsg{}).MemSize(), int(unsafe.Sizeof(ProtoMsg{})); n < size {
+		t.Errorf("an empty message counts %d bytes, its struct is %d", n, size)
+	}
 	big := &ProtoMsg{Header: Header{MsgType: FileStat, Properties: map[string]interface{}{"u": strings.Repeat("x", 1<<20)}}}
 	if n := big.MemSize(); n < 1<<20 {
 		t.Errorf("a 1 MiB prop counts %d bytes", n)

@@ -6,6 +6,7 @@ package wire
 
 import (
 	"fmt"
+	"unsafe"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -310,7 +311,9 @@ func (h *Header) StringProp(key string) string {
 // peer messages are bounded by it, so that their bound is in bytes, not
 // only in messages.
 func (m *ProtoMsg) MemSize() int {
-	const msgOverhead, propOverhead = 160, 48
+	// The message struct (with its header's inline props) and the
+	// allocator's and queue's overheads.
+	const msgOverhead, propOverhead = 80 + int(unsafe.Sizeof(ProtoMsg{})), 48
 	h := &m.Header
 	n := msgOverhead + len(m.Body) + len(h.MsgType) + len(h.SessionID)
 	for k, v := range h.Properties {
