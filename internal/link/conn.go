@@ -141,7 +141,7 @@ func (l *Link) traceMsg(what string, m *wire.ProtoMsg, size int) {
 	}
 	h := &m.Header
 	l.log.Log(context.Background(), logging.LevelTrace, what, "proto", wire.ProtoName(h.Proto), "type", h.MsgType,
-		"session_id", h.SessionID, "props", len(h.Properties), "body_bytes", len(m.Body), "frame_bytes", size)
+		"session_id", h.SessionID, "props", h.PropCount(), "body_bytes", len(m.Body), "frame_bytes", size)
 }
 
 // traceFrame decodes an outbound frame's header for the trace, only when

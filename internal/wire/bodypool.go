@@ -1,5 +1,7 @@
 package wire
 
+import "bytes"
+
 // BodyPool lends the bodies of decoded messages that are at most
 // BodyPoolSize bytes (an upload's chunks) from a bounded free list: a
 // message whose consumer is done with its body gives it back with
@@ -8,10 +10,18 @@ package wire
 // are left to the garbage collector, as without a pool. A nil *BodyPool
 // lends nothing.
 //
+// It lends the messages themselves the same way: a consumer done with a
+// whole message (a transfer's chunk once written and acked, an ack once
+// read) gives it back with ProtoMsg.Recycle.
+//
 // It also remembers the last few short strings decoded with it, for
 // UnmarshalPooled's single decoding goroutine (the link's read loop).
 type BodyPool struct {
 	free chan []byte
+	msgs chan *ProtoMsg
+
+	// rd reads the frame being decoded: the decoding goroutine's own.
+	rd bytes.Reader
 
 	recent [4]string
 	next   int
@@ -20,8 +30,22 @@ type BodyPool struct {
 // BodyPoolSize is the largest body a BodyPool lends: a file chunk.
 const BodyPoolSize = FileChunkSize
 
-// NewBodyPool returns a pool that keeps at most n free bodies.
-func NewBodyPool(n int) *BodyPool { return &BodyPool{free: make(chan []byte, n)} }
+// NewBodyPool returns a pool that keeps at most n free bodies and n free
+// messages.
+func NewBodyPool(n int) *BodyPool {
+	return &BodyPool{free: make(chan []byte, n), msgs: make(chan *ProtoMsg, n)}
+}
+
+// msg returns a zeroed message, lent by the pool when it has one.
+func (p *BodyPool) msg() *ProtoMsg {
+	select {
+	case m := <-p.msgs:
+		m.from = p
+		return m
+	default:
+		return &ProtoMsg{from: p}
+	}
+}
 
 // get returns a body of n bytes, and whether it is the pool's.
 func (p *BodyPool) get(n int) ([]byte, bool) {
@@ -53,6 +77,24 @@ func (m *ProtoMsg) Release() {
 	if m.pool != nil {
 		m.pool.put(m.Body)
 		m.Body, m.pool = nil, nil
+	}
+}
+
+// Recycle gives m back whole to the pool it was decoded with: its body
+// (as Release) and the message itself, which the pool lends again to a
+// later frame. Call it at most once, and only when nothing refers to m or
+// to its header any more (copy what is kept, with Header.Clone); a
+// message not decoded with a pool is left alone.
+func (m *ProtoMsg) Recycle() {
+	p := m.from
+	if p == nil {
+		return
+	}
+	m.Release()
+	*m = ProtoMsg{}
+	select {
+	case p.msgs <- m:
+	default: // the pool is full: let this one go
 	}
 }
 

@@ -50,12 +50,26 @@ func Unmarshal(b []byte) (*ProtoMsg, error) { return UnmarshalPooled(b, nil) }
 // UnmarshalPooled is Unmarshal with a body of up to BodyPoolSize bytes
 // taken from pool (nil: allocated); the consumer may give it back with
 // Release once done with it.
+//
+// With a pool, the message itself comes from the pool too (give it back
+// with Recycle), and props that are a few known keys with integer or
+// string values are held without a map (see Header.small): a transfer's
+// chunks and acks then decode without any allocation.
 func UnmarshalPooled(b []byte, pool *BodyPool) (*ProtoMsg, error) {
-	m := &ProtoMsg{}
 	if len(b) == 0 {
 		return nil, &DecodeError{Kind: MalformedEmpty, Err: errors.New("empty frame")}
 	}
-	r := bytes.NewReader(b)
+	var m *ProtoMsg
+	var r *bytes.Reader
+	if pool != nil {
+		m = pool.msg()
+		// Only the decoding goroutine uses the pool's reader.
+		r = &pool.rd
+		r.Reset(b)
+	} else {
+		m = &ProtoMsg{}
+		r = bytes.NewReader(b)
+	}
 	// A pooled decoder: a new one per frame was a third of an upload's
 	// garbage. Nothing decoded refers to its buffer (strings and bytes
 	// are copied out).
@@ -117,6 +131,9 @@ func UnmarshalPooled(b []byte, pool *BodyPool) (*ProtoMsg, error) {
 			}
 			if terr != nil && typeErr == nil {
 				typeErr = fmt.Errorf("body: %w", terr)
+			}
+			if m.pool != nil {
+				m.Release() // a second body: the first goes back
 			}
 			m.Body, m.pool = body, nil
 			if pool != nil && cap(body) == BodyPoolSize {
@@ -211,6 +228,11 @@ func decodeHeader(v valueReader, h *Header) (typeErr, err error) {
 			note(key, terr)
 			h.SessionID = s
 		case "props":
+			if v.pool != nil && decodeSmallProps(v, &h.small) {
+				h.Properties = nil
+				continue
+			}
+			h.small = smallProps{}
 			p, terr, err := decodeProps(v)
 			if err != nil {
 				return typeErr, err
@@ -355,6 +377,77 @@ func decodeProps(v valueReader) (props map[string]interface{}, typeErr, err erro
 		props[k] = val
 	}
 	return props, typeErr, nil
+}
+
+// decodeSmallProps decodes props into sp when they are at most
+// maxSmallProps known keys, each once, with integer (int64-sized) or str
+// values. Otherwise, and on any error, it reports false with the reader
+// back where it was, for decodeProps to decode them (and report the
+// error) as it always has.
+func decodeSmallProps(v valueReader, sp *smallProps) bool {
+	start := v.r.Size() - int64(v.r.Len())
+	if readSmallProps(v, sp) {
+		return true
+	}
+	*sp = smallProps{}
+	_, _ = v.r.Seek(start, io.SeekStart)
+	return false
+}
+
+func readSmallProps(v valueReader, sp *smallProps) bool {
+	d := v.d
+	c, err := d.PeekCode()
+	if err != nil || !isMap(c) {
+		return false
+	}
+	n, err := v.mapLen()
+	if err != nil || n == 0 || n > maxSmallProps {
+		return false
+	}
+	sp.n = 0
+	for i := 0; i < n; i++ {
+		kb, kerr, err := decodeKey(v)
+		if err != nil || kerr != nil || kb == nil {
+			return false
+		}
+		k, known := knownProp(kb)
+		if !known {
+			return false
+		}
+		for _, p := range sp.e[:sp.n] {
+			if p.key == k {
+				return false // a repeated key: the map decides which wins
+			}
+		}
+		c, err := d.PeekCode()
+		if err != nil {
+			return false
+		}
+		e := &sp.e[sp.n]
+		*e = smallProp{key: k}
+		switch {
+		case isInt(c) && c != msgpcode.Uint64:
+			if e.num, err = d.DecodeInt64(); err != nil {
+				return false
+			}
+		case c == msgpcode.Uint64:
+			u, err := d.DecodeUint64()
+			if err != nil || u > 1<<63-1 {
+				return false
+			}
+			e.num = int64(u)
+		case msgpcode.IsString(c):
+			b, err := v.view()
+			if err != nil {
+				return false
+			}
+			e.str, e.isStr = v.intern(b), true
+		default:
+			return false
+		}
+		sp.n++
+	}
+	return true
 }
 
 // decodeKey reads a props key (str, bin or nil) as a window into the

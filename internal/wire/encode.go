@@ -88,7 +88,43 @@ func appendBinHeader(dst []byte, n int) []byte {
 // sized allocation per frame instead of an encoder's growing buffers.
 func appendOneIntProp(dst []byte, h *Header, body []byte) []byte {
 	key, val, _ := oneIntProp(h.Properties)
-	return appendIntPropMsg(dst, h, len(h.Properties) == 1, key, val, body)
+	if len(h.Properties) == 0 {
+		return appendMsg(dst, h, nil, body)
+	}
+	p := [1]smallProp{{key: key, num: val}}
+	return appendMsg(dst, h, p[:], body)
+}
+
+// appendSmall appends the encoding of a message whose props are held
+// without a map (Header.small), as Marshal writes a map of the same
+// props: integers as int64, in the order they arrived.
+func appendSmall(dst []byte, h *Header, body []byte) []byte {
+	return appendMsg(dst, h, h.smallList(), body)
+}
+
+// smallSize bounds what appendSmall writes for m.
+func smallSize(m *ProtoMsg) int {
+	h := &m.Header
+	n := 64 + len(h.MsgType) + len(h.SessionID) + len(m.Body)
+	for _, p := range h.smallList() {
+		n += 16 + len(p.key) + len(p.str)
+	}
+	return n
+}
+
+// AppendMsg appends the encoding of m to dst when m takes Marshal's fast
+// path (props none, one integer, or decoded without a map), byte-identical
+// to Marshal's; ok false (dst unchanged) otherwise. A transfer encodes its
+// acks into reused buffers with it.
+func AppendMsg(dst []byte, m *ProtoMsg) (b []byte, ok bool) {
+	h := &m.Header
+	if h.Properties == nil {
+		return appendMsg(dst, h, h.smallList(), m.Body), true
+	}
+	if _, _, one := oneIntProp(h.Properties); one {
+		return appendOneIntProp(dst, h, m.Body), true
+	}
+	return dst, false
 }
 
 // AppendFileChunk appends the encoding of a file_chunk of session sid at
@@ -97,16 +133,18 @@ func appendOneIntProp(dst []byte, h *Header, body []byte) []byte {
 // without a ProtoMsg, a props map or a frame allocation per chunk.
 func AppendFileChunk(dst []byte, sid string, off int64, body []byte) []byte {
 	h := Header{Proto: ProtoFileTransfer, MsgType: FileChunk, SessionID: sid}
-	return appendIntPropMsg(dst, &h, true, PropOffset, off, body)
+	p := [1]smallProp{{key: PropOffset, num: off}}
+	return appendMsg(dst, &h, p[:], body)
 }
 
 // FileChunkOverhead bounds the bytes AppendFileChunk adds around a body
 // for a session id of length sidLen.
 func FileChunkOverhead(sidLen int) int { return 80 + sidLen }
 
-// appendIntPropMsg is appendOneIntProp with the prop given apart from the
-// header (h.Properties is not read).
-func appendIntPropMsg(dst []byte, h *Header, hasProp bool, key string, val int64, body []byte) []byte {
+// appendMsg appends the encoding of a message with h's proto, type and
+// sid and props (h.Properties is not read): integers as int64, strings
+// as str.
+func appendMsg(dst []byte, h *Header, props []smallProp, body []byte) []byte {
 	entries := byte(0x81)
 	if len(body) > 0 {
 		entries = 0x82
@@ -120,7 +158,7 @@ func appendIntPropMsg(dst []byte, h *Header, hasProp bool, key string, val int64
 	if h.SessionID != "" {
 		n++
 	}
-	if hasProp {
+	if len(props) > 0 {
 		n++
 	}
 	dst = append(dst, 0x80|n)
@@ -134,12 +172,18 @@ func appendIntPropMsg(dst []byte, h *Header, hasProp bool, key string, val int64
 		dst = appendStr(dst, "sid")
 		dst = appendStr(dst, h.SessionID)
 	}
-	if hasProp {
+	if len(props) > 0 {
 		dst = appendStr(dst, "props")
-		dst = append(dst, 0x81)
-		dst = appendStr(dst, key)
-		dst = append(dst, 0xd3)
-		dst = binary.BigEndian.AppendUint64(dst, uint64(val))
+		dst = append(dst, 0x80|byte(len(props))) // at most maxSmallProps
+		for _, p := range props {
+			dst = appendStr(dst, p.key)
+			if p.isStr {
+				dst = appendStr(dst, p.str)
+				continue
+			}
+			dst = append(dst, 0xd3)
+			dst = binary.BigEndian.AppendUint64(dst, uint64(p.num))
+		}
 	}
 	if len(body) > 0 {
 		dst = appendStr(dst, "body")

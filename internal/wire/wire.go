@@ -6,6 +6,7 @@ package wire
 
 import (
 	"fmt"
+	"unsafe"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -69,6 +70,90 @@ type Header struct {
 	MsgType    string                 `msgpack:"typ,omitempty"`
 	SessionID  string                 `msgpack:"sid,omitempty"`
 	Properties map[string]interface{} `msgpack:"props,omitempty"`
+
+	// small holds the props of a frame decoded by UnmarshalPooled when
+	// they are a few known keys with integer or string values (a file
+	// chunk's or ack's offset and user_id): no map, no boxed values, so
+	// that a transfer's frames decode without garbage. Properties is
+	// nil then; a Properties set later wins over small. Read props
+	// through IntProp, StringProp, Prop, HasProp and PropCount, copy
+	// them with Clone.
+	small smallProps
+}
+
+// maxSmallProps is how many props Header.small holds.
+const maxSmallProps = 4
+
+type smallProp struct {
+	key   string
+	str   string
+	num   int64
+	isStr bool
+}
+
+type smallProps struct {
+	n int
+	e [maxSmallProps]smallProp
+}
+
+// smallList returns h's props when they are held in small, else nil.
+func (h *Header) smallList() []smallProp {
+	if h.Properties != nil {
+		return nil
+	}
+	return h.small.e[:h.small.n]
+}
+
+func (h *Header) findSmall(key string) *smallProp {
+	for i, p := range h.smallList() {
+		if p.key == key {
+			return &h.small.e[i]
+		}
+	}
+	return nil
+}
+
+// Prop returns a property's value, integers as the Go type they were
+// decoded with (int64 for props held without a map).
+func (h *Header) Prop(key string) (interface{}, bool) {
+	if p := h.findSmall(key); p != nil {
+		if p.isStr {
+			return p.str, true
+		}
+		return p.num, true
+	}
+	v, ok := h.Properties[key]
+	return v, ok
+}
+
+// HasProp reports whether the property is present, whatever its value.
+func (h *Header) HasProp(key string) bool {
+	if h.findSmall(key) != nil {
+		return true
+	}
+	_, ok := h.Properties[key]
+	return ok
+}
+
+// PropCount is the number of properties.
+func (h *Header) PropCount() int {
+	if h.Properties != nil {
+		return len(h.Properties)
+	}
+	return h.small.n
+}
+
+// Clone returns a copy of h that shares no props with it, for a reply
+// that echoes a request's props.
+func (h *Header) Clone() Header {
+	c := *h
+	if len(h.Properties) > 0 {
+		c.Properties = make(map[string]interface{}, len(h.Properties))
+		for k, v := range h.Properties {
+			c.Properties[k] = v
+		}
+	}
+	return c
 }
 
 // ProtoMsg is one websocket message.
@@ -77,6 +162,9 @@ type ProtoMsg struct {
 	Body   []byte `msgpack:"body,omitempty"`
 	// pool lent Body (UnmarshalPooled); Release gives it back.
 	pool *BodyPool
+	// from lent the message itself (UnmarshalPooled); Recycle gives it
+	// back.
+	from *BodyPool
 }
 
 // Marshal encodes m as the upstream Go library does, except that every
@@ -87,6 +175,10 @@ type ProtoMsg struct {
 // one). The server re-encodes what it relays with the type it decoded, so
 // int64 reaches the client through it.
 func Marshal(m *ProtoMsg) ([]byte, error) {
+	if m.Header.Properties == nil && m.Header.small.n > 0 {
+		// Props decoded without a map, echoed (an upload's ack).
+		return appendSmall(make([]byte, 0, smallSize(m)), &m.Header, m.Body), nil
+	}
 	if k, _, ok := oneIntProp(m.Header.Properties); ok && len(m.Header.MsgType) < 32 && len(m.Header.SessionID) < 1<<16 && len(k) < 32 {
 		// The frames of a transfer: one allocation of the exact size.
 		h := &m.Header
@@ -149,6 +241,9 @@ func ProtoName(p uint16) string {
 // IntProp reads an integer property whatever msgpack integer width it was
 // sent with (the server re-encodes JS fixints as int8, docs/protocol.md §2.4).
 func (h *Header) IntProp(key string) (int64, bool) {
+	if p := h.findSmall(key); p != nil {
+		return p.num, !p.isStr
+	}
 	v, ok := h.Properties[key]
 	if !ok {
 		return 0, false
@@ -204,6 +299,9 @@ func asInt64(v interface{}) (int64, bool) {
 
 // StringProp reads a string property; a missing or non-string one is "".
 func (h *Header) StringProp(key string) string {
+	if p := h.findSmall(key); p != nil {
+		return p.str
+	}
 	s, _ := h.Properties[key].(string)
 	return s
 }
@@ -213,11 +311,16 @@ func (h *Header) StringProp(key string) string {
 // peer messages are bounded by it, so that their bound is in bytes, not
 // only in messages.
 func (m *ProtoMsg) MemSize() int {
-	const msgOverhead, propOverhead = 160, 48
+	// The message struct (with its header's inline props) and the
+	// allocator's and queue's overheads.
+	const msgOverhead, propOverhead = 80 + int(unsafe.Sizeof(ProtoMsg{})), 48
 	h := &m.Header
 	n := msgOverhead + len(m.Body) + len(h.MsgType) + len(h.SessionID)
 	for k, v := range h.Properties {
 		n += propOverhead + len(k) + scalarSize(v)
+	}
+	for _, p := range h.smallList() {
+		n += propOverhead + len(p.key) + len(p.str) + 8
 	}
 	return n
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -263,8 +264,13 @@ func FuzzUnmarshal(f *testing.F) {
 	for _, s := range seeds {
 		f.Add(s)
 	}
+	f.Add(testChunk(4096, "u-1", make([]byte, 10)))
+	f.Add([]byte{0x81, 0xa3, 'h', 'd', 'r', 0x81, 0xa5, 'p', 'r', 'o', 'p', 's', 0x82, 0xa6, 'o', 'f', 'f', 's', 'e', 't', 0x05, 0xa6, 'o', 'f', 'f', 's', 'e', 't', 0x06})
+	pool := NewBodyPool(2)
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		m, err := Unmarshal(frame)
+		// The link's pooled decode (props without a map) says the same.
+		samePooled(t, frame, m, err, pool)
 		if err != nil {
 			var de *DecodeError
 			if !errors.As(err, &de) {
@@ -387,4 +393,221 @@ func TestKeystrokeDecodeAllocations(t *testing.T) {
 		t.Fatalf("decoding a keystroke frame allocates %.0f times, want at most 10", allocs)
 	}
 	t.Logf("%.0f allocations per keystroke frame", allocs)
+}
+
+// testChunk is a file_chunk as the server relays it: offset and user_id.
+func testChunk(off int64, user string, body []byte) []byte {
+	b, err := Marshal(&ProtoMsg{Header: Header{Proto: ProtoFileTransfer, MsgType: FileChunk, SessionID: "0b5bd2a6-fd5d-4c39-8aa2-0ef2b4c0f3a1",
+		Properties: map[string]interface{}{PropOffset: off, PropUserID: user}}, Body: body})
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// samePooled checks that UnmarshalPooled decodes frame as Unmarshal did
+// (want, werr): the same error kind, or the same header, props and body,
+// integers compared by value; and that what it decoded re-encodes to the
+// same props.
+func samePooled(t *testing.T, frame []byte, want *ProtoMsg, werr error, pool *BodyPool) {
+	t.Helper()
+	got, err := UnmarshalPooled(frame, pool)
+	if (err == nil) != (werr == nil) {
+		t.Fatalf("pooled decode error %v, unpooled %v", err, werr)
+	}
+	if err != nil {
+		var a, b *DecodeError
+		if errors.As(err, &a) && errors.As(werr, &b) && a.Kind != b.Kind {
+			t.Fatalf("pooled decode error kind %s, unpooled %s", a.Kind, b.Kind)
+		}
+		return
+	}
+	defer got.Recycle()
+	sameMsg(t, "pooled decode", got, want)
+	b, err := Marshal(got)
+	if err != nil {
+		return // as for the unpooled decode, re-encoding is not what is fuzzed
+	}
+	again, err := Unmarshal(b)
+	if err != nil {
+		t.Fatalf("re-decode of the pooled decode: %v", err)
+	}
+	sameMsg(t, "re-encoded pooled decode", again, want)
+}
+
+func sameMsg(t *testing.T, what string, got, want *ProtoMsg) {
+	t.Helper()
+	g, w := &got.Header, &want.Header
+	if g.Proto != w.Proto || g.MsgType != w.MsgType || g.SessionID != w.SessionID || !bytes.Equal(got.Body, want.Body) {
+		t.Fatalf("%s: %+v %q, want %+v %q", what, *g, got.Body, *w, want.Body)
+	}
+	if g.PropCount() != w.PropCount() {
+		t.Fatalf("%s: %d props, want %d (%v)", what, g.PropCount(), w.PropCount(), w.Properties)
+	}
+	for k, wv := range w.Properties {
+		gv, ok := g.Prop(k)
+		if !ok {
+			t.Fatalf("%s: prop %q missing", what, k)
+		}
+		if wn, ok := asInt64(wv); ok {
+			if gn, ok := g.IntProp(k); !ok || gn != wn {
+				t.Fatalf("%s: prop %q = %v, want %v", what, k, gv, wv)
+			}
+			continue
+		}
+		if !reflect.DeepEqual(gv, wv) {
+			t.Fatalf("%s: prop %q = %#v, want %#v", what, k, gv, wv)
+		}
+	}
+}
+
+// The link decodes the frames of a transfer with props that are a few
+// known keys without a map; anything else keeps the map, and either way
+// the decode matches Unmarshal's.
+func TestPooledSmallProps(t *testing.T) {
+	frame := func(props map[string]interface{}) []byte {
+		b, err := msgpack.Marshal(&ProtoMsg{Header: Header{Proto: ProtoFileTransfer, MsgType: FileAck, SessionID: "s", Properties: props}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	tests := []struct {
+		name  string
+		props map[string]interface{}
+		small bool
+	}{
+		{"offset and user", map[string]interface{}{PropOffset: int64(1 << 40), PropUserID: "u-1"}, true},
+		{"fixint offset", map[string]interface{}{PropOffset: int8(5)}, true},
+		{"negative", map[string]interface{}{PropOffset: int16(-300)}, true},
+		{"uint64 that fits", map[string]interface{}{PropOffset: uint64(1 << 62)}, true},
+		{"four known", map[string]interface{}{PropOffset: 1, PropUserID: "u", PropMsgID: "m", PropStatus: 2}, true},
+		{"uint64 too big", map[string]interface{}{PropOffset: uint64(1 << 63)}, false},
+		{"float", map[string]interface{}{PropOffset: 4096.0}, false},
+		{"bin", map[string]interface{}{PropUserID: []byte("u")}, false},
+		{"unknown key", map[string]interface{}{PropOffset: 1, "x": 1}, false},
+		{"nested", map[string]interface{}{PropOffset: map[string]interface{}{"a": 1}}, false},
+		{"nil value", map[string]interface{}{PropOffset: nil}, false},
+		{"five known", map[string]interface{}{PropOffset: 1, PropUserID: "u", PropMsgID: "m", PropStatus: 2, PropTimeout: 3}, false},
+		{"empty", map[string]interface{}{}, false},
+	}
+	pool := NewBodyPool(2)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := frame(tt.props)
+			want, err := Unmarshal(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := UnmarshalPooled(b, pool)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if small := got.Header.Properties == nil && got.Header.small.n > 0; small != tt.small {
+				t.Errorf("held without a map: %v, want %v", small, tt.small)
+			}
+			sameMsg(t, "pooled", got, want)
+			// A reply echoes them: Marshal and AppendMsg write the same
+			// bytes, which decode to the same props.
+			echo := &ProtoMsg{Header: got.Header.Clone()}
+			m1, err := Marshal(echo)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m2, ok := AppendMsg(nil, echo); ok && !bytes.Equal(m1, m2) {
+				t.Errorf("AppendMsg % x, Marshal % x", m2, m1)
+			}
+			again, err := Unmarshal(m1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sameMsg(t, "echo", again, want)
+			got.Recycle()
+			if got.Header.PropCount() != 0 || got.from != nil {
+				t.Error("a recycled message kept its contents")
+			}
+		})
+	}
+	// A repeated key keeps the map's choice (the last).
+	dup := []byte{0x81, 0xa3, 'h', 'd', 'r', 0x81, 0xa5, 'p', 'r', 'o', 'p', 's', 0x82, 0xa6, 'o', 'f', 'f', 's', 'e', 't', 0x05, 0xa6, 'o', 'f', 'f', 's', 'e', 't', 0x06}
+	want, _ := Unmarshal(dup)
+	got, err := UnmarshalPooled(dup, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if off, _ := got.Header.IntProp(PropOffset); off != 6 {
+		t.Errorf("repeated offset: %d, want 6", off)
+	}
+	sameMsg(t, "repeated key", got, want)
+}
+
+// A transfer's per-frame work on the link is allocation-free once the
+// pool is warm: decoding a chunk (offset and user_id props, a 4 KiB
+// body) or an ack, giving it back, and encoding the ack that echoes a
+// chunk into a reused buffer. Garbage per chunk would be collected every
+// few MiB of a transfer, and a fresh daemon's first collection maps a
+// megabyte of the runtime's bookkeeping.
+func TestTransferFramesAllocFree(t *testing.T) {
+	pool := NewBodyPool(4)
+	chunk := testChunk(1<<20, "a5e1a2a4-5c7e-4d40-9ef7-1b8b5e0a4a11", make([]byte, FileChunkSize))
+	ack := testChunk(1<<20, "a5e1a2a4-5c7e-4d40-9ef7-1b8b5e0a4a11", nil)
+	for _, f := range [][]byte{chunk, ack} {
+		warm, err := UnmarshalPooled(f, pool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		warm.Recycle()
+	}
+	buf := make([]byte, 0, 512)
+	tests := []struct {
+		name string
+		run  func()
+	}{
+		{"decode chunk", func() {
+			m, _ := UnmarshalPooled(chunk, pool)
+			if m.Header.PropCount() != 2 || len(m.Body) != FileChunkSize {
+				panic("bad decode")
+			}
+			m.Recycle()
+		}},
+		{"decode ack", func() {
+			m, _ := UnmarshalPooled(ack, pool)
+			if off, _ := m.Header.IntProp(PropOffset); off != 1<<20 {
+				panic("bad decode")
+			}
+			m.Recycle()
+		}},
+		{"encode ack echo", func() {
+			m, _ := UnmarshalPooled(chunk, pool)
+			m.Release()
+			a := ProtoMsg{Header: m.Header}
+			a.Header.MsgType = FileAck
+			if _, ok := AppendMsg(buf[:0], &a); !ok {
+				panic("no fast path")
+			}
+			m.Recycle()
+		}},
+	}
+	for _, tt := range tests {
+		if n := testing.AllocsPerRun(200, tt.run); n != 0 {
+			t.Errorf("%s: %v allocations, want 0", tt.name, n)
+		}
+	}
+}
+
+// BenchmarkUnmarshalPooledChunk is the link's decode of an upload's chunk
+// (offset and user_id props, a 4 KiB body) with its pool, given back once
+// handled; run with -benchmem.
+func BenchmarkUnmarshalPooledChunk(b *testing.B) {
+	pool := NewBodyPool(4)
+	frame := testChunk(1<<20, "a5e1a2a4-5c7e-4d40-9ef7-1b8b5e0a4a11", make([]byte, FileChunkSize))
+	b.SetBytes(int64(len(frame)))
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		m, err := UnmarshalPooled(frame, pool)
+		if err != nil {
+			b.Fatal(err)
+		}
+		m.Recycle()
+	}
 }

@@ -241,14 +241,16 @@ func (p *Protocol) reserve(n int64) bool {
 	}
 }
 
-// gcEvery is how many bytes a transfer may allocate between two
-// collections: its garbage is collected before it can grow the heap to
-// the runtime's 4 MB minimum goal, which the kernel would then see as
-// resident memory long after the transfer. Transfers make little
-// garbage (frames and chunk bodies are reused), so collections are paced
-// by what was allocated, not by what was moved: a collection costs the
-// same whether it finds 512 KiB of garbage or 20.
-const gcEvery = 256 << 10
+// gcEvery is how many bytes the heap may allocate, while transfers run,
+// between two collections: garbage is collected before it can grow the
+// heap to the runtime's goal, which the kernel would then see as resident
+// memory long after the transfer. Transfers make almost no garbage (frames,
+// chunk bodies, messages and acks are reused; what is left is about 12 kB
+// per MiB downloaded, the websocket library's writer per frame), so this
+// is a collection every 80 MiB or so, and none in a transfer of a few tens
+// of MiB: a collection is not free, and a fresh daemon's first one maps a
+// megabyte of the runtime's bookkeeping.
+const gcEvery = 1 << 20
 
 // gcCheckEvery is how many transferred bytes pass between two looks at
 // the heap's allocations.
@@ -256,8 +258,11 @@ const gcCheckEvery = 64 << 10
 
 // paced counts n transferred bytes and, each gcCheckEvery, starts a
 // collection, in the background and one at a time, once the heap has
-// allocated gcEvery more bytes since the last one. A small heap takes
-// well under a millisecond to collect.
+// allocated gcEvery more bytes since the last one, or since the first
+// look (what the daemon allocated before any transfer is not the
+// transfers' garbage: counting it forced a collection at the start of
+// the first transfer). A small heap takes well under a millisecond to
+// collect.
 func (p *Protocol) paced(n int) {
 	after := p.moved.Add(int64(n))
 	if (after-int64(n))/gcCheckEvery == after/gcCheckEvery || !p.collecting.CompareAndSwap(false, true) {
@@ -266,6 +271,9 @@ func (p *Protocol) paced(n int) {
 	p.allocs[0].Name = "/gc/heap/allocs:bytes"
 	metrics.Read(p.allocs[:])
 	a := p.allocs[0].Value.Uint64()
+	if p.collected == 0 {
+		p.collected = a
+	}
 	if a-p.collected < gcEvery {
 		p.collecting.Store(false)
 		return
@@ -353,8 +361,7 @@ func (s *session) Handle(m *wire.ProtoMsg) {
 func (s *session) drop(m *wire.ProtoMsg) {
 	s.dropMu.Lock()
 	if s.dropped == nil {
-		h := m.Header
-		h.Properties = copyProps(h.Properties)
+		h := m.Header.Clone()
 		s.dropped = &h
 	}
 	s.dropMu.Unlock()
@@ -597,25 +604,14 @@ func (s *session) replyStatus(req *wire.ProtoMsg, code int, text string) {
 		s.log.Error("file transfer: encode error body", "error", err)
 		return
 	}
-	reply := &wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoFileTransfer, MsgType: wire.FileError,
-		SessionID: s.sid, Properties: copyProps(req.Header.Properties)}, Body: b}
+	reply := &wire.ProtoMsg{Header: req.Header.Clone(), Body: b}
+	reply.Header.Proto, reply.Header.MsgType, reply.Header.SessionID = wire.ProtoFileTransfer, wire.FileError, s.sid
 	if err := s.send(reply); err != nil {
 		if s.p.refuseLog.Allow(time.Now()) {
 			s.log.Info("file transfer: could not send an error reply", "error", err, "text", text,
 				"suppressed", s.p.refuseLog.TakeSuppressed())
 		}
 	}
-}
-
-func copyProps(p map[string]interface{}) map[string]interface{} {
-	if len(p) == 0 {
-		return nil
-	}
-	c := make(map[string]interface{}, len(p))
-	for k, v := range p {
-		c[k] = v
-	}
-	return c
 }
 
 func peerError(m *wire.ProtoMsg) string {

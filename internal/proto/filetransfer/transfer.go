@@ -129,11 +129,12 @@ func sendErr(ctx context.Context, err error) error {
 	return err
 }
 
-// framePool holds a download's frame buffers: a chunk is encoded into one
-// and the buffer comes back once the link has written the frame, so a
-// download allocates its window's worth of buffers once instead of a
-// frame per chunk. Buffers the link never gives back (the session ended
-// with frames queued) are left to the garbage collector.
+// framePool holds a transfer's frame buffers: a download's chunk or an
+// upload's ack is encoded into one and the buffer comes back once the
+// link has written the frame, so a transfer allocates its window's worth
+// of buffers once instead of a frame per chunk. Buffers the link never
+// gives back (the session ended with frames queued) are left to the
+// garbage collector.
 type framePool struct {
 	size int
 	free chan *frameBuf
@@ -144,11 +145,21 @@ type frameBuf struct {
 	release func() // made once per buffer: no closure per frame
 }
 
-func newFramePool(sid string) *framePool {
-	// The window's chunks, the EOF chunk, and slack for frames the link
-	// has taken but not yet reported written.
-	return &framePool{size: wire.FileChunkOverhead(len(sid)) + wire.FileChunkSize,
-		free: make(chan *frameBuf, wire.FileWindowChunks+4)}
+// newFramePool keeps buffers of size bytes: the window's chunks, the EOF
+// chunk, and slack for frames the link has taken but not yet reported
+// written.
+func newFramePool(size int) *framePool {
+	return &framePool{size: size, free: make(chan *frameBuf, wire.FileWindowChunks+4)}
+}
+
+// chunkFrames is a download's pool; ackFrames an upload's, whose acks
+// echo the chunk's props (an offset and the server's user_id).
+func chunkFrames(sid string) *framePool {
+	return newFramePool(wire.FileChunkOverhead(len(sid)) + wire.FileChunkSize)
+}
+
+func ackFrames(sid string) *framePool {
+	return newFramePool(wire.FileChunkOverhead(len(sid)) + 256)
 }
 
 func (p *framePool) get() *frameBuf {
@@ -167,17 +178,81 @@ func (p *framePool) get() *frameBuf {
 	return fb
 }
 
+// sendGuard bounds each send of a transfer by the ack timeout, as a
+// context per send would, but on one context and one timer re-armed per
+// send: a context and a timer per chunk or ack were a good part of a
+// transfer's garbage. Once a send stalls, the context stays ended and
+// the transfer with it.
+type sendGuard struct {
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	stall  *time.Timer
+	wait   time.Duration
+}
+
+func (s *session) newSendGuard() *sendGuard {
+	ctx, cancel := context.WithCancelCause(s.ctx)
+	g := &sendGuard{ctx: ctx, cancel: cancel, wait: s.p.opts.AckTimeout}
+	g.stall = time.AfterFunc(g.wait, func() { cancel(errSendStalled) })
+	g.stall.Stop()
+	return g
+}
+
+// arm starts the wait of one send and returns its context; done ends it.
+func (g *sendGuard) arm() context.Context {
+	g.stall.Reset(g.wait)
+	return g.ctx
+}
+
+func (g *sendGuard) done(err error) error {
+	g.stall.Stop()
+	return sendErr(g.ctx, err)
+}
+
+func (g *sendGuard) close() {
+	g.stall.Stop()
+	g.cancel(nil)
+}
+
 // sendChunk sends the file_chunk at off carrying body: encoded into a
 // pooled buffer when the Sender takes encoded frames, as a message
 // otherwise.
-func (s *session) sendChunk(ctx context.Context, frames *framePool, off int64, body []byte) error {
+func (s *session) sendChunk(g *sendGuard, frames *framePool, off int64, body []byte) error {
 	fs, ok := s.out.(proto.FrameSender)
 	if !ok {
-		return s.out.Send(ctx, chunk(s.sid, off, body))
+		return g.done(s.out.Send(g.arm(), chunk(s.sid, off, body)))
 	}
 	fb := frames.get()
 	b := wire.AppendFileChunk(fb.b[:0], s.sid, off, body)
-	return fs.SendFrame(ctx, b, cap(fb.b), fb.release)
+	return g.done(fs.SendFrame(g.arm(), b, cap(b), fb.release))
+}
+
+// sendAck acks the upload's chunks up to the one with header h, echoing
+// its props: encoded into a pooled buffer when the Sender takes encoded
+// frames and the props allow (they were decoded without a map, or are
+// one integer), as a message otherwise.
+func (s *session) sendAck(g *sendGuard, frames *framePool, h *wire.Header) error {
+	fs, ok := s.out.(proto.FrameSender)
+	if !ok {
+		return s.sendAckMsg(g, h)
+	}
+	ack := wire.ProtoMsg{Header: *h}
+	ack.Header.MsgType = wire.FileAck
+	ack.Header.SessionID = s.sid
+	fb := frames.get()
+	b, ok := wire.AppendMsg(fb.b[:0], &ack)
+	if !ok {
+		fb.release()
+		return s.sendAckMsg(g, h)
+	}
+	return g.done(fs.SendFrame(g.arm(), b, cap(b), fb.release))
+}
+
+func (s *session) sendAckMsg(g *sendGuard, h *wire.Header) error {
+	ack := &wire.ProtoMsg{Header: h.Clone()}
+	ack.Header.MsgType = wire.FileAck
+	ack.Header.SessionID = s.sid
+	return g.done(s.out.Send(g.arm(), ack))
 }
 
 // download serves get_file: chunks of at most 4096 bytes, at most 20
@@ -237,23 +312,13 @@ func (s *session) download(m *wire.ProtoMsg) {
 		r = io.LimitReader(f, int64(l.MaxFileSize))
 	}
 	buf := make([]byte, wire.FileChunkSize)
-	frames := newFramePool(s.sid)
+	frames := chunkFrames(s.sid)
 	var sent, acked int64
 	eof := false
 	const window = wire.FileChunkSize * wire.FileWindowChunks
-	// Each send may wait the ack timeout, as with a context per send, but
-	// on one timer re-armed per send: a context and a timer per chunk
-	// were a good part of a download's garbage.
-	ctx, cancelCtx := context.WithCancelCause(s.ctx)
-	defer cancelCtx(nil)
-	stall := time.AfterFunc(s.p.opts.AckTimeout, func() { cancelCtx(errSendStalled) })
-	stall.Stop()
-	send := func(off int64, body []byte) error {
-		stall.Reset(s.p.opts.AckTimeout)
-		err := s.sendChunk(ctx, frames, off, body)
-		stall.Stop()
-		return sendErr(ctx, err)
-	}
+	g := s.newSendGuard()
+	defer g.close()
+	send := func(off int64, body []byte) error { return s.sendChunk(g, frames, off, body) }
 	for {
 		for !eof && sent < acked+window {
 			n, err := io.ReadFull(r, buf)
@@ -299,7 +364,7 @@ func (s *session) download(m *wire.ProtoMsg) {
 			s.replyError(m, "file transfer aborted: too many messages from the peer")
 			return
 		case a.Header.MsgType == wire.FileAck:
-			if _, present := a.Header.Properties[wire.PropOffset]; !present {
+			if !a.Header.HasProp(wire.PropOffset) {
 				s.replyError(a, "ack message: offset property cannot be blank")
 				return
 			}
@@ -310,6 +375,8 @@ func (s *session) download(m *wire.ProtoMsg) {
 				return
 			}
 			acked = max(acked, off)
+			// Read and done with: the link may decode the next ack into it.
+			a.Recycle()
 		case a.Header.MsgType == wire.FileError:
 			s.peerAborted("peer aborted the download", path, a)
 			return

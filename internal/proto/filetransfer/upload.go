@@ -302,8 +302,11 @@ func (s *session) uploadOn(th *identity.Thread, m *wire.ProtoMsg, req *wire.Uplo
 		discard()
 		s.replyStatus(about, code, text)
 	}
-	if err := s.send(&wire.ProtoMsg{Header: wire.Header{Proto: wire.ProtoFileTransfer, MsgType: wire.FileAck, SessionID: s.sid,
-		Properties: map[string]interface{}{wire.PropOffset: int64(0)}}}); err != nil {
+	g := s.newSendGuard()
+	defer g.close()
+	acks := ackFrames(s.sid)
+	start := wire.Header{Proto: wire.ProtoFileTransfer, Properties: map[string]interface{}{wire.PropOffset: int64(0)}}
+	if err := s.sendAck(g, acks, &start); err != nil {
 		s.log.Info("file transfer: upload aborted", "path", path, "error", err)
 		return
 	}
@@ -350,6 +353,9 @@ func (s *session) uploadOn(th *identity.Thread, m *wire.ProtoMsg, req *wire.Uplo
 				s.pending = append(s.pending, n)
 				break
 			}
+			// Written, and not the one acked: the link may decode
+			// the next frame into it.
+			last.Recycle()
 			last = n
 		}
 		if u.eof {
@@ -362,11 +368,7 @@ func (s *session) uploadOn(th *identity.Thread, m *wire.ProtoMsg, req *wire.Uplo
 			th.AsRoot(func() { s.p.journal.done(rec) })
 			rec = ""
 		}
-		ack := &wire.ProtoMsg{Header: last.Header}
-		ack.Header.MsgType = wire.FileAck
-		ack.Header.SessionID = s.sid
-		ack.Header.Properties = copyProps(last.Header.Properties)
-		if err := s.send(ack); err != nil {
+		if err := s.sendAck(g, acks, &last.Header); err != nil {
 			s.log.Info("file transfer: could not ack", "path", path, "error", err)
 			return
 		}
@@ -374,6 +376,8 @@ func (s *session) uploadOn(th *identity.Thread, m *wire.ProtoMsg, req *wire.Uplo
 			s.log.Info("file transfer: upload complete", "path", path, "bytes", u.written)
 			return
 		}
+		// Acked (the ack is encoded): done with it.
+		last.Recycle()
 	}
 }
 

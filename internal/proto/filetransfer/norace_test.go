@@ -1,0 +1,5 @@
+//go:build !race
+
+package filetransfer
+
+const raceEnabled = false
