@@ -1,6 +1,7 @@
 package itest
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -132,5 +133,45 @@ func TestLoginRecordsShutdown(t *testing.T) {
 	u, w := records(t, ut), records(t, wt)
 	if len(u) != 1 || u[0].Type != utmp.DeadProcess || len(w) != 2 || w[1].Type != utmp.DeadProcess {
 		t.Fatalf("after the shutdown: utmp %+v, wtmp %+v", u, w)
+	}
+}
+
+// A shell kept across an upgrade keeps its one login: the old run writes
+// no logout when it hands the shell over, and the new run writes it when
+// the shell ends.
+func TestLoginRecordsAcrossUpgrade(t *testing.T) {
+	dir := recordsDir(t)
+	ut, wt := filepath.Join(dir, "utmp"), filepath.Join(dir, "wtmp")
+	rt := t.TempDir()
+	e := newEnvWith(t, map[string]interface{}{"Sessions": map[string]interface{}{"StopGrace": "200ms"}}, nil,
+		"TETHERTEST_LOGIN_RECORDS_DIR="+dir, "RUNTIME_DIRECTORY="+rt)
+	d := e.waitDevice()
+	term := e.open(alice)
+	pid := shellPid(e, term)
+	if u := records(t, ut); len(u) != 1 || u[0].Type != utmp.UserProcess {
+		t.Fatalf("utmp: %+v", u)
+	}
+
+	upgrade(t, rt, tetherBin)
+	ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+	_, err := e.srv.WaitReconnect(ctx, d)
+	cancel()
+	if err != nil {
+		t.Fatalf("the upgraded daemon did not connect: %v\n%s", err, e.log.String())
+	}
+	if u, w := records(t, ut), records(t, wt); len(u) != 1 || u[0].Type != utmp.UserProcess || int(u[0].PID) != pid || len(w) != 1 {
+		t.Fatalf("after the upgrade: utmp %+v, wtmp %+v", u, w)
+	}
+
+	term.Close()
+	again := e.open(alice)
+	e.expect(again, reattachNotice)
+	if err := again.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the logout record", func() bool { return len(records(t, wt)) == 2 })
+	u, w := records(t, ut), records(t, wt)
+	if len(u) != 1 || u[0].Type != utmp.DeadProcess || w[1].Type != utmp.DeadProcess || w[1].Line != w[0].Line {
+		t.Fatalf("after the end: utmp %+v, wtmp %+v", u, w)
 	}
 }
