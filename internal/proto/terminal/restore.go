@@ -149,7 +149,15 @@ func (s *session) HandOver() any {
 	case k := <-reply:
 		return k
 	case <-s.ended:
-		return nil
+		// serve ends right after it replies: when both are ready, select
+		// picks either, and the reply must win (else the shell would be
+		// let go without a record, and the next run drop it).
+		select {
+		case k := <-reply:
+			return k
+		default:
+			return nil
+		}
 	}
 }
 
