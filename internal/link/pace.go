@@ -84,7 +84,7 @@ const (
 	paceFrameMin = 1 << 10
 	// paceFrameAny: a frame hint this big is no hint (a pty read is
 	// at most 32 KiB).
-	paceFrameAny = 64 << 10
+	paceFrameAny = 32 << 10
 	// paceFirstWait is how long the first pong may take before the link
 	// goes unpaced: paceInitial in flight takes 3 s at 20 KB/s.
 	paceFirstWait = 3 * time.Second
@@ -200,12 +200,12 @@ func (p *pacer) ponged(now time.Time) (frameHint int) {
 	return hint
 }
 
-// frameHint is a quarter of the window: the writer lets one frame past
+// frameHint is an eighth of the window: the writer lets one frame past
 // a full window, and a keystroke's echo waits behind one frame of the
 // flood in the fair queue, so frames must be small beside the window.
 // p.mu is held.
 func (p *pacer) frameHint() int {
-	h := p.window / 4
+	h := p.window / 8
 	if h >= paceFrameAny {
 		return 0
 	}

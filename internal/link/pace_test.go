@@ -109,7 +109,7 @@ func TestPacerNeedsPongs(t *testing.T) {
 	}
 }
 
-// The frame hint is a quarter of the window on a slow path, none on a fast
+// The frame hint is an eighth of the window on a slow path, none on a fast
 // one.
 func TestPacerFrameHint(t *testing.T) {
 	slow, _ := drive(t, 150*time.Millisecond, 100e3, time.Millisecond, 5*time.Second)
@@ -120,8 +120,8 @@ func TestPacerFrameHint(t *testing.T) {
 	fast.mu.Lock()
 	hf := fast.frameHint()
 	fast.mu.Unlock()
-	if hs < paceFrameMin || hs > 8<<10 {
-		t.Errorf("slow path frame hint %d, want %d..%d", hs, paceFrameMin, 8<<10)
+	if hs < paceFrameMin || hs > 4<<10 {
+		t.Errorf("slow path frame hint %d, want %d..%d", hs, paceFrameMin, 4<<10)
 	}
 	if hf != 0 {
 		t.Errorf("fast path frame hint %d, want 0 (any)", hf)
