@@ -21,6 +21,7 @@ import (
 
 	"github.com/creack/pty"
 	"github.com/gorilla/websocket"
+	"golang.org/x/sys/unix"
 )
 
 func main() {
@@ -31,6 +32,39 @@ func main() {
 	if err := relay(os.Args[1], os.Args[2:]); err != nil {
 		fmt.Fprintln(os.Stderr, "ptyrelay:", err)
 		os.Exit(1)
+	}
+}
+
+// busyRead is a read big enough that more is likely there: tether's own
+// threshold (internal/shell).
+const busyRead = 1024
+
+// fill waits until fd is readable, then reads while full reads come, up to
+// len(buf).
+func fill(fd int, buf []byte) (int, error) {
+	for {
+		m, err := unix.Read(fd, buf)
+		if err == unix.EAGAIN {
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			if _, perr := unix.Poll(pfd, -1); perr != nil && perr != unix.EINTR {
+				return 0, perr
+			}
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		if m == 0 {
+			return 0, io.EOF
+		}
+		n := m
+		for m >= busyRead && n < len(buf) {
+			if m, err = unix.Read(fd, buf[n:]); m <= 0 || err != nil {
+				break // EAGAIN, EIO: the next call reports it
+			}
+			n += m
+		}
+		return n, nil
 	}
 }
 
@@ -47,10 +81,17 @@ func relay(url string, argv []string) error {
 		return fmt.Errorf("start %s on a pty: %w", argv[0], err)
 	}
 	defer f.Close()
-	// The size tether reads a pty with.
+	// The pty is read as tether reads it, so the floor is the same reads
+	// and writes without the protocol: wait for data, then take what is
+	// already there (the line discipline hands out at most 4 KiB per
+	// read) up to 32 KiB, and send that as one frame.
+	fd := int(f.Fd())
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return fmt.Errorf("pty non-blocking: %w", err)
+	}
 	buf := make([]byte, 32<<10)
 	for {
-		n, err := f.Read(buf)
+		n, err := fill(fd, buf)
 		if n > 0 {
 			if werr := ws.WriteMessage(websocket.BinaryMessage, buf[:n]); werr != nil {
 				return fmt.Errorf("write: %w", werr)

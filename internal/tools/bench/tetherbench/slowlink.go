@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -74,6 +75,16 @@ func slowLinkCase(bin string, srv *server, target string, sc slowCase, keys int)
 		}
 		if lvl := os.Getenv("TETHERBENCH_LOG"); lvl != "" {
 			extra["Log"] = map[string]interface{}{"Level": lvl}
+		}
+		// TETHERBENCH_LINK, e.g. {"CongestionControl":"cubic"} or
+		// {"LatencyTarget":"0s"}, sets Link keys to compare.
+		if js := os.Getenv("TETHERBENCH_LINK"); js != "" {
+			var l map[string]interface{}
+			if err := json.Unmarshal([]byte(js), &l); err == nil {
+				extra["Link"] = l
+			} else {
+				fmt.Fprintln(os.Stderr, "TETHERBENCH_LINK:", err)
+			}
 		}
 		return extra
 	})
