@@ -416,9 +416,10 @@ func benchRelay(r *rig, term *mockserver.Terminal, relay string, s *sink, wire i
 	if n != wire {
 		r.t.Fatalf("the relay carried %d bytes of %d", n, wire)
 	}
-	if len(v) != 2 {
-		r.t.Fatalf("relaycpu=%q: want \"user sys\"", v)
+	if len(v) != 4 {
+		r.t.Fatalf("relaycpu=%q: want \"user sys reads frames\"", v)
 	}
+	r.t.Logf("relay: %s pty reads, %s frames", v[2], v[3])
 	u, err1 := strconv.ParseFloat(v[0], 64)
 	y, err2 := strconv.ParseFloat(v[1], 64)
 	if err1 != nil || err2 != nil {

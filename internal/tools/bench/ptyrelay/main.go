@@ -7,8 +7,8 @@
 //
 //	ptyrelay ws://host:port/path command [args...]
 //
-// At the end it prints its own CPU time, without the command's:
-// "relaycpu=USER SYS" in seconds.
+// At the end it prints its own CPU time, without the command's, and its
+// pty reads and websocket frames: "relaycpu=USER SYS READS FRAMES".
 package main
 
 import (
@@ -41,9 +41,10 @@ const busyRead = 1024
 
 // fill waits until fd is readable, then reads while full reads come, up to
 // len(buf).
-func fill(fd int, buf []byte) (int, error) {
+func fill(fd int, buf []byte, reads *int) (int, error) {
 	for {
 		m, err := unix.Read(fd, buf)
+		*reads++
 		if err == unix.EAGAIN {
 			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 			if _, perr := unix.Poll(pfd, -1); perr != nil && perr != unix.EINTR {
@@ -59,6 +60,7 @@ func fill(fd int, buf []byte) (int, error) {
 		}
 		n := m
 		for m >= busyRead && n < len(buf) {
+			*reads++
 			if m, err = unix.Read(fd, buf[n:]); m <= 0 || err != nil {
 				break // EAGAIN, EIO: the next call reports it
 			}
@@ -90,9 +92,11 @@ func relay(url string, argv []string) error {
 		return fmt.Errorf("pty non-blocking: %w", err)
 	}
 	buf := make([]byte, 32<<10)
+	reads, frames := 0, 0
 	for {
-		n, err := fill(fd, buf)
+		n, err := fill(fd, buf, &reads)
 		if n > 0 {
+			frames++
 			if werr := ws.WriteMessage(websocket.BinaryMessage, buf[:n]); werr != nil {
 				return fmt.Errorf("write: %w", werr)
 			}
@@ -112,6 +116,6 @@ func relay(url string, argv []string) error {
 		return errors.Join(err, fmt.Errorf("getrusage: %w", rerr))
 	}
 	sec := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
-	fmt.Printf("relaycpu=%.3f %.3f\n", sec(ru.Utime), sec(ru.Stime))
+	fmt.Printf("relaycpu=%.3f %.3f %d %d\n", sec(ru.Utime), sec(ru.Stime), reads, frames)
 	return err
 }
