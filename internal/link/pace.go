@@ -147,10 +147,15 @@ func (p *pacer) probeDue(now time.Time, held bool) bool {
 
 // pinged records a ping written at now (a probe or the keep-alive).
 func (p *pacer) pinged(now time.Time) {
-	if p == nil {
-		return
+	if p == nil || p.target <= 0 {
+		return // unpaced: no pong will be matched, so keep no record
 	}
 	p.mu.Lock()
+	if len(p.probes) >= 4*paceMaxProbes {
+		// A server that stopped answering: the oldest record goes, so
+		// the keep-alive cannot grow the list for ever.
+		p.probes = append(p.probes[:0], p.probes[1:]...)
+	}
 	p.probes = append(p.probes, pingMark{at: now, mark: p.sent})
 	p.lastPing = now
 	p.mu.Unlock()

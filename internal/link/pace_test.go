@@ -127,3 +127,21 @@ func TestPacerFrameHint(t *testing.T) {
 		t.Errorf("fast path frame hint %d, want 0 (any)", hf)
 	}
 }
+
+// Pings that are never answered leave a bounded record: unpaced none, and
+// paced at most a few hundred however long the link lives.
+func TestPacerPingRecordBounded(t *testing.T) {
+	now := time.Unix(1000, 0)
+	off, on := newPacer(0), newPacer(150*time.Millisecond)
+	for i := range 10000 {
+		at := now.Add(time.Duration(i) * 50 * time.Second)
+		off.pinged(at)
+		on.pinged(at)
+	}
+	if n := len(off.probes); n != 0 {
+		t.Errorf("unpaced: %d pings kept", n)
+	}
+	if n := len(on.probes); n > 4*paceMaxProbes {
+		t.Errorf("paced: %d unanswered pings kept", n)
+	}
+}
