@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"syscall"
@@ -71,7 +72,16 @@ func fill(fd int, buf []byte, reads *int) (int, error) {
 }
 
 func relay(url string, argv []string) error {
-	d := websocket.Dialer{ReadBufferSize: 4 << 10, WriteBufferSize: 64 << 10}
+	// The socket as tether sets it up: at most 16 KiB unsent.
+	d := websocket.Dialer{ReadBufferSize: 4 << 10, WriteBufferSize: 64 << 10,
+		NetDial: func(network, addr string) (net.Conn, error) {
+			nd := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+				return c.Control(func(fd uintptr) {
+					_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, 16<<10)
+				})
+			}}
+			return nd.Dial(network, addr)
+		}}
 	ws, _, err := d.Dial(url, nil)
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", url, err)
