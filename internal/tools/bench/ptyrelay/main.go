@@ -40,35 +40,36 @@ func main() {
 // threshold (internal/shell).
 const busyRead = 1024
 
-// fill waits until fd is readable, then reads while full reads come, up to
-// len(buf).
-func fill(fd int, buf []byte, reads *int) (int, error) {
-	for {
-		m, err := unix.Read(fd, buf)
+// fill waits until the pty is readable, then reads while big reads come,
+// up to len(buf).
+func fill(rc syscall.RawConn, buf []byte, reads *int) (n int, err error) {
+	rerr := rc.Read(func(fd uintptr) bool {
+		m, e := unix.Read(int(fd), buf)
 		*reads++
-		if err == unix.EAGAIN {
-			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-			if _, perr := unix.Poll(pfd, -1); perr != nil && perr != unix.EINTR {
-				return 0, perr
+		if e == unix.EAGAIN {
+			return false // wait in the poller
+		}
+		if e != nil || m <= 0 {
+			n, err = 0, e
+			if e == nil {
+				err = io.EOF
 			}
-			continue
+			return true
 		}
-		if err != nil {
-			return 0, err
-		}
-		if m == 0 {
-			return 0, io.EOF
-		}
-		n := m
+		n = m
 		for m >= busyRead && n < len(buf) {
 			*reads++
-			if m, err = unix.Read(fd, buf[n:]); m <= 0 || err != nil {
+			if m, e = unix.Read(int(fd), buf[n:]); m <= 0 || e != nil {
 				break // EAGAIN, EIO: the next call reports it
 			}
 			n += m
 		}
-		return n, nil
+		return true
+	})
+	if rerr != nil {
+		return n, rerr
 	}
+	return n, err
 }
 
 func relay(url string, argv []string) error {
@@ -97,14 +98,28 @@ func relay(url string, argv []string) error {
 	// and writes without the protocol: wait for data, then take what is
 	// already there (the line discipline hands out at most 4 KiB per
 	// read) up to 32 KiB, and send that as one frame.
-	fd := int(f.Fd())
-	if err := unix.SetNonblock(fd, true); err != nil {
+	//
+	// Reads wait in Go's poller, as tether's do, not in a blocking poll:
+	// a blocking system call hands the runtime's P to another thread and
+	// back, which on a small CPU costs more than the copy.
+	dup, err := unix.Dup(int(f.Fd()))
+	if err != nil {
+		return fmt.Errorf("dup pty: %w", err)
+	}
+	if err := unix.SetNonblock(dup, true); err != nil {
+		unix.Close(dup)
 		return fmt.Errorf("pty non-blocking: %w", err)
+	}
+	pf := os.NewFile(uintptr(dup), "ptmx")
+	defer pf.Close()
+	rc, err := pf.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("pty raw conn: %w", err)
 	}
 	buf := make([]byte, 32<<10)
 	reads, frames := 0, 0
 	for {
-		n, err := fill(fd, buf, &reads)
+		n, err := fill(rc, buf, &reads)
 		if n > 0 {
 			frames++
 			if werr := ws.WriteMessage(websocket.BinaryMessage, buf[:n]); werr != nil {
