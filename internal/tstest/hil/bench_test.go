@@ -406,7 +406,8 @@ func startSink(r *rig) *sink {
 // returns its own CPU time (the cat's is not in it).
 func benchRelay(r *rig, term *mockserver.Terminal, relay string, s *sink, wire int64) timing {
 	r.t.Helper()
-	v := strings.Fields(r.valueWithin(term, "relaycpu", fmt.Sprintf("%s %s cat %s", relay, s.url, benchFile), 10*time.Minute))
+	v := strings.Fields(r.valueWithin(term, "relaycpu", fmt.Sprintf("time -o /tmp/relay.time -f '%%e %%U %%S' %s %s cat %s", relay, s.url, benchFile), 10*time.Minute))
+	whole := busyboxTime(r, term, "/tmp/relay.time")
 	var n int64
 	select {
 	case n = <-s.counts:
@@ -419,7 +420,7 @@ func benchRelay(r *rig, term *mockserver.Terminal, relay string, s *sink, wire i
 	if len(v) != 4 {
 		r.t.Fatalf("relaycpu=%q: want \"user sys reads frames\"", v)
 	}
-	r.t.Logf("relay: %s pty reads, %s frames", v[2], v[3])
+	r.t.Logf("relay: %s pty reads, %s frames; wall %.2f s, with its cat %.2f user + %.2f sys", v[2], v[3], whole.elapsed, whole.user, whole.sys)
 	u, err1 := strconv.ParseFloat(v[0], 64)
 	y, err2 := strconv.ParseFloat(v[1], 64)
 	if err1 != nil || err2 != nil {
