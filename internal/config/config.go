@@ -190,6 +190,14 @@ type LinkConfig struct {
 	WriteTimeout Duration
 	// MaxMessageSize is the largest inbound websocket message in bytes.
 	MaxMessageSize int
+	// LatencyTarget bounds the bytes on their way to the server to what
+	// the path drains in about this long, so a keystroke's echo does not
+	// wait behind seconds of another session's output on a slow link; 0
+	// turns the bound off.
+	LatencyTarget Duration
+	// CongestionControl is the TCP congestion control of the link's
+	// socket (e.g. "bbr"); "" keeps the kernel's default.
+	CongestionControl string
 	// CAFile is an optional PEM file of CAs trusted for wss:// in addition
 	// to the system pool. Upstream's ServerCertificate is not read: it is
 	// deprecated there and must not change what a legacy file means.
@@ -265,6 +273,7 @@ func Default() *Config {
 			ReadTimeout:    Duration(75 * time.Second),
 			WriteTimeout:   Duration(10 * time.Second),
 			MaxMessageSize: DefaultMaxMessageSize,
+			LatencyTarget:  Duration(DefaultLatencyTarget),
 		},
 		Log:          LogConfig{Level: "info", Format: "text", Journal: "auto"},
 		FileTransfer: filetransfer.DefaultConfig(),
@@ -272,6 +281,10 @@ func Default() *Config {
 		MenderClient: menderclient.DefaultConfig(),
 	}
 }
+
+// DefaultLatencyTarget is Link.LatencyTarget's default: a keystroke's echo
+// waits about this long behind a flood, plus the path's round trip.
+const DefaultLatencyTarget = 150 * time.Millisecond
 
 // DefaultReplayBuffer keeps a screen or two of a busy shell (a full
 // 200×50 screen of colored text is some 30 KiB).

@@ -72,6 +72,12 @@ func (c *Config) Validate(shellsFile string) error {
 	confval.CheckDuration(add, "Link.PingInterval", l.PingInterval, 10*time.Millisecond, time.Hour)
 	confval.CheckDurationAbove(add, "Link.ReadTimeout", l.ReadTimeout, "Link.PingInterval", l.PingInterval, 24*time.Hour)
 	confval.CheckDuration(add, "Link.WriteTimeout", l.WriteTimeout, 10*time.Millisecond, 10*time.Minute)
+	confval.CheckDuration(add, "Link.LatencyTarget", l.LatencyTarget, 0, time.Minute)
+	if cc := l.CongestionControl; len(cc) > 15 || strings.ContainsFunc(cc, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_' || r == '-')
+	}) {
+		add("Link.CongestionControl", "%q is not a congestion control name (see /proc/sys/net/ipv4/tcp_available_congestion_control)", cc)
+	}
 	if l.MaxMessageSize < 64<<10 || l.MaxMessageSize > 8<<20 {
 		add("Link.MaxMessageSize", "%d is out of range (allowed %d..%d, 64 KiB..8 MiB)", l.MaxMessageSize, 64<<10, 8<<20)
 	}

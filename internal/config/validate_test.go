@@ -128,6 +128,10 @@ func TestValidate(t *testing.T) {
 		{"message size low", func(c *Config) { c.Link.MaxMessageSize = 8192 }, []string{"Link.MaxMessageSize: 8192 is out of range (allowed 65536..8388608, 64 KiB..8 MiB)"}},
 		{"message size high", func(c *Config) { c.Link.MaxMessageSize = 8<<20 + 1 }, []string{"Link.MaxMessageSize: 8388609 is out of range"}},
 		{"message size bounds", func(c *Config) { c.Link.MaxMessageSize = 64 << 10 }, nil},
+		{"latency target off", func(c *Config) { c.Link.LatencyTarget = 0 }, nil},
+		{"latency target high", func(c *Config) { c.Link.LatencyTarget = Duration(2 * time.Minute) }, []string{"Link.LatencyTarget: 2m is out of range (allowed 0s..1m)"}},
+		{"congestion control bbr", func(c *Config) { c.Link.CongestionControl = "bbr" }, nil},
+		{"congestion control not a name", func(c *Config) { c.Link.CongestionControl = "bbr; reboot" }, []string{"Link.CongestionControl: \"bbr; reboot\" is not a congestion control name"}},
 
 		{"metrics loopback v4", func(c *Config) { c.Metrics.Listen = "127.0.0.1:9100" }, nil},
 		{"metrics loopback v6", func(c *Config) { c.Metrics.Listen = "[::1]:0" }, nil},

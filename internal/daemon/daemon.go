@@ -144,15 +144,18 @@ func Run(ctx context.Context, o Options) error {
 		ReadTimeout:    cfg.Link.ReadTimeout.Duration(),
 		WriteTimeout:   cfg.Link.WriteTimeout.Duration(),
 		MaxMessageSize: cfg.Link.MaxMessageSize,
-		BackoffBase:    cfg.Reconnect.BackoffBase.Duration(),
-		BackoffMax:     cfg.Reconnect.BackoffMax.Duration(),
-		FirstJitter:    cfg.Reconnect.FirstJitter.Duration(),
-		Refresh:        src.Refresh,
-		Reader:         readerLoop,
-		Writer:         writerLoop,
-		Observer:       rec,
-		State:          status.setLink,
-		Alert:          status.setAlert,
+		LatencyTarget:  cfg.Link.LatencyTarget.Duration(),
+		// The key's name is the kernel's.
+		CongestionControl: cfg.Link.CongestionControl,
+		BackoffBase:       cfg.Reconnect.BackoffBase.Duration(),
+		BackoffMax:        cfg.Reconnect.BackoffMax.Duration(),
+		FirstJitter:       cfg.Reconnect.FirstJitter.Duration(),
+		Refresh:           src.Refresh,
+		Reader:            readerLoop,
+		Writer:            writerLoop,
+		Observer:          rec,
+		State:             status.setLink,
+		Alert:             status.setAlert,
 	}, router, out)
 	if err != nil {
 		return err

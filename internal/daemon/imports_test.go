@@ -16,7 +16,7 @@ func TestShippedBinaryHasNoTestCode(t *testing.T) {
 		"internal/mockserver", "internal/mockauth", "internal/tstest/dbustest", "internal/tstest/leakcheck",
 		"internal/tstest/syncbuf", "internal/tstest/testclock", "internal/tstest/itest", "internal/tstest/containertest",
 		"internal/tools/bench", "internal/tools/buildcheck", "internal/tools/layercheck", "internal/tools/fleetsim",
-		"internal/tstest/hil", "cmd/mock-mender", "cmd/mock-authd",
+		"internal/tstest/hil", "internal/tstest/slowpath", "cmd/mock-mender", "cmd/mock-authd",
 	}
 	for _, tags := range []string{"", "nometrics"} {
 		out, err := exec.Command("go", "list", "-tags", tags, "-deps", "-f", "{{.ImportPath}}", mod+"cmd/tether").Output()

@@ -2,8 +2,10 @@ package link
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -26,9 +28,11 @@ const notSentLowat = 16 << 10
 // fresh deadline, so the write timeout means "no progress".
 const progressChunk = 16 << 10
 
-// dialTCP dials with a small unsent-bytes bound and wraps the connection
-// so that its write deadline counts from the last progress.
-func dialTCP(writeTimeout time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
+// dialTCP dials with a small unsent-bytes bound and the configured
+// congestion control, and wraps the connection so that its write deadline
+// counts from the last progress.
+func dialTCP(writeTimeout time.Duration, congestion string, log *slog.Logger) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	var warned atomic.Bool
 	d := &net.Dialer{
 		Timeout: 30 * time.Second,
 		Control: func(_, _ string, c syscall.RawConn) error {
@@ -36,6 +40,16 @@ func dialTCP(writeTimeout time.Duration) func(ctx context.Context, network, addr
 			// only with more latency behind bulk output.
 			return c.Control(func(fd uintptr) {
 				_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, notSentLowat)
+				if congestion == "" {
+					return
+				}
+				// A kernel without the module refuses it: the link works
+				// with the default, said once, not on every redial.
+				err := unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, congestion)
+				if err != nil && log != nil && warned.CompareAndSwap(false, true) {
+					log.Warn("Link.CongestionControl not available; using the kernel's default (see /proc/sys/net/ipv4/tcp_available_congestion_control)",
+						"congestion_control", congestion, "error", err)
+				}
 			})
 		},
 	}

@@ -79,9 +79,15 @@ type Options struct {
 	ReadTimeout    time.Duration
 	WriteTimeout   time.Duration
 	MaxMessageSize int
-	BackoffBase    time.Duration
-	BackoffMax     time.Duration
-	FirstJitter    time.Duration // random delay before redialling after a long-lived link drops
+	// LatencyTarget bounds the bytes in flight to the server to what the
+	// path drains in about this long (pace.go); 0 turns pacing off.
+	LatencyTarget time.Duration
+	// CongestionControl names the TCP congestion control for the link's
+	// socket (TCP_CONGESTION, e.g. "bbr"); "" keeps the kernel's default.
+	CongestionControl string
+	BackoffBase       time.Duration
+	BackoffMax        time.Duration
+	FirstJitter       time.Duration // random delay before redialling after a long-lived link drops
 	// Refresh asks the auth service for a new token (after a 401).
 	Refresh func()
 	// Reader and Writer are health handles for the two loops; optional.
@@ -131,7 +137,7 @@ func New(opts Options, h Handler, m *mux.Mux) (*Link, error) {
 		TLSClientConfig:  tlsConf,
 		ReadBufferSize:   64 << 10,
 		WriteBufferSize:  64 << 10,
-		NetDialContext:   dialTCP(opts.WriteTimeout),
+		NetDialContext:   dialTCP(opts.WriteTimeout, opts.CongestionControl, opts.Log),
 	}
 	if opts.Observer == nil {
 		opts.Observer = nopObserver{}
@@ -389,9 +395,14 @@ func (l *Link) serve(ctx context.Context, conn *websocket.Conn, target string) e
 		}
 		closeOnce(done)
 	}
+	// One pacer per connection: what it learnt of the path goes with it.
+	pace := newPacer(l.opts.LatencyTarget)
+	if l.opts.LatencyTarget > 0 {
+		l.mux.Gate(func() bool { return pace.allow(time.Now()) })
+	}
 	// Producers may write a frame themselves when the writer is idle.
 	l.mux.Up(func(f []byte) error {
-		err := l.writeFrame(conn, f)
+		err := l.writeFrame(conn, f, pace)
 		if err != nil {
 			fail(err)
 		}
@@ -400,11 +411,11 @@ func (l *Link) serve(ctx context.Context, conn *websocket.Conn, target string) e
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		fail(l.readLoop(conn))
+		fail(l.readLoop(conn, pace))
 	}()
 	go func() {
 		defer wg.Done()
-		fail(l.writeLoop(conn, done))
+		fail(l.writeLoop(conn, done, pace))
 	}()
 	// During an identity conflict episode, a connection that stays up
 	// long enough ends it while it is still up, so that the status line
@@ -514,7 +525,7 @@ const bodyPoolKeep = 32
 
 // readLoop reads frames until the connection fails. Any frame, data or
 // control, refreshes the read deadline (upstream only counted ping/pong).
-func (l *Link) readLoop(conn *websocket.Conn) error {
+func (l *Link) readLoop(conn *websocket.Conn, pace *pacer) error {
 	if l.opts.Reader != nil {
 		l.opts.Reader.Unpark()
 	}
@@ -531,7 +542,11 @@ func (l *Link) readLoop(conn *websocket.Conn) error {
 		}
 		return err
 	})
-	conn.SetPongHandler(func(string) error { refresh(); return nil })
+	conn.SetPongHandler(func(string) error {
+		l.mux.SetFrameHint(pace.ponged(time.Now()))
+		refresh()
+		return nil
+	})
 	limit := int64(l.opts.MaxMessageSize)
 	// One buffer and one limiter for every frame: the frame is decoded
 	// (and copied out) before the next one is read.
@@ -594,21 +609,53 @@ func (l *Link) malformed(de *wire.DecodeError) {
 }
 
 // writeLoop is the only writer of data frames. It sends frames from the mux
-// in round-robin order and a keep-alive ping every PingInterval. Idle, it
+// in round-robin order while the pacer allows, pings to measure the path
+// as the pacer asks, and a keep-alive ping every PingInterval. Idle, it
 // wakes only for the keep-alive and the health monitor's probe.
-func (l *Link) writeLoop(conn *websocket.Conn, done <-chan struct{}) error {
+func (l *Link) writeLoop(conn *websocket.Conn, done <-chan struct{}, pace *pacer) error {
 	if l.opts.Writer != nil {
 		l.opts.Writer.Unpark()
 	}
 	ping := time.NewTicker(l.opts.PingInterval)
 	defer ping.Stop()
 	asked := probe(l.opts.Writer)
+	sendPing := func() error {
+		// The pacer marks the bytes before the ping, which its pong
+		// confirms; the keep-alive counts as a measuring ping too.
+		now := time.Now()
+		pace.pinged(now)
+		if err := conn.WriteControl(websocket.PingMessage, []byte("60"), now.Add(l.opts.WriteTimeout)); err != nil {
+			return fmt.Errorf("ping: %w", err)
+		}
+		return nil
+	}
+	// The first ping goes before any frame: its round trip, with nothing
+	// ahead of it, is the path's own, which the pacer's window adds to
+	// the target (a backlog queued across a reconnect would inflate it).
+	if l.opts.LatencyTarget > 0 {
+		if err := sendPing(); err != nil {
+			return err
+		}
+	}
 	for {
-		for f := l.mux.Next(); f != nil; f = l.mux.Next() {
-			err := l.writeFrame(conn, f)
+		open := true
+		for {
+			if open = pace.allow(time.Now()); !open {
+				break
+			}
+			f := l.mux.Next()
+			if f == nil {
+				break
+			}
+			err := l.writeFrame(conn, f, pace)
 			l.mux.Written(err)
 			if err != nil {
 				return err
+			}
+			if pace.probeDue(time.Now(), false) {
+				if err := sendPing(); err != nil {
+					return err
+				}
 			}
 			l.beat(l.opts.Writer)
 			select {
@@ -617,15 +664,29 @@ func (l *Link) writeLoop(conn *websocket.Conn, done <-chan struct{}) error {
 			default:
 			}
 		}
+		// Direct writes do not ask for a ping; while the window is shut
+		// one must be out, or no pong would open it.
+		if pace.probeDue(time.Now(), !open) {
+			if err := sendPing(); err != nil {
+				return err
+			}
+		}
+		// While the pacer holds the writer back, new frames need not
+		// wake it: the next pong does.
+		wake := l.mux.Wake()
+		if !open {
+			wake = nil
+		}
 		select {
 		case <-done:
 			return nil
-		case <-l.mux.Wake():
+		case <-wake:
+		case <-pace.opened:
 		case <-asked:
 			l.beat(l.opts.Writer)
 		case <-ping.C:
-			if err := conn.WriteControl(websocket.PingMessage, []byte("60"), time.Now().Add(l.opts.WriteTimeout)); err != nil {
-				return fmt.Errorf("ping: %w", err)
+			if err := sendPing(); err != nil {
+				return err
 			}
 		}
 	}
@@ -635,10 +696,11 @@ func (l *Link) writeLoop(conn *websocket.Conn, done <-chan struct{}) error {
 // does at a time. The connection enforces the write timeout as "no
 // progress for that long" (progressConn), so a slow but live server never
 // trips it.
-func (l *Link) writeFrame(conn *websocket.Conn, f []byte) error {
+func (l *Link) writeFrame(conn *websocket.Conn, f []byte, pace *pacer) error {
 	if err := conn.WriteMessage(websocket.BinaryMessage, f); err != nil {
 		return fmt.Errorf("write: %w", err)
 	}
+	pace.wrote(len(f))
 	l.traceFrame("frame out", f)
 	l.opts.Observer.FrameOut()
 	return nil

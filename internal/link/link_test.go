@@ -159,7 +159,7 @@ func TestWriteTimeoutMeansNoProgress(t *testing.T) {
 				}
 			}()
 			defer func() { close(stop); <-readerDone }()
-			c, err := dialTCP(500*time.Millisecond)(context.Background(), "tcp", ln.Addr().String())
+			c, err := dialTCP(500*time.Millisecond, "", nil)(context.Background(), "tcp", ln.Addr().String())
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -44,6 +45,11 @@ func (f *frame) cost() int { return max(len(f.b), f.held) }
 type Mux struct {
 	now func() time.Time
 
+	// frameHint is the largest frame the link wants now (0: any size): on
+	// a slow link a big frame is seconds of wire time a keystroke's echo
+	// waits behind, so producers cut their output to it.
+	frameHint atomic.Int64
+
 	mu    sync.Mutex
 	ready []*Queue // queues with pending frames, in service order
 	up    bool
@@ -56,6 +62,9 @@ type Mux struct {
 	inFlight *Queue // the queue of the frame the writer took with Next
 	flight   frame
 	direct   func([]byte) error // writes one frame on the live connection
+	// gate, when set, says whether a frame may go on the connection now
+	// (the link's pacer); a producer writes directly only while it does.
+	gate func() bool
 
 	// Link-up time, from the monotonic clock: health checks count only
 	// time in which the peer could have answered.
@@ -114,7 +123,7 @@ func (q *Queue) put(ctx context.Context, f frame) error {
 		case q.closed:
 			m.mu.Unlock()
 			return ErrQueueClosed
-		case len(b) <= DirectMax && q.bytes == 0 && len(m.ready) == 0 && !m.writing && m.direct != nil:
+		case len(b) <= DirectMax && q.bytes == 0 && len(m.ready) == 0 && !m.writing && m.direct != nil && (m.gate == nil || m.gate()):
 			// Nothing is queued anywhere and nobody is writing: write
 			// the frame now instead of handing it to the writer, which
 			// saves a goroutine wake-up on every keystroke echo.
@@ -275,6 +284,22 @@ func (m *Mux) Up(direct func([]byte) error) {
 	}
 }
 
+// SetFrameHint sets the largest frame producers should make; 0 = any.
+func (m *Mux) SetFrameHint(n int) { m.frameHint.Store(int64(n)) }
+
+// FrameHint is the largest frame the link wants now; 0 = any size.
+func (q *Queue) FrameHint() int { return int(q.m.frameHint.Load()) }
+
+// Gate sets what a producer's direct write must ask first (nil: nothing):
+// while it says no, frames are queued for the writer, which waits for the
+// same gate, so a flood of small frames cannot slip past it. It lasts
+// until Down.
+func (m *Mux) Gate(allow func() bool) {
+	m.mu.Lock()
+	m.gate = allow
+	m.mu.Unlock()
+}
+
 // Ups is signalled when the link comes up: link-up time starts to run
 // again, so timers kept in it (the health check's) are due again.
 func (m *Mux) Ups() <-chan struct{} { return m.ups }
@@ -286,8 +311,9 @@ func (m *Mux) Down() {
 		m.upTotal += m.now().Sub(m.upSince)
 		m.up = false
 	}
-	m.direct = nil
+	m.direct, m.gate = nil, nil
 	m.mu.Unlock()
+	m.frameHint.Store(0)
 }
 
 // UpTime is the total time the link has been up, by the monotonic clock.

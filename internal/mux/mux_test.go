@@ -322,3 +322,48 @@ func TestQueueFrameCycleDoesNotAllocate(t *testing.T) {
 		}
 	}
 }
+
+// While the link's gate is shut, a small frame is queued for the writer
+// instead of written directly, so a flood of small frames cannot slip past
+// the pacer; once it opens, direct writes resume. Down clears the gate and
+// the frame hint.
+func TestGateStopsDirectWrites(t *testing.T) {
+	m := New(nil)
+	var direct []string
+	m.Up(func(b []byte) error { direct = append(direct, string(b)); return nil })
+	open := false
+	m.Gate(func() bool { return open })
+	m.SetFrameHint(4096)
+	q := m.NewQueue(100)
+	if q.FrameHint() != 4096 {
+		t.Fatalf("frame hint %d, want 4096", q.FrameHint())
+	}
+	if err := q.Put(context.Background(), []byte("shut")); err != nil {
+		t.Fatal(err)
+	}
+	if len(direct) != 0 {
+		t.Fatalf("written directly through a shut gate: %q", direct)
+	}
+	if got := drain(m); len(got) != 1 || got[0] != "shut" {
+		t.Fatalf("queued %q, want [shut]", got)
+	}
+	open = true
+	if err := q.Put(context.Background(), []byte("open")); err != nil {
+		t.Fatal(err)
+	}
+	if len(direct) != 1 || direct[0] != "open" {
+		t.Fatalf("direct writes %q, want [open]", direct)
+	}
+	m.Down()
+	if q.FrameHint() != 0 {
+		t.Fatalf("frame hint %d after Down, want 0", q.FrameHint())
+	}
+	open = false
+	m.Up(func(b []byte) error { direct = append(direct, string(b)); return nil })
+	if err := q.Put(context.Background(), []byte("again")); err != nil {
+		t.Fatal(err)
+	}
+	if len(direct) != 2 {
+		t.Fatalf("the gate outlived Down: direct writes %q", direct)
+	}
+}

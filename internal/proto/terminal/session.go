@@ -713,12 +713,33 @@ func (s *session) pumpOutput(proc *shell.Process) {
 	}
 }
 
+// sendCut queues n bytes of output as frames of at most hint bytes each,
+// for a slow link (mux.Queue.FrameHint): a frame that takes a second on
+// the wire is a second another session's keystroke echo waits behind it.
+// The copies cost an allocation per frame, which only a slow link pays.
+func (s *session) sendCut(ctx context.Context, sid string, fb *[]byte, n, hint int) error {
+	defer s.t.putBuf(fb)
+	out := (*fb)[frameHeadroom : frameHeadroom+n]
+	for len(out) > 0 {
+		c := out[:min(len(out), hint)]
+		out = out[len(c):]
+		frame := wire.AppendShellOutput(make([]byte, 0, len(c)+wire.ShellOutputOverhead(len(sid))), sid, c)
+		if err := s.q.Put(ctx, frame); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // send queues n bytes of output read into the pooled buffer fb, behind
 // frameHeadroom, as a frame of session sid. A big read becomes a frame in
 // place, and the buffer goes back to the pool once written; a small one
 // is copied into a frame of its own size and the buffer returned at once.
 // The buffer is back in the pool, or owned by the queue, on return.
 func (s *session) send(ctx context.Context, sid string, hdr []byte, fb *[]byte, n int) error {
+	if hint := s.q.FrameHint(); hint > 0 && n > hint {
+		return s.sendCut(ctx, sid, fb, n, hint)
+	}
 	if wire.ShellOutputOverhead(len(sid)) <= frameHeadroom && n >= s.t.opts.ReadBuffer/2 {
 		h := wire.AppendShellOutputHeader(hdr[:0], sid, n)
 		start := frameHeadroom - len(h)

@@ -301,3 +301,46 @@ func TestPingGoesEarlyWithALead(t *testing.T) {
 func stopped(s *session) bool {
 	return errors.Is(s.ctx.Err(), context.Canceled)
 }
+
+// On a slow link (a frame hint from the link's pacer) a big read goes out
+// as frames of at most the hint, in order, all of it; without a hint it
+// is one frame.
+func TestOutputCutToFrameHint(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		hint   int
+		frames int
+	}{
+		{"no hint", 0, 1},
+		{"hint 1000", 1000, 4},
+		{"hint above the read", 1 << 20, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tp := New(Options{ReadBuffer: 4000})
+			m := mux.New(nil)
+			s := testSession(tp, m, "sid")
+			s.q = m.NewQueue(1 << 20)
+			m.SetFrameHint(tc.hint)
+			fb := tp.getBuf()
+			want := make([]byte, 3500)
+			for i := range want {
+				want[i] = byte('a' + i%26)
+			}
+			copy((*fb)[frameHeadroom:], want)
+			if err := s.send(context.Background(), "sid", make([]byte, 0, frameHeadroom), fb, len(want)); err != nil {
+				t.Fatal(err)
+			}
+			var got []byte
+			out := frames(m)
+			for _, f := range out {
+				if tc.hint > 0 && len(f.Body) > tc.hint {
+					t.Errorf("a frame of %d bytes past a hint of %d", len(f.Body), tc.hint)
+				}
+				got = append(got, f.Body...)
+			}
+			if len(out) != tc.frames || string(got) != string(want) {
+				t.Errorf("%d frames carrying %d bytes, want %d frames carrying the %d bytes in order", len(out), len(got), tc.frames, len(want))
+			}
+		})
+	}
+}

@@ -5,12 +5,19 @@ package hiltests
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
 
 	"github.com/tether-agent/tether/internal/mockserver"
 	"github.com/tether-agent/tether/internal/tools/bench/procstat"
@@ -78,6 +85,7 @@ type benchRun struct {
 	guestBusy  float64 // the guest's non-idle share of its one CPU meanwhile
 	hostQEMU   float64 // QEMU's CPU time at the host over the wall time
 	catNull    float64 // cat >/dev/null user+sys, per read of the file
+	relay      timing  // the plain relay's own user and sys (no elapsed)
 }
 
 func guestBench(r *rig, size int64, runs int) {
@@ -107,13 +115,16 @@ func guestBench(r *rig, size int64, runs int) {
 		wire, crlf = size+lines, ", \\n as \\r\\n"
 	}
 
+	relay := installRelay(r, term)
+	sink := startSink(r)
 	all := make([]benchRun, 0, runs)
 	for i := range runs {
 		b := benchSession(r, term, pid, tck, wire)
 		b.catNull = benchDevNull(r, term)
-		r.t.Logf("run %d: %s wall %.2f s (cat's own %.2f s), %d bytes received; CPU-s tether %.2f (sys %.2f; %d reads, %d writes), cat into the pty %.2f; guest busy %.0f %%; QEMU %.0f %% of a host CPU; cat >/dev/null %.3f CPU-s",
+		b.relay = benchRelay(r, term, relay, sink, wire)
+		r.t.Logf("run %d: %s wall %.2f s (cat's own %.2f s), %d bytes received; CPU-s tether %.2f (sys %.2f; %d reads, %d writes), cat into the pty %.2f; guest busy %.0f %%; QEMU %.0f %% of a host CPU; cat >/dev/null %.3f CPU-s; plain pty → websocket relay %.2f CPU-s (sys %.2f)",
 			i+1, r.spec.Arch, b.wall.Seconds(), b.catElapsed, b.received, b.tether, b.tetherSys, b.reads, b.writes,
-			b.catPty, 100*b.guestBusy, 100*b.hostQEMU, b.catNull)
+			b.catPty, 100*b.guestBusy, 100*b.hostQEMU, b.catNull, b.relay.user+b.relay.sys, b.relay.sys)
 		all = append(all, b)
 	}
 	r.rss = r.rssOf(term, "pidof tether")
@@ -141,18 +152,22 @@ func guestBench(r *rig, size int64, runs int) {
 	writes := med(func(b benchRun) float64 { return float64(b.writes) })
 	catPty := med(func(b benchRun) float64 { return b.catPty })
 	catNull := med(func(b benchRun) float64 { return b.catNull })
+	relayCPU := med(func(b benchRun) float64 { return b.relay.user + b.relay.sys })
 	busy := med(func(b benchRun) float64 { return b.guestBusy })
 	host := med(func(b benchRun) float64 { return b.hostQEMU })
-	ratio := "∞"
+	ratio, overRelay := "∞", "∞"
 	if catPty > 0 {
 		ratio = fmt.Sprintf("%.1f", tether/catPty)
 	}
+	if relayCPU > 0 {
+		overRelay = fmt.Sprintf("%.2f (goal ≤ 1.5)", tether/relayCPU)
+	}
 	r.t.Logf("BENCH-RESULT %s minimal: %d MiB of text (%.1f MB on the wire%s) through the terminal at %.2f MB/s (runs: %s); "+
-		"tether %.3f CPU-s/MB (sys %.3f; %.0f reads + %.0f writes per MB); cat into the pty %.3f CPU-s/MB; cat >/dev/null %.4f CPU-s/MB; tether/cat %s; "+
+		"tether %.3f CPU-s/MB (sys %.3f; %.0f reads + %.0f writes per MB); plain pty → websocket relay %.3f CPU-s/MB; tether/relay %s; cat into the pty %.3f CPU-s/MB; cat >/dev/null %.4f CPU-s/MB; tether/cat %s; "+
 		"guest CPU busy %.0f %% (of %s), QEMU %.0f %% of a host CPU; medians of %d; clock %s; tether RSS after %s",
 		r.spec.Arch, size>>20, float64(wire)/1e6, crlf,
 		mb/wall, strings.Join(walls, " "),
-		tether/mb, tetherSys/mb, reads/mb, writes/mb, catPty/mb, catNull/mb, ratio,
+		tether/mb, tetherSys/mb, reads/mb, writes/mb, relayCPU/mb, overRelay, catPty/mb, catNull/mb, ratio,
 		100*busy, cpus, 100*host, len(all), tck, r.rss)
 }
 
@@ -313,4 +328,103 @@ func clockTicks(r *rig, term *mockserver.Terminal) clock {
 	}
 	r.t.Fatalf("no AT_CLKTCK in the guest's auxiliary vector: %q", v)
 	return clock{}
+}
+
+// relayPath is where the plain relay is put in the guest.
+const relayPath = "/tmp/ptyrelay"
+
+// installRelay builds internal/tools/bench/ptyrelay statically for the
+// guest's architecture and uploads it through tether's file transfer.
+func installRelay(r *rig, term *mockserver.Terminal) string {
+	r.t.Helper()
+	goarch, goarm := r.spec.Arch, ""
+	switch r.spec.Arch {
+	case "armhf":
+		goarch, goarm = "arm", "7"
+	case "armel":
+		goarch, goarm = "arm", "5"
+	}
+	bin := filepath.Join(r.t.TempDir(), "ptyrelay")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "../../tools/bench/ptyrelay")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+goarch, "GOARM="+goarm)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		r.t.Fatalf("building the relay for %s: %v\n%s", r.spec.Arch, err, out)
+	}
+	f, err := os.Open(bin)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer f.Close()
+	ctx, cancel := context.WithTimeout(r.ctx, 5*time.Minute)
+	defer cancel()
+	if err := mockserver.UploadFile(ctx, r.url, r.jwt(admin), r.dev.ID(), relayPath, "ptyrelay", f, nil, nil); err != nil {
+		r.t.Fatalf("uploading the relay: %v", err)
+	}
+	r.run(term, "chmod 755 "+relayPath)
+	return relayPath
+}
+
+// sink is the relay's far end on the host: a websocket endpoint that
+// counts the bytes of each connection and hands the count over when the
+// relay closes it.
+type sink struct {
+	url    string // as the guest reaches it
+	counts chan int64
+}
+
+func startSink(r *rig) *sink {
+	r.t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	s := &sink{url: fmt.Sprintf("ws://10.0.2.2:%d/sink", l.Addr().(*net.TCPAddr).Port), counts: make(chan int64, 4)}
+	up := websocket.Upgrader{ReadBufferSize: 64 << 10}
+	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		ws, err := up.Upgrade(w, req, nil)
+		if err != nil {
+			return
+		}
+		defer ws.Close()
+		var n int64
+		for {
+			_, rd, err := ws.NextReader()
+			if err != nil {
+				s.counts <- n
+				return
+			}
+			m, _ := io.Copy(io.Discard, rd)
+			n += m
+		}
+	})}
+	go func() { _ = srv.Serve(l) }()
+	r.root.Cleanup(func() { srv.Close() })
+	return s
+}
+
+// benchRelay runs the plain relay on the same data in the same guest and
+// returns its own CPU time (the cat's is not in it).
+func benchRelay(r *rig, term *mockserver.Terminal, relay string, s *sink, wire int64) timing {
+	r.t.Helper()
+	v := strings.Fields(r.valueWithin(term, "relaycpu", fmt.Sprintf("time -o /tmp/relay.time -f '%%e %%U %%S' %s %s cat %s", relay, s.url, benchFile), 10*time.Minute))
+	whole := busyboxTime(r, term, "/tmp/relay.time")
+	var n int64
+	select {
+	case n = <-s.counts:
+	case <-time.After(time.Minute):
+		r.t.Fatal("the relay's sink saw no end")
+	}
+	if n != wire {
+		r.t.Fatalf("the relay carried %d bytes of %d", n, wire)
+	}
+	if len(v) != 4 {
+		r.t.Fatalf("relaycpu=%q: want \"user sys reads frames\"", v)
+	}
+	r.t.Logf("relay: %s pty reads, %s frames; wall %.2f s, with its cat %.2f user + %.2f sys", v[2], v[3], whole.elapsed, whole.user, whole.sys)
+	u, err1 := strconv.ParseFloat(v[0], 64)
+	y, err2 := strconv.ParseFloat(v[1], 64)
+	if err1 != nil || err2 != nil {
+		r.t.Fatalf("relaycpu=%q: %v %v", v, err1, err2)
+	}
+	return timing{user: u, sys: y}
 }

@@ -44,6 +44,8 @@ func main() {
 	pfOnly := flag.Bool("portforward-only", false, "measure only port forwarding")
 	idleOnly := flag.Bool("idle-only", false, "measure only the idle daemon's wakeups and CPU")
 	echoOnly := flag.Bool("echo-only", false, "measure only the keystroke echo and the output throughput")
+	slowOnly := flag.Bool("slowlink-only", false, "measure only the echo beside a flood on slow links")
+	slowKeys := flag.Int("slowkeys", 30, "keystrokes per path for the slow-link echo")
 	flag.Parse()
 	if spec := os.Getenv(relayEnv); spec != "" {
 		if err := serveRelay(spec); err != nil {
@@ -66,6 +68,13 @@ func main() {
 		}
 		return
 	}
+	if *slowOnly {
+		if err := slowLinkRows(*bin, *slowKeys); err != nil {
+			fmt.Fprintln(os.Stderr, "tetherbench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *pfOnly {
 		if err := portForwardBench(*bin); err != nil {
 			fmt.Fprintln(os.Stderr, "tetherbench:", err)
@@ -73,7 +82,7 @@ func main() {
 		}
 		return
 	}
-	if err := run(*bin, *keys, *mb, *idleOnly, *echoOnly); err != nil {
+	if err := run(*bin, *keys, *mb, *slowKeys, *idleOnly, *echoOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "tetherbench:", err)
 		os.Exit(1)
 	}
@@ -263,7 +272,7 @@ func (d *daemon) status(key string) int {
 	return 0
 }
 
-func run(bin string, keys, mb int, idleOnly, echoOnly bool) error {
+func run(bin string, keys, mb, slowKeys int, idleOnly, echoOnly bool) error {
 	if _, err := os.Stat(bin); err != nil {
 		return fmt.Errorf("%s: %w (run make build)", bin, err)
 	}
@@ -410,6 +419,9 @@ func run(bin string, keys, mb int, idleOnly, echoOnly bool) error {
 	sortDur(stops)
 	row("stop → shell gone (median of 20)", fmtDur(stops[len(stops)/2]), "upstream ≥ 4 s")
 	if err := b.fileTransfer(d, mb); err != nil {
+		return err
+	}
+	if err := slowLinkRows(bin, slowKeys); err != nil {
 		return err
 	}
 	return portForwardBench(bin)
