@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/tether-agent/tether/internal/shell"
 )
 
 // Default file locations. The fallback is read first, the main file on top.
@@ -129,6 +131,9 @@ type SessionsConfig struct {
 	// IdleCountsOutput makes shell output count as activity for
 	// ExpireAfterIdle, as input always does (upstream: input only).
 	IdleCountsOutput bool
+	// Limits are the sessions' containment and resource limits; its
+	// fields are keys of this section (Sessions.Containment, ...).
+	shell.Limits
 }
 
 // MaxFirstPing is the longest Sessions.PingInterval that works with the
@@ -271,6 +276,7 @@ func Default() *Config {
 			DetachedTimeout: Duration(10 * time.Minute),
 			ProbeGrace:      Duration(1500 * time.Millisecond),
 			ReplayBuffer:    DefaultReplayBuffer,
+			Limits:          shell.DefaultLimits(),
 		},
 		Auth: AuthConfig{Source: AuthSourceDBus},
 		Reconnect: ReconnectConfig{

@@ -52,6 +52,11 @@ func (c *Config) Validate(shellsFile string) error {
 	checkDuration(add, "Sessions.DetachedTimeout", s.DetachedTimeout, 0, 24*time.Hour)
 	checkDuration(add, "Sessions.ProbeGrace", s.ProbeGrace, 100*time.Millisecond, 30*time.Second)
 	checkUint(add, "Sessions.ReplayBuffer", s.ReplayBuffer, 0, MaxReplayBuffer)
+	if err := s.Limits.Validate(); err != nil {
+		for _, e := range unjoin(err) {
+			errs = append(errs, fmt.Errorf("Sessions.%w", e))
+		}
+	}
 
 	c.validateServer(add, addErr)
 	c.validateAuth(add)
@@ -254,4 +259,12 @@ func isLoopback(host string) bool {
 	}
 	addr, err := netip.ParseAddr(host)
 	return err == nil && addr.IsLoopback()
+}
+
+// unjoin splits an errors.Join into its errors.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
