@@ -51,6 +51,7 @@ type Metrics struct {
 	gatherErrors     prometheus.Counter
 	pf               portForward
 	identity         identity
+	usage            *usageCollector
 
 	limitPerUser, limitTotal, limitIdle, limitAbsolute prometheus.Gauge
 
@@ -122,6 +123,7 @@ func New(info BuildInfo, limits Limits) *Metrics {
 
 	m.pf = newPortForward(f)
 	m.identity = newIdentity(f)
+	m.usage = newUsage(m.reg)
 
 	m.reg.MustRegister(
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
