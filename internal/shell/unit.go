@@ -48,7 +48,9 @@ func connectSystemd(ctx context.Context, lim Limits, grace time.Duration) (*syst
 	if fi, err := os.Stat("/run/systemd/system"); err != nil || !fi.IsDir() {
 		return nil, errors.New("PID 1 is not systemd (/run/systemd/system does not exist)")
 	}
-	bus, err := dbus.SystemBusPrivate(dbus.WithContext(ctx))
+	// Not WithContext: the connection lives as long as the daemon, ctx
+	// bounds only the probe's calls.
+	bus, err := dbus.SystemBusPrivate()
 	if err != nil {
 		return nil, fmt.Errorf("system bus: %w", err)
 	}
