@@ -88,7 +88,7 @@ func connectSystemd(ctx context.Context, lim Limits, grace time.Duration) (*syst
 	}
 	u := &systemdUnits{bus: bus, conn: conn, version: version, limits: lim,
 		memMax: lim.memoryBytes(totalRAM()), stopTimeout: 2 * grace,
-		mount: cgroup2Mount("/proc/self/mountinfo"),
+		mount:   cgroup2Mount("/proc/self/mountinfo"),
 		watches: make(map[dbus.ObjectPath]chan struct{}), sigs: make(chan *dbus.Signal, 64)}
 	bus.Signal(u.sigs)
 	go u.dispatch()

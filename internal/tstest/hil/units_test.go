@@ -48,7 +48,7 @@ func (r *rig) escapees(term, check *mockserver.Terminal, tag string) string {
 	r.t.Helper()
 	a, b := "sleep 10"+tag+"1", "sleep 10"+tag+"2"
 	r.run(term, fmt.Sprintf(`setsid %s & (setsid sh -c 'trap "" HUP TERM; %s & wait' &); echo started`, a, b))
-	pattern := "sleep 10" + tag + "[12]"
+	pattern := "^sleep 10" + tag + "[12]"
 	r.eventually(30*time.Second, 200*time.Millisecond, "escapees running", func() error {
 		if n := r.value(check, "n", fmt.Sprintf(`echo "n=$(pgrep -f '%s' | wc -l)"`, pattern)); n != "2" {
 			return fmt.Errorf("%s processes running: %s", pattern, n)
@@ -156,7 +156,7 @@ func unitsSystemd(r *rig, admin *mockserver.Terminal) {
 	// printf joins the marker, so the echoed line does not hold it.
 	_, _ = io.WriteString(s1, `sh -c 'trap "printf \"%s%s\\n\" got- int; exit 7" INT; sleep 102 & wait'`+"\n")
 	r.eventually(30*time.Second, 200*time.Millisecond, "foreground job running", func() error {
-		if n := r.value(admin, "n", `echo "n=$(pgrep -f 'sleep 102' | wc -l)"`); n != "1" {
+		if n := r.value(admin, "n", `echo "n=$(pgrep -f '^sleep 102' | wc -l)"`); n != "1" {
 			return fmt.Errorf("sleep 102 processes: %s", n)
 		}
 		return nil
