@@ -149,6 +149,8 @@ func TestCgroupTasksMax(t *testing.T) {
 	}
 	p.Stop(50 * time.Millisecond)
 	<-p.Stopped()
+	p.limMu.Lock()
+	defer p.limMu.Unlock()
 	if p.forkFails == 0 {
 		t.Fatal("the fork failures were not counted")
 	}

@@ -60,6 +60,7 @@ type Process struct {
 	unit      *unitProc
 	leaf      *leaf
 	cgroupDir string
+	limMu     sync.Mutex // the unit's watcher may still run after a timed-out stop
 	limit     string
 	forkFails uint64
 
@@ -444,10 +445,12 @@ func (p *Process) teardownLeaf(grace time.Duration, closeMaster bool) {
 	}
 	<-p.done
 	oom, forks := l.limitHit()
+	p.limMu.Lock()
 	if oom > 0 {
 		p.limit = LimitMemory
 	}
 	p.forkFails = forks
+	p.limMu.Unlock()
 	_ = l.remove()
 }
 
@@ -513,7 +516,11 @@ func (p *Process) waitGone(gone func() bool, d time.Duration) bool {
 
 // LimitHit says which of the session's limits ended it ("" none,
 // LimitMemory); valid once Stopped is closed.
-func (p *Process) LimitHit() string { return p.limit }
+func (p *Process) LimitHit() string {
+	p.limMu.Lock()
+	defer p.limMu.Unlock()
+	return p.limit
+}
 
 // Containment words where the shell runs, for logs: its unit or cgroup.
 func (p *Process) Containment() string {

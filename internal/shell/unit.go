@@ -346,7 +346,10 @@ func (up *unitProc) watch(p *Process) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		state, err := up.stringProp(ctx, "org.freedesktop.systemd1.Unit", "ActiveState")
 		if err == nil && (state == "inactive" || state == "failed") {
-			p.limit, p.err = up.ending(ctx)
+			limit, err := up.ending(ctx)
+			p.limMu.Lock()
+			p.limit, p.err = limit, err
+			p.limMu.Unlock()
 			cancel()
 			break
 		}
