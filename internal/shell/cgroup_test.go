@@ -73,6 +73,12 @@ func TestStopEndsEscapedProcesses(t *testing.T) {
 	}{
 		{"process group", func(*testing.T) *Containment { return nil }, true},
 		{"cgroup", func(t *testing.T) *Containment { return testCgroup(t, DefaultLimits()) }, false},
+		// Kernels before 5.14 have no cgroup.kill.
+		{"cgroup, freeze and kill", func(t *testing.T) *Containment {
+			c := testCgroup(t, DefaultLimits())
+			c.cg.kill = false
+			return c
+		}, false},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
