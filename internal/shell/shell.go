@@ -1,5 +1,9 @@
 // Package shell runs a login shell on a pty as a given account and tears
-// it down completely: the whole terminal session, not just the shell's pid.
+// it down completely: not just the shell's pid but everything it started.
+// Where the device allows, each shell is contained (contain.go): in a
+// transient systemd unit of its own (unit.go) or a cgroup v2 leaf
+// (cgroup.go), with per-session limits, and torn down by its cgroup; else
+// by its terminal session.
 package shell
 
 import (
