@@ -165,6 +165,12 @@ func unitProperties(s Spec, tty string, lim Limits, memMax uint64, stopTimeout t
 	props := []sdbus.Property{
 		sdbus.PropDescription(desc),
 		sdbus.PropSlice(SliceName),
+		// Not ordered after basic.target: a device stuck in its boot
+		// must still be reachable, and a shell opened early must not
+		// wait for the boot. Stopped at shutdown all the same.
+		p("DefaultDependencies", false),
+		p("Conflicts", []string{"shutdown.target"}),
+		p("Before", []string{"shutdown.target"}),
 		// "started" only once the shell is exec'd: it has opened its
 		// terminal by then, and a missing shell fails the start.
 		sdbus.PropType("exec"),

@@ -19,6 +19,9 @@ func TestUnitProperties(t *testing.T) {
 	common := map[string]any{
 		"Description":         "tether session 3f2c_b1e0-aaaa of user u-1",
 		"Slice":               "tether.slice",
+		"DefaultDependencies": false,
+		"Conflicts":           []string{"shutdown.target"},
+		"Before":              []string{"shutdown.target"},
 		"Type":                "exec",
 		"User":                "alice",
 		"Group":               "100",
