@@ -15,6 +15,7 @@ import (
 	"github.com/tether-agent/tether/internal/proto/filetransfer"
 	"github.com/tether-agent/tether/internal/proto/menderclient"
 	"github.com/tether-agent/tether/internal/proto/portforward"
+	"github.com/tether-agent/tether/internal/shell"
 )
 
 // Default file locations. The fallback is read first, the main file on top.
@@ -142,6 +143,9 @@ type SessionsConfig struct {
 	// and logout (last), with the remote user's id as the host, where
 	// the system keeps those files.
 	LoginRecords bool
+	// Limits are the sessions' containment and resource limits; its
+	// fields are keys of this section (Sessions.Containment, ...).
+	shell.Limits
 }
 
 // MaxFirstPing is the longest Sessions.PingInterval that works with the
@@ -261,6 +265,7 @@ func Default() *Config {
 			ProbeGrace:      Duration(1500 * time.Millisecond),
 			ReplayBuffer:    DefaultReplayBuffer,
 			LoginRecords:    true,
+			Limits:          shell.DefaultLimits(),
 		},
 		Auth: AuthConfig{Source: AuthSourceDBus},
 		Reconnect: ReconnectConfig{

@@ -33,7 +33,7 @@ type envField struct {
 
 // envFields walks v (a struct) the way the environment names its keys:
 // prefix, then each exported field's name upper-cased, joined by '_';
-// nested structs add their name to the prefix.
+// nested structs add their name to the prefix, embedded ones do not.
 //
 // This replaces github.com/kelseyhightower/envconfig with the same names and
 // the same conversions (env_test.go compares the two on every key): its
@@ -48,6 +48,12 @@ func envFields(prefix string, v reflect.Value, out []envField) []envField {
 		}
 		key := prefix + "_" + strings.ToUpper(f.Name)
 		fv := v.Field(i)
+		if f.Anonymous && fv.Kind() == reflect.Struct {
+			// An embedded struct's fields are keys of its parent, as
+			// in JSON and in envconfig.
+			out = envFields(prefix, fv, out)
+			continue
+		}
 		if fv.Kind() == reflect.Struct && !isEnvDecoder(fv) {
 			out = envFields(key, fv, out)
 			continue

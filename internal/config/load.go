@@ -319,11 +319,18 @@ func (w *walker) nextValueStart() int {
 // fieldByFold finds the exported field named key, preferring an exact match
 // and otherwise matching case-insensitively, as encoding/json does.
 func fieldByFold(t reflect.Type, key string) (reflect.StructField, bool) {
-	if f, ok := t.FieldByName(key); ok && f.IsExported() {
+	if f, ok := t.FieldByName(key); ok && f.IsExported() && !f.Anonymous {
 		return f, true
 	}
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
+		if f.Anonymous && f.Type.Kind() == reflect.Struct {
+			// An embedded struct's fields are keys of its parent.
+			if ef, ok := fieldByFold(f.Type, key); ok {
+				return ef, true
+			}
+			continue
+		}
 		if f.IsExported() && strings.EqualFold(f.Name, key) {
 			return f, true
 		}

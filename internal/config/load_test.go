@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tether-agent/tether/internal/shell"
 )
 
 // clearEnv removes every TETHER_* variable for the duration of the test so
@@ -733,6 +735,52 @@ func TestStopExpiredNormalisation(t *testing.T) {
 			eq(t, "ExpireAfterIdle", cfg.Sessions.ExpireAfterIdle, tt.wantIdle)
 			eq(t, "IdleTimeout", cfg.IdleTimeout(), tt.idle)
 			eq(t, "AbsoluteTimeout", cfg.AbsoluteTimeout(), tt.absolut)
+		})
+	}
+}
+
+// The sessions' containment and limits are keys of Sessions (file, any
+// case, and environment), with their defaults, and bad values are named.
+func TestLoadSessionLimits(t *testing.T) {
+	tests := []struct {
+		name    string
+		file    string
+		env     map[string]string
+		want    shell.Limits
+		wantErr string
+		warns   int
+	}{
+		{"defaults", `{"User": "nobody"}`, nil, shell.DefaultLimits(), "", 0},
+		{"file", `{"User": "nobody", "Sessions": {"Containment": "cgroup", "memorymax": "64M", "TasksMax": 32, "CPUWeight": 20, "PAMService": "login"}}`, nil,
+			shell.Limits{Containment: "cgroup", MemoryMax: "64M", TasksMax: 32, CPUWeight: 20, PAMService: "login"}, "", 0},
+		{"environment", `{"User": "nobody"}`, map[string]string{"TETHER_SESSIONS_CONTAINMENT": "process-group", "TETHER_SESSIONS_TASKSMAX": "16"},
+			shell.Limits{Containment: "process-group", MemoryMax: "25%", TasksMax: 16, CPUWeight: 50}, "", 0},
+		{"bad values", `{"User": "nobody", "Sessions": {"Containment": "jail", "MemoryMax": "lots"}}`, nil, shell.Limits{},
+			"Sessions.Containment", 0},
+		{"the struct is no key", `{"User": "nobody", "Sessions": {"Limits": {"TasksMax": 1}}}`, nil, shell.DefaultLimits(), "", 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clearEnv(t)
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			cfg, warnings, _, err := loadFiles(t, tt.file, "", shellsFile(t))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), "Sessions.MemoryMax") {
+					t.Fatalf("Load: %v, want errors about %s and Sessions.MemoryMax", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if cfg.Sessions.Limits != tt.want {
+				t.Errorf("limits %+v, want %+v", cfg.Sessions.Limits, tt.want)
+			}
+			if len(warnings) != tt.warns {
+				t.Errorf("warnings %q, want %d", warnings, tt.warns)
+			}
 		})
 	}
 }

@@ -54,6 +54,11 @@ func (c *Config) Validate(shellsFile string) error {
 	confval.CheckDuration(add, "Sessions.DetachedTimeout", s.DetachedTimeout, 0, 24*time.Hour)
 	confval.CheckDuration(add, "Sessions.ProbeGrace", s.ProbeGrace, 100*time.Millisecond, 30*time.Second)
 	confval.CheckUint(add, "Sessions.ReplayBuffer", s.ReplayBuffer, 0, MaxReplayBuffer)
+	if err := s.Limits.Validate(); err != nil {
+		for _, e := range unjoin(err) {
+			errs = append(errs, fmt.Errorf("Sessions.%w", e))
+		}
+	}
 
 	c.validateServer(add, addErr)
 	c.validateAuth(add)
@@ -237,4 +242,12 @@ func isLoopback(host string) bool {
 	}
 	addr, err := netip.ParseAddr(host)
 	return err == nil && addr.IsLoopback()
+}
+
+// unjoin splits an errors.Join into its errors.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }

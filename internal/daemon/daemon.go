@@ -103,6 +103,15 @@ func Run(ctx context.Context, o Options) error {
 	var release *memoryReleaser // needs the router, which calls it
 	out := mux.New(nil)
 	reaper := shell.NewReaper()
+	if !cfg.Terminal.Disable {
+		// Chosen once: a unit per session, a cgroup per session, or the
+		// process group; it outlives every shell (deferred, it runs
+		// after the shutdown below).
+		box := shell.ChooseContainment(ctx, log, cfg.Sessions.Limits, grace)
+		defer box.Close()
+		reaper.Contain(box)
+		rec.ObserveSessions(func() []metrics.SessionUsage { return sessionUsage(reaper) })
+	}
 	// One descriptor budget for every protocol's remote work.
 	fds := descriptorBudget(cfg, log)
 	protos, err := protocols(cfg, log, acct, rec, reaper, fds)
@@ -318,6 +327,16 @@ func Run(ctx context.Context, o Options) error {
 // must exceed it for the default grace.
 func shutdownBudget(grace time.Duration) time.Duration {
 	return 2*grace + shell.KillWait + time.Second
+}
+
+// sessionUsage is the contained sessions' resource use, for the metrics.
+func sessionUsage(r *shell.Reaper) []metrics.SessionUsage {
+	us := r.Usage()
+	out := make([]metrics.SessionUsage, 0, len(us))
+	for _, u := range us {
+		out = append(out, metrics.SessionUsage{Session: u.Session, MemoryBytes: u.MemoryBytes, CPUSeconds: u.CPU.Seconds()})
+	}
+	return out
 }
 
 // report logs the link state and every session: who, since when, idle

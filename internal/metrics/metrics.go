@@ -32,6 +32,7 @@ const (
 	ReasonShutdown        = "shutdown"         // the daemon is stopping
 	ReasonEvicted         = "evicted"          // replaced by a newer session of the same user
 	ReasonDetachedExpired = "detached_expired" // its peer was gone and nobody reattached it in time
+	ReasonMemoryLimit     = "memory_limit"     // it reached its memory ceiling and was killed whole
 	ReasonOther           = other              // anything not listed above
 )
 
@@ -42,7 +43,7 @@ const other = "other"
 func Reasons() []string {
 	return []string{
 		ReasonUser, ReasonStop, ReasonIdleExpired, ReasonAbsoluteExpired, ReasonShellExit,
-		ReasonHealthTimeout, ReasonTokenCleared, ReasonShutdown, ReasonEvicted, ReasonDetachedExpired, ReasonOther,
+		ReasonHealthTimeout, ReasonTokenCleared, ReasonShutdown, ReasonEvicted, ReasonDetachedExpired, ReasonMemoryLimit, ReasonOther,
 	}
 }
 

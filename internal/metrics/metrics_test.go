@@ -34,8 +34,8 @@ func TestLabelValues(t *testing.T) {
 			t.Errorf("(%q) = %q, want %q", tt.in, got, tt.want)
 		}
 	}
-	if n := len(Reasons()); n != 11 {
-		t.Errorf("%d reasons, want the 9 of the issue, detached_expired and other", n)
+	if n := len(Reasons()); n != 12 {
+		t.Errorf("%d reasons, want the 9 of the issue, detached_expired, memory_limit and other", n)
 	}
 }
 

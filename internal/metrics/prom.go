@@ -52,6 +52,7 @@ type Metrics struct {
 	gatherErrors     prometheus.Counter
 	pf               portForward
 	identity         identity
+	usage            *usageCollector
 
 	limitPerUser, limitTotal, limitIdle, limitAbsolute prometheus.Gauge
 
@@ -125,6 +126,7 @@ func New(info BuildInfo, limits Limits) *Metrics {
 
 	m.pf = newPortForward(f)
 	m.identity = newIdentity(f)
+	m.usage = newUsage(m.reg)
 
 	m.reg.MustRegister(
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

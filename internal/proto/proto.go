@@ -242,6 +242,9 @@ const (
 	// ReasonDetachedExpired: nobody reattached it within the detached
 	// timeout.
 	ReasonDetachedExpired = "detached_expired"
+	// ReasonMemoryLimit: the session reached its memory ceiling
+	// (Sessions.MemoryMax) and was killed whole.
+	ReasonMemoryLimit = "memory_limit"
 )
 
 // Why a session is detached; they are the metrics label values too.

@@ -24,12 +24,32 @@ type Reaper struct {
 
 	evMu sync.Mutex
 	ev   chan struct{} // closed and replaced after a round that reaped
+
+	box  *Containment // nil: process groups
+	lmu  sync.Mutex
+	live map[*Process]struct{} // started shells not yet torn down
 }
 
 // NewReaper returns a reaper; Run must be running for children to be
 // reaped.
 func NewReaper() *Reaper {
-	return &Reaper{procs: make(map[int]*Process), ev: make(chan struct{})}
+	return &Reaper{procs: make(map[int]*Process), ev: make(chan struct{}), live: make(map[*Process]struct{})}
+}
+
+// Contain makes the shells Start starts from now on run in c (nil:
+// process groups). Call it before the first Start.
+func (r *Reaper) Contain(c *Containment) { r.box = c }
+
+// Containment is what Contain set.
+func (r *Reaper) Containment() *Containment { return r.box }
+
+// DescribeLimit words a limit LimitHit reported, for the user and the log.
+func (r *Reaper) DescribeLimit(limit string) string { return r.box.describeLimit(limit) }
+
+func (r *Reaper) forget(p *Process) {
+	r.lmu.Lock()
+	delete(r.live, p)
+	r.lmu.Unlock()
 }
 
 // Run reaps on every SIGCHLD until ctx ends.

@@ -1,5 +1,9 @@
 // Package shell runs a login shell on a pty as a given account and tears
-// it down completely: the whole terminal session, not just the shell's pid.
+// it down completely: not just the shell's pid but everything it started.
+// Where the device allows, each shell is contained (contain.go): in a
+// transient systemd unit of its own (unit.go) or a cgroup v2 leaf
+// (cgroup.go), with per-session limits, and torn down by its cgroup; else
+// by its terminal session.
 package shell
 
 import (
@@ -34,6 +38,10 @@ type Spec struct {
 	Lang    string // "" = no LANG
 	Cols    uint16
 	Rows    uint16
+	// SessionID and UserID name the session's unit or cgroup and its
+	// metrics; either may be empty.
+	SessionID string
+	UserID    string
 }
 
 // Process is a running shell with its pty master. Read and Write go to the
@@ -48,6 +56,17 @@ type Process struct {
 	err    error // exit status, valid after done
 
 	scans atomic.Int64 // /proc scans by the teardown, for tests
+
+	// Containment: at most one of unit and leaf is set (neither: the
+	// process group). limit is what ended the session, valid once
+	// Stopped is closed; cgroupDir is where its usage is read.
+	short     string
+	unit      *unitProc
+	leaf      *leaf
+	cgroupDir string
+	limMu     sync.Mutex // the unit's watcher may still run after a timed-out stop
+	limit     string
+	forkFails uint64
 
 	// The callbacks handed to the poller are made once (a closure per
 	// call is an allocation or three per keystroke); their arguments and
@@ -70,12 +89,50 @@ type Process struct {
 	release  func()        // an adopted shell's: stops watching its exit (adopt.go)
 }
 
-// Start spawns the shell. The window size is set before the child runs, so
-// the shell never sees a 0x0 terminal.
+// Start spawns the shell in the reaper's containment. The window size is
+// set before the shell runs, so it never sees a 0x0 terminal.
 func (r *Reaper) Start(s Spec) (*Process, error) {
 	if s.Account == nil {
 		return nil, errors.New("start shell: no account")
 	}
+	short := shortID(s.SessionID)
+	var (
+		p   *Process
+		err error
+	)
+	switch r.box.Mode() {
+	case ModeUnit:
+		p, err = r.startUnit(s, short)
+	case ModeCgroup:
+		var l *leaf
+		if l, err = r.box.cg.newLeaf(short); err != nil {
+			return nil, fmt.Errorf("start %s: %w", s.Command, err)
+		}
+		var fd int
+		if fd, err = l.open(); err == nil {
+			p, err = r.startFork(s, fd, l)
+			syscall.Close(fd)
+		}
+		if err != nil {
+			_ = l.remove()
+		}
+	default:
+		p, err = r.startFork(s, -1, nil)
+	}
+	if err != nil {
+		return nil, err
+	}
+	p.short = short
+	r.lmu.Lock()
+	r.live[p] = struct{}{}
+	r.lmu.Unlock()
+	return p, nil
+}
+
+// startFork forks the shell as the daemon's child, into the cgroup of
+// cgroupFD unless it is -1 (clone3 with CLONE_INTO_CGROUP: the shell
+// never runs outside it, not even for an instant).
+func (r *Reaper) startFork(s Spec, cgroupFD int, l *leaf) (*Process, error) {
 	cmd := &exec.Cmd{
 		Path: s.Command,
 		Args: append([]string{s.Command}, s.Args...),
@@ -87,8 +144,14 @@ func (r *Reaper) Start(s Spec) (*Process, error) {
 			Credential: s.Account.credential(),
 		},
 	}
+	if cgroupFD >= 0 {
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, cgroupFD
+	}
 	ws := &pty.Winsize{Cols: s.Cols, Rows: s.Rows}
-	p := &Process{cmd: cmd, reaper: r, done: make(chan struct{}), stopped: make(chan struct{})}
+	p := &Process{cmd: cmd, reaper: r, done: make(chan struct{}), stopped: make(chan struct{}), leaf: l}
+	if l != nil {
+		p.cgroupDir = l.dir
+	}
 	// Registered before the reaper can see the child exit.
 	r.mu.Lock()
 	f, err := pty.StartWithAttrs(cmd, ws, cmd.SysProcAttr)
@@ -108,6 +171,49 @@ func (r *Reaper) Start(s Spec) (*Process, error) {
 	p.pty, p.raw = master, raw
 	p.readFn, p.tryWrite = p.readPooled, p.writeNow
 	return p, nil
+}
+
+// startUnit starts the shell in a transient systemd unit of its own, on a
+// pty whose master the daemon keeps.
+func (r *Reaper) startUnit(s Spec, short string) (*Process, error) {
+	f, tty, err := openPTY()
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", s.Command, err)
+	}
+	master, raw, err := pollable(f)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", s.Command, err)
+	}
+	p := &Process{reaper: r, done: make(chan struct{}), stopped: make(chan struct{}), pty: master, raw: raw}
+	p.readFn, p.tryWrite = p.readPooled, p.writeNow
+	if err := p.Resize(s.Cols, s.Rows); err != nil {
+		master.Close()
+		return nil, err
+	}
+	if err := r.box.units.startUnit(s, short, tty, p); err != nil {
+		master.Close()
+		return nil, fmt.Errorf("start %s as %s: %w", s.Command, s.Account.Name, err)
+	}
+	return p, nil
+}
+
+// shortID is the first 8 letters and digits of a session id: unit,
+// cgroup and metrics label; unique enough, and collisions get a suffix.
+func shortID(sid string) string {
+	var b []byte
+	for i := 0; i < len(sid) && len(b) < 8; i++ {
+		c := sid[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+			b = append(b, c)
+		case c >= 'A' && c <= 'Z':
+			b = append(b, c+'a'-'A')
+		}
+	}
+	if len(b) == 0 {
+		return "anon"
+	}
+	return string(b)
 }
 
 // pollable turns the pty master creack/pty returns (in blocking mode: it
@@ -284,7 +390,21 @@ func (p *Process) Stopped() <-chan struct{} { return p.stopped }
 
 func (p *Process) teardown(grace time.Duration, closeMaster bool) {
 	defer close(p.stopped)
+	defer p.reaper.forget(p)
+	switch {
+	case p.unit != nil:
+		p.teardownUnit(closeMaster)
+	case p.leaf != nil:
+		p.teardownLeaf(grace, closeMaster)
+	default:
+		p.teardownSession(grace, closeMaster)
+	}
+}
+
+// teardownSession signals the members of the shell's terminal session.
+func (p *Process) teardownSession(grace time.Duration, closeMaster bool) {
 	sid := p.Pid()
+	gone := func() bool { return len(SessionMembers(sid)) == 0 }
 	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGTERM, syscall.SIGKILL} {
 		signalSession(sid, sig)
 		if sig == syscall.SIGHUP && closeMaster {
@@ -298,7 +418,7 @@ func (p *Process) teardown(grace time.Duration, closeMaster bool) {
 			// machine; only uninterruptible sleepers take longer.
 			wait = max(grace, KillWait)
 		}
-		if p.waitGone(sid, wait) {
+		if p.waitGone(gone, wait) {
 			return
 		}
 	}
@@ -307,11 +427,71 @@ func (p *Process) teardown(grace time.Duration, closeMaster bool) {
 	<-p.done
 }
 
-// waitGone waits up to d for the shell to be reaped and its session to be
-// empty. It scans /proc only when the reaper has reaped something (the
-// session's processes are adopted by the daemon as they are orphaned) or,
-// as a backstop for members still parented elsewhere, at a slowing pace.
-func (p *Process) waitGone(sid int, d time.Duration) bool {
+// teardownLeaf ends every process of the session's cgroup, whatever it
+// did to leave the terminal session, then removes the cgroup.
+func (p *Process) teardownLeaf(grace time.Duration, closeMaster bool) {
+	l := p.leaf
+	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGTERM, syscall.SIGKILL} {
+		if sig == syscall.SIGKILL {
+			_ = l.killAll()
+		} else {
+			l.signal(sig)
+		}
+		if sig == syscall.SIGHUP && closeMaster {
+			_ = p.pty.Close()
+		}
+		wait := grace
+		if sig == syscall.SIGKILL {
+			wait = max(grace, KillWait)
+		}
+		if p.waitGone(l.empty, wait) {
+			break
+		}
+	}
+	<-p.done
+	oom, forks := l.limitHit()
+	p.limMu.Lock()
+	if oom > 0 {
+		p.limit = LimitMemory
+	}
+	p.forkFails = forks
+	p.limMu.Unlock()
+	_ = l.remove()
+}
+
+// teardownUnit stops the unit: systemd ends every process of its cgroup
+// (SIGTERM and SIGHUP, SIGKILL after its stop timeout).
+func (p *Process) teardownUnit(closeMaster bool) {
+	if closeMaster {
+		_ = p.pty.Close()
+	}
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.unit.stop()
+	t := time.NewTimer(p.unit.u.stopTimeout + KillWait + time.Second)
+	defer t.Stop()
+	select {
+	case <-p.done:
+		return
+	case <-t.C:
+	}
+	_ = p.unit.kill()
+	t.Reset(KillWait)
+	select {
+	case <-p.done:
+	case <-t.C:
+	}
+}
+
+// waitGone waits up to d for the shell to be reaped and gone to say that
+// nothing of the session is left. It asks only when the reaper has reaped
+// something (the session's processes are adopted by the daemon as they
+// are orphaned) or, as a backstop for members still parented elsewhere,
+// at a slowing pace.
+func (p *Process) waitGone(gone func() bool, d time.Duration) bool {
 	deadline := time.NewTimer(d)
 	defer deadline.Stop()
 	select {
@@ -323,7 +503,7 @@ func (p *Process) waitGone(sid int, d time.Duration) bool {
 	for {
 		changed := p.reaper.Changed()
 		p.scans.Add(1)
-		if len(SessionMembers(sid)) == 0 {
+		if gone() {
 			return true
 		}
 		t := time.NewTimer(backoff)
@@ -337,6 +517,53 @@ func (p *Process) waitGone(sid int, d time.Duration) bool {
 		}
 		t.Stop()
 	}
+}
+
+// LimitHit says which of the session's limits ended it ("" none,
+// LimitMemory); valid once Stopped is closed.
+func (p *Process) LimitHit() string {
+	p.limMu.Lock()
+	defer p.limMu.Unlock()
+	return p.limit
+}
+
+// Containment words where the shell runs, for logs: its unit or cgroup.
+func (p *Process) Containment() string {
+	switch {
+	case p.unit != nil:
+		return p.unit.name
+	case p.leaf != nil:
+		return p.leaf.dir
+	}
+	return "process group"
+}
+
+// Usage is one session's resource use, read from its cgroup.
+type Usage struct {
+	Session     string // the short session id (8 characters)
+	MemoryBytes uint64
+	CPU         time.Duration
+}
+
+// Usage reads the memory and CPU time of every live contained session,
+// for metrics at scrape time; sessions without a cgroup are left out.
+func (r *Reaper) Usage() []Usage {
+	type entry struct{ short, dir string }
+	r.lmu.Lock()
+	list := make([]entry, 0, len(r.live))
+	for p := range r.live {
+		if p.cgroupDir != "" {
+			list = append(list, entry{p.short, p.cgroupDir})
+		}
+	}
+	r.lmu.Unlock()
+	out := make([]Usage, 0, len(list))
+	for _, e := range list {
+		if mem, cpu, ok := cgroupUsage(e.dir); ok {
+			out = append(out, Usage{Session: e.short, MemoryBytes: mem, CPU: cpu})
+		}
+	}
+	return out
 }
 
 // Close releases the pty master. Use Stop to end the shell; Close alone is

@@ -519,7 +519,7 @@ func (s *session) run() {
 	cols, rows := s.cols, s.rows
 	s.mu.Unlock()
 	proc, err := t.opts.Reaper.Start(shell.Spec{Command: t.opts.ShellCommand, Args: t.opts.ShellArgs,
-		Account: t.opts.Account, Lang: t.opts.Lang, Cols: cols, Rows: rows})
+		Account: t.opts.Account, Lang: t.opts.Lang, Cols: cols, Rows: rows, SessionID: sid, UserID: s.userID})
 	if err != nil {
 		s.lease.Release()
 		t.log.Error("shell failed to start", "event", "session_start_failed", "session_id", sid, "user_id", s.userID, "error", err)
@@ -536,7 +536,7 @@ func (s *session) run() {
 	s.sendControl(shellMsg(sid, wire.ShellNew, wire.StatusNormal, msgShellStarted), nil)
 	tty := proc.PtyName()
 	t.log.Info("session opened", "event", "session_open", "session_id", sid, "user_id", s.userID,
-		"proto", "shell", "pid", proc.Pid(), "tty", tty, "cols", cols, "rows", rows)
+		"proto", "shell", "pid", proc.Pid(), "tty", tty, "cols", cols, "rows", rows, "containment", proc.Containment())
 	// Once per shell, here and at its end below: a reattach joins the
 	// running shell and records nothing.
 	login := s.recordLogin(tty, proc.Pid())
@@ -581,6 +581,12 @@ func (s *session) serve(proc *shell.Process, login *utmp.Entry) {
 		s.stopOnce.Do(func() {}) // later stop requests are moot
 		proc.Finish(req.grace)
 		<-proc.Stopped()
+		if limit := proc.LimitHit(); limit == shell.LimitMemory {
+			// Killed whole by the kernel or systemd: say so rather
+			// than leave the user with a bare "signal: killed".
+			req.reason = proto.ReasonMemoryLimit
+			req.notice = "shell ended: the session reached " + t.opts.Reaper.DescribeLimit(limit)
+		}
 		s.drain(pumpDone, req.grace)
 	}
 	s.cancel() // unblocks a pump waiting for queue room

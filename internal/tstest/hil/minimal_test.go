@@ -61,6 +61,9 @@ func minimalSuite(r *rig) {
 		step{"stop-leaves-nothing", func() {
 			stopLeavesNothing(r)
 		}},
+		step{"session-cgroups", func() {
+			unitsMinimal(r)
+		}},
 		step{"token-rotation", func() {
 			term := r.open(admin)
 			old := r.dev

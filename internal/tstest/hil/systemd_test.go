@@ -76,6 +76,9 @@ func systemdSuite(r *rig) {
 		step{"metrics", func() {
 			metricsCounts(r)
 		}},
+		step{"session-units", func() {
+			unitsSystemd(r, term)
+		}},
 		step{"watchdog", func() {
 			watchdogRestart(r, term)
 		}},
