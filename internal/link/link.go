@@ -386,6 +386,10 @@ func (l *Link) serve(ctx context.Context, conn *websocket.Conn, target string) e
 	l.opts.State(true, "connected to "+target)
 	var wg sync.WaitGroup
 	done := make(chan struct{})
+	// The reader, the writer, producers writing directly and this loop
+	// may all fail at once: done is closed exactly once.
+	var doneOnce sync.Once
+	closeDone := func() { doneOnce.Do(func() { close(done) }) }
 	// cause keeps the first failure: the writer's timeout, not the
 	// reader's "use of closed network connection" that follows it.
 	var cause atomicError
@@ -393,7 +397,7 @@ func (l *Link) serve(ctx context.Context, conn *websocket.Conn, target string) e
 		if err != nil {
 			cause.set(err)
 		}
-		closeOnce(done)
+		closeDone()
 	}
 	// One pacer per connection: what it learnt of the path goes with it.
 	pace := newPacer(l.opts.LatencyTarget)
@@ -433,7 +437,7 @@ func (l *Link) serve(ctx context.Context, conn *websocket.Conn, target string) e
 			// Unlike upstream, say goodbye properly before closing.
 			_ = conn.WriteControl(websocket.CloseMessage,
 				websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
-			closeOnce(done)
+			closeDone()
 			running = false
 		case <-done:
 			running = false
@@ -482,14 +486,6 @@ func (l *Link) parkLoops() {
 	}
 	if l.opts.Writer != nil {
 		l.opts.Writer.Park()
-	}
-}
-
-func closeOnce(c chan struct{}) {
-	select {
-	case <-c:
-	default:
-		close(c)
 	}
 }
 
