@@ -125,8 +125,8 @@ func (p *pacer) wrote(n int) {
 }
 
 // probeDue reports whether the writer should ping now to measure: bytes
-// went out since the last ping, and the gap has passed, or none is out,
-// or the writer is held back (the pongs then reopen the window, and the
+// went out since the last ping, and the gap has passed, or the writer is
+// held back (the pongs then reopen the window, and the
 // last one must confirm every byte).
 func (p *pacer) probeDue(now time.Time, held bool) bool {
 	if p == nil || p.target <= 0 {
@@ -142,7 +142,11 @@ func (p *pacer) probeDue(now time.Time, held bool) bool {
 	if p.sent == last || n >= paceMaxProbes {
 		return false
 	}
-	return n == 0 || held || now.Sub(p.lastPing) >= paceProbeGap
+	// Even with none out, not sooner than the gap: a writer that drains
+	// its queue after every frame (a fast path) would otherwise ping per
+	// frame, and each ping and pong costs the websocket library a few
+	// hundred bytes of garbage (a 50 MiB download made 1.2 MB of it).
+	return held || now.Sub(p.lastPing) >= paceProbeGap
 }
 
 // pinged records a ping written at now (a probe or the keep-alive).
