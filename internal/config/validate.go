@@ -65,6 +65,7 @@ func (c *Config) Validate(shellsFile string) error {
 		add("Reconnect.BackoffMax", "%s is out of range (at most 24h)", r.BackoffMax)
 	}
 	checkDuration(add, "Reconnect.FirstJitter", r.FirstJitter, 0, 10*time.Minute)
+	checkDuration(add, "Reconnect.StartJitter", r.StartJitter, 0, 10*time.Minute)
 
 	l := c.Link
 	checkDuration(add, "Link.PingInterval", l.PingInterval, 10*time.Millisecond, time.Hour)
