@@ -20,15 +20,16 @@ import (
 // for Down (0: it closed the sockets but stays up), each refusal carrying
 // RetryAfter when that is set. With Rate, the server, once up, accepts at
 // most Rate dials a second (a token bucket of Burst, full when it comes
-// up) and refuses the rest, with RetryAfter, as a server that answers
-// connect bursts with 503 does.
+// up) and refuses the rest, with LimitRetryAfter, as a server that
+// answers connect bursts with 503 does.
 type Scenario struct {
-	Name       string
-	Down       time.Duration
-	RetryAfter time.Duration
-	Boot       bool
-	Rate       float64
-	Burst      int
+	Name            string
+	Down            time.Duration
+	RetryAfter      time.Duration
+	Boot            bool
+	Rate            float64
+	Burst           int
+	LimitRetryAfter time.Duration
 }
 
 // Result is what the server saw.
@@ -99,21 +100,26 @@ func Run(p reconnect.Policy, s Scenario, n int, seed uint64) Result {
 		e := heap.Pop(&q).(event)
 		res.Dials++
 		bins[int64(e.at/bin)]++
-		if s.RetryAfter > 0 && lastFail[e.device] >= 0 {
+		if lastFail[e.device] >= 0 {
 			if away := e.at - lastFail[e.device]; res.MinAwayAfterRetryAfter < 0 || away < res.MinAwayAfterRetryAfter {
 				res.MinAwayAfterRetryAfter = away
 			}
 		}
 		done := e.at + DialCost
+		ra := s.RetryAfter
 		if e.at >= s.Down {
 			upBins[int64(e.at/bin)]++
 			if limit.take(e.at - s.Down) {
 				back = append(back, done-s.Down)
 				continue
 			}
+			ra = s.LimitRetryAfter
 		}
-		lastFail[e.device] = done
-		heap.Push(&q, event{at: done + devices[e.device].AfterFailure(s.RetryAfter), device: e.device})
+		lastFail[e.device] = -1
+		if ra > 0 {
+			lastFail[e.device] = done
+		}
+		heap.Push(&q, event{at: done + devices[e.device].AfterFailure(ra), device: e.device})
 	}
 	for _, c := range upBins {
 		res.PeakUpPer100ms = max(res.PeakUpPer100ms, c)

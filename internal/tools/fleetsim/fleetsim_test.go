@@ -92,7 +92,7 @@ func TestBootHerd(t *testing.T) {
 // and sees every refused device again no sooner than its Retry-After.
 func TestRateLimit(t *testing.T) {
 	const n = 2000
-	s := Scenario{Rate: 100, Burst: 100, RetryAfter: 30 * time.Second}
+	s := Scenario{Rate: 100, Burst: 100, LimitRetryAfter: 30 * time.Second}
 	r := Run(defaultPolicy(), s, n, 1)
 	// All n back: the burst, then at most 100 a second, so the last no
 	// sooner than (n-burst)/rate.
