@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -111,16 +110,22 @@ func (f *Fleet) simulate(s fleetsim.Scenario, r *Result) {
 // measure fills r.Real from the server's log and the daemons' logs:
 // dials from start on, the server's view from back on (its return).
 func (f *Fleet) measure(ctx context.Context, r *Result, start, ret time.Time, limit time.Duration) {
-	cpu0, _ := procstat.Read(f.ServerPID())
+	cpu0, err := procstat.Read(f.ServerPID())
+	if err != nil {
+		r.Err = err
+	}
 	wctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	cs, err := f.WaitBack(wctx, ret)
 	end := time.Now()
-	cpu1, _ := procstat.Read(f.ServerPID())
-	r.ServerCPU = cpu1.CPU - cpu0.CPU
 	if err != nil {
 		r.Err = err
 	}
+	cpu1, err := procstat.Read(f.ServerPID())
+	if err != nil {
+		r.Err = err
+	}
+	r.ServerCPU = cpu1.CPU - cpu0.CPU
 	bins := map[int64]int{}
 	first := map[string]time.Duration{}
 	ok := 0
@@ -260,18 +265,8 @@ func (f *Fleet) Rotate(ctx context.Context, uidBase int) Result {
 	time.Sleep(11 * time.Second)
 	f.progress("rotating %d tokens", f.opts.N)
 	start := time.Now()
-	for i := 0; i < f.opts.N; i++ {
-		dir := filepath.Join(f.opts.Dir, "d", strconv.Itoa(i))
-		tmp := filepath.Join(dir, "token.new")
-		if r.Err = os.WriteFile(tmp, []byte(f.token(i)), 0o600); r.Err != nil {
-			return r
-		}
-		if uidBase != 0 {
-			_ = os.Lchown(tmp, uidBase+i, uidBase+i)
-		}
-		if r.Err = os.Rename(tmp, filepath.Join(dir, "token")); r.Err != nil {
-			return r
-		}
+	if r.Err = f.WriteTokens(uidBase); r.Err != nil {
+		return r
 	}
 	p, _ := f.Policy()
 	f.measure(ctx, &r, start, start, p.Max+30*time.Second)
@@ -284,6 +279,45 @@ func (f *Fleet) Rotate(ctx context.Context, uidBase int) Result {
 	}
 	r.Sim = Figures{PeakPer100ms: runs[0].PeakUpPer100ms, DialsPerDevice: 1, P50: runs[0].P50, P99: runs[0].P99, Last: runs[0].Last, Back: f.opts.N}
 	r.SimPeakLo, r.SimPeakHi = r.Sim.PeakPer100ms, r.Sim.PeakPer100ms
+	return r
+}
+
+// BootCredentials starts the daemons with token files but no tokens, so
+// each starts and waits for authorization; once all wait, every token
+// arrives in one instant and each daemon makes its first dial. Unlike
+// Boot, the daemons' start (about 40 ms of CPU each) is over by then, so
+// the first dials are as close together as on devices with a CPU each,
+// the case the start jitter is for.
+func (f *Fleet) BootCredentials(ctx context.Context, name string, uidBase int) Result {
+	r := Result{Event: name, N: f.opts.N}
+	f.StopDaemons()
+	if f.ServerPID() == 0 {
+		if r.Err = f.StartServer(); r.Err != nil {
+			return r
+		}
+	}
+	waiting := f.waiting.Load()
+	if r.Err = f.startDaemons(daemonSpec{tokenFile: true, uid: uidBase, noToken: true}); r.Err != nil {
+		return r
+	}
+	f.Release()
+	deadline := time.Now().Add(time.Duration(f.opts.N)*100*time.Millisecond + 30*time.Second)
+	for f.waiting.Load()-waiting < int64(f.opts.N) {
+		if time.Now().After(deadline) {
+			r.Err = fmt.Errorf("%d of %d daemons up and waiting for a token", f.waiting.Load()-waiting, f.opts.N)
+			return r
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	f.progress("%s: %d tokens at once", name, f.opts.N)
+	start := time.Now()
+	if r.Err = f.WriteTokens(uidBase); r.Err != nil {
+		return r
+	}
+	p, _ := f.Policy()
+	f.measure(ctx, &r, start, start, p.StartJitter+time.Duration(f.opts.N)*20*time.Millisecond+30*time.Second)
+	f.simulate(fleetsim.Scenario{Boot: true}, &r)
 	return r
 }
 

@@ -62,7 +62,10 @@ type Fleet struct {
 	gate    *os.File // write end; closing it starts the gated daemons
 	// failed counts "server connection failed" lines of every daemon, with
 	// the time each was read.
-	failed   []time.Time
+	failed []time.Time
+	// waiting counts "token file unusable" lines: a daemon started
+	// without its token file is up and waits for it.
+	waiting  atomic.Int64
 	stderrW  *os.File
 	readDone chan struct{}
 	lines    atomic.Int64
@@ -143,7 +146,12 @@ func (f *Fleet) readStderr(r *os.File) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		f.lines.Add(1)
+		if f.lines.Add(1) <= 3 {
+			f.progress("daemon log: %s", sc.Text())
+		}
+		if strings.Contains(sc.Text(), "token file unusable") {
+			f.waiting.Add(1)
+		}
 		if strings.Contains(sc.Text(), "server connection failed") {
 			now := time.Now()
 			f.mu.Lock()
@@ -247,10 +255,13 @@ type daemonSpec struct {
 	// tokenFile: the token in a file (Auth.TokenFile), which a rotation
 	// rewrites, instead of inline (Auth.Token).
 	tokenFile bool
-	// uid, when not 0, runs the daemon as that user (root only): each
+	// uid, when not 0, runs daemon i as user uid+i (root only): each
 	// token file's inotify instance then counts against its own user's
-	// limit, as on a device of its own.
+	// limit (128 by default), as on a device of its own.
 	uid int
+	// noToken starts the daemons with empty token files: each starts and
+	// waits for authorization until WriteTokens.
+	noToken bool
 }
 
 // StartDaemons starts the N daemons, each with its own directory (config,
@@ -276,6 +287,9 @@ func (f *Fleet) startDaemons(spec daemonSpec) error {
 			user = u
 		}
 	}
+	if err := os.MkdirAll(filepath.Join(f.opts.Dir, "d"), 0o755); err != nil {
+		return err
+	}
 	for i := 0; i < f.opts.N; i++ {
 		dir := filepath.Join(f.opts.Dir, "d", strconv.Itoa(i))
 		if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -284,7 +298,11 @@ func (f *Fleet) startDaemons(spec daemonSpec) error {
 		auth := map[string]string{"Source": "static", "Token": f.token(i)}
 		if spec.tokenFile {
 			tf := filepath.Join(dir, "token")
-			if err := os.WriteFile(tf, []byte(auth["Token"]), 0o600); err != nil {
+			tok := auth["Token"]
+			if spec.noToken {
+				tok = "" // the config must name a file; an empty one is no token
+			}
+			if err := os.WriteFile(tf, []byte(tok), 0o600); err != nil {
 				return err
 			}
 			auth = map[string]string{"Source": "static", "TokenFile": tf}
@@ -324,6 +342,27 @@ func (f *Fleet) startDaemons(spec daemonSpec) error {
 		}
 		p.dir = dir
 		f.daemons = append(f.daemons, p)
+	}
+	return nil
+}
+
+// WriteTokens gives every daemon a new token in its token file (written
+// aside and renamed into place, as docs/building.md says), all in one go.
+func (f *Fleet) WriteTokens(uidBase int) error {
+	for i := 0; i < f.opts.N; i++ {
+		dir := filepath.Join(f.opts.Dir, "d", strconv.Itoa(i))
+		tmp := filepath.Join(dir, "token.new")
+		if err := os.WriteFile(tmp, []byte(f.token(i)), 0o600); err != nil {
+			return err
+		}
+		if uidBase != 0 {
+			if err := os.Lchown(tmp, uidBase+i, uidBase+i); err != nil {
+				return err
+			}
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, "token")); err != nil {
+			return err
+		}
 	}
 	return nil
 }

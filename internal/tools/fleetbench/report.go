@@ -23,7 +23,7 @@ func Row(w io.Writer, r Result) {
 	if r.SimPeakLo != r.SimPeakHi {
 		simPeak += fmt.Sprintf(" [%d–%d]", r.SimPeakLo, r.SimPeakHi)
 	}
-	cpu := fmt.Sprintf("%.2f s", r.ServerCPU.Seconds())
+	cpu := fmt.Sprintf("%.0f ms", float64(r.ServerCPU)/float64(time.Millisecond))
 	if r.RetryAfters > 0 {
 		cpu += fmt.Sprintf("; %d × 503", r.RetryAfters)
 	}

@@ -21,9 +21,9 @@ func main() {
 	n := flag.Int("n", 1000, "daemons")
 	tether := flag.String("tether", "bin/tether", "tether binary")
 	mock := flag.String("mock", "bin/mock-mender", "mock-mender binary")
-	events := flag.String("events", "boot-before,boot,rest,drop,down10,down60,limit,boot-down30,rotate", "events to run, in this order")
+	events := flag.String("events", "creds-before,creds,boot-before,boot,rest,drop,down10,down60,limit,boot-down30,rotate", "events to run, in this order")
 	rest := flag.Duration("rest", time.Minute, "window of the at-rest figures")
-	uidBase := flag.Int("uid-base", 200000, "rotate: run daemon i as uid uid-base+i (as root), so each token file's inotify instance counts against its own user; 0: all as this user")
+	uidBase := flag.Int("uid-base", 200000, "creds, rotate: run daemon i as uid uid-base+i (as root), so each token file's inotify instance counts against its own user; 0: all as this user")
 	flag.Parse()
 	if err := run(*n, *tether, *mock, strings.Split(*events, ","), *rest, *uidBase); err != nil {
 		fmt.Fprintln(os.Stderr, "fleetbench:", err)
@@ -81,6 +81,13 @@ func run(n int, tether, mock string, events []string, rest time.Duration, uidBas
 			show(r)
 		case "boot":
 			show(f.Boot(ctx, "devices boot together, server up", 0))
+		case "creds-before":
+			f.SetReconnect(map[string]string{"StartJitter": "0s"})
+			r := f.BootCredentials(ctx, "daemons up, every first token in one instant, StartJitter 0 (before)", uidBase)
+			f.SetReconnect(nil)
+			show(r)
+		case "creds":
+			show(f.BootCredentials(ctx, "daemons up, every first token in one instant", uidBase))
 		case "boot-down30":
 			show(f.Boot(ctx, "devices boot together, server down 30 s", 30*time.Second))
 		case "rest":
