@@ -43,7 +43,9 @@ type Result struct {
 	ServerCPU   time.Duration
 	Window      time.Duration // the server's return to the last device back
 	RetryAfters int           // 503s the server answered
-	Err         error
+	// Connects are the server's log from the event's start.
+	Connects []Connect
+	Err      error
 }
 
 // Policy is the reconnect policy the daemons run: the defaults with
@@ -107,17 +109,22 @@ func (f *Fleet) simulate(s fleetsim.Scenario, r *Result) {
 	}
 }
 
+// serverCPU samples the server's CPU time before an event's action.
+func (f *Fleet) serverCPU() procstat.Sample {
+	s, _ := procstat.Read(f.ServerPID())
+	return s
+}
+
 // measure fills r.Real from the server's log and the daemons' logs:
 // dials from start on, the server's view from back on (its return).
-func (f *Fleet) measure(ctx context.Context, r *Result, start, ret time.Time, limit time.Duration) {
-	cpu0, err := procstat.Read(f.ServerPID())
-	if err != nil {
-		r.Err = err
-	}
+func (f *Fleet) measure(ctx context.Context, r *Result, start, ret time.Time, limit time.Duration, cpu0 procstat.Sample) {
 	wctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	cs, err := f.WaitBack(wctx, ret)
 	end := time.Now()
+	if all, err := f.Connects(start); err == nil {
+		r.Connects = all
+	}
 	if err != nil {
 		r.Err = err
 	}
@@ -177,6 +184,7 @@ func (f *Fleet) Boot(ctx context.Context, name string, down time.Duration) Resul
 		return r
 	}
 	time.Sleep(time.Duration(f.opts.N) * time.Millisecond) // the shells reach the gate
+	cpu0 := f.serverCPU()
 	start := time.Now()
 	f.Release()
 	ret := start
@@ -186,9 +194,10 @@ func (f *Fleet) Boot(ctx context.Context, name string, down time.Duration) Resul
 			return r
 		}
 		ret = time.Now()
+		cpu0 = f.serverCPU()
 	}
 	p, _ := f.Policy()
-	f.measure(ctx, &r, start, ret, p.Max+down+time.Duration(f.opts.N)*20*time.Millisecond+30*time.Second)
+	f.measure(ctx, &r, start, ret, p.Max+down+time.Duration(f.opts.N)*20*time.Millisecond+30*time.Second, cpu0)
 	f.simulate(fleetsim.Scenario{Boot: true, Down: ret.Sub(start)}, &r)
 	return r
 }
@@ -207,12 +216,13 @@ func (f *Fleet) Drop(ctx context.Context) Result {
 	// Links up for longer than the reconnect rules' 10 s count as
 	// long-lived, as in the field.
 	time.Sleep(11 * time.Second)
+	cpu0 := f.serverCPU()
 	start := time.Now()
 	if r.Err = f.CloseDeviceSockets(); r.Err != nil {
 		return r
 	}
 	p, _ := f.Policy()
-	f.measure(ctx, &r, start, start, p.Max+30*time.Second)
+	f.measure(ctx, &r, start, start, p.Max+30*time.Second, cpu0)
 	f.simulate(fleetsim.Scenario{}, &r)
 	return r
 }
@@ -231,45 +241,49 @@ func (f *Fleet) Outage(ctx context.Context, name string, down time.Duration, sim
 		return r
 	}
 	ret := time.Now()
+	cpu0 := f.serverCPU()
 	p, _ := f.Policy()
 	limit := p.Max + 30*time.Second
 	if sim.Rate > 0 {
 		limit += time.Duration(float64(f.opts.N)/sim.Rate*float64(time.Second)) + 2*sim.LimitRetryAfter
 	}
-	f.measure(ctx, &r, start, ret, limit)
+	f.measure(ctx, &r, start, ret, limit, cpu0)
 	sim.Down = ret.Sub(start)
 	f.simulate(sim, &r)
 	return r
 }
 
-// Rotate starts the fleet with token files, each daemon as a user of its
-// own (uidBase+i) so that each file's inotify instance counts against its
-// own user's limit, as on a device of its own; once all are connected it
-// rewrites every token file at once (d).
+// Rotate rewrites every daemon's token file at once (d). A fleet with
+// inline tokens is first replaced by one with token files, each daemon as
+// a user of its own (uidBase+i) so that each file's inotify instance
+// counts against its own user's limit, as on a device of its own.
 func (f *Fleet) Rotate(ctx context.Context, uidBase int) Result {
 	r := Result{Event: "every token rotates at once", N: f.opts.N}
-	f.StopDaemons()
 	if f.ServerPID() == 0 {
 		if r.Err = f.StartServer(); r.Err != nil {
 			return r
 		}
 	}
-	since := time.Now()
-	if r.Err = f.startDaemons(daemonSpec{tokenFile: true, uid: uidBase}); r.Err != nil {
-		return r
-	}
-	f.Release()
-	if r.Err = f.Ready(ctx, since); r.Err != nil {
-		return r
+	if !f.tokenFiles {
+		f.StopDaemons()
+		since := time.Now()
+		if r.Err = f.startDaemons(daemonSpec{tokenFile: true, uid: uidBase}); r.Err != nil {
+			return r
+		}
+		f.Release()
+		if r.Err = f.Ready(ctx, since); r.Err != nil {
+			return r
+		}
 	}
 	time.Sleep(11 * time.Second)
 	f.progress("rotating %d tokens", f.opts.N)
+	cpu0 := f.serverCPU()
 	start := time.Now()
 	if r.Err = f.WriteTokens(uidBase); r.Err != nil {
 		return r
 	}
 	p, _ := f.Policy()
-	f.measure(ctx, &r, start, start, p.Max+30*time.Second)
+	f.measure(ctx, &r, start, start, p.Max+30*time.Second, cpu0)
 	// New credentials end the link and the next dial goes out at once,
 	// with no jitter: the simulator's boot without a start jitter.
 	p.StartJitter = 0
@@ -311,12 +325,13 @@ func (f *Fleet) BootCredentials(ctx context.Context, name string, uidBase int) R
 	}
 	time.Sleep(500 * time.Millisecond)
 	f.progress("%s: %d tokens at once", name, f.opts.N)
+	cpu0 := f.serverCPU()
 	start := time.Now()
 	if r.Err = f.WriteTokens(uidBase); r.Err != nil {
 		return r
 	}
 	p, _ := f.Policy()
-	f.measure(ctx, &r, start, start, p.StartJitter+time.Duration(f.opts.N)*20*time.Millisecond+30*time.Second)
+	f.measure(ctx, &r, start, start, p.StartJitter+time.Duration(f.opts.N)*20*time.Millisecond+30*time.Second, cpu0)
 	f.simulate(fleetsim.Scenario{Boot: true}, &r)
 	return r
 }

@@ -59,6 +59,8 @@ type Fleet struct {
 
 	mu      sync.Mutex
 	daemons []*proc
+	// tokenFiles: the running daemons read their tokens from files.
+	tokenFiles bool
 	gate    *os.File // write end; closing it starts the gated daemons
 	// failed counts "server connection failed" lines of every daemon, with
 	// the time each was read.
@@ -281,6 +283,7 @@ func (f *Fleet) startDaemons(spec daemonSpec) error {
 	}
 	defer gr.Close()
 	f.gate = gw
+	f.tokenFiles = spec.tokenFile
 	user := "nobody"
 	if spec.uid == 0 {
 		if u := os.Getenv("USER"); u != "" && os.Geteuid() != 0 {
