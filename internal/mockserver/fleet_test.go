@@ -99,8 +99,10 @@ func TestConnectLimit(t *testing.T) {
 func TestConnectBucketRefills(t *testing.T) {
 	b := newConnectBucket(ConnectLimit{Rate: 10, Burst: 2})
 	t0 := time.Unix(1000, 0)
-	if !b.take(t0) || !b.take(t0) || b.take(t0) {
-		t.Fatal("a full bucket of 2 should give exactly 2")
+	for i, want := range []bool{true, true, false} {
+		if got := b.take(t0); got != want {
+			t.Fatalf("take %d of a full bucket of 2: %v", i+1, got)
+		}
 	}
 	if b.take(t0.Add(50 * time.Millisecond)) {
 		t.Fatal("half a token after 50 ms at 10/s")

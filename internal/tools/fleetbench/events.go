@@ -57,7 +57,7 @@ func (f *Fleet) Policy() (reconnect.Policy, error) {
 	for k, v := range f.opts.Reconnect {
 		dur, err := time.ParseDuration(v)
 		if err != nil {
-			return p, fmt.Errorf("Reconnect.%s: %w", k, err)
+			return p, fmt.Errorf("reconnect key %s: %w", k, err)
 		}
 		switch k {
 		case "BackoffBase":
@@ -69,7 +69,7 @@ func (f *Fleet) Policy() (reconnect.Policy, error) {
 		case "StartJitter":
 			p.StartJitter = dur
 		default:
-			return p, fmt.Errorf("Reconnect.%s: not a duration the simulator knows", k)
+			return p, fmt.Errorf("reconnect key %s: not one the simulator knows", k)
 		}
 	}
 	return p, nil
@@ -276,12 +276,16 @@ func (f *Fleet) Rotate(ctx context.Context, uidBase int) Result {
 		}
 	}
 	time.Sleep(11 * time.Second)
+	if r.Err = f.PrepareTokens(uidBase); r.Err != nil {
+		return r
+	}
 	f.progress("rotating %d tokens", f.opts.N)
 	cpu0 := f.serverCPU()
 	start := time.Now()
-	if r.Err = f.WriteTokens(uidBase); r.Err != nil {
+	if r.Err = f.SwapTokens(); r.Err != nil {
 		return r
 	}
+	f.progress("tokens swapped in %v", time.Since(start))
 	p, _ := f.Policy()
 	f.measure(ctx, &r, start, start, p.Max+30*time.Second, cpu0)
 	// New credentials end the link and the next dial goes out at once,
@@ -323,13 +327,17 @@ func (f *Fleet) BootCredentials(ctx context.Context, name string, uidBase int) R
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	if r.Err = f.PrepareTokens(uidBase); r.Err != nil {
+		return r
+	}
 	time.Sleep(500 * time.Millisecond)
 	f.progress("%s: %d tokens at once", name, f.opts.N)
 	cpu0 := f.serverCPU()
 	start := time.Now()
-	if r.Err = f.WriteTokens(uidBase); r.Err != nil {
+	if r.Err = f.SwapTokens(); r.Err != nil {
 		return r
 	}
+	f.progress("tokens swapped in %v", time.Since(start))
 	p, _ := f.Policy()
 	f.measure(ctx, &r, start, start, p.StartJitter+time.Duration(f.opts.N)*20*time.Millisecond+30*time.Second, cpu0)
 	f.simulate(fleetsim.Scenario{Boot: true}, &r)
