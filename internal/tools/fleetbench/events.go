@@ -43,6 +43,8 @@ type Result struct {
 	ServerCPU   time.Duration
 	Window      time.Duration // the server's return to the last device back
 	RetryAfters int           // 503s the server answered
+	// Note says how near one instant the event's action was.
+	Note string
 	// Connects are the server's log from the event's start.
 	Connects []Connect
 	Err      error
@@ -285,7 +287,7 @@ func (f *Fleet) Rotate(ctx context.Context, uidBase int) Result {
 	if r.Err = f.SwapTokens(); r.Err != nil {
 		return r
 	}
-	f.progress("tokens swapped in %v", time.Since(start))
+	r.Note = fmt.Sprintf("tokens in place within %.0f ms", float64(time.Since(start))/float64(time.Millisecond))
 	p, _ := f.Policy()
 	f.measure(ctx, &r, start, start, p.Max+30*time.Second, cpu0)
 	// New credentials end the link and the next dial goes out at once,
@@ -337,7 +339,7 @@ func (f *Fleet) BootCredentials(ctx context.Context, name string, uidBase int) R
 	if r.Err = f.SwapTokens(); r.Err != nil {
 		return r
 	}
-	f.progress("tokens swapped in %v", time.Since(start))
+	r.Note = fmt.Sprintf("tokens in place within %.0f ms", float64(time.Since(start))/float64(time.Millisecond))
 	p, _ := f.Policy()
 	f.measure(ctx, &r, start, start, p.StartJitter+time.Duration(f.opts.N)*20*time.Millisecond+30*time.Second, cpu0)
 	f.simulate(fleetsim.Scenario{Boot: true}, &r)

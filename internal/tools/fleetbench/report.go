@@ -27,7 +27,11 @@ func Row(w io.Writer, r Result) {
 	if r.RetryAfters > 0 {
 		cpu += fmt.Sprintf("; %d × 503", r.RetryAfters)
 	}
-	fmt.Fprintf(w, "| %s | %d | %s | %s | %.2f / %.2f | %s | %s / %s / %s | %s |\n", r.Event, r.N, pct(r.Real.PeakPer100ms), simPeak,
+	event := r.Event
+	if r.Note != "" {
+		event += " (" + r.Note + ")"
+	}
+	fmt.Fprintf(w, "| %s | %d | %s | %s | %.2f / %.2f | %s | %s / %s / %s | %s |\n", event, r.N, pct(r.Real.PeakPer100ms), simPeak,
 		r.Real.DialsPerDevice, r.Sim.DialsPerDevice, back, sec(r.Sim.P50), sec(r.Sim.P99), sec(r.Sim.Last), cpu)
 	if r.Err != nil {
 		fmt.Fprintf(w, "|  | error: %v |\n", r.Err)
