@@ -61,7 +61,7 @@ type Fleet struct {
 	daemons []*proc
 	// tokenFiles: the running daemons read their tokens from files.
 	tokenFiles bool
-	gate    *os.File // write end; closing it starts the gated daemons
+	gate       *os.File // write end; closing it starts the gated daemons
 	// failed counts "server connection failed" lines of every daemon, with
 	// the time each was read.
 	failed []time.Time
