@@ -21,7 +21,7 @@ func main() {
 	n := flag.Int("n", 1000, "daemons")
 	tether := flag.String("tether", "bin/tether", "tether binary")
 	mock := flag.String("mock", "bin/mock-mender", "mock-mender binary")
-	events := flag.String("events", "creds-before,creds,boot-before,boot,rest,drop,down10,down60,limit,boot-down30,rotate", "events to run, in this order")
+	events := flag.String("events", "creds-before,creds,boot-before,boot,rest,drop,down10,down60,limit,limit-upstream,boot-down30,rotate", "events to run, in this order")
 	rest := flag.Duration("rest", time.Minute, "window of the at-rest figures")
 	uidBase := flag.Int("uid-base", 200000, "creds, rotate: run daemon i as uid uid-base+i (as root), so each token file's inotify instance counts against its own user; 0: all as this user")
 	flag.Parse()
@@ -103,11 +103,16 @@ func run(n int, tether, mock string, events []string, rest time.Duration, uidBas
 			show(f.Outage(ctx, "server down 10 s", 10*time.Second, fleetsim.Scenario{}))
 		case "down60":
 			show(f.Outage(ctx, "server down 60 s", 60*time.Second, fleetsim.Scenario{}))
-		case "limit":
+		case "limit", "limit-upstream":
 			rate := max(1, n/5)
+			ra := 30 * time.Second
 			name := fmt.Sprintf("server restarts, accepts %d/s, 503 Retry-After: 30 above", rate)
-			show(f.Outage(ctx, name, 0, fleetsim.Scenario{Rate: float64(rate), Burst: rate, LimitRetryAfter: 30 * time.Second},
-				"--connect-rate", fmt.Sprint(rate), "--connect-burst", fmt.Sprint(rate), "--connect-retry-after", "30s"))
+			if ev == "limit-upstream" {
+				ra = 0
+				name = fmt.Sprintf("server restarts, accepts %d/s, 503 without Retry-After above (upstream)", rate)
+			}
+			show(f.Outage(ctx, name, 0, fleetsim.Scenario{Rate: float64(rate), Burst: rate, LimitRetryAfter: ra},
+				"--connect-rate", fmt.Sprint(rate), "--connect-burst", fmt.Sprint(rate), "--connect-retry-after", ra.String()))
 			// Back to a server without the limit for what follows.
 			f.StopServer()
 			if err := f.StartServer(); err != nil {
