@@ -70,11 +70,10 @@ func TestFleetRules(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	def := config.Default().Reconnect
-	report := func(r fleetbench.Result) {
+	report := func(t *testing.T, r fleetbench.Result) {
 		t.Helper()
-		var b testWriter = testWriter{t}
-		fleetbench.Header(b)
-		fleetbench.Row(b, r)
+		fleetbench.Header(testWriter{t})
+		fleetbench.Row(testWriter{t}, r)
 		if r.Err != nil {
 			t.Fatalf("%s: %v", r.Event, r.Err)
 		}
@@ -86,7 +85,7 @@ func TestFleetRules(t *testing.T) {
 	// without the start jitter the same event puts 64–98 % of the fleet
 	// in one 100 ms.
 	const maxShare = 0.40
-	peakRule := func(r fleetbench.Result) {
+	peakRule := func(t *testing.T, r fleetbench.Result) {
 		t.Helper()
 		if limit := int(maxShare * fleetSize); r.Real.PeakPer100ms > limit {
 			t.Errorf("%s: %d of %d devices dialled in one 100 ms, want at most %d (%.0f %%)", r.Event, r.Real.PeakPer100ms, fleetSize, limit, 100*maxShare)
@@ -96,8 +95,8 @@ func TestFleetRules(t *testing.T) {
 
 	t.Run("first tokens in one instant", func(t *testing.T) {
 		r := f.BootCredentials(ctx, "first tokens in one instant", uids)
-		report(r)
-		peakRule(r)
+		report(t, r)
+		peakRule(t, r)
 		if r.Real.Last > def.StartJitter.Duration()+slack {
 			t.Errorf("last device connected %v after its token, want within the start jitter %v", r.Real.Last, def.StartJitter)
 		}
@@ -107,8 +106,8 @@ func TestFleetRules(t *testing.T) {
 	})
 	t.Run("server drops every socket", func(t *testing.T) {
 		r := f.Drop(ctx)
-		report(r)
-		peakRule(r)
+		report(t, r)
+		peakRule(t, r)
 		if r.Real.Last > def.FirstJitter.Duration()+slack {
 			t.Errorf("last device back %v after the drop, want within the first jitter %v", r.Real.Last, def.FirstJitter)
 		}
@@ -117,7 +116,7 @@ func TestFleetRules(t *testing.T) {
 		const rate, retryAfter = 10, 2 * time.Second
 		r := f.Outage(ctx, "503 above 10/s", 0, fleetbenchLimit(rate, retryAfter),
 			"--connect-rate", fmt.Sprint(rate), "--connect-burst", fmt.Sprint(rate), "--connect-retry-after", retryAfter.String())
-		report(r)
+		report(t, r)
 		if r.RetryAfters == 0 {
 			t.Fatalf("the server refused no connect; the limit was not reached")
 		}
@@ -147,7 +146,7 @@ func TestFleetRules(t *testing.T) {
 	})
 	t.Run("every token rotates at once", func(t *testing.T) {
 		r := f.Rotate(ctx, uids)
-		report(r)
+		report(t, r)
 		// New credentials end the link and the device dials at once.
 		if r.Real.Last > slack {
 			t.Errorf("last device back %v after the rotation, want at once", r.Real.Last)
