@@ -122,7 +122,9 @@ func (f *Fleet) serverCPU() procstat.Sample {
 func (f *Fleet) measure(ctx context.Context, r *Result, start, ret time.Time, limit time.Duration, cpu0 procstat.Sample) {
 	wctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	cs, err := f.WaitBack(wctx, ret)
+	// From start, not ret: a restarted server may take connects before
+	// the bench has read its address line; they count as at its return.
+	cs, err := f.WaitBack(wctx, start)
 	end := time.Now()
 	if all, err := f.Connects(start); err == nil {
 		r.Connects = all
@@ -139,12 +141,13 @@ func (f *Fleet) measure(ctx context.Context, r *Result, start, ret time.Time, li
 	first := map[string]time.Duration{}
 	ok := 0
 	for _, c := range cs {
-		bins[int64(c.At.Sub(ret)/(100*time.Millisecond))]++
+		since := max(0, c.At.Sub(ret))
+		bins[int64(since/(100*time.Millisecond))]++
 		switch c.Status {
 		case 101:
 			ok++
 			if _, seen := first[c.Device]; !seen {
-				first[c.Device] = c.At.Sub(ret)
+				first[c.Device] = since
 			}
 		case 503:
 			r.RetryAfters++
