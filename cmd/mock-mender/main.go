@@ -3,6 +3,7 @@
 //
 //	mock-mender serve   [--listen ADDR] [--users EMAIL:PASS,...] [--key-file F] [--log-level L] [--login-link EMAIL] [--allowed-host NAME,...]
 //	                    [--tls-cert F --tls-key F | --tls-self-signed DIR]
+//	                    [--connect-rate R [--connect-burst N] [--connect-retry-after D]] [--connect-log F]
 //	mock-mender attach  [--server URL] [--user EMAIL] [--password P] [DEVICE_ID]
 //	mock-mender devices [--server URL] [--user EMAIL] [--password P]
 //	mock-mender cp      [--server URL] [--user EMAIL] [--password P] SRC DEST   (DEVICE:PATH on one side)
@@ -13,7 +14,8 @@
 // line) and exits cleanly on SIGINT/SIGTERM; the web console is at the base
 // URL. attach opens a remote terminal on a device (the only
 // connected one by default) in raw mode; "~." at the start of a line
-// disconnects. Flags default to MOCK_MENDER_* environment variables (see
+// disconnects. SIGUSR1 makes serve drop every device socket (1011) and
+// stay up, for a fleet bench (internal/tools/bench/fleetbench). Flags default to MOCK_MENDER_* environment variables (see
 // -h of each command).
 package main
 

@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"os/signal"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/tether-agent/tether/internal/mockserver"
@@ -37,11 +40,27 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	tlsSelfSigned := fs.String("tls-self-signed", envOr(envTLSSelfSigned, ""),
 		"serve HTTPS/WSS with a fresh self-signed certificate for the listen address, localhost and --allowed-host names, written to DIR/"+
 			mockserver.SelfSignedCertFile+" for clients to trust (key: DIR/"+mockserver.SelfSignedKeyFile+", 0600) (env "+envTLSSelfSigned+")")
+	connectRate := fs.Float64("connect-rate", 0, "accept at most this many device connects a second (a token bucket of --connect-burst) and answer the rest 503 \""+mockserver.StartingUpText+"\", as the real server's pending change does; 0: no limit")
+	connectBurst := fs.Int("connect-burst", 0, "bucket size of --connect-rate (default: the rate)")
+	connectRetryAfter := fs.Duration("connect-retry-after", 0, "Retry-After sent with the 503 of --connect-rate (whole seconds; 0: none, as upstream)")
+	connectLog := fs.String("connect-log", "", "append a line per device-endpoint request to this file: unix nanoseconds, answer (101 accepted, else the HTTP status), device id (- when unknown)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if *connectRate < 0 || *connectBurst < 0 || *connectRetryAfter < 0 {
+		return errors.New("--connect-rate, --connect-burst and --connect-retry-after must not be negative")
+	}
+	var onConnect func(mockserver.ConnectEvent)
+	if *connectLog != "" {
+		f, err := os.OpenFile(*connectLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err != nil {
+			return fmt.Errorf("--connect-log: %w", err)
+		}
+		defer f.Close()
+		onConnect = connectLogger(f)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -80,9 +99,27 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Strict:             *strict,
 		AllowedHosts:       splitList(*allowedHosts),
 		TLSConfig:          tlsCfg,
+		ConnectLimit:       mockserver.ConnectLimit{Rate: *connectRate, Burst: *connectBurst, RetryAfter: *connectRetryAfter},
+		OnConnect:          onConnect,
 	})
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// SIGUSR1 drops every device socket (1011) and the server stays up:
+	// the event "the server sheds its sockets" of a fleet bench.
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-usr1:
+				log.Info("SIGUSR1: closing every device connection")
+				log.Info("closed device connections", "count", s.CloseDevices())
+			}
+		}
+	}()
 	var link string
 	if *loginLink != "" {
 		if link, err = s.LoginLink(*loginLink); err != nil {
@@ -138,4 +175,26 @@ func flagSet(fs *flag.FlagSet, name string) bool {
 	set := false
 	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
 	return set
+}
+
+// connectLogger writes one line per device-endpoint request, each in one
+// write, so a reader of the file (a bench) sees whole lines even while
+// the server runs, and none is lost when it is killed.
+func connectLogger(w io.Writer) func(mockserver.ConnectEvent) {
+	var mu sync.Mutex
+	var buf []byte
+	return func(e mockserver.ConnectEvent) {
+		dev := e.Device
+		if dev == "" {
+			dev = "-"
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		buf = strconv.AppendInt(buf[:0], e.At.UnixNano(), 10)
+		buf = append(buf, ' ')
+		buf = strconv.AppendInt(buf, int64(e.Status), 10)
+		buf = append(buf, ' ')
+		buf = append(append(buf, dev...), '\n')
+		_, _ = w.Write(buf)
+	}
 }

@@ -181,6 +181,10 @@ type ReconnectConfig struct {
 	// over [0, FirstJitter), so a server that sheds its sockets does not
 	// get them all back in the same instant.
 	FirstJitter Duration
+	// StartJitter spreads the first dial after the daemon starts over
+	// [0, StartJitter), so devices that boot together (power restored at
+	// a site) do not dial in the same instant; 0 dials at once.
+	StartJitter Duration
 }
 
 // LinkConfig tunes the websocket.
@@ -272,6 +276,7 @@ func Default() *Config {
 			BackoffBase: Duration(time.Second),
 			BackoffMax:  Duration(time.Minute),
 			FirstJitter: Duration(time.Second),
+			StartJitter: Duration(time.Second),
 		},
 		Link: LinkConfig{
 			PingInterval:   Duration(50 * time.Second),

@@ -72,6 +72,7 @@ func (c *Config) Validate(shellsFile string) error {
 		add("Reconnect.BackoffMax", "%s is out of range (at most 24h)", r.BackoffMax)
 	}
 	confval.CheckDuration(add, "Reconnect.FirstJitter", r.FirstJitter, 0, 10*time.Minute)
+	confval.CheckDuration(add, "Reconnect.StartJitter", r.StartJitter, 0, 10*time.Minute)
 
 	l := c.Link
 	confval.CheckDuration(add, "Link.PingInterval", l.PingInterval, 10*time.Millisecond, time.Hour)

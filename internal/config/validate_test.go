@@ -120,6 +120,8 @@ func TestValidate(t *testing.T) {
 		{"backoff max above 24h", func(c *Config) { c.Reconnect.BackoffMax = Duration(25 * time.Hour) }, []string{"Reconnect.BackoffMax: 25h is out of range (at most 24h)"}},
 		{"backoff max equal base", func(c *Config) { c.Reconnect.BackoffMax = c.Reconnect.BackoffBase }, nil},
 		{"first jitter off", func(c *Config) { c.Reconnect.FirstJitter = 0 }, nil},
+		{"start jitter off", func(c *Config) { c.Reconnect.StartJitter = 0 }, nil},
+		{"start jitter above 10m", func(c *Config) { c.Reconnect.StartJitter = Duration(11 * time.Minute) }, []string{"Reconnect.StartJitter: 11m is out of range (allowed 0s..10m)"}},
 		{"first jitter above 10m", func(c *Config) { c.Reconnect.FirstJitter = Duration(11 * time.Minute) }, []string{"Reconnect.FirstJitter: 11m is out of range (allowed 0s..10m)"}},
 
 		{"link ping low", func(c *Config) { c.Link.PingInterval = Duration(time.Millisecond) }, []string{"Link.PingInterval: 1ms is out of range (allowed 10ms..1h)"}},

@@ -159,6 +159,7 @@ func Run(ctx context.Context, o Options) error {
 		BackoffBase:       cfg.Reconnect.BackoffBase.Duration(),
 		BackoffMax:        cfg.Reconnect.BackoffMax.Duration(),
 		FirstJitter:       cfg.Reconnect.FirstJitter.Duration(),
+		StartJitter:       cfg.Reconnect.StartJitter.Duration(),
 		Refresh:           src.Refresh,
 		Reader:            readerLoop,
 		Writer:            writerLoop,

@@ -88,6 +88,7 @@ type Options struct {
 	BackoffBase       time.Duration
 	BackoffMax        time.Duration
 	FirstJitter       time.Duration // random delay before redialling after a long-lived link drops
+	StartJitter       time.Duration // random delay before the first dial after start
 	// Refresh asks the auth service for a new token (after a 401).
 	Refresh func()
 	// Reader and Writer are health handles for the two loops; optional.
@@ -214,7 +215,7 @@ func (l *Link) Run(ctx context.Context, creds <-chan auth.Credentials) error {
 	l.parkLoops()
 	var cur auth.Credentials
 	bo := reconnect.New(reconnect.Policy{Base: l.opts.BackoffBase, Max: l.opts.BackoffMax,
-		FirstJitter: l.opts.FirstJitter, StableAfter: stableAfter})
+		FirstJitter: l.opts.FirstJitter, StartJitter: l.opts.StartJitter, StableAfter: stableAfter})
 	l.conflictBo = reconnect.New(reconnect.Policy{Base: l.opts.BackoffBase, Max: l.conflictMax, StableAfter: stableAfter})
 	dials := 0
 	for {
@@ -251,7 +252,19 @@ func (l *Link) Run(ctx context.Context, creds <-chan auth.Credentials) error {
 				}
 			}
 		}()
-		uptime, ended, err := l.connectAndServe(connCtx, cur)
+		if dials == 1 {
+			// Devices that boot together would otherwise all dial in
+			// the same instant (docs/benchmarks.md, "Fleet bench").
+			if wait := bo.AtStart(); wait > 0 {
+				l.opts.State(false, fmt.Sprintf("first dial in %s", wait.Round(time.Millisecond)))
+				sleepCtx(connCtx, wait)
+			}
+		}
+		var uptime time.Duration
+		var ended, err error
+		if connCtx.Err() == nil {
+			uptime, ended, err = l.connectAndServe(connCtx, cur)
+		}
 		if connCtx.Err() == nil {
 			var wait time.Duration
 			if err != nil {
@@ -265,12 +278,7 @@ func (l *Link) Run(ctx context.Context, creds <-chan auth.Credentials) error {
 			}
 			if wait > 0 {
 				l.opts.State(false, fmt.Sprintf("reconnecting in %s", wait.Round(time.Millisecond)))
-				t := time.NewTimer(wait)
-				select {
-				case <-t.C:
-				case <-connCtx.Done():
-				}
-				t.Stop()
+				sleepCtx(connCtx, wait)
 			}
 		}
 		cancel()
@@ -282,6 +290,16 @@ func (l *Link) Run(ctx context.Context, creds <-chan auth.Credentials) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+	}
+}
+
+// sleepCtx waits d or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
 	}
 }
 

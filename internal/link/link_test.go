@@ -182,3 +182,65 @@ func TestWriteTimeoutMeansNoProgress(t *testing.T) {
 		})
 	}
 }
+
+// The first dial after start waits a random time below StartJitter, so
+// links started in the same instant reach the server spread over it;
+// without it they dial at once.
+func TestStartJitterSpreadsTheFirstDial(t *testing.T) {
+	tests := []struct {
+		name          string
+		jitter        time.Duration
+		minSpread     time.Duration // earliest to latest first dial, at least
+		latest        time.Duration // every first dial within, from start
+		wantAllAtOnce bool
+	}{
+		{"start jitter 1 s: spread over it", time.Second, 300 * time.Millisecond, time.Second + 500*time.Millisecond, false},
+		{"no start jitter: all at once", 0, 0, 500 * time.Millisecond, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			const links = 16
+			url, tokens := tokenServer(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			var done []chan struct{}
+			defer func() {
+				cancel()
+				for _, d := range done {
+					<-d
+				}
+			}()
+			start := time.Now()
+			for i := 0; i < links; i++ {
+				l, err := New(Options{PingInterval: time.Minute, ReadTimeout: time.Minute, WriteTimeout: time.Second,
+					BackoffBase: time.Second, BackoffMax: time.Minute, StartJitter: tt.jitter}, nopHandler{}, mux.New(nil))
+				if err != nil {
+					t.Fatal(err)
+				}
+				creds := make(chan auth.Credentials, 1)
+				creds <- auth.Credentials{Token: "T", ServerURL: url}
+				d := make(chan struct{})
+				done = append(done, d)
+				go func() { defer close(d); _ = l.Run(ctx, creds) }()
+			}
+			var first, last time.Duration
+			for i := 0; i < links; i++ {
+				select {
+				case <-tokens:
+					at := time.Since(start)
+					if i == 0 {
+						first = at
+					}
+					last = at
+				case <-time.After(10 * time.Second):
+					t.Fatalf("%d of %d links connected", i, links)
+				}
+			}
+			if last > tt.latest {
+				t.Fatalf("last first dial %v after start, want within %v", last, tt.latest)
+			}
+			if spread := last - first; spread < tt.minSpread || (tt.wantAllAtOnce && spread > 300*time.Millisecond) {
+				t.Fatalf("first dials spread over %v (%v to %v) with StartJitter %v", spread, first, last, tt.jitter)
+			}
+		})
+	}
+}

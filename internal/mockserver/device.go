@@ -154,12 +154,15 @@ func (s *Server) handleDeviceConnect(w http.ResponseWriter, r *http.Request) {
 	if !allowMethod(w, r, http.MethodGet) {
 		return
 	}
+	at := time.Now()
 	c, ok := s.authenticate(w, r)
 	if !ok {
+		s.connectEvent(at, "", http.StatusUnauthorized)
 		return
 	}
 	if !c.Device || c.Subject == "" {
 		writeError(w, http.StatusBadRequest, "missing or non-device identity in the authorization headers")
+		s.connectEvent(at, "", http.StatusBadRequest)
 		return
 	}
 	tok, _ := bearerToken(r)
@@ -169,10 +172,19 @@ func (s *Server) handleDeviceConnect(w http.ResponseWriter, r *http.Request) {
 	if revoked {
 		s.log.Info("device token revoked", "device_id", c.Subject, "token_sha256", tokenFingerprint(tok))
 		writeError(w, http.StatusUnauthorized, "Unauthorized: token revoked")
+		s.connectEvent(at, c.Subject, http.StatusUnauthorized)
+		return
+	}
+	// After the token check, as the real server's gateway checks it
+	// before deviceconnect sees the request.
+	if !s.limit.take(at) {
+		s.refuseStartingUp(w)
+		s.connectEvent(at, c.Subject, http.StatusServiceUnavailable)
 		return
 	}
 	if !s.beginSocket() {
 		writeError(w, http.StatusServiceUnavailable, "server shutting down")
+		s.connectEvent(at, c.Subject, http.StatusServiceUnavailable)
 		return
 	}
 	defer s.wg.Done()
@@ -194,6 +206,7 @@ func (s *Server) handleDeviceConnect(w http.ResponseWriter, r *http.Request) {
 		s.log.Info("device websocket upgrade failed", "device_id", c.Subject, "err", err)
 		return
 	}
+	s.connectEvent(at, c.Subject, http.StatusSwitchingProtocols)
 	conn.SetReadLimit(MessageSizeLimit)
 	d := &Device{
 		s:         s,

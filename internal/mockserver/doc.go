@@ -62,6 +62,12 @@
 //     and the user's user_id; 202 (404 for a device not connected).
 //   - Errors everywhere are JSON {"error": "..."}.
 //
+// For fleet benches: Options.ConnectLimit answers device connects above a
+// rate with 503 "server is starting up" (the real server's pending
+// change; Retry-After only when set), Options.OnConnect hears of every
+// device-endpoint request and its answer, CloseDevices drops every device
+// socket at once (1011) and the server stays up.
+//
 // Options.Lenient is a forgiving server instead of the real one: user
 // sessions of a dropped device wait (up to ReadTimeout) for its next
 // connection and are relayed over it with the same sid, else they get

@@ -107,6 +107,13 @@ type Options struct {
 	// using it needs this. See SelfSignedCertificate for a demo
 	// certificate.
 	TLSConfig *tls.Config
+	// ConnectLimit answers device connects above a rate with 503 "server
+	// is starting up" (fleet.go); the zero value accepts every connect.
+	ConnectLimit ConnectLimit
+	// OnConnect, when set, is called for every request to the device
+	// endpoint with the server's answer, from the request's goroutine:
+	// it must return quickly.
+	OnConnect func(ConnectEvent)
 }
 
 // Server is an in-process mock of the Mender server's device-auth,
@@ -120,6 +127,7 @@ type Server struct {
 	handler  http.Handler // mux behind the Host and Origin guard
 	hosts    map[string]bool
 	upgrader websocket.Upgrader
+	limit    *connectBucket
 
 	mu        sync.Mutex
 	closed    bool
@@ -229,6 +237,7 @@ func New(opts Options) *Server {
 		loggedOut: make(map[string]time.Time),
 		hosts:     allowedHosts(opts.AllowedHosts),
 		console:   newConsole(),
+		limit:     newConnectBucket(opts.ConnectLimit),
 	}
 	s.upgrader = websocket.Upgrader{
 		// Offered but only echoed when the client asks, like the real

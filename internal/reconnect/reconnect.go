@@ -26,6 +26,10 @@ type Policy struct {
 	// FirstJitter spreads the first redial after a link that had been up
 	// (StableAfter or longer) dropped: uniform in [0, FirstJitter).
 	FirstJitter time.Duration
+	// StartJitter spreads the first dial after the daemon starts: uniform
+	// in [0, StartJitter), so devices that boot together (power restored
+	// at a site) do not all dial the server in the same instant.
+	StartJitter time.Duration
 	// StableAfter is how long a link must have been up for its drop to
 	// count as a fresh start rather than one more failure; a server that
 	// accepts and drops at once is backed off like one that refuses.
@@ -62,6 +66,9 @@ func (b *Backoff) Attempt() int { return b.attempt }
 
 // Reset forgets past failures (new credentials are a fresh start).
 func (b *Backoff) Reset() { b.attempt = 0 }
+
+// AtStart is the wait before the first dial after the daemon starts.
+func (b *Backoff) AtStart() time.Duration { return b.uniform(b.p.StartJitter) }
 
 // AfterLink is the wait before redialling after a link that was up for
 // uptime ended. A long-lived link starts afresh with a short random delay;

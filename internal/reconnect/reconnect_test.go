@@ -134,3 +134,24 @@ func TestRetryAfterHeader(t *testing.T) {
 		})
 	}
 }
+
+// The first dial after start waits uniform in [0, StartJitter), spread
+// over the whole range; none without a StartJitter.
+func TestAtStart(t *testing.T) {
+	p := Policy{Base: time.Second, Max: time.Minute, StartJitter: time.Second}
+	var top time.Duration
+	for i := 0; i < 1000; i++ {
+		d := NewWithRand(p, rand.New(rand.NewPCG(uint64(i), 9)).Int64N).AtStart()
+		if d < 0 || d >= p.StartJitter {
+			t.Fatalf("wait %v outside [0, %v)", d, p.StartJitter)
+		}
+		top = max(top, d)
+	}
+	if top < p.StartJitter*9/10 {
+		t.Fatalf("largest of 1000 draws %v: not spread over [0, %v)", top, p.StartJitter)
+	}
+	p.StartJitter = 0
+	if d := newTest(p).AtStart(); d != 0 {
+		t.Fatalf("no start jitter: waited %v", d)
+	}
+}

@@ -16,12 +16,20 @@ import (
 )
 
 // Scenario is one server event. At time 0 every device's long-lived link
-// drops; the server then refuses dials for Down (0: it closed the sockets
-// but stays up), each refusal carrying RetryAfter when that is set.
+// drops (with Boot: every device starts); the server then refuses dials
+// for Down (0: it closed the sockets but stays up), each refusal carrying
+// RetryAfter when that is set. With Rate, the server, once up, accepts at
+// most Rate dials a second (a token bucket of Burst, full when it comes
+// up) and refuses the rest, with LimitRetryAfter, as a server that
+// answers connect bursts with 503 does.
 type Scenario struct {
-	Name       string
-	Down       time.Duration
-	RetryAfter time.Duration
+	Name            string
+	Down            time.Duration
+	RetryAfter      time.Duration
+	Boot            bool
+	Rate            float64
+	Burst           int
+	LimitRetryAfter time.Duration
 }
 
 // Result is what the server saw.
@@ -36,6 +44,10 @@ type Result struct {
 	// carried Retry-After to that device's next dial (-1: none).
 	MinAwayAfterRetryAfter time.Duration
 	Dials                  int
+	// PeakUpPer100ms is the most dials in any 100 ms window that reach
+	// the server while it is up (dials to a server that is down are
+	// refused by its host and never seen by it).
+	PeakUpPer100ms int
 }
 
 // DialCost is what one dial takes, refused or not.
@@ -67,11 +79,17 @@ func Run(p reconnect.Policy, s Scenario, n int, seed uint64) Result {
 	q := make(queue, 0, n)
 	for i := range devices {
 		devices[i] = reconnect.NewWithRand(p, rng.Int64N)
-		q = append(q, event{at: devices[i].AfterLink(time.Hour), device: i})
+		first := devices[i].AfterLink(time.Hour)
+		if s.Boot {
+			first = devices[i].AtStart()
+		}
+		q = append(q, event{at: first, device: i})
 	}
 	heap.Init(&q)
 	const bin = 100 * time.Millisecond
 	bins := map[int64]int{}
+	upBins := map[int64]int{}
+	limit := newBucket(s.Rate, s.Burst)
 	lastFail := make([]time.Duration, n)
 	for i := range lastFail {
 		lastFail[i] = -1
@@ -82,18 +100,29 @@ func Run(p reconnect.Policy, s Scenario, n int, seed uint64) Result {
 		e := heap.Pop(&q).(event)
 		res.Dials++
 		bins[int64(e.at/bin)]++
-		if s.RetryAfter > 0 && lastFail[e.device] >= 0 {
+		if lastFail[e.device] >= 0 {
 			if away := e.at - lastFail[e.device]; res.MinAwayAfterRetryAfter < 0 || away < res.MinAwayAfterRetryAfter {
 				res.MinAwayAfterRetryAfter = away
 			}
 		}
 		done := e.at + DialCost
+		ra := s.RetryAfter
 		if e.at >= s.Down {
-			back = append(back, done-s.Down)
-			continue
+			upBins[int64(e.at/bin)]++
+			if limit.take(e.at - s.Down) {
+				back = append(back, done-s.Down)
+				continue
+			}
+			ra = s.LimitRetryAfter
 		}
-		lastFail[e.device] = done
-		heap.Push(&q, event{at: done + devices[e.device].AfterFailure(s.RetryAfter), device: e.device})
+		lastFail[e.device] = -1
+		if ra > 0 {
+			lastFail[e.device] = done
+		}
+		heap.Push(&q, event{at: done + devices[e.device].AfterFailure(ra), device: e.device})
+	}
+	for _, c := range upBins {
+		res.PeakUpPer100ms = max(res.PeakUpPer100ms, c)
 	}
 	for b, c := range bins {
 		res.PeakPer100ms = max(res.PeakPer100ms, c)
@@ -112,6 +141,40 @@ func Run(p reconnect.Policy, s Scenario, n int, seed uint64) Result {
 	return res
 }
 
+// bucket is the server's connect limit: rate a second, full at its
+// return; nil accepts every dial. It is the mock server's
+// (internal/mockserver ConnectLimit), on simulated time.
+type bucket struct {
+	rate, size, tokens float64
+	last               time.Duration
+}
+
+func newBucket(rate float64, burst int) *bucket {
+	if rate <= 0 {
+		return nil
+	}
+	size := float64(burst)
+	if size <= 0 {
+		size = max(1, rate)
+	}
+	return &bucket{rate: rate, size: size, tokens: size}
+}
+
+// take reports whether a dial at t (since the server's return) is
+// accepted.
+func (b *bucket) take(t time.Duration) bool {
+	if b == nil {
+		return true
+	}
+	b.tokens = min(b.size, b.tokens+(t-b.last).Seconds()*b.rate)
+	b.last = t
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
 // Scenarios are the events the table shows.
 func Scenarios() []Scenario {
 	return []Scenario{
@@ -119,13 +182,15 @@ func Scenarios() []Scenario {
 		{Name: "server down 10 s", Down: 10 * time.Second},
 		{Name: "server down 60 s", Down: 60 * time.Second},
 		{Name: "server down 60 s, 503 Retry-After: 30", Down: 60 * time.Second, RetryAfter: 30 * time.Second},
+		{Name: "devices boot together, server up", Boot: true},
+		{Name: "devices boot together, server down 30 s", Boot: true, Down: 30 * time.Second},
 	}
 }
 
 // Table prints the figures of every scenario for policy p.
 func Table(w io.Writer, title string, p reconnect.Policy, n int) {
-	fmt.Fprintf(w, "%s (FirstJitter %s, BackoffBase %s, BackoffMax %s; %d devices, dial %s)\n",
-		title, p.FirstJitter, p.Base, p.Max, n, DialCost)
+	fmt.Fprintf(w, "%s (StartJitter %s, FirstJitter %s, BackoffBase %s, BackoffMax %s; %d devices, dial %s)\n",
+		title, p.StartJitter, p.FirstJitter, p.Base, p.Max, n, DialCost)
 	fmt.Fprintf(w, "  %-42s %12s %12s   %s\n", "event", "peak/100ms", "peak/s", "back after the server returns: p50 / p99 / last")
 	for _, s := range Scenarios() {
 		r := Run(p, s, n, 1)

@@ -68,3 +68,44 @@ func TestTablePrintsEveryScenario(t *testing.T) {
 		}
 	}
 }
+
+// Devices that start together dial together unless the first dial after
+// start is spread: the herd and its cure must both show.
+func TestBootHerd(t *testing.T) {
+	const n = 10000
+	p := defaultPolicy()
+	p.StartJitter = 0
+	if r := Run(p, Scenario{Boot: true}, n, 1); r.PeakPer100ms != n {
+		t.Fatalf("no start jitter: peak %d of %d in 100 ms", r.PeakPer100ms, n)
+	}
+	p.StartJitter = time.Second
+	r := Run(p, Scenario{Boot: true}, n, 1)
+	if r.PeakPer100ms > n/10+n/50 {
+		t.Fatalf("start jitter 1 s: peak %d of %d in 100 ms", r.PeakPer100ms, n)
+	}
+	if r.Last > p.StartJitter+DialCost {
+		t.Fatalf("start jitter 1 s: last device connected after %v", r.Last)
+	}
+}
+
+// A server that accepts at most Rate dials a second never accepts more,
+// and sees every refused device again no sooner than its Retry-After.
+func TestRateLimit(t *testing.T) {
+	const n = 2000
+	s := Scenario{Rate: 100, Burst: 100, LimitRetryAfter: 30 * time.Second}
+	r := Run(defaultPolicy(), s, n, 1)
+	// All n back: the burst, then at most 100 a second, so the last no
+	// sooner than (n-burst)/rate.
+	if min := time.Duration(float64(n-s.Burst)/s.Rate*float64(time.Second)) - time.Second; r.Last < min {
+		t.Fatalf("last back after %v; a limit of 100/s cannot take %d devices before %v", r.Last, n, min)
+	}
+	if r.MinAwayAfterRetryAfter < 30*time.Second {
+		t.Fatalf("a device redialled %v after a Retry-After: 30", r.MinAwayAfterRetryAfter)
+	}
+	if r.PeakUpPer100ms != r.PeakPer100ms {
+		t.Fatalf("server up throughout: peak up %d, peak %d", r.PeakUpPer100ms, r.PeakPer100ms)
+	}
+	if d := Run(defaultPolicy(), Scenario{Down: 10 * time.Second}, n, 1); d.PeakUpPer100ms >= d.PeakPer100ms {
+		t.Fatalf("dials while the server is down count only in the peak of all dials: up %d, all %d", d.PeakUpPer100ms, d.PeakPer100ms)
+	}
+}

@@ -156,7 +156,7 @@ func newEnvMode(t *testing.T, lenient bool, overrides map[string]interface{}, pr
 		"ShellCommand":   "/bin/sh",
 		"ShellArguments": []string{"-l"},
 		"Auth":           map[string]interface{}{"DBusAddress": e.bus},
-		"Reconnect":      map[string]interface{}{"BackoffBase": "50ms", "BackoffMax": "500ms"},
+		"Reconnect":      map[string]interface{}{"BackoffBase": "50ms", "BackoffMax": "500ms", "StartJitter": "0s"}, // one daemon, no fleet to spread
 		"Sessions":       map[string]interface{}{"StopGrace": "200ms"},
 		"Metrics":        map[string]interface{}{"Listen": freeAddr(t)},
 		"Log":            map[string]interface{}{"Journal": "off"}, // the test reads the log

@@ -192,6 +192,9 @@ func startDaemon(bin, serverURL string) (*daemon, error) {
 			"ShellArguments": []string{},
 			"ServerURL":      serverURL,
 			"Sessions":       map[string]interface{}{"MaxPerUser": 128, "MaxTotal": 128, "StopGrace": "200ms"},
+			// start → connected is the daemon's own start, not the
+			// fleet's spread of first dials.
+			"Reconnect": map[string]interface{}{"StartJitter": "0s"},
 			// The bench reads the allocation counter here.
 			"Metrics": map[string]interface{}{"Listen": "unix:" + filepath.Join(dir, "metrics.sock")},
 		}
