@@ -39,7 +39,7 @@ COLD_GCFLAGS := -gcflags=crypto/...=-l -gcflags=crypto/cipher= \
                -gcflags=$(PKG)/internal/shell=-l -gcflags=$(PKG)/internal/reconnect=-l \
                -gcflags=$(PKG)/internal/health=-l -gcflags=$(PKG)/internal/logging=-l \
                -gcflags=$(PKG)/internal/metrics=-l -gcflags=$(PKG)/internal/version=-l \
-               -gcflags=$(PKG)/internal/proto/menderclient=-l
+               -gcflags=$(PKG)/internal/proto/menderclient=-l -gcflags=$(PKG)/internal/systemd1=-l
 GOBUILD     := CGO_ENABLED=0 $(GO) build -trimpath $(COLD_GCFLAGS) -ldflags '$(LDFLAGS)'
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.6.1
 # Fuzzing budgets are counts of executions, about 20 s each on a CI-sized

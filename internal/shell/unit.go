@@ -12,9 +12,10 @@ import (
 	"syscall"
 	"time"
 
-	sdbus "github.com/coreos/go-systemd/v22/dbus"
 	"github.com/godbus/dbus/v5"
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-agent/tether/internal/systemd1"
 )
 
 // SliceName is the slice every session's unit sits in: `systemctl status
@@ -30,7 +31,6 @@ const minSystemd = 240
 // the system bus and watches them end.
 type systemdUnits struct {
 	bus         *dbus.Conn
-	conn        *sdbus.Conn // go-systemd over the same connection
 	version     int
 	limits      Limits
 	memMax      uint64
@@ -40,6 +40,11 @@ type systemdUnits struct {
 	mu      sync.Mutex
 	watches map[dbus.ObjectPath]chan struct{}
 	sigs    chan *dbus.Signal
+
+	// jobMu is held from a start call until its job is in jobs, so that
+	// the job's JobRemoved, read by dispatch, finds it.
+	jobMu sync.Mutex
+	jobs  map[dbus.ObjectPath]chan<- string
 }
 
 // connectSystemd answers whether systemd runs the device and its manager
@@ -66,15 +71,13 @@ func connectSystemd(ctx context.Context, lim Limits, grace time.Duration) (*syst
 	if err := bus.Hello(); err != nil {
 		return nil, fmt.Errorf("system bus: %w", err)
 	}
-	// go-systemd dials twice (calls, signals); both are this connection,
-	// so the references AddRef takes are held, and dropped with, ours.
-	conn, err := sdbus.NewConnection(func() (*dbus.Conn, error) { return bus, nil })
-	if err != nil {
+	// The start jobs' ends; the references AddRef takes are held by, and
+	// dropped with, this connection.
+	if err := bus.AddMatchSignalContext(ctx, systemd1.MatchJobRemoved()...); err != nil {
 		return nil, fmt.Errorf("systemd: %w", err)
 	}
-	var v dbus.Variant
-	if err := bus.Object("org.freedesktop.systemd1", "/org/freedesktop/systemd1").CallWithContext(ctx,
-		"org.freedesktop.DBus.Properties.Get", 0, "org.freedesktop.systemd1.Manager", "Version").Store(&v); err != nil {
+	v, err := systemd1.Get(ctx, bus, systemd1.Path, systemd1.Manager, "Version")
+	if err != nil {
 		return nil, fmt.Errorf("systemd does not answer on the system bus: %w", err)
 	}
 	s, _ := v.Value().(string)
@@ -82,14 +85,14 @@ func connectSystemd(ctx context.Context, lim Limits, grace time.Duration) (*syst
 	if version < minSystemd {
 		return nil, fmt.Errorf("systemd %q is older than %d (Type=exec)", s, minSystemd)
 	}
-	if err := bus.Object("org.freedesktop.systemd1", "/org/freedesktop/systemd1").CallWithContext(ctx,
-		"org.freedesktop.systemd1.Manager.Subscribe", 0).Store(); err != nil {
+	if err := systemd1.Subscribe(ctx, bus); err != nil {
 		return nil, fmt.Errorf("systemd: subscribe: %w", err)
 	}
-	u := &systemdUnits{bus: bus, conn: conn, version: version, limits: lim,
+	u := &systemdUnits{bus: bus, version: version, limits: lim,
 		memMax: lim.memoryBytes(totalRAM()), stopTimeout: 2 * grace,
 		mount:   cgroup2Mount("/proc/self/mountinfo"),
-		watches: make(map[dbus.ObjectPath]chan struct{}), sigs: make(chan *dbus.Signal, 64)}
+		watches: make(map[dbus.ObjectPath]chan struct{}), sigs: make(chan *dbus.Signal, 64),
+		jobs: make(map[dbus.ObjectPath]chan<- string)}
 	bus.Signal(u.sigs)
 	go u.dispatch()
 	ok = true
@@ -107,11 +110,21 @@ func leadingInt(s string) int {
 	return n
 }
 
-// dispatch wakes the watcher of a unit whose properties changed; the
-// watcher reads the state itself (signals may arrive out of order).
+// dispatch hands a start job's result to its starter, and wakes the
+// watcher of a unit whose properties changed; the watcher reads the state
+// itself (signals may arrive out of order).
 func (u *systemdUnits) dispatch() {
 	for sig := range u.sigs {
-		if sig.Name != "org.freedesktop.DBus.Properties.PropertiesChanged" {
+		if job, result, ok := systemd1.JobRemoved(sig); ok {
+			u.jobMu.Lock()
+			if ch := u.jobs[job]; ch != nil {
+				ch <- result // buffered, one result per job
+				delete(u.jobs, job)
+			}
+			u.jobMu.Unlock()
+			continue
+		}
+		if !systemd1.IsPropertiesChanged(sig) {
 			continue
 		}
 		u.mu.Lock()
@@ -141,14 +154,12 @@ func limitWord(v uint64) string {
 }
 
 // unitPath is the object path of a unit.
-func unitPath(name string) dbus.ObjectPath {
-	return dbus.ObjectPath("/org/freedesktop/systemd1/unit/" + sdbus.PathBusEscape(name))
-}
+func unitPath(name string) dbus.ObjectPath { return systemd1.UnitPath(name) }
 
 // unitProperties are the transient unit of a session's shell: the user's
 // identity and environment, the pty's slave as its controlling terminal,
 // the limits, and a teardown of its whole cgroup.
-func unitProperties(s Spec, tty string, lim Limits, memMax uint64, stopTimeout time.Duration) []sdbus.Property {
+func unitProperties(s Spec, tty string, lim Limits, memMax uint64, stopTimeout time.Duration) []systemd1.Property {
 	a := s.Account
 	groups := make([]string, 0, len(a.Groups))
 	for _, g := range a.Groups {
@@ -161,10 +172,10 @@ func unitProperties(s Spec, tty string, lim Limits, memMax uint64, stopTimeout t
 	if s.UserID != "" {
 		desc += " of user " + printable(s.UserID, 64)
 	}
-	p := func(name string, v any) sdbus.Property { return sdbus.Property{Name: name, Value: dbus.MakeVariant(v)} }
-	props := []sdbus.Property{
-		sdbus.PropDescription(desc),
-		sdbus.PropSlice(SliceName),
+	p := systemd1.Prop
+	props := []systemd1.Property{
+		p("Description", desc),
+		p("Slice", SliceName),
 		// Not ordered after basic.target: a device stuck in its boot
 		// must still be reachable, and a shell opened early must not
 		// wait for the boot. Stopped at shutdown all the same.
@@ -173,8 +184,8 @@ func unitProperties(s Spec, tty string, lim Limits, memMax uint64, stopTimeout t
 		p("Before", []string{"shutdown.target"}),
 		// "started" only once the shell is exec'd: it has opened its
 		// terminal by then, and a missing shell fails the start.
-		sdbus.PropType("exec"),
-		sdbus.PropExecStart(append([]string{s.Command}, s.Args...), false),
+		p("Type", "exec"),
+		systemd1.ExecStart(append([]string{s.Command}, s.Args...)),
 		p("User", a.Name),
 		p("Group", strconv.FormatUint(uint64(a.GID), 10)),
 		p("SupplementaryGroups", groups),
@@ -246,17 +257,16 @@ func (u *systemdUnits) startUnit(s Spec, short, tty string, p *Process) error {
 		u.mu.Lock()
 		u.watches[path] = wake
 		u.mu.Unlock()
-		match := []dbus.MatchOption{dbus.WithMatchObjectPath(path),
-			dbus.WithMatchInterface("org.freedesktop.DBus.Properties"), dbus.WithMatchMember("PropertiesChanged")}
+		match := systemd1.MatchPropertiesChanged(path)
 		// Before the start, so that no change goes unseen.
 		if err := u.bus.AddMatchSignalContext(ctx, match...); err != nil {
 			u.forget(path)
 			return fmt.Errorf("systemd: watch %s: %w", name, err)
 		}
 		job := make(chan string, 1)
-		_, err := u.conn.StartTransientUnitContext(ctx, name, "fail", props, job)
+		err := u.start(ctx, name, props, job)
 		var de dbus.Error
-		if errors.As(err, &de) && de.Name == "org.freedesktop.systemd1.UnitExists" && i < 100 {
+		if errors.As(err, &de) && de.Name == systemd1.ErrUnitExists && i < 100 {
 			_ = u.bus.RemoveMatchSignalContext(ctx, match...)
 			u.forget(path)
 			continue
@@ -280,15 +290,27 @@ func (u *systemdUnits) startUnit(s Spec, short, tty string, p *Process) error {
 			up.release()
 			return fmt.Errorf("systemd: start %s: job %s (%s)", name, result, why)
 		}
-		if pid, err := up.uint32Prop(ctx, "org.freedesktop.systemd1.Service", "MainPID"); err == nil {
+		if pid, err := up.uint32Prop(ctx, systemd1.ServiceIface, "MainPID"); err == nil {
 			p.pid = int(pid)
 		}
-		if cg, err := up.stringProp(ctx, "org.freedesktop.systemd1.Service", "ControlGroup"); err == nil && cg != "" && u.mount != "" {
+		if cg, err := up.stringProp(ctx, systemd1.ServiceIface, "ControlGroup"); err == nil && cg != "" && u.mount != "" {
 			p.cgroupDir = u.mount + cg
 		}
 		go up.watch(p)
 		return nil
 	}
+}
+
+// start starts the unit name; job gets its start job's result.
+func (u *systemdUnits) start(ctx context.Context, name string, props []systemd1.Property, job chan<- string) error {
+	u.jobMu.Lock()
+	defer u.jobMu.Unlock()
+	path, err := systemd1.StartTransientUnit(ctx, u.bus, name, "fail", props)
+	if err != nil {
+		return err
+	}
+	u.jobs[path] = job
+	return nil
 }
 
 func (u *systemdUnits) forget(path dbus.ObjectPath) {
@@ -306,12 +328,8 @@ type unitProc struct {
 	match []dbus.MatchOption
 }
 
-func (up *unitProc) obj() dbus.BusObject { return up.u.bus.Object("org.freedesktop.systemd1", up.path) }
-
 func (up *unitProc) prop(ctx context.Context, iface, name string) (dbus.Variant, error) {
-	var v dbus.Variant
-	err := up.obj().CallWithContext(ctx, "org.freedesktop.DBus.Properties.Get", 0, iface, name).Store(&v)
-	return v, err
+	return systemd1.Get(ctx, up.u.bus, up.path, iface, name)
 }
 
 func (up *unitProc) stringProp(ctx context.Context, iface, name string) (string, error) {
@@ -334,7 +352,7 @@ func (up *unitProc) uint32Prop(ctx context.Context, iface, name string) (uint32,
 
 // result words how a unit that did not start ended.
 func (up *unitProc) result(ctx context.Context) string {
-	r, err := up.stringProp(ctx, "org.freedesktop.systemd1.Service", "Result")
+	r, err := up.stringProp(ctx, systemd1.ServiceIface, "Result")
 	if err != nil {
 		return err.Error()
 	}
@@ -350,7 +368,7 @@ func (up *unitProc) watch(p *Process) {
 	wake := up.wake
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		state, err := up.stringProp(ctx, "org.freedesktop.systemd1.Unit", "ActiveState")
+		state, err := up.stringProp(ctx, systemd1.UnitIface, "ActiveState")
 		if err == nil && (state == "inactive" || state == "failed") {
 			limit, err := up.ending(ctx)
 			p.limMu.Lock()
@@ -378,7 +396,7 @@ func (up *unitProc) watch(p *Process) {
 
 // ending reads how the unit's main process ended and why the unit did.
 func (up *unitProc) ending(ctx context.Context) (limit string, err error) {
-	const iface = "org.freedesktop.systemd1.Service"
+	const iface = systemd1.ServiceIface
 	result, _ := up.stringProp(ctx, iface, "Result")
 	codeV, err1 := up.prop(ctx, iface, "ExecMainCode")
 	statusV, err2 := up.prop(ctx, iface, "ExecMainStatus")
@@ -390,14 +408,8 @@ func (up *unitProc) ending(ctx context.Context) (limit string, err error) {
 	if err1 != nil || err2 != nil {
 		return limit, fmt.Errorf("ended, result %s", result)
 	}
-	switch code {
-	case 1: // CLD_EXITED
-		if status == 0 {
-			return limit, nil
-		}
-		return limit, fmt.Errorf("exit status %d", status)
-	case 2, 3: // CLD_KILLED, CLD_DUMPED
-		return limit, fmt.Errorf("signal: %s", syscall.Signal(status))
+	if ok, err := systemd1.ExitStatus(code, status); ok {
+		return limit, err
 	}
 	return limit, fmt.Errorf("ended, result %s", result)
 }
@@ -407,7 +419,7 @@ func (up *unitProc) ending(ctx context.Context) (limit string, err error) {
 func (up *unitProc) release() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_ = up.obj().CallWithContext(ctx, "org.freedesktop.systemd1.Unit.Unref", 0).Err
+	_ = systemd1.Unref(ctx, up.u.bus, up.path)
 	_ = up.u.bus.RemoveMatchSignalContext(ctx, up.match...)
 	up.u.forget(up.path)
 }
@@ -417,9 +429,9 @@ func (up *unitProc) release() {
 func (up *unitProc) stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err := up.u.conn.StopUnitContext(ctx, up.name, "replace", nil)
+	err := systemd1.StopUnit(ctx, up.u.bus, up.name, "replace")
 	var de dbus.Error
-	if errors.As(err, &de) && de.Name == "org.freedesktop.systemd1.NoSuchUnit" {
+	if errors.As(err, &de) && de.Name == systemd1.ErrNoSuchUnit {
 		return nil
 	}
 	return err
@@ -429,7 +441,7 @@ func (up *unitProc) stop() error {
 func (up *unitProc) kill() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return up.u.conn.KillUnitWithTarget(ctx, up.name, sdbus.All, int32(syscall.SIGKILL))
+	return systemd1.KillUnit(ctx, up.u.bus, up.name, "all", syscall.SIGKILL)
 }
 
 // openPTY opens a pty master without opening its slave: the slave is

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,56 +13,9 @@ import (
 	"time"
 
 	"github.com/godbus/dbus/v5"
+
+	"github.com/tether-agent/tether/internal/systemd1"
 )
-
-// systemd's manager on the system bus. The calls are made with godbus
-// directly: go-systemd's dbus wrapper cost about 25 KiB of the binary
-// for the five methods and one signal used here.
-const (
-	sdService = "org.freedesktop.systemd1"
-	sdPath    = dbus.ObjectPath("/org/freedesktop/systemd1")
-	sdManager = "org.freedesktop.systemd1.Manager"
-)
-
-// sdProperty is a unit property, D-Bus (sv).
-type sdProperty struct {
-	Name  string
-	Value dbus.Variant
-}
-
-// sdAux is an auxiliary unit of StartTransientUnit, (sa(sv)); none are
-// sent.
-type sdAux struct {
-	Name       string
-	Properties []sdProperty
-}
-
-// sdExec is one ExecStart entry, (sasb): the path, the whole argv,
-// and systemd's ignore_failure.
-type sdExec struct {
-	Path          string
-	Args          []string
-	IgnoreFailure bool
-}
-
-// unitPath is a unit's object path: its name with every byte but ASCII
-// letters and (not first) digits escaped as _xx (sd_bus_path_encode).
-func unitPath(name string) dbus.ObjectPath {
-	const hex = "0123456789abcdef"
-	if name == "" {
-		return sdPath + "/unit/_"
-	}
-	b := make([]byte, 0, len(name)*3)
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' && i != 0 {
-			b = append(b, c)
-			continue
-		}
-		b = append(b, '_', hex[c>>4], hex[c&15])
-	}
-	return sdPath + "/unit/" + dbus.ObjectPath(b)
-}
 
 // unitStopMargin is how long past the run's own timeout systemd lets a
 // unit run before it stops it itself: the daemon kills it at the
@@ -103,8 +57,7 @@ func runUnit(ctx context.Context, c *exec.Cmd, timeout time.Duration) error {
 	defer conn.Close()
 	// JobRemoved says when the unit's start job ends, and how; the match
 	// is in place before the job exists, so that its end cannot be missed.
-	if err := conn.AddMatchSignalContext(ctx, dbus.WithMatchObjectPath(sdPath),
-		dbus.WithMatchInterface(sdManager), dbus.WithMatchMember("JobRemoved")); err != nil {
+	if err := conn.AddMatchSignalContext(ctx, systemd1.MatchJobRemoved()...); err != nil {
 		return fmt.Errorf("system bus: %w", err)
 	}
 	signals := make(chan *dbus.Signal, 16)
@@ -112,35 +65,30 @@ func runUnit(ctx context.Context, c *exec.Cmd, timeout time.Duration) error {
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
 	name := fmt.Sprintf("tether-mender-%s-%s.service", c.Args[len(c.Args)-1], hex.EncodeToString(rnd[:]))
-	props := []sdProperty{
-		{Name: "Description", Value: dbus.MakeVariant("tether: " + filepath.Base(c.Path) + " " + c.Args[len(c.Args)-1])},
-		{Name: "Type", Value: dbus.MakeVariant("oneshot")},
+	props := []systemd1.Property{
+		systemd1.Prop("Description", "tether: "+filepath.Base(c.Path)+" "+c.Args[len(c.Args)-1]),
+		systemd1.Prop("Type", "oneshot"),
 		// ignore_failure false, so that a failing command fails the unit.
-		{Name: "ExecStart", Value: dbus.MakeVariant([]sdExec{{Path: c.Path, Args: append([]string{c.Path}, c.Args[1:]...)}})},
-		{Name: "RemainAfterExit", Value: dbus.MakeVariant(false)},
-		{Name: "Environment", Value: dbus.MakeVariant(c.Env)},
-		{Name: "WorkingDirectory", Value: dbus.MakeVariant(c.Dir)},
-		{Name: "TimeoutStartUSec", Value: dbus.MakeVariant(uint64((timeout + unitStopMargin) / time.Microsecond))},
+		systemd1.ExecStart(append([]string{c.Path}, c.Args[1:]...)),
+		systemd1.Prop("RemainAfterExit", false),
+		systemd1.Prop("Environment", c.Env),
+		systemd1.Prop("WorkingDirectory", c.Dir),
+		systemd1.Prop("TimeoutStartUSec", uint64((timeout+unitStopMargin)/time.Microsecond)),
 		// A failed unit stays loaded (CollectMode=inactive) until its exit
 		// status is read below and it is reset; a successful one goes at
 		// once.
-		{Name: "CollectMode", Value: dbus.MakeVariant("inactive")},
+		systemd1.Prop("CollectMode", "inactive"),
 	}
-	manager := conn.Object(sdService, sdPath)
-	var job dbus.ObjectPath
-	if err := manager.CallWithContext(ctx, sdManager+".StartTransientUnit", 0, name, "fail", props, []sdAux{}).Store(&job); err != nil {
+	job, err := systemd1.StartTransientUnit(ctx, conn, name, "fail", props)
+	if err != nil {
 		return fmt.Errorf("start unit %s: %w", name, err)
 	}
 	done := make(chan string, 1)
 	go func() {
 		for sig := range signals {
-			// JobRemoved(u id, o job, s unit, s result)
-			if len(sig.Body) == 4 && sig.Name == sdManager+".JobRemoved" {
-				if p, _ := sig.Body[1].(dbus.ObjectPath); p == job {
-					r, _ := sig.Body[3].(string)
-					done <- r
-					return
-				}
+			if j, r, ok := systemd1.JobRemoved(sig); ok && j == job {
+				done <- r
+				return
 			}
 		}
 	}()
@@ -150,7 +98,7 @@ func runUnit(ctx context.Context, c *exec.Cmd, timeout time.Duration) error {
 	case <-ctx.Done():
 		// Everything in the unit's cgroup, whatever it started.
 		kctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		manager.CallWithContext(kctx, sdManager+".KillUnit", 0, name, "all", int32(syscall.SIGKILL))
+		_ = systemd1.KillUnit(kctx, conn, name, "all", syscall.SIGKILL)
 		select {
 		case result = <-done:
 		case <-kctx.Done():
@@ -160,27 +108,27 @@ func runUnit(ctx context.Context, c *exec.Cmd, timeout time.Duration) error {
 	if result == "done" {
 		return nil
 	}
-	return unitFailure(manager, conn.Object(sdService, unitPath(name)), name, result)
+	return unitFailure(conn, name, result)
 }
 
 // unitFailure words a failed unit's end as os/exec would ("exit status
 // 2", "signal: killed"), from its main process's status, and resets the
 // unit so that it goes.
-func unitFailure(manager, conn dbus.BusObject, name, result string) error {
+func unitFailure(conn *dbus.Conn, name, result string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	defer manager.CallWithContext(ctx, sdManager+".ResetFailedUnit", 0, name)
-	var props map[string]dbus.Variant
-	if err := conn.CallWithContext(ctx, "org.freedesktop.DBus.Properties.GetAll", 0, sdService+".Service").Store(&props); err != nil {
+	defer systemd1.ResetFailedUnit(ctx, conn, name)
+	props, err := systemd1.GetAll(ctx, conn, systemd1.UnitPath(name), systemd1.ServiceIface)
+	if err != nil {
 		return fmt.Errorf("unit %s: %s", name, result)
 	}
 	code, _ := props["ExecMainCode"].Value().(int32)
 	status, _ := props["ExecMainStatus"].Value().(int32)
-	switch code {
-	case 1: // CLD_EXITED
-		return fmt.Errorf("exit status %d", status)
-	case 2, 3: // CLD_KILLED, CLD_DUMPED
-		return fmt.Errorf("signal: %s", syscall.Signal(status))
+	if ok, err := systemd1.ExitStatus(code, status); ok {
+		if err == nil { // failed all the same, as os/exec would word it
+			err = errors.New("exit status 0")
+		}
+		return err
 	}
 	return fmt.Errorf("unit %s: %s", name, result)
 }

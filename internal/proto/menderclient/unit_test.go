@@ -192,22 +192,3 @@ func TestUnitExec(t *testing.T) {
 		})
 	}
 }
-
-// TestUnitPath: a unit's object path escapes its name as systemd does
-// (go-systemd's PathBusEscape is the reference, for bytes from 0x10 on:
-// below, it writes one hex digit where systemd writes two, and unit
-// names hold no control characters anyway).
-func TestUnitPath(t *testing.T) {
-	for _, name := range []string{
-		"", "a", "0a", "a0", "tether-mender-check-update-0123456789ab.service",
-		"x_y.z@1", "\xff\x7fé\x10", "ABCxyz019",
-	} {
-		want := dbus.ObjectPath("/org/freedesktop/systemd1/unit/" + sd.PathBusEscape(name))
-		if got := unitPath(name); got != want {
-			t.Errorf("unitPath(%q) = %q, want %q", name, got, want)
-		}
-	}
-	if got, want := unitPath("a\x01"), dbus.ObjectPath("/org/freedesktop/systemd1/unit/a_01"); got != want {
-		t.Errorf("unitPath(%q) = %q, want %q", "a\x01", got, want)
-	}
-}
