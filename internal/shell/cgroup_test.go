@@ -80,18 +80,21 @@ func TestStopEndsEscapedProcesses(t *testing.T) {
 				t.Fatal(err)
 			}
 			out := startReader(t, p)
-			a, b := fmt.Sprintf("40%d1", i), fmt.Sprintf("40%d2", i)
+			// Durations unique to this run: escapees a failed run left
+			// behind must not be counted as this run's.
+			a := fmt.Sprintf("%d%d1", 4000+os.Getpid()%5000, i)
+			b := fmt.Sprintf("%d%d2", 4000+os.Getpid()%5000, i)
+			t.Cleanup(func() {
+				for _, pid := range append(pidsOf("sleep\x00"+a), pidsOf("sleep\x00"+b)...) {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+			})
 			fmt.Fprintf(p, "setsid sleep %s & (setsid sh -c 'trap \"\" HUP TERM; sleep %s & wait' &); echo started\n", a, b)
 			out.expect("started")
 			var escapees []int
 			eventually(t, "escapees started", func() bool {
 				escapees = append(pidsOf("sleep\x00"+a), pidsOf("sleep\x00"+b)...)
 				return len(escapees) == 2
-			})
-			t.Cleanup(func() {
-				for _, pid := range escapees {
-					_ = syscall.Kill(pid, syscall.SIGKILL)
-				}
 			})
 			leafDir := p.cgroupDir
 			begin := time.Now()
