@@ -77,6 +77,15 @@ func keepsShell(r *rig, trigger, why, tag string) {
 	took := r.waitReconnect(4*time.Minute, why)
 	r.t.Logf("device back %v after %s", round(took), why)
 	r.extra = append(r.extra, strings.ReplaceAll(why, " ", "_")+"_reconnect="+round(took))
+	// Whatever the old terminal got until its link went: after a crash
+	// no replay buffer is handed over, and what the old run delivered is
+	// not in the pty any more.
+	ctx, cancel = context.WithTimeout(r.ctx, 10*time.Second)
+	rest, _ := term.Expect(ctx, "\x00never printed")
+	cancel()
+	if more := hilTicks(rest); len(more) > 0 {
+		last = more[len(more)-1]
+	}
 	term.Close()
 	other.Close()
 
