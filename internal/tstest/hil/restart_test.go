@@ -60,6 +60,8 @@ func keepsShell(r *rig, trigger, why, tag string) {
 	r.t.Helper()
 	term := r.open(admin)
 	pid := r.value(term, "pid", `echo "pid=$$"`)
+	other := r.open(alice)
+	cmds := r.escapees(term, other, tag)
 	r.run(term, "stty -echo")
 	fmt.Fprintf(term, "i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.2; done &\n")
 	ctx, cancel := context.WithTimeout(r.ctx, cmdTimeout)
@@ -71,8 +73,6 @@ func keepsShell(r *rig, trigger, why, tag string) {
 	seen := hilTicks(out)
 	last := seen[len(seen)-1]
 
-	other := r.open(alice)
-	cmds := r.escapees(term, other, tag)
 	fmt.Fprintf(other, "(sleep 1; %s) >/dev/null 2>&1 </dev/null &\n", trigger)
 	took := r.waitReconnect(4*time.Minute, why)
 	r.t.Logf("device back %v after %s", round(took), why)
