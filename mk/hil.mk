@@ -36,7 +36,6 @@ hil-images: hil-setup
 hil-lint:
 	$(GO) vet -tags hil ./internal/tstest/hil/
 	$(GO) vet -tags 'hil hilbench' ./internal/tstest/hil/
-	$(GO) vet -tags 'hil hilrestart' ./internal/tstest/hil/
 	$(GO) run $(STATICCHECK) -tags hil ./internal/tstest/hil/
 	$(GO) run $(STATICCHECK) -tags 'hil hilbench' ./internal/tstest/hil/
 

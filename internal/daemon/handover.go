@@ -1,14 +1,15 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
+	"path"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -47,7 +48,7 @@ func (k *keeper) Keep(s terminal.KeptSession) string {
 		key = handover.Key(s.Pid, s.Started)
 	}
 	err := k.dir.Write(handover.Record{Key: key, SessionID: s.SessionID, UserID: s.UserID, Pid: s.Pid,
-		Started: s.Started, Cols: s.Cols, Rows: s.Rows})
+		Unit: s.Held.Unit, Cgroup: s.Held.Cgroup, Started: s.Started, Cols: s.Cols, Rows: s.Rows})
 	if err == nil {
 		err = k.store.Put(key, s.Master)
 	}
@@ -74,13 +75,15 @@ func (k *keeper) Forget(key string) {
 	k.mu.Unlock()
 }
 
-// outliveService says there are shells kept and every one runs outside the daemon's own
-// cgroup, so that systemd, restarting the service, does not kill it with
-// the daemon. Shells that are the daemon's children share its cgroup;
-// shells in units of their own (issue 27) do not.
+// outliveService says there are shells kept and every one runs outside
+// the daemon's service's cgroup, so that systemd, restarting the service,
+// does not kill it with the daemon. Shells that are the daemon's children
+// share its cgroup, and cgroup leaves (Sessions.Containment cgroup) sit
+// beneath it: systemd kills the whole subtree. Shells in units of their
+// own do not.
 func (k *keeper) outliveService() bool {
-	own, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
+	own, ok := cgroupOf("self")
+	if !ok {
 		return false
 	}
 	k.mu.Lock()
@@ -89,12 +92,43 @@ func (k *keeper) outliveService() bool {
 		return false // nothing to keep: a plain stop
 	}
 	for _, pid := range k.pids {
-		cg, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
-		if err == nil && bytes.Equal(cg, own) {
+		cg, ok := cgroupOf(strconv.Itoa(pid))
+		if ok && within(cg, own) {
 			return false
 		}
 	}
 	return true
+}
+
+// cgroupOf reads a process's cgroup v2 path (the "0::" line).
+func cgroupOf(pid string) (string, bool) {
+	b, err := os.ReadFile("/proc/" + pid + "/cgroup")
+	if err != nil {
+		return "", false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			return p, true
+		}
+	}
+	return "", false
+}
+
+// within says cgroup cg is the daemon's own (own) or beneath its
+// service's: the daemon's cgroup, or its parent when the daemon moved
+// into a "daemon" leaf to give the sessions' leaves controllers.
+func within(cg, own string) bool {
+	if cg == own {
+		return true
+	}
+	service := own
+	if path.Base(own) == "daemon" {
+		service = path.Dir(own)
+	}
+	if service == "/" {
+		return false // the daemon is no service's (no systemd): only its own cgroup is shared
+	}
+	return cg == service || strings.HasPrefix(cg, service+"/")
 }
 
 // writeHandedOver rewrites the records of the sessions handed over with
@@ -109,7 +143,8 @@ func (k *keeper) writeHandedOver(hs []proto.HandedOver) []handover.NamedFile {
 		if !ok || kept.Key == "" {
 			continue
 		}
-		rec := handover.Record{Key: kept.Key, SessionID: h.SessionID, UserID: h.UserID, Pid: kept.Pid, Started: h.Created,
+		rec := handover.Record{Key: kept.Key, SessionID: h.SessionID, UserID: h.UserID, Pid: kept.Pid,
+			Unit: kept.Held.Unit, Cgroup: kept.Held.Cgroup, Started: h.Created,
 			Cols: kept.Cols, Rows: kept.Rows, HandedOver: true, Detached: h.Detached,
 			IdleLeft: h.IdleLeft, AbsoluteLeft: h.AbsoluteLeft, DetachedLeft: h.DetachedLeft, Ring: kept.Ring}
 		if err := k.dir.Write(rec); err != nil {
@@ -162,6 +197,7 @@ func restore(log *slog.Logger, dir *handover.Dir, store handover.FDStore, files 
 	n := 0
 	for _, s := range handover.Collect(dir, files, store, handover.Checks{}, log) {
 		rs := terminal.RestoredShell{Key: s.Key, Pid: s.Pid, Master: s.Master, Ring: s.Ring,
+			Held:     shell.Held{Unit: s.Unit, Cgroup: s.Cgroup},
 			Restored: proto.Restored{SessionID: s.SessionID, UserID: s.UserID, Created: s.Started}}
 		if s.HandedOver {
 			// The clocks are exact; after a crash the idle clock starts

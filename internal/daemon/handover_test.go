@@ -84,3 +84,26 @@ func TestRestartRequested(t *testing.T) {
 		}
 	})
 }
+
+// Whether a shell's cgroup dies with the service's: its own, a cgroup
+// leaf beneath the service (killed with it by systemd), or a unit of its
+// own elsewhere (kept).
+func TestShellWithinService(t *testing.T) {
+	for _, tt := range []struct {
+		cg, own string
+		want    bool
+	}{
+		{"/system.slice/tether.service", "/system.slice/tether.service", true},
+		{"/system.slice/tether.service/tether/session-ab", "/system.slice/tether.service/daemon", true},
+		{"/system.slice/tether.service/tether/session-ab", "/system.slice/tether.service", true},
+		{"/tether.slice/tether-session-ab.service", "/system.slice/tether.service", false},
+		{"/tether.slice/tether-session-ab.service", "/system.slice/tether.service/daemon", false},
+		{"/system.slice/tether.service-x", "/system.slice/tether.service", false},
+		{"/tether/session-ab", "/", false},
+		{"/", "/", true},
+	} {
+		if got := within(tt.cg, tt.own); got != tt.want {
+			t.Errorf("within(%q, %q) = %v, want %v", tt.cg, tt.own, got, tt.want)
+		}
+	}
+}

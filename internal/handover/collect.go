@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -93,8 +95,19 @@ func Collect(d *Dir, files []NamedFile, store FDStore, checks Checks, log *slog.
 // checkPair says why rec and master do not belong together, if they do
 // not.
 func checkPair(rec Record, master *os.File, checks Checks) error {
-	if rec.Unit != "" && (checks.UnitAlive == nil || !checks.UnitAlive(rec.Unit)) {
+	// The unit or leaf is checked to hold the shell when it is adopted
+	// (shell.Reaper.Adopt), by the containment that knows it; here only
+	// what a record may name at all.
+	switch {
+	case rec.Unit != "" && rec.Cgroup != "":
+		return errors.New("the record names both a unit and a cgroup")
+	case rec.Unit != "" && !validUnit(rec.Unit):
+		return fmt.Errorf("%q is not a session unit's name", logging.Clip(rec.Unit))
+	case rec.Unit != "" && checks.UnitAlive != nil && !checks.UnitAlive(rec.Unit):
 		return fmt.Errorf("its unit %s is gone", rec.Unit)
+	case rec.Cgroup != "" && (!filepath.IsAbs(rec.Cgroup) || filepath.Clean(rec.Cgroup) != rec.Cgroup ||
+		!strings.HasPrefix(filepath.Base(rec.Cgroup), "session-")):
+		return fmt.Errorf("%q is not a session cgroup", logging.Clip(rec.Cgroup))
 	}
 	raw, err := master.SyscallConn()
 	if err != nil {
@@ -121,6 +134,25 @@ func checkPair(rec Record, master *os.File, checks Checks) error {
 		return fmt.Errorf("pid %d's terminal is not the pty of this descriptor (/dev/pts/%d)", rec.Pid, n)
 	}
 	return nil
+}
+
+// validUnit says name is a session unit's (tether-session-*.service),
+// as shell.ValidUnitName; the package does not depend on shell.
+func validUnit(name string) bool {
+	rest, ok := strings.CutPrefix(name, "tether-session-")
+	if !ok {
+		return false
+	}
+	rest, ok = strings.CutSuffix(rest, ".service")
+	if !ok || rest == "" || len(rest) > 12 {
+		return false
+	}
+	for _, c := range rest {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // ptyDev is the device number of /dev/pts/n as /proc/<pid>/stat encodes

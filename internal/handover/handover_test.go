@@ -303,9 +303,21 @@ func TestCollectMatchesAndCleans(t *testing.T) {
 	// A unit that is gone.
 	unitShell := startShell(t)
 	unitRec := rec(unitShell, "ivan")
-	unitRec.Unit = "tether-session-x.scope"
+	unitRec.Unit = "tether-session-x.service"
 	write(unitRec)
 	unitFD := add(unitRec.Key, unitShell.dup(t))
+	// A record naming a unit or a cgroup that no session has: never
+	// adopted into it.
+	foreignUnitShell := startShell(t)
+	foreignUnit := rec(foreignUnitShell, "judy")
+	foreignUnit.Unit = "sshd.service"
+	write(foreignUnit)
+	foreignUnitFD := add(foreignUnit.Key, foreignUnitShell.dup(t))
+	foreignCgShell := startShell(t)
+	foreignCg := rec(foreignCgShell, "kim")
+	foreignCg.Cgroup = "/sys/fs/cgroup/system.slice/../user.slice"
+	write(foreignCg)
+	foreignCgFD := add(foreignCg.Key, foreignCgShell.dup(t))
 	// Junk a crash may leave.
 	if err := os.WriteFile(filepath.Join(d.path, ".tether-1-2.json.tmp"), nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -320,7 +332,7 @@ func TestCollectMatchesAndCleans(t *testing.T) {
 		t.Fatal("the restored master was closed")
 	}
 	defer goodFD.Close()
-	for i, f := range append([]*os.File{badModeFD, badOwnerFD, deadFD, noRecFD, foreign, r, unitFD}, swapFDs...) {
+	for i, f := range append([]*os.File{badModeFD, badOwnerFD, deadFD, noRecFD, foreign, r, unitFD, foreignUnitFD, foreignCgFD}, swapFDs...) {
 		if isOpen(f) {
 			t.Errorf("descriptor %d left open", i)
 		}
@@ -340,7 +352,7 @@ func TestCollectMatchesAndCleans(t *testing.T) {
 		removed[name]++
 	}
 	for _, name := range []string{Key(swapA.pid, now), Key(swapB.pid, now), Key(badMode.pid, now), Key(badOwner.pid, now),
-		deadRec.Key, Key(noRec.pid, now), "listener", notPty.Key, unitRec.Key} {
+		deadRec.Key, Key(noRec.pid, now), "listener", notPty.Key, unitRec.Key, foreignUnit.Key, foreignCg.Key} {
 		if removed[name] != 1 {
 			t.Errorf("%s removed from the store %d times, want 1", name, removed[name])
 		}
@@ -349,7 +361,8 @@ func TestCollectMatchesAndCleans(t *testing.T) {
 		t.Error("the restored session was removed from the store")
 	}
 	for _, want := range []string{"not the pty of this descriptor", "open to others", "not owned by uid", "its shell is gone",
-		"pty master is gone", "no session record", "not a session's descriptor", "not a pty master", "unit tether-session-x.scope is gone",
+		"pty master is gone", "no session record", "not a session's descriptor", "not a pty master", "unit tether-session-x.service is gone",
+		"sshd.service\\\" is not a session unit's name", "is not a session cgroup",
 		"unexpected file"} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("no log line saying %q:\n%s", want, logs.String())

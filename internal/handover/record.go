@@ -38,7 +38,8 @@ type Record struct {
 	SessionID string    `json:"session_id"`
 	UserID    string    `json:"user_id"`
 	Pid       int       `json:"pid"`
-	Unit      string    `json:"unit,omitempty"` // the session's systemd unit, if it has one
+	Unit      string    `json:"unit,omitempty"`   // the session's systemd unit, if it has one
+	Cgroup    string    `json:"cgroup,omitempty"` // or its cgroup v2 leaf's directory
 	Started   time.Time `json:"started"`
 	Cols      uint16    `json:"cols"`
 	Rows      uint16    `json:"rows"`

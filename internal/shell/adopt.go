@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -16,15 +18,28 @@ import (
 // orphan), so only its end is known, not how it ended.
 var ErrExitUnknown = errors.New("exit status unknown: the shell was started by a previous run of the daemon")
 
+// Held is where a shell from a previous run is contained, as that run
+// recorded it: its transient unit, or its cgroup v2 leaf (both empty: its
+// terminal session and process group only).
+type Held struct {
+	Unit   string // tether-session-*.service
+	Cgroup string // the leaf's directory, beneath the sessions' subtree
+}
+
 // Adopt makes a Process of a shell this daemon did not start: a session
-// restored from a previous run, handed over as its pty master and the
-// shell's pid (the session leader). The caller has checked that the two
-// belong together. Done is closed when the shell has exited, learnt from
-// a pidfd in the runtime's poller (no thread waits), or on kernels
-// without pidfds (before 5.3) from a poll of /proc every half second;
-// ExitErr is then ErrExitUnknown. Stop tears the terminal session down as
-// for a shell the daemon started. On error master is closed.
-func (r *Reaper) Adopt(master *os.File, pid int) (*Process, error) {
+// restored from a previous run, handed over as its pty master, the
+// shell's pid (the session leader) and where it is held. The caller has
+// checked that master and pid belong together; Adopt checks that the unit
+// or leaf h names is one of this daemon's kind and holds that very pid,
+// and refuses the shell otherwise (a record never puts a foreign process
+// under a session). The Process keeps its containment: Stop stops the
+// unit or kills the whole leaf, and the limit that ended it is read as
+// for a fresh one. Done is closed when the shell has exited: for a unit
+// when systemd says it ended, else from a pidfd in the runtime's poller
+// (no thread waits), or on kernels without pidfds (before 5.3) from a
+// poll of /proc every half second. ExitErr is then ErrExitUnknown unless
+// systemd knows better. On error master is closed.
+func (r *Reaper) Adopt(master *os.File, pid int, h Held) (*Process, error) {
 	if pid <= 1 {
 		master.Close()
 		return nil, fmt.Errorf("adopt shell: bad pid %d", pid)
@@ -35,14 +50,58 @@ func (r *Reaper) Adopt(master *os.File, pid int) (*Process, error) {
 	}
 	p := &Process{pty: f, raw: raw, pid: pid, reaper: r, done: make(chan struct{}), stopped: make(chan struct{})}
 	p.readFn, p.tryWrite = p.readPooled, p.writeNow
-	stop, err := p.watchExit()
+	switch {
+	case h.Unit != "" && h.Cgroup != "":
+		err = errors.New("the record names both a unit and a cgroup")
+	case h.Unit != "":
+		if r.box.Mode() != ModeUnit {
+			err = fmt.Errorf("its unit %s cannot be taken back: this run does not use systemd units (%s)", h.Unit, r.box.Mode())
+			break
+		}
+		err = r.box.units.adopt(p, h.Unit)
+	case h.Cgroup != "":
+		if r.box.Mode() != ModeCgroup {
+			err = fmt.Errorf("its cgroup %s cannot be taken back: this run does not use cgroup leaves (%s)", h.Cgroup, r.box.Mode())
+			break
+		}
+		var l *leaf
+		if l, err = r.box.cg.adoptLeaf(h.Cgroup, pid); err == nil {
+			p.leaf, p.cgroupDir, p.short = l, l.dir, strings.TrimPrefix(filepath.Base(l.dir), "session-")
+		}
+	}
+	if err == nil && p.unit == nil {
+		// A unit's end is systemd's to tell (adopt watches it).
+		p.release, err = p.watchExit()
+	}
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("adopt shell %d: %w", pid, err)
 	}
-	p.release = stop
+	r.lmu.Lock()
+	r.live[p] = struct{}{}
+	r.lmu.Unlock()
 	return p, nil
 }
+
+// UnitName is the shell's transient unit ("" if it has none).
+func (p *Process) UnitName() string {
+	if p.unit == nil {
+		return ""
+	}
+	return p.unit.name
+}
+
+// CgroupLeaf is the directory of the shell's cgroup v2 leaf ("" if it has
+// none).
+func (p *Process) CgroupLeaf() string {
+	if p.leaf == nil {
+		return ""
+	}
+	return p.leaf.dir
+}
+
+// Held is where the shell is contained, for the next run (Adopt).
+func (p *Process) Held() Held { return Held{Unit: p.UnitName(), Cgroup: p.CgroupLeaf()} }
 
 // errGone says the adopted shell had already exited.
 var errGone = errors.New("the shell has exited")
@@ -151,6 +210,7 @@ func (p *Process) HandOver() *os.File {
 	if p.release != nil {
 		p.release()
 	}
+	p.reaper.forget(p) // the next run counts its usage
 	return p.pty
 }
 

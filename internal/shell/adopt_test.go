@@ -47,7 +47,7 @@ func handOver(t *testing.T, script string) (*os.File, int) {
 // Done with the status said to be unknown.
 func TestAdoptHandedOverShell(t *testing.T) {
 	m, pid := handOver(t, `echo ready; read x; echo "got $x from $$"; read y; exit 7`)
-	p, err := newReaper(t).Adopt(m, pid)
+	p, err := newReaper(t).Adopt(m, pid, Held{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func TestAdoptHandedOverShell(t *testing.T) {
 func TestAdoptedStopEndsSession(t *testing.T) {
 	m, pid := handOver(t, `(trap '' HUP TERM; exec sleep 303) & echo ready; exec sleep 304`)
 	eventually(t, "background job", func() bool { return len(SessionMembers(pid)) >= 2 })
-	p, err := newReaper(t).Adopt(m, pid)
+	p, err := newReaper(t).Adopt(m, pid, Held{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +104,7 @@ func TestAdoptedStopEndsSession(t *testing.T) {
 func TestAdoptRefusesDeadPid(t *testing.T) {
 	m, pid := handOver(t, `echo ready; exit 0`)
 	eventually(t, "shell gone", func() bool { return !alive(pid) })
-	_, err := newReaper(t).Adopt(m, pid)
+	_, err := newReaper(t).Adopt(m, pid, Held{})
 	if err == nil || !strings.Contains(err.Error(), "exited") {
 		t.Fatalf("adopting a dead shell: err %v", err)
 	}
@@ -118,7 +118,7 @@ func TestAdoptRefusesDeadPid(t *testing.T) {
 func TestAdoptedHandOverAgain(t *testing.T) {
 	m, pid := handOver(t, `echo ready; exec sleep 305`)
 	r := newReaper(t)
-	p, err := r.Adopt(m, pid)
+	p, err := r.Adopt(m, pid, Held{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +134,7 @@ func TestAdoptedHandOverAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = p.Close()
-	q, err := r.Adopt(os.NewFile(uintptr(fd), "master"), pid)
+	q, err := r.Adopt(os.NewFile(uintptr(fd), "master"), pid, Held{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -103,6 +103,13 @@ func probeCgroup(mountinfo string, lim Limits) (*cgroupBase, error) {
 		return nil, errors.New("the kernel is older than 5.7 and cannot start a process inside a cgroup (clone3 CLONE_INTO_CGROUP)")
 	}
 	parent := filepath.Join(mnt, own)
+	if filepath.Base(parent) == "daemon" && isDir(filepath.Join(filepath.Dir(parent), "tether")) {
+		// A daemon exec'd in place (tether upgrade) is in the leaf its
+		// previous run moved it to: the subtree is its parent's, where
+		// the kept sessions' leaves are (moving again would nest
+		// deeper with each upgrade, and lose them).
+		return setupBase(mnt, filepath.Dir(parent), "tether", lim)
+	}
 	if _, err := os.Stat(filepath.Join(parent, "cgroup.type")); err == nil {
 		// Not the root: a cgroup with processes cannot give its children
 		// controllers, so the daemon moves into a leaf of its own first.
@@ -168,7 +175,9 @@ func moveSelf(ownDir string) error {
 }
 
 // removeStale removes empty leaves a crashed daemon left; young ones may
-// be another daemon's session being born.
+// be another daemon's session being born. A leaf whose shell a restored
+// session is about to adopt is never removed: it holds processes, and
+// the kernel refuses to remove a populated cgroup (EBUSY).
 func (b *cgroupBase) removeStale() {
 	ents, err := os.ReadDir(b.dir)
 	if err != nil {
@@ -255,6 +264,39 @@ func (b *cgroupBase) newLeaf(short string) (*leaf, error) {
 		return nil, fmt.Errorf("session cgroup %s: %w", dir, err)
 	}
 	return l, nil
+}
+
+// adoptLeaf takes back the leaf of a shell from a previous run: dir must
+// be a session leaf directly beneath this daemon's subtree (a record
+// names no other cgroup), and pid must be in it, so that tearing the
+// leaf down can only end what the session started.
+func (b *cgroupBase) adoptLeaf(dir string, pid int) (*leaf, error) {
+	clean := filepath.Clean(dir)
+	if clean != dir || filepath.Dir(clean) != b.dir || !strings.HasPrefix(filepath.Base(clean), "session-") {
+		return nil, fmt.Errorf("cgroup %q is not a session leaf beneath %s", logClip(dir), b.dir)
+	}
+	b2, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
+	if err != nil {
+		return nil, fmt.Errorf("the shell's cgroup: %w", err)
+	}
+	var in string
+	for _, line := range strings.Split(string(b2), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			in = p
+		}
+	}
+	if filepath.Join(b.mount, in) != clean {
+		return nil, fmt.Errorf("pid %d is not in cgroup %s (it is in %q): not its shell", pid, clean, logClip(in))
+	}
+	return &leaf{dir: clean, b: b}, nil
+}
+
+// logClip bounds a string read from a record or /proc for a log line.
+func logClip(s string) string {
+	if len(s) > 200 {
+		return s[:200] + "…"
+	}
+	return s
 }
 
 // open returns a descriptor of the leaf for clone3's CLONE_INTO_CGROUP.
@@ -389,6 +431,11 @@ func writeFile(path, value string) error {
 		err = cerr
 	}
 	return err
+}
+
+func isDir(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.IsDir()
 }
 
 func contains(list []string, s string) bool {

@@ -156,3 +156,105 @@ func TestCgroupTasksMax(t *testing.T) {
 	for range out.out {
 	}
 }
+
+// A shell handed over from its cgroup leaf keeps it when adopted: a stop
+// of the adopted Process still ends a process that left the terminal
+// session (setsid) before the hand-over, and removes the leaf. A record
+// naming a leaf that does not hold the shell, or a cgroup outside the
+// sessions' subtree, is refused.
+func TestAdoptKeepsCgroupLeaf(t *testing.T) {
+	c := testCgroup(t, DefaultLimits())
+	r := newReaper(t)
+	r.Contain(c)
+	p, err := r.Start(Spec{Command: "/bin/sh", Args: []string{"-i"}, Account: testAccount(t), Cols: 80, Rows: 24, SessionID: "adoptleaf"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := startReader(t, p)
+	fmt.Fprintf(p, "setsid sleep 4711 & echo sta''rted\n")
+	out.expect("started")
+	var escapee []int
+	eventually(t, "escapee started", func() bool { escapee = pidsOf("sleep\x004711"); return len(escapee) == 1 })
+	t.Cleanup(func() { _ = syscall.Kill(escapee[0], syscall.SIGKILL) })
+	held, pid := p.Held(), p.Pid()
+	if held.Cgroup == "" || held.Unit != "" {
+		t.Fatalf("held %+v, want the leaf", held)
+	}
+	m := p.HandOver()
+	for range out.out {
+	}
+	dup := func() *os.File {
+		fd, err := syscall.Dup(int(m.Fd()))
+		if err != nil {
+			t.Fatalf("dup %d: %v", m.Fd(), err)
+		}
+		syscall.CloseOnExec(fd)
+		return os.NewFile(uintptr(fd), "master")
+	}
+
+	// Refused: never put a process under a session it is not in.
+	other, err := r.box.cg.newLeaf("other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.remove()
+	for _, bad := range []Held{
+		{Cgroup: other.dir},                         // a leaf of ours, not the shell's
+		{Cgroup: filepath.Dir(held.Cgroup)},         // the subtree itself
+		{Cgroup: held.Cgroup + "/../session-other"}, // not clean
+		{Cgroup: "/sys/fs/cgroup/session-x"},        // outside the subtree
+		{Unit: "tether-session-x.service"},          // no units in this run
+		{Unit: "u.service", Cgroup: held.Cgroup},
+	} {
+		if q, err := r.Adopt(dup(), pid, bad); err == nil {
+			q.Close()
+			t.Errorf("adopted with %+v", bad)
+		}
+	}
+	q, err := r.Adopt(dup(), pid, held)
+	_ = p.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.CgroupLeaf() != held.Cgroup {
+		t.Fatalf("adopted in %q, want %q", q.CgroupLeaf(), held.Cgroup)
+	}
+	if u := r.Usage(); len(u) != 1 || u[0].Session != "adoptlea" {
+		t.Errorf("usage of the adopted session: %+v", u)
+	}
+	q.Stop(100 * time.Millisecond)
+	select {
+	case <-q.Stopped():
+	case <-time.After(10 * time.Second):
+		t.Fatal("stop did not finish")
+	}
+	if alive(escapee[0]) {
+		t.Fatal("the setsid escapee outlived the stop of the adopted shell")
+	}
+	if alive(pid) {
+		t.Fatal("the adopted shell outlived its stop")
+	}
+	if _, err := os.Stat(held.Cgroup); !os.IsNotExist(err) {
+		t.Fatalf("leaf %s not removed: %v", held.Cgroup, err)
+	}
+}
+
+func TestValidUnitName(t *testing.T) {
+	for name, want := range map[string]bool{
+		"tether-session-abc12345.service":   true,
+		"tether-session-anon-2.service":     true,
+		"tether-session-abc.scope":          false,
+		"tether.service":                    false,
+		"sshd.service":                      false,
+		"tether-session-../x.service":       false,
+		"tether-session-abcdefghi.service":  false,
+		"tether-session-ab-1234.service":    false,
+		"tether-session-ab.service\n":       false,
+		"xtether-session-ab.service":        false,
+		"tether-session-ab.service.service": false,
+	} {
+		if got := ValidUnitName(name); got != want {
+			t.Errorf("ValidUnitName(%q) = %v", name, got)
+		}
+	}
+}

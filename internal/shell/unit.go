@@ -313,6 +313,101 @@ func (u *systemdUnits) start(ctx context.Context, name string, props []systemd1.
 	return nil
 }
 
+// ValidUnitName says name is one startUnit could have given:
+// tether-session-<1 to 8 of a-z0-9>[-<1 to 3 digits>].service; a record
+// naming any other unit is refused. Written out rather than a regexp,
+// which would bring the regexp package into the slim build.
+func ValidUnitName(name string) bool {
+	rest, ok := strings.CutPrefix(name, "tether-session-")
+	if !ok {
+		return false
+	}
+	if rest, ok = strings.CutSuffix(rest, ".service"); !ok {
+		return false
+	}
+	short, n, dashed := strings.Cut(rest, "-")
+	if len(short) < 1 || len(short) > 8 {
+		return false
+	}
+	for _, c := range short {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	if !dashed {
+		return true
+	}
+	if len(n) < 1 || len(n) > 3 {
+		return false
+	}
+	for _, c := range n {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// adopt takes back the unit of a shell from a previous run: the unit must
+// be a session's by name, be running, and have pid as its main process
+// (systemd's word, not the record's). The daemon takes a reference on it
+// again (the previous run's went with its bus connection) and watches it
+// end as for a unit it started.
+func (u *systemdUnits) adopt(p *Process, name string) error {
+	if !ValidUnitName(name) {
+		return fmt.Errorf("%q is not a session unit's name", logClip(name))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	path := unitPath(name)
+	wake := make(chan struct{}, 1)
+	u.mu.Lock()
+	if _, dup := u.watches[path]; dup {
+		u.mu.Unlock()
+		return fmt.Errorf("unit %s is taken already", name)
+	}
+	u.watches[path] = wake
+	u.mu.Unlock()
+	match := systemd1.MatchPropertiesChanged(path)
+	if err := u.bus.AddMatchSignalContext(ctx, match...); err != nil {
+		u.forget(path)
+		return fmt.Errorf("systemd: watch %s: %w", name, err)
+	}
+	up := &unitProc{u: u, name: name, path: path, wake: wake, match: match}
+	fail := func(err error) error {
+		_ = u.bus.RemoveMatchSignalContext(ctx, match...)
+		u.forget(path)
+		return err
+	}
+	// GetUnit fails for a unit that is not loaded: it never loads one.
+	var got dbus.ObjectPath
+	if err := u.bus.Object("org.freedesktop.systemd1", "/org/freedesktop/systemd1").CallWithContext(ctx,
+		"org.freedesktop.systemd1.Manager.GetUnit", 0, name).Store(&got); err != nil {
+		return fail(fmt.Errorf("its unit %s is gone: %w", name, err))
+	}
+	if got != path {
+		return fail(fmt.Errorf("unit %s: unexpected object %s", name, got))
+	}
+	state, err := up.stringProp(ctx, "org.freedesktop.systemd1.Unit", "ActiveState")
+	if err != nil || state != "active" {
+		return fail(fmt.Errorf("its unit %s is not running (%q, %v)", name, state, err))
+	}
+	main, err := up.uint32Prop(ctx, systemd1.ServiceIface, "MainPID")
+	if err != nil || int(main) != p.pid {
+		return fail(fmt.Errorf("unit %s's main process is %d, not %d: not its shell (%v)", name, main, p.pid, err))
+	}
+	if err := u.bus.Object("org.freedesktop.systemd1", path).CallWithContext(ctx, "org.freedesktop.systemd1.Unit.Ref", 0).Err; err != nil {
+		return fail(fmt.Errorf("systemd: keep %s: %w", name, err))
+	}
+	if cg, err := up.stringProp(ctx, systemd1.ServiceIface, "ControlGroup"); err == nil && cg != "" && u.mount != "" {
+		p.cgroupDir = u.mount + cg
+	}
+	p.unit = up
+	p.short = strings.TrimSuffix(strings.TrimPrefix(name, "tether-session-"), ".service")
+	go up.watch(p)
+	return nil
+}
+
 func (u *systemdUnits) forget(path dbus.ObjectPath) {
 	u.mu.Lock()
 	delete(u.watches, path)

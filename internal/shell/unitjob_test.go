@@ -12,11 +12,11 @@ import (
 	"github.com/tether-agent/tether/internal/tstest/dbustest"
 )
 
-// fakeManager is systemd's manager as far as a start job goes: it
+// fakeStartManager is systemd's manager as far as a start job goes: it
 // announces the job's end (JobRemoved) before it answers the start call,
 // as systemd can when a job ends at once, so the starter sees the signal
 // before it knows the job's path.
-type fakeManager struct {
+type fakeStartManager struct {
 	conn   *dbus.Conn
 	mu     sync.Mutex
 	jobs   uint32
@@ -29,7 +29,7 @@ type fakeAux struct {
 	Props []systemd1.Property
 }
 
-func (f *fakeManager) StartTransientUnit(name, mode string, props []systemd1.Property, _ []fakeAux) (dbus.ObjectPath, *dbus.Error) {
+func (f *fakeStartManager) StartTransientUnit(name, mode string, props []systemd1.Property, _ []fakeAux) (dbus.ObjectPath, *dbus.Error) {
 	f.mu.Lock()
 	f.jobs++
 	id, result := f.jobs, f.result
@@ -53,7 +53,7 @@ func TestStartJobResult(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
-	f := &fakeManager{conn: srv}
+	f := &fakeStartManager{conn: srv}
 	if err := srv.Export(f, systemd1.Path, systemd1.Manager); err != nil {
 		t.Fatal(err)
 	}

@@ -32,6 +32,9 @@ type KeptSession struct {
 	Cols      uint16
 	Rows      uint16
 	Master    syscall.Conn
+	// Held is the shell's unit or cgroup leaf: the next run stops it
+	// whole, as this one would.
+	Held shell.Held
 }
 
 // Kept is what a session handed over leaves for the next run: the caller
@@ -43,6 +46,7 @@ type Kept struct {
 	Master     *os.File
 	Ring       []byte // the replay buffer: output read, perhaps not delivered
 	Cols, Rows uint16
+	Held       shell.Held // the shell's unit or cgroup leaf
 	proc       *shell.Process
 }
 
@@ -54,8 +58,9 @@ type RestoredShell struct {
 	proto.Restored
 	Key    string
 	Pid    int
-	Master *os.File // consumed by Restore
-	Ring   []byte   // output the previous run had read
+	Master *os.File   // consumed by Restore
+	Ring   []byte     // output the previous run had read
+	Held   shell.Held // its unit or cgroup leaf, as recorded
 }
 
 // Restore takes a shell from a previous run back as a session of tb,
@@ -65,7 +70,7 @@ type RestoredShell struct {
 // (internal/handover). On error the master is closed and the shell, if
 // it was adopted, ended.
 func (t *Protocol) Restore(tb proto.Restorer, rs RestoredShell) error {
-	proc, err := t.opts.Reaper.Adopt(rs.Master, rs.Pid)
+	proc, err := t.opts.Reaper.Adopt(rs.Master, rs.Pid, rs.Held)
 	if err != nil {
 		return err
 	}
@@ -120,7 +125,7 @@ func (s *session) runRestored(proc *shell.Process, cols, rows uint16) {
 func (s *session) keep(proc *shell.Process, cols, rows uint16) {
 	if k := s.t.opts.Keeper; k != nil {
 		s.key = k.Keep(KeptSession{Key: s.key, SessionID: s.id(), UserID: s.userID, Pid: proc.Pid(), Started: s.created,
-			Cols: cols, Rows: rows, Master: proc.Master()})
+			Cols: cols, Rows: rows, Master: proc.Master(), Held: proc.Held()})
 	}
 }
 
@@ -178,5 +183,5 @@ func (s *session) handOver(proc *shell.Process, pumpDone <-chan struct{}, reply 
 	s.t.log.Info("session handed over to the next run", "event", "session_handover", "session_id", s.id(),
 		"user_id", s.userID, "pid", proc.Pid())
 	s.t.opts.Recorder.SessionClosed("shell", proto.ReasonShutdown, time.Since(s.created))
-	reply <- &Kept{Key: s.key, Pid: proc.Pid(), Master: master, Ring: ring, Cols: cols, Rows: rows, proc: proc}
+	reply <- &Kept{Key: s.key, Pid: proc.Pid(), Master: master, Ring: ring, Cols: cols, Rows: rows, Held: proc.Held(), proc: proc}
 }

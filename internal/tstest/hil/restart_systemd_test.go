@@ -1,40 +1,35 @@
-//go:build hil && hilrestart
+//go:build hil
 
 package hiltests
 
 import (
 	"fmt"
 	"strings"
-	"testing"
 	"time"
 )
 
-// The systemd guest's restart tests (issue 28). They need issue 27: each
-// shell in a unit of its own, outside tether.service's cgroup. Until that
-// is merged systemd kills the shells with the service (KillMode=mixed), the
-// daemon therefore ends them on purpose at a restart, and these tests
-// fail; hence the extra tag: go test -tags 'hil hilrestart' -run
-// TestSystemdRestart ./internal/tstest/hil/.
-func TestSystemdRestart(t *testing.T) {
-	forEachArch(t, "systemd", 15*time.Minute, func(r *rig) {
-		r.steps(
-			step{"connects", func() { r.waitConnected(5 * time.Minute) }},
-			step{"systemctl-restart", func() {
-				keepsShell(r, "systemctl restart tether", "systemctl restart")
-			}},
-			step{"binary-replaced", func() {
-				// A different build, as an OTA update would install:
-				// the same program with other bytes (the guest cannot
-				// build), installed by rename over the running one.
-				keepsShell(r, "cp /usr/bin/tether /usr/bin/.tether.new && printf 'ota' >>/usr/bin/.tether.new && "+
-					"mv /usr/bin/.tether.new /usr/bin/tether && systemctl restart tether", "a replaced binary")
-			}},
-			step{"kill-abrt", func() {
-				keepsShell(r, "kill -ABRT $(systemctl show -P MainPID tether.service)", "kill -ABRT")
-			}},
-			step{"systemctl-stop", func() { stopEndsSessions(r) }},
-		)
-	})
+// restartSteps are the systemd guest's restart steps (issue 28), run by
+// TestSystemd on its booted guest after the watchdog step (one boot less
+// per architecture): each shell is in a unit of its own (issue 27),
+// outside tether.service's cgroup, so a restart, a replaced binary and a
+// crash keep it, in its unit.
+func restartSteps(r *rig) []step {
+	return []step{
+		step{"systemctl-restart", func() {
+			keepsShell(r, "systemctl restart tether", "systemctl restart", "61")
+		}},
+		step{"binary-replaced", func() {
+			// A different build, as an OTA update would install:
+			// the same program with other bytes (the guest cannot
+			// build), installed by rename over the running one.
+			keepsShell(r, "cp /usr/bin/tether /usr/bin/.tether.new && printf 'ota' >>/usr/bin/.tether.new && "+
+				"mv /usr/bin/.tether.new /usr/bin/tether && systemctl restart tether", "a replaced binary", "62")
+		}},
+		step{"kill-abrt", func() {
+			keepsShell(r, "kill -ABRT $(systemctl show -P MainPID tether.service)", "kill -ABRT", "63")
+		}},
+		step{"systemctl-stop", func() { stopEndsSessions(r) }},
+	}
 }
 
 // stopEndsSessions: systemctl stop ends every session on purpose; the

@@ -14,11 +14,11 @@ import (
 
 // Restart without losing a shell (issue 28). In the minimal guest (no
 // systemd): `tether upgrade PATH` execs the binary in place, same pid, the
-// pty masters inherited. The systemd guest's tests (systemctl restart, a
-// replaced binary, kill -ABRT, systemctl stop) are in
-// restart_systemd_test.go behind the extra tag hilrestart: they need each
-// shell in a unit of its own (issue 27), without which systemd kills the
-// shells with the service's cgroup.
+// pty masters inherited, each shell still in its cgroup leaf. The systemd
+// guest's steps (systemctl restart, a replaced binary, kill -ABRT,
+// systemctl stop) are in restart_systemd_test.go, run by TestSystemd on
+// its booted guest: each shell is in a unit of its own (issue 27),
+// outside the service's cgroup.
 
 // TestMinimalUpgrade boots the minimal guest of each architecture and
 // upgrades tether under a counting shell.
@@ -27,7 +27,7 @@ func TestMinimalUpgrade(t *testing.T) {
 		r.steps(
 			step{"connects", func() { r.waitConnected(3 * time.Minute) }},
 			step{"tether-upgrade", func() {
-				keepsShell(r, "tether upgrade /usr/bin/tether", "the upgrade")
+				keepsShell(r, "tether upgrade /usr/bin/tether", "the upgrade", "51")
 				// Admin's counting shell and alice's, which ran the upgrade.
 				if log := r.g.serial.String(); !strings.Contains(log, "restored 2 sessions from the previous run") {
 					r.t.Errorf("the guest's log has no restore line for both shells")
@@ -48,15 +48,20 @@ func hilTicks(s string) []int {
 	return out
 }
 
-// keepsShell opens a shell as admin, starts a counter job in it, has
+// keepsShell opens a shell as admin, starts a counter job in it and two
+// processes that leave its terminal session (setsid, a double fork), has
 // trigger run on the device (from another user's terminal, in the
 // background: the daemon goes away under it), waits for the device to
 // come back, and reopens admin's terminal: the same shell, the job still
-// counting, every tick since the last one seen delivered.
-func keepsShell(r *rig, trigger, why string) {
+// counting, every tick since the last one seen delivered. Then it stops
+// the session: the restored session keeps its unit or cgroup leaf, so the
+// escapees end with it. tag makes the escapees' command lines unique.
+func keepsShell(r *rig, trigger, why, tag string) {
 	r.t.Helper()
 	term := r.open(admin)
 	pid := r.value(term, "pid", `echo "pid=$$"`)
+	other := r.open(alice)
+	cmds := r.escapees(term, other, tag)
 	r.run(term, "stty -echo")
 	fmt.Fprintf(term, "i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.2; done &\n")
 	ctx, cancel := context.WithTimeout(r.ctx, cmdTimeout)
@@ -68,11 +73,19 @@ func keepsShell(r *rig, trigger, why string) {
 	seen := hilTicks(out)
 	last := seen[len(seen)-1]
 
-	other := r.open(alice)
 	fmt.Fprintf(other, "(sleep 1; %s) >/dev/null 2>&1 </dev/null &\n", trigger)
 	took := r.waitReconnect(4*time.Minute, why)
 	r.t.Logf("device back %v after %s", round(took), why)
 	r.extra = append(r.extra, strings.ReplaceAll(why, " ", "_")+"_reconnect="+round(took))
+	// Whatever the old terminal got until its link went: after a crash
+	// no replay buffer is handed over, and what the old run delivered is
+	// not in the pty any more.
+	ctx, cancel = context.WithTimeout(r.ctx, 10*time.Second)
+	rest, _ := term.Expect(ctx, "\x00never printed")
+	cancel()
+	if more := hilTicks(rest); len(more) > 0 {
+		last = more[len(more)-1]
+	}
 	term.Close()
 	other.Close()
 
@@ -101,5 +114,13 @@ func keepsShell(r *rig, trigger, why string) {
 	if p := r.value(a, "pid", `echo "pid=$$"`); p != pid {
 		r.t.Fatalf("after %s the terminal reaches shell %s, want %s", why, p, pid)
 	}
-	r.run(a, "kill $!")
+	// Alice's shell, which ran the trigger, was kept too: this reattaches.
+	check, err := r.tryOpen(alice)
+	if err != nil {
+		r.t.Fatalf("reopen alice's terminal: %v", err)
+	}
+	took = r.stopKillsEscapees(a, check, cmds)
+	r.t.Logf("stop of the session kept across %s: escapees gone %v after it", why, round(took))
+	r.extra = append(r.extra, strings.ReplaceAll(why, " ", "_")+"_stop_escapees="+round(took))
+	check.Close()
 }

@@ -26,7 +26,7 @@ func TestSystemd(t *testing.T) {
 
 func systemdSuite(r *rig) {
 	var term *mockserver.Terminal
-	r.steps(
+	r.steps(append([]step{
 		step{"connects", func() {
 			r.waitConnected(5 * time.Minute)
 		}},
@@ -82,7 +82,7 @@ func systemdSuite(r *rig) {
 		step{"watchdog", func() {
 			watchdogRestart(r, term)
 		}},
-	)
+	}, restartSteps(r)...)...)
 }
 
 // unit reads the properties of tether.service the checks look at.

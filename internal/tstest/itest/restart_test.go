@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tether-agent/tether/internal/mockserver"
 	"github.com/tether-agent/tether/internal/tstest/dbustest"
 )
 
@@ -48,6 +50,48 @@ func upgrade(t *testing.T, rt, bin string) string {
 	return string(out)
 }
 
+// escapee starts `setsid sleep <n>` in term, a process that leaves the
+// shell's terminal session, and returns its command line, the
+// containment the daemon chose and the session's cgroup leaf ("" when
+// the session has none). Under the containment auto picks here (a cgroup
+// leaf, or a unit under systemd) a stop must end it, also once the
+// session was taken back by a new run.
+func escapee(t *testing.T, e *env, term *mockserver.Terminal, n int) (cmd, mode, leaf string) {
+	t.Helper()
+	cmd = "sleep " + strconv.Itoa(n)
+	e.run(term, "setsid "+cmd+" & echo started")
+	eventually(t, 5*time.Second, "the escapee", func() bool { return processExists(cmd) })
+	t.Cleanup(func() { killAll(cmd) })
+	logged := e.log.String()
+	m := regexp.MustCompile(`msg="session containment" containment=(\S+)`).FindStringSubmatch(logged)
+	if m == nil {
+		t.Fatalf("the daemon did not log its containment:\n%s", logged)
+	}
+	if d := regexp.MustCompile(`msg="session opened".* containment=(/\S+)`).FindStringSubmatch(logged); d != nil {
+		leaf = d[1]
+	}
+	if m[1] == "cgroup" && leaf == "" {
+		t.Fatalf("a cgroup containment without a session leaf in the log:\n%s", logged)
+	}
+	t.Logf("containment %s, leaf %q", m[1], leaf)
+	return cmd, m[1], leaf
+}
+
+// stoppedWhole checks that a stop ended everything of the session:
+// under a cgroup or unit containment the escapee too, and the leaf is
+// gone.
+func stoppedWhole(t *testing.T, cmd, mode, leaf string) {
+	t.Helper()
+	if mode == "process-group" {
+		// The fallback's stated limit: it cannot find the escapee.
+		return
+	}
+	eventually(t, 5*time.Second, "the setsid escapee to end with the restored session", func() bool { return !processExists(cmd) })
+	if leaf != "" {
+		eventually(t, 5*time.Second, "the session's leaf to go", func() bool { _, err := os.Stat(leaf); return os.IsNotExist(err) })
+	}
+}
+
 // The upgrade test of the issue: a counter job survives `tether upgrade`,
 // the same user's next terminal gets the same shell (still the daemon's
 // child), the job still counting, and every tick printed meanwhile.
@@ -58,12 +102,14 @@ func TestUpgradeKeepsShell(t *testing.T) {
 	term := e.open(alice)
 	pid := shellPid(e, term)
 	e.run(term, "stty -echo")
+	escCmd, mode, leaf := escapee(t, e, term, 1041)
 	if _, err := io.WriteString(term, "i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.2; done &\n"); err != nil {
 		t.Fatal(err)
 	}
 	seen := ticks(e.expect(term, "tick 5\r\n"))
 	last := seen[len(seen)-1]
 
+	upgradeStart := time.Now()
 	out := upgrade(t, rt, tetherBin)
 	if !strings.Contains(out, strconv.Itoa(daemonPid)) {
 		t.Fatalf("upgrade output %q does not name the daemon", out)
@@ -74,6 +120,7 @@ func TestUpgradeKeepsShell(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the upgraded daemon did not connect: %v\n%s", err, e.log.String())
 	}
+	t.Logf("upgrade to reconnect: %v", time.Since(upgradeStart).Round(time.Millisecond))
 	term.Close()
 	if got := e.daemon.Process.Pid; got != daemonPid {
 		t.Fatalf("daemon pid %d, want %d", got, daemonPid)
@@ -118,14 +165,23 @@ func TestUpgradeKeepsShell(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o700 {
 		t.Fatalf("records directory: %v %v", fi, err)
 	}
-	if ents, _ := filepath.Glob(filepath.Join(rt, "sessions", "tether-*.json")); len(ents) != 1 {
+	ents, _ := filepath.Glob(filepath.Join(rt, "sessions", "tether-*.json"))
+	if len(ents) != 1 {
 		t.Fatalf("records after the upgrade: %v", ents)
 	}
-	// A stop ends the session on purpose, and its record goes.
+	// The new run's record names the leaf again: it was adopted there.
+	if b, err := os.ReadFile(ents[0]); err != nil || (leaf != "" && !strings.Contains(string(b), `"cgroup":"`+leaf+`"`)) {
+		t.Fatalf("the restored session's record does not name its leaf %s: %s %v", leaf, b, err)
+	}
+	if !processExists(escCmd) {
+		t.Fatal("the escapee did not survive the upgrade")
+	}
+	// A stop ends the session on purpose, whole, and its record goes.
 	e.stopDaemon()
 	if alive(pid) {
 		t.Fatalf("shell %d outlived the daemon's stop", pid)
 	}
+	stoppedWhole(t, escCmd, mode, leaf)
 	if ents, _ := filepath.Glob(filepath.Join(rt, "sessions", "tether-*.json")); len(ents) != 0 {
 		t.Fatalf("records left after a stop: %v", ents)
 	}
@@ -311,6 +367,7 @@ func TestCrashRestoreFromFDStore(t *testing.T) {
 	term := e.open(alice)
 	pid := shellPid(e, term)
 	e.run(term, "stty -echo")
+	escCmd, mode, leaf := escapee(t, e, term, 1042)
 	if _, err := io.WriteString(term, "i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.2; done &\n"); err != nil {
 		t.Fatal(err)
 	}
@@ -337,7 +394,13 @@ func TestCrashRestoreFromFDStore(t *testing.T) {
 	}
 	time.Sleep(time.Second) // ticks pile up in the pty
 
+	if leaf != "" {
+		if _, err := os.Stat(leaf); err != nil {
+			t.Fatalf("the session's leaf went with the crash: %v", err)
+		}
+	}
 	store.pass(e)
+	restartStart := time.Now()
 	e.startDaemon()
 	ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
 	_, err := e.srv.WaitReconnect(ctx, d)
@@ -345,6 +408,7 @@ func TestCrashRestoreFromFDStore(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the restarted daemon did not connect: %v\n%s", err, e.log.String())
 	}
+	t.Logf("start to reconnect after the crash: %v", time.Since(restartStart).Round(time.Millisecond))
 	if !strings.Contains(e.log.String(), "restored 1 session from the previous run") {
 		t.Fatalf("no restore line:\n%s", e.log.String())
 	}
@@ -372,6 +436,7 @@ func TestCrashRestoreFromFDStore(t *testing.T) {
 	// its descriptor leaves the store.
 	e.stopDaemon()
 	eventually(t, 5*time.Second, "the shell to end", func() bool { return !alive(pid) })
+	stoppedWhole(t, escCmd, mode, leaf)
 	if n := store.names(); len(n) != 0 {
 		t.Fatalf("left in the store after a stop: %v", n)
 	}
