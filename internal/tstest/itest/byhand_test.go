@@ -112,7 +112,9 @@ func TestReadmeByHand(t *testing.T) {
 			var last []byte
 			eventually(t, 20*time.Second, "a connected device in `mock-mender devices`", func() bool {
 				last, _ = command(line).CombinedOutput()
-				return bytes.Contains(last, []byte("connected"))
+				// "  connected" at the end of a line: "disconnected"
+				// contains the word too.
+				return bytes.Contains(last, []byte("  connected\n"))
 			})
 		case strings.HasPrefix(line, "bin/mock-mender attach"):
 			cmd := command(line)
