@@ -100,7 +100,7 @@ if [ "$scheme" = https ]; then
   echo "  --ignore-certificate-errors-spki-list=$spki to trust this certificate alone)"
 fi
 for _ in $(seq 100); do
-  MOCK_MENDER_PASSWORD=$password ${trust[@]+"${trust[@]}"} "$bin/mock-mender" devices --server "$server" 2>/dev/null | grep -q connected && break
+  MOCK_MENDER_PASSWORD=$password ${trust[@]+"${trust[@]}"} "$bin/mock-mender" devices --server "$server" 2>/dev/null | grep -qE "  connected$" && break
   sleep 0.1
 done
 MOCK_MENDER_PASSWORD=$password ${trust[@]+"${trust[@]}"} "$bin/mock-mender" attach --server "$server" || true
