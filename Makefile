@@ -72,7 +72,7 @@ lint:
 	$(MAKE) --no-print-directory hil-lint
 
 unit:
-	$(GO) test -race -count=1 -timeout 15m ./...
+	$(GO) test -race -count=1 -timeout 25m ./...
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzUnmarshal -fuzztime $(FUZZ_ENVELOPE) ./internal/wire
