@@ -16,17 +16,17 @@ import (
 func restartSteps(r *rig) []step {
 	return []step{
 		step{"systemctl-restart", func() {
-			keepsShell(r, "systemctl restart tether", "systemctl restart", "61")
+			keepsShell(r, "systemctl restart tether", "systemctl restart", "61", 0)
 		}},
 		step{"binary-replaced", func() {
 			// A different build, as an OTA update would install:
 			// the same program with other bytes (the guest cannot
 			// build), installed by rename over the running one.
 			keepsShell(r, "cp /usr/bin/tether /usr/bin/.tether.new && printf 'ota' >>/usr/bin/.tether.new && "+
-				"mv /usr/bin/.tether.new /usr/bin/tether && systemctl restart tether", "a replaced binary", "62")
+				"mv /usr/bin/.tether.new /usr/bin/tether && systemctl restart tether", "a replaced binary", "62", 0)
 		}},
 		step{"kill-abrt", func() {
-			keepsShell(r, "kill -ABRT $(systemctl show -P MainPID tether.service)", "kill -ABRT", "63")
+			keepsShell(r, "kill -ABRT $(systemctl show -P MainPID tether.service)", "kill -ABRT", "63", 10)
 		}},
 		step{"systemctl-stop", func() { stopEndsSessions(r) }},
 	}
