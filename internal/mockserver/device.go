@@ -197,16 +197,25 @@ func (s *Server) handleDeviceConnect(w http.ResponseWriter, r *http.Request) {
 	s.pending[c.Subject]++
 	s.rememberDeviceLocked(c.Subject, "", "")
 	s.mu.Unlock()
+	// Reported before the 101 goes out, so that a client's next request
+	// is never reported ahead of this one. A request that is no upgrade
+	// at all is reported with the 400 the upgrader answers it.
+	upgrading := websocket.IsWebSocketUpgrade(r)
+	if upgrading {
+		s.connectEvent(at, c.Subject, http.StatusSwitchingProtocols)
+	}
 	conn, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		s.mu.Lock()
 		s.connects[c.Subject]--
 		s.donePendingLocked(c.Subject)
 		s.mu.Unlock()
+		if !upgrading {
+			s.connectEvent(at, c.Subject, http.StatusBadRequest)
+		}
 		s.log.Info("device websocket upgrade failed", "device_id", c.Subject, "err", err)
 		return
 	}
-	s.connectEvent(at, c.Subject, http.StatusSwitchingProtocols)
 	conn.SetReadLimit(MessageSizeLimit)
 	d := &Device{
 		s:         s,
