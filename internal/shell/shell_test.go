@@ -283,41 +283,65 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // A command the daemon runs goes through the reaper, which waits for every
 // child: its exit status arrives, and a cancelled run is killed and still
 // reaped.
+//
+// The shell reports its pid through a FIFO, and the cancelled run is
+// cancelled only once it has: a fixed 100 ms timeout could fire before a
+// loaded machine had run the shell's first line, and the test then found
+// no pid to check (25 runs in 40 failed so under load).
 func TestReaperExec(t *testing.T) {
 	r := newReaper(t)
 	tests := []struct {
 		name    string
 		script  string
-		cancel  time.Duration // 0: let it finish
+		cancel  bool // cancel once the shell has reported its pid
 		wantErr string
 	}{
-		{"success", "exit 0", 0, ""},
-		{"exit status", "exit 3", 0, "exit status 3"},
-		{"killed when cancelled", "exec sleep 300", 100 * time.Millisecond, "signal: killed"},
+		{"success", "exit 0", false, ""},
+		{"exit status", "exit 3", false, "exit status 3"},
+		{"killed when cancelled", "exec sleep 300", true, "signal: killed"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ctx := context.Background()
-			if tt.cancel > 0 {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, tt.cancel)
-				defer cancel()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			fifo := filepath.Join(t.TempDir(), "pid")
+			if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+				t.Fatal(err)
 			}
-			pidFile := filepath.Join(t.TempDir(), "pid")
-			cmd := exec.Command("/bin/sh", "-c", "echo $$ >"+pidFile+"; "+tt.script)
-			start := time.Now()
-			err := r.Exec(ctx, cmd, func(pid int) { _ = syscall.Kill(pid, syscall.SIGKILL) })
-			if got := fmt.Sprint(err); (tt.wantErr == "" && err != nil) || (tt.wantErr != "" && got != tt.wantErr) {
-				t.Fatalf("Exec error %v, want %q", err, tt.wantErr)
-			}
-			if time.Since(start) > 10*time.Second {
-				t.Fatal("Exec did not return")
-			}
-			b, err := os.ReadFile(pidFile)
+			// O_RDWR: the open does not wait for the writer, and the read
+			// ends when the test closes the FIFO, should the shell never
+			// write.
+			f, err := os.OpenFile(fifo, os.O_RDWR, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
-			pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+			defer f.Close()
+			pids := make(chan int, 1)
+			go func() {
+				line := make([]byte, 32)
+				n, _ := f.Read(line)
+				pid, _ := strconv.Atoi(strings.TrimSpace(string(line[:n])))
+				pids <- pid
+				if tt.cancel {
+					cancel()
+				}
+			}()
+			cmd := exec.Command("/bin/sh", "-c", "echo $$ >"+fifo+"; "+tt.script)
+			start := time.Now()
+			err = r.Exec(ctx, cmd, func(pid int) { _ = syscall.Kill(pid, syscall.SIGKILL) })
+			took := time.Since(start)
+			if got := fmt.Sprint(err); (tt.wantErr == "" && err != nil) || (tt.wantErr != "" && got != tt.wantErr) {
+				t.Fatalf("Exec error %v, want %q", err, tt.wantErr)
+			}
+			if took > 10*time.Second {
+				t.Fatalf("Exec returned after %v", took)
+			}
+			var pid int
+			select {
+			case pid = <-pids:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the shell never reported its pid")
+			}
 			if err := syscall.Kill(pid, 0); pid <= 0 || err == nil {
 				t.Fatalf("pid %d still exists (not reaped)", pid)
 			}
