@@ -233,7 +233,18 @@ func TestGracefulShutdown(t *testing.T) {
 	// The jobs ignore HUP and TERM, so the shutdown takes two graces:
 	// the configured grace holds on shutdown too (it was an eighth of a
 	// fixed budget).
-	const grace = 500 * time.Millisecond
+	//
+	// The upper bound leaves 4 s for the rest of the shutdown (signal
+	// delivery, the stop notices, closing the link, the exit of a -race
+	// binary): on a loaded 2-core run that took up to 2.5 s, and 1.5 s
+	// failed now and then. It still fails a shutdown that waits out
+	// shell.KillWait (5 s) for shells already killed, or that tears the
+	// three sessions down one after another (six graces, 6 s), long
+	// before systemd's TimeoutStopSec (30 s) would.
+	const (
+		grace = time.Second
+		slack = 4 * time.Second
+	)
 	e := newEnv(t, map[string]interface{}{"Sessions": map[string]interface{}{"MaxPerUser": 4, "StopGrace": grace.String()}})
 	e.waitDevice()
 	terms := []interface {
@@ -245,8 +256,9 @@ func TestGracefulShutdown(t *testing.T) {
 		terms = append(terms, term)
 	}
 	took := e.stopDaemon()
-	if took < 2*grace || took > 2*grace+1500*time.Millisecond {
-		t.Fatalf("shutdown took %v, want two graces of %v (+ up to 1.5 s)", took, grace)
+	t.Logf("shutdown took %v", took)
+	if took < 2*grace || took > 2*grace+slack {
+		t.Fatalf("shutdown took %v, want two graces of %v (+ up to %v)", took, grace, slack)
 	}
 	if code := e.daemon.ProcessState.ExitCode(); code != 0 {
 		t.Fatalf("exit code %d", code)
@@ -262,5 +274,7 @@ func TestGracefulShutdown(t *testing.T) {
 			t.Fatalf("stop body %q", m.Body)
 		}
 	}
-	eventually(t, 3*time.Second, "shells gone", func() bool { return !processExists("sleep 313") })
+	// The daemon has exited, so its shells were killed already; the
+	// wait only covers a slow /proc on a loaded machine.
+	eventually(t, 10*time.Second, "shells gone", func() bool { return !processExists("sleep 313") })
 }
