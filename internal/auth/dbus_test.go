@@ -214,13 +214,13 @@ func TestDBusRefreshIsRateLimited(t *testing.T) {
 	expectNext(t, src, credsA)
 
 	src.Refresh()
-	eventually(t, 2*time.Second, "the first FetchJwtToken", func() bool { return svc.FetchCount() == 1 })
+	eventually(t, 10*time.Second, "the first FetchJwtToken", func() bool { return svc.FetchCount() == 1 })
 	// Requests within the interval are merged into one call, made when the
 	// interval is over: the calls' own log times show the spacing.
 	for i := 0; i < 4; i++ {
 		src.Refresh()
 	}
-	eventually(t, 2*time.Second, "the deferred FetchJwtToken", func() bool { return svc.FetchCount() == 2 })
+	eventually(t, 10*time.Second, "the deferred FetchJwtToken", func() bool { return svc.FetchCount() == 2 })
 	times := logTimes(t, logs, "asking the auth service for a new token")
 	if len(times) != 2 {
 		t.Fatalf("%d FetchJwtToken calls logged, want 2", len(times))
@@ -329,7 +329,7 @@ func TestDBusRefreshWhileBusAwayIsServedLater(t *testing.T) {
 	bus := dbustest.StartBus(t, dbustest.Options{SocketPath: sock})
 	svc := startMock(t, bus.Address, mockauth.Options{Token: credsA.Token, ServerURL: credsA.ServerURL})
 	expectNext(t, src, credsA)
-	eventually(t, 3*time.Second, "FetchJwtToken after the bus appeared", func() bool { return svc.FetchCount() == 1 })
+	eventually(t, 10*time.Second, "FetchJwtToken after the bus appeared", func() bool { return svc.FetchCount() == 1 })
 }
 
 func TestDBusRefreshWaitsForService(t *testing.T) {
@@ -345,7 +345,7 @@ func TestDBusRefreshWaitsForService(t *testing.T) {
 
 	svc := startMock(t, addr, mockauth.Options{Token: credsA.Token, ServerURL: credsA.ServerURL})
 	expectNext(t, src, credsA)
-	eventually(t, 3*time.Second, "the refresh to reach the service", func() bool { return svc.FetchCount() == 1 })
+	eventually(t, 10*time.Second, "the refresh to reach the service", func() bool { return svc.FetchCount() == 1 })
 	time.Sleep(2 * opts.RefreshMinInterval)
 	if n := svc.FetchCount(); n != 1 {
 		t.Fatalf("FetchJwtToken called %d times, want 1", n)
