@@ -236,8 +236,8 @@ func TestGracefulShutdown(t *testing.T) {
 	//
 	// The upper bound leaves 4 s for the rest of the shutdown (signal
 	// delivery, the stop notices, closing the link, the exit of a -race
-	// binary): on a loaded 2-core run that took up to 2.5 s, and 1.5 s
-	// failed now and then. It still fails a shutdown that waits out
+	// binary, whose runtime sleeps 1 s at exit): on a loaded 2-core run
+	// that took up to 2.5 s, and 1.5 s failed now and then. It still fails a shutdown that waits out
 	// shell.KillWait (5 s) for shells already killed, or that tears the
 	// three sessions down one after another (six graces, 6 s), long
 	// before systemd's TimeoutStopSec (30 s) would.
