@@ -95,9 +95,14 @@ type consoleTerm struct {
 
 func (c consoleTerm) panel() string { return fmt.Sprintf(`.panel[data-tab="%d"]`, c.n) }
 
-// typeKeys types like a person: key events into xterm's input element.
+// typeKeys types like a person: key events into xterm's input element,
+// once the shell shows its prompt. Typed earlier, the terminal echoes the
+// line at once and the shell prints its prompt only then, in front of the
+// command's output ("$ 42"), so a test looking for the line "42" failed
+// whenever a loaded machine started the shell slower than the test typed.
 func (c consoleTerm) typeKeys(s string) {
 	c.t.Helper()
+	c.waitPrompt()
 	browse(c.t, c.ctx, "type "+s,
 		chromedp.Click(fmt.Sprintf(`.tab[data-tab="%d"] .tab-title`, c.n), chromedp.ByQuery),
 		chromedp.Focus(c.panel()+" .xterm-helper-textarea", chromedp.ByQuery),
@@ -144,6 +149,20 @@ func (c consoleTerm) waitLine(want string) {
 		var text string
 		_ = chromedp.Run(c.ctx, chromedp.Evaluate(fmt.Sprintf(`tetherConsole.text(%d)`, c.n), &text))
 		c.t.Fatalf("terminal %d: no line %q: %v; buffer:\n%s", c.n, want, err, text)
+	}
+}
+
+// waitPrompt waits until the terminal's last line ends in the shell's
+// prompt ($ or #): the shell waits for input.
+func (c consoleTerm) waitPrompt() {
+	c.t.Helper()
+	expr := fmt.Sprintf(`/[$#]\s*$/.test(tetherConsole.text(%d) || "")`, c.n)
+	ctx, cancel := context.WithTimeout(c.ctx, 15*time.Second)
+	defer cancel()
+	if err := chromedp.Run(ctx, waitJS(expr)); err != nil {
+		var text string
+		_ = chromedp.Run(c.ctx, chromedp.Evaluate(fmt.Sprintf(`tetherConsole.text(%d)`, c.n), &text))
+		c.t.Fatalf("terminal %d: no prompt: %v; buffer:\n%s", c.n, err, text)
 	}
 }
 
