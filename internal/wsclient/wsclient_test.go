@@ -23,7 +23,7 @@ import (
 
 // gorillaServer is a websocket server of the other library: what it
 // reads, it checked (masking, framing) independently of this package.
-func gorillaServer(t *testing.T, up websocket.Upgrader, serve func(*websocket.Conn, *http.Request)) *httptest.Server {
+func gorillaServer(t testing.TB, up websocket.Upgrader, serve func(*websocket.Conn, *http.Request)) *httptest.Server {
 	var wg sync.WaitGroup
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := up.Upgrade(w, r, nil)
