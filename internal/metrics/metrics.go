@@ -68,15 +68,6 @@ const (
 	ReattachNewTerminal = "new_terminal" // its user opened a terminal again
 )
 
-func knownOf(v string, known []string) string {
-	for _, k := range known {
-		if v == k {
-			return k
-		}
-	}
-	return other
-}
-
 // Limits that reject a new session: the limit label of
 // tether_session_limit_rejections_total.
 const (

@@ -470,3 +470,13 @@ func healthHandler(health func() (bool, []string)) http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 }
+
+// knownOf maps v to itself when it is one of known, else to "other".
+func knownOf(v string, known []string) string {
+	for _, k := range known {
+		if v == k {
+			return k
+		}
+	}
+	return other
+}
