@@ -213,7 +213,7 @@ func Run(ctx context.Context, o Options) error {
 	if cfg.Metrics.Listen != "" {
 		start("metrics", func(c context.Context) {
 			ep := metrics.Endpoint{Listen: cfg.Metrics.Listen, SocketMode: cfg.Metrics.SocketFileMode()}
-			if err := metrics.ServeEndpoint(c, log, ep, rec.Handler(monitor.Check)); err != nil {
+			if err := metrics.ServeEndpoint(c, log, ep, rec, monitor.Check); err != nil {
 				log.Error("metrics endpoint failed", "error", err, "listen", cfg.Metrics.Listen)
 			}
 		})

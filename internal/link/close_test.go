@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/gorilla/websocket"
+	"github.com/tether-agent/tether/internal/wsclient"
 )
 
 // TestDisconnectReason: a close frame 1000 or 1001 is logged as a normal
@@ -17,11 +17,11 @@ func TestDisconnectReason(t *testing.T) {
 		errs []error
 		want string
 	}{
-		{"going away", []error{&websocket.CloseError{Code: websocket.CloseGoingAway, Text: "server shutting down"}},
+		{"going away", []error{&wsclient.CloseError{Code: wsclient.CloseGoingAway, Text: "server shutting down"}},
 			"closed normally by the server (1001 going away: server shutting down)"},
-		{"normal closure, wrapped, no text", []error{fmt.Errorf("read: %w", &websocket.CloseError{Code: websocket.CloseNormalClosure})},
+		{"normal closure, wrapped, no text", []error{fmt.Errorf("read: %w", &wsclient.CloseError{Code: wsclient.CloseNormalClosure})},
 			"closed normally by the server (1000 normal closure)"},
-		{"internal server error", []error{&websocket.CloseError{Code: websocket.CloseInternalServerErr, Text: "boom"}},
+		{"internal server error", []error{&wsclient.CloseError{Code: wsclient.CloseInternalServerErr, Text: "boom"}},
 			"websocket: close 1011 (internal server error): boom"},
 		{"first error wins", []error{nil, errors.New("write: broken pipe"), context.Canceled}, "write: broken pipe"},
 		{"none", []error{nil, nil}, "closed"},

@@ -5,9 +5,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gorilla/websocket"
-
 	"github.com/tether-agent/tether/internal/reconnect"
+	"github.com/tether-agent/tether/internal/wsclient"
 )
 
 // Identity conflict. The real server keeps one connection per device and
@@ -95,9 +94,9 @@ func (c *conflictTracker) isConflictClose(uptime time.Duration, err error) bool 
 
 // droppedByPeer: the peer ended the connection without a close frame.
 func droppedByPeer(err error) bool {
-	var ce *websocket.CloseError
+	var ce *wsclient.CloseError
 	if errors.As(err, &ce) {
-		return ce.Code == websocket.CloseAbnormalClosure
+		return ce.Code == wsclient.CloseAbnormalClosure
 	}
 	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }

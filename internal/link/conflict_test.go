@@ -21,15 +21,16 @@ import (
 	"github.com/tether-agent/tether/internal/auth"
 	"github.com/tether-agent/tether/internal/mux"
 	"github.com/tether-agent/tether/internal/tstest/syncbuf"
+	"github.com/tether-agent/tether/internal/wsclient"
 )
 
 // The detector's rule on its own, with the real thresholds: which ends of
 // connections start an episode and which keep a flaky network from
 // raising it.
 func TestConflictTracker(t *testing.T) {
-	abrupt := fmt.Errorf("read: %w", &websocket.CloseError{Code: websocket.CloseAbnormalClosure, Text: io.ErrUnexpectedEOF.Error()})
+	abrupt := fmt.Errorf("read: %w", &wsclient.CloseError{Code: wsclient.CloseAbnormalClosure, Text: io.ErrUnexpectedEOF.Error()})
 	reset := fmt.Errorf("read: %w", &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)})
-	frame := fmt.Errorf("read: %w", &websocket.CloseError{Code: websocket.CloseInternalServerErr, Text: "boom"})
+	frame := fmt.Errorf("read: %w", &wsclient.CloseError{Code: wsclient.CloseInternalServerErr, Text: "boom"})
 	timeout := fmt.Errorf("read: %w", &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded})
 	type end struct {
 		gap    time.Duration // since the previous end

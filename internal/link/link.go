@@ -16,19 +16,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"net/url"
 	"os"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/gorilla/websocket"
-
 	"github.com/tether-agent/tether/internal/auth"
 	"github.com/tether-agent/tether/internal/mux"
 	"github.com/tether-agent/tether/internal/reconnect"
 	"github.com/tether-agent/tether/internal/wire"
+	"github.com/tether-agent/tether/internal/wsclient"
 )
 
 // DevicePath is the device websocket endpoint (docs/protocol.md §1.1).
@@ -107,7 +105,7 @@ type Link struct {
 	log     *slog.Logger
 	handler Handler
 	mux     *mux.Mux
-	dialer  *websocket.Dialer
+	dialer  *wsclient.Dialer
 	// bodies lends decoded chunk bodies; an upload gives each back once
 	// written, so a bulk upload makes no garbage per chunk.
 	bodies *wire.BodyPool
@@ -132,13 +130,13 @@ func New(opts Options, h Handler, m *mux.Mux) (*Link, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &websocket.Dialer{
-		Proxy:            http.ProxyFromEnvironment,
+	d := &wsclient.Dialer{
+		Proxy:            wsclient.ProxyFromEnvironment,
 		HandshakeTimeout: 30 * time.Second,
-		TLSClientConfig:  tlsConf,
+		TLSConfig:        tlsConf,
 		ReadBufferSize:   64 << 10,
 		WriteBufferSize:  64 << 10,
-		NetDialContext:   dialTCP(opts.WriteTimeout, opts.CongestionControl, opts.Log),
+		NetDial:          dialTCP(opts.WriteTimeout, opts.CongestionControl, opts.Log),
 	}
 	if opts.Observer == nil {
 		opts.Observer = nopObserver{}
@@ -364,9 +362,12 @@ func retryAfter(err error) time.Duration {
 	return 0
 }
 
+// statusUnauthorized is HTTP's 401 (net/http is not linked).
+const statusUnauthorized = 401
+
 func isUnauthorized(err error) bool {
 	var se *statusError
-	return errors.As(err, &se) && se.code == http.StatusUnauthorized
+	return errors.As(err, &se) && se.code == statusUnauthorized
 }
 
 // connectAndServe dials and serves one connection. It returns how long the
@@ -377,14 +378,13 @@ func (l *Link) connectAndServe(ctx context.Context, c auth.Credentials) (uptime 
 	if err != nil {
 		return 0, nil, err
 	}
-	hdr := http.Header{"Authorization": []string{"Bearer " + c.Token}}
-	conn, resp, err := l.dialer.DialContext(ctx, target, hdr)
+	hdr := wsclient.Header{"Authorization": []string{"Bearer " + c.Token}}
+	conn, err := l.dialer.Dial(ctx, target, hdr)
 	if err != nil {
-		if resp != nil {
-			body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-			resp.Body.Close()
-			return 0, nil, &statusError{code: resp.StatusCode, retryAfter: reconnect.RetryAfter(resp.StatusCode, resp.Header, time.Now()),
-				err: fmt.Errorf("dial %s: %s: %s", target, resp.Status, bytes.TrimSpace(body))}
+		var he *wsclient.HandshakeError
+		if errors.As(err, &he) {
+			return 0, nil, &statusError{code: he.StatusCode, retryAfter: reconnect.RetryAfter(he.StatusCode, he.Header.Get("Retry-After"), time.Now()),
+				err: fmt.Errorf("dial %s: %s: %s", target, he.Status, bytes.TrimSpace(he.Body))}
 		}
 		return 0, nil, fmt.Errorf("dial %s: %w", target, err)
 	}
@@ -395,7 +395,7 @@ func (l *Link) connectAndServe(ctx context.Context, c auth.Credentials) (uptime 
 
 // serve runs one connection until it ends and returns the first failure
 // that ended it.
-func (l *Link) serve(ctx context.Context, conn *websocket.Conn, target string) error {
+func (l *Link) serve(ctx context.Context, conn *wsclient.Conn, target string) error {
 	l.mu.Lock()
 	l.connected, l.lastUp = true, time.Now()
 	l.mu.Unlock()
@@ -453,8 +453,8 @@ func (l *Link) serve(ctx context.Context, conn *websocket.Conn, target string) e
 		case <-ctx.Done():
 			cause.set(errors.New("closed by the device"))
 			// Unlike upstream, say goodbye properly before closing.
-			_ = conn.WriteControl(websocket.CloseMessage,
-				websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
+			_ = conn.WriteControl(wsclient.CloseMessage,
+				wsclient.FormatCloseMessage(wsclient.CloseNormalClosure, ""), time.Now().Add(time.Second))
 			closeDone()
 			running = false
 		case <-done:
@@ -480,14 +480,14 @@ func (l *Link) serve(ctx context.Context, conn *websocket.Conn, target string) e
 
 func firstErr(errs ...error) string {
 	for _, e := range errs {
-		var ce *websocket.CloseError
+		var ce *wsclient.CloseError
 		switch {
 		case e == nil:
 			continue
-		case errors.As(e, &ce) && (ce.Code == websocket.CloseNormalClosure || ce.Code == websocket.CloseGoingAway):
+		case errors.As(e, &ce) && (ce.Code == wsclient.CloseNormalClosure || ce.Code == wsclient.CloseGoingAway):
 			// A server shutting down or ending the link on purpose is
-			// not a failure; gorilla's text would read like one.
-			name := map[int]string{websocket.CloseNormalClosure: "normal closure", websocket.CloseGoingAway: "going away"}[ce.Code]
+			// not a failure; the close error's text would read like one.
+			name := map[int]string{wsclient.CloseNormalClosure: "normal closure", wsclient.CloseGoingAway: "going away"}[ce.Code]
 			if ce.Text != "" {
 				name += ": " + ce.Text
 			}
@@ -539,7 +539,7 @@ const bodyPoolKeep = 32
 
 // readLoop reads frames until the connection fails. Any frame, data or
 // control, refreshes the read deadline (upstream only counted ping/pong).
-func (l *Link) readLoop(conn *websocket.Conn, pace *pacer) error {
+func (l *Link) readLoop(conn *wsclient.Conn, pace *pacer) error {
 	if l.opts.Reader != nil {
 		l.opts.Reader.Unpark()
 	}
@@ -548,15 +548,15 @@ func (l *Link) readLoop(conn *websocket.Conn, pace *pacer) error {
 		l.beat(l.opts.Reader)
 	}
 	refresh()
-	conn.SetPingHandler(func(data string) error {
+	conn.SetPingHandler(func(data []byte) error {
 		refresh()
-		err := conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(l.opts.WriteTimeout))
-		if errors.Is(err, websocket.ErrCloseSent) {
+		err := conn.WriteControl(wsclient.PongMessage, data, time.Now().Add(l.opts.WriteTimeout))
+		if errors.Is(err, wsclient.ErrCloseSent) {
 			return nil
 		}
 		return err
 	})
-	conn.SetPongHandler(func(string) error {
+	conn.SetPongHandler(func([]byte) error {
 		l.mux.SetFrameHint(pace.ponged(time.Now()))
 		refresh()
 		return nil
@@ -598,7 +598,7 @@ func (l *Link) readLoop(conn *websocket.Conn, pace *pacer) error {
 			w = bytes.Buffer{} // do not keep an oversized buffer
 			continue
 		}
-		if typ != websocket.BinaryMessage && typ != websocket.TextMessage {
+		if typ != wsclient.BinaryMessage && typ != wsclient.TextMessage {
 			continue
 		}
 		// The decoded message owns its strings and body (the decoder
@@ -626,7 +626,7 @@ func (l *Link) malformed(de *wire.DecodeError) {
 // in round-robin order while the pacer allows, pings to measure the path
 // as the pacer asks, and a keep-alive ping every PingInterval. Idle, it
 // wakes only for the keep-alive and the health monitor's probe.
-func (l *Link) writeLoop(conn *websocket.Conn, done <-chan struct{}, pace *pacer) error {
+func (l *Link) writeLoop(conn *wsclient.Conn, done <-chan struct{}, pace *pacer) error {
 	if l.opts.Writer != nil {
 		l.opts.Writer.Unpark()
 	}
@@ -638,7 +638,7 @@ func (l *Link) writeLoop(conn *websocket.Conn, done <-chan struct{}, pace *pacer
 		// confirms; the keep-alive counts as a measuring ping too.
 		now := time.Now()
 		pace.pinged(now)
-		if err := conn.WriteControl(websocket.PingMessage, []byte("60"), now.Add(l.opts.WriteTimeout)); err != nil {
+		if err := conn.WriteControl(wsclient.PingMessage, []byte("60"), now.Add(l.opts.WriteTimeout)); err != nil {
 			return fmt.Errorf("ping: %w", err)
 		}
 		return nil
@@ -710,8 +710,8 @@ func (l *Link) writeLoop(conn *websocket.Conn, done <-chan struct{}, pace *pacer
 // does at a time. The connection enforces the write timeout as "no
 // progress for that long" (progressConn), so a slow but live server never
 // trips it.
-func (l *Link) writeFrame(conn *websocket.Conn, f []byte, pace *pacer) error {
-	if err := conn.WriteMessage(websocket.BinaryMessage, f); err != nil {
+func (l *Link) writeFrame(conn *wsclient.Conn, f []byte, pace *pacer) error {
+	if err := conn.WriteMessage(wsclient.BinaryMessage, f); err != nil {
 		return fmt.Errorf("write: %w", err)
 	}
 	pace.wrote(len(f))

@@ -3,6 +3,8 @@ package link
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -240,6 +242,56 @@ func TestStartJitterSpreadsTheFirstDial(t *testing.T) {
 			}
 			if spread := last - first; spread < tt.minSpread || (tt.wantAllAtOnce && spread > 300*time.Millisecond) {
 				t.Fatalf("first dials spread over %v (%v to %v) with StartJitter %v", spread, first, last, tt.jitter)
+			}
+		})
+	}
+}
+
+// A refused dial becomes a statusError with the server's code, its
+// Retry-After and the start of its body in the text; the token goes in
+// the Authorization header.
+func TestRefusedDial(t *testing.T) {
+	tests := []struct {
+		code       int
+		retryAfter string
+		body       string
+		wantWait   time.Duration
+		wantText   string
+		unauth     bool
+	}{
+		{503, "42", "maintenance\n", 42 * time.Second, "503 Service Unavailable: maintenance", false},
+		{429, "7", "", 7 * time.Second, "429 Too Many Requests: ", false},
+		{401, "", "token expired", 0, "401 Unauthorized: token expired", true},
+		{502, "30", "bad gateway", 0, "502 Bad Gateway: bad gateway", false},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprint(tt.code), func(t *testing.T) {
+			authz := make(chan string, 1)
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				authz <- r.Header.Get("Authorization")
+				if tt.retryAfter != "" {
+					w.Header().Set("Retry-After", tt.retryAfter)
+				}
+				w.WriteHeader(tt.code)
+				io.WriteString(w, tt.body)
+			}))
+			defer srv.Close()
+			l, err := New(Options{WriteTimeout: time.Second}, nopHandler{}, mux.New(nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _, err = l.connectAndServe(context.Background(), auth.Credentials{Token: "T", ServerURL: srv.URL})
+			if err == nil || !strings.Contains(err.Error(), tt.wantText) {
+				t.Fatalf("dial: %v, want %q", err, tt.wantText)
+			}
+			if got := retryAfter(err); got != tt.wantWait {
+				t.Errorf("retry after %v, want %v", got, tt.wantWait)
+			}
+			if isUnauthorized(err) != tt.unauth {
+				t.Errorf("isUnauthorized = %v", !tt.unauth)
+			}
+			if got := <-authz; got != "Bearer T" {
+				t.Errorf("Authorization %q", got)
 			}
 		})
 	}

@@ -50,7 +50,7 @@ func TestServeUnixSocket(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			ep := Endpoint{Listen: "unix:" + path, SocketMode: tt.mode}
-			go func() { done <- ServeEndpoint(ctx, log, ep, New(BuildInfo{}, Limits{}).Handler(nil)) }()
+			go func() { done <- ServeEndpoint(ctx, log, ep, New(BuildInfo{}, Limits{}), nil) }()
 			if tt.wantErr != "" {
 				err := <-done
 				cancel()

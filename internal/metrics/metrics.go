@@ -8,14 +8,13 @@
 // misbehaving peer cannot grow the series count.
 //
 // Building with -tags nometrics replaces the implementation with no-ops
-// and drops client_golang from the binary; the API stays the same.
+// and drops client_golang from the binary; the API stays the same, except
+// for the HTTP handlers: the daemon asks ServeEndpoint to serve, so that
+// only the full build links net/http.
 package metrics
 
 import (
-	"fmt"
-	"net/http"
 	"os"
-	"strings"
 	"time"
 )
 
@@ -68,15 +67,6 @@ const (
 	ReattachResumed     = "resumed"      // its own peer answered after all
 	ReattachNewTerminal = "new_terminal" // its user opened a terminal again
 )
-
-func knownOf(v string, known []string) string {
-	for _, k := range known {
-		if v == k {
-			return k
-		}
-	}
-	return other
-}
 
 // Limits that reject a new session: the limit label of
 // tether_session_limit_rejections_total.
@@ -138,28 +128,4 @@ func token(s string) string {
 		}
 	}
 	return s
-}
-
-// healthHandler serves /healthz: 200 "ok" while health reports every loop
-// alive, 503 naming the stalled loops otherwise. A nil health is always ok.
-func healthHandler(health func() (bool, []string)) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			w.Header().Set("Allow", "GET, HEAD")
-			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-			return
-		}
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.Header().Set("Cache-Control", "no-store")
-		ok, stale := true, []string(nil)
-		if health != nil {
-			ok, stale = health()
-		}
-		if !ok {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintf(w, "unhealthy: stalled loops: %s\n", strings.Join(stale, ", "))
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
 }

@@ -6,8 +6,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net"
-	"net/http"
 	"time"
 )
 
@@ -69,36 +67,17 @@ func (*Metrics) LinkReconnect() {}
 // TokenChanged does nothing in the nometrics build.
 func (*Metrics) TokenChanged() {}
 
-// Handler serves only /healthz in the nometrics build.
-func (*Metrics) Handler(health func() (bool, []string)) http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("/healthz", healthHandler(health))
-	return mux
-}
-
 // errCompiledOut says why a configured endpoint cannot be served.
 func errCompiledOut(listen string) error {
 	return errors.New("metrics endpoint " + listen + " is configured but metrics are compiled out (built with -tags nometrics); clear Metrics.Listen or use a full build")
 }
 
-// Serve returns nil for an empty listen and an error otherwise: the
-// endpoint does not exist in the nometrics build.
-func Serve(_ context.Context, _ *slog.Logger, listen string, _ http.Handler) error {
-	if listen == "" {
+// ServeEndpoint returns nil for an empty Listen and an error otherwise:
+// the endpoint, /healthz included, does not exist in the nometrics build,
+// which links no HTTP server.
+func ServeEndpoint(_ context.Context, _ *slog.Logger, ep Endpoint, _ *Metrics, _ func() (bool, []string)) error {
+	if ep.Listen == "" {
 		return nil
 	}
-	return errCompiledOut(listen)
-}
-
-// ServeEndpoint is Serve on an Endpoint.
-func ServeEndpoint(ctx context.Context, log *slog.Logger, ep Endpoint, h http.Handler) error {
-	return Serve(ctx, log, ep.Listen, h)
-}
-
-// ServeListener closes ln and returns an error: the endpoint does not exist
-// in the nometrics build.
-func ServeListener(_ context.Context, _ *slog.Logger, ln net.Listener, _ http.Handler) error {
-	addr := ln.Addr().String()
-	ln.Close()
-	return errCompiledOut(addr)
+	return errCompiledOut(ep.Listen)
 }

@@ -6,17 +6,13 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 )
 
-// TestNoMetricsBuild: the slim build keeps the API, records nothing,
-// refuses a configured endpoint with a clear error and still answers
-// /healthz through Handler.
+// TestNoMetricsBuild: the slim build keeps the recording API, records
+// nothing and refuses a configured endpoint with a clear error.
 func TestNoMetricsBuild(t *testing.T) {
 	m := New(BuildInfo{Version: "x"}, Limits{MaxTotal: 1})
 	m.SetLimits(Limits{})
@@ -34,30 +30,13 @@ func TestNoMetricsBuild(t *testing.T) {
 	m.TokenChanged()
 
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if err := Serve(context.Background(), log, "", nil); err != nil {
-		t.Fatalf("Serve with metrics off: %v", err)
+	if err := ServeEndpoint(context.Background(), log, Endpoint{}, m, nil); err != nil {
+		t.Fatalf("ServeEndpoint with metrics off: %v", err)
 	}
-	err := Serve(context.Background(), log, "127.0.0.1:0", nil)
-	if err == nil || !strings.Contains(err.Error(), "compiled out") {
-		t.Fatalf("Serve with a listen address: %v", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ServeListener(context.Background(), log, ln, nil); err == nil || !strings.Contains(err.Error(), "compiled out") {
-		t.Fatalf("ServeListener: %v", err)
-	}
-	if _, err := ln.Accept(); err == nil {
-		t.Fatal("ServeListener left the listener open")
-	}
-
-	h := m.Handler(func() (bool, []string) { return false, []string{"router"} })
-	for path, want := range map[string]int{"/healthz": http.StatusServiceUnavailable, "/metrics": http.StatusNotFound} {
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
-		if rec.Code != want {
-			t.Errorf("%s: %d, want %d", path, rec.Code, want)
+	for _, listen := range []string{"127.0.0.1:0", "unix:/run/tether/metrics.sock"} {
+		err := ServeEndpoint(context.Background(), log, Endpoint{Listen: listen}, m, func() (bool, []string) { return true, nil })
+		if err == nil || !strings.Contains(err.Error(), "compiled out") || !strings.Contains(err.Error(), listen) {
+			t.Fatalf("ServeEndpoint on %s: %v", listen, err)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -356,11 +357,17 @@ func (m *Metrics) Handler(health func() (bool, []string)) http.Handler {
 // Metrics.AllowNonLoopback); a bare port means 127.0.0.1. An empty listen
 // means metrics are off: it returns nil at once.
 func Serve(ctx context.Context, log *slog.Logger, listen string, h http.Handler) error {
-	return ServeEndpoint(ctx, log, Endpoint{Listen: listen}, h)
+	return serveEndpoint(ctx, log, Endpoint{Listen: listen}, h)
 }
 
-// ServeEndpoint is Serve on an Endpoint, which may be a unix socket.
-func ServeEndpoint(ctx context.Context, log *slog.Logger, ep Endpoint, h http.Handler) error {
+// ServeEndpoint serves rec's metrics and the /healthz of health (see
+// Handler) on an Endpoint, which may be a unix socket, until ctx is done.
+// An empty Listen means metrics are off: it returns nil at once.
+func ServeEndpoint(ctx context.Context, log *slog.Logger, ep Endpoint, rec *Metrics, health func() (bool, []string)) error {
+	return serveEndpoint(ctx, log, ep, rec.Handler(health))
+}
+
+func serveEndpoint(ctx context.Context, log *slog.Logger, ep Endpoint, h http.Handler) error {
 	if ep.Listen == "" {
 		return nil
 	}
@@ -438,4 +445,38 @@ func (m *Metrics) metricsHandler() http.Handler {
 			_ = c.Close()
 		}
 	})
+}
+
+// healthHandler serves /healthz: 200 "ok" while health reports every loop
+// alive, 503 naming the stalled loops otherwise. A nil health is always ok.
+func healthHandler(health func() (bool, []string)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		ok, stale := true, []string(nil)
+		if health != nil {
+			ok, stale = health()
+		}
+		if !ok {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "unhealthy: stalled loops: %s\n", strings.Join(stale, ", "))
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+}
+
+// knownOf maps v to itself when it is one of known, else to "other".
+func knownOf(v string, known []string) string {
+	for _, k := range known {
+		if v == k {
+			return k
+		}
+	}
+	return other
 }

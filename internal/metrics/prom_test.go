@@ -11,6 +11,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os/exec"
 	"sort"
 	"strings"
@@ -490,7 +491,7 @@ func TestListenAddress(t *testing.T) {
 }
 
 // TestSlimBuildHasNoPrometheus guards the nometrics build: client_golang
-// must not sneak back into it.
+// and net/http must not sneak back into it.
 func TestSlimBuildHasNoPrometheus(t *testing.T) {
 	gobin, err := exec.LookPath("go")
 	if err != nil {
@@ -502,7 +503,8 @@ func TestSlimBuildHasNoPrometheus(t *testing.T) {
 	}
 	var bad []string
 	for _, p := range strings.Fields(string(out)) {
-		if strings.Contains(p, "prometheus") {
+		// net/http too: the slim daemon links no HTTP server or client.
+		if strings.Contains(p, "prometheus") || p == "net/http" {
 			bad = append(bad, p)
 		}
 	}
@@ -510,7 +512,7 @@ func TestSlimBuildHasNoPrometheus(t *testing.T) {
 	if len(bad) > 0 {
 		t.Fatalf("the nometrics build imports %v", bad)
 	}
-	if !bytes.Contains(out, []byte("net/http")) {
+	if !bytes.Contains(out, []byte("github.com/tether-agent/tether/internal/metrics")) {
 		t.Fatalf("go list output looks wrong: %s", out)
 	}
 }
@@ -529,4 +531,29 @@ func TestSessionsRestored(t *testing.T) {
 	}
 	var nilm *Metrics
 	nilm.SessionsRestored(1)
+}
+
+func TestHealthHandler(t *testing.T) {
+	tests := []struct {
+		name     string
+		health   func() (bool, []string)
+		method   string
+		wantCode int
+		wantBody string
+	}{
+		{"nil health", nil, http.MethodGet, 200, "ok\n"},
+		{"healthy", func() (bool, []string) { return true, nil }, http.MethodGet, 200, "ok\n"},
+		{"stalled", func() (bool, []string) { return false, []string{"janitor", "router"} }, http.MethodGet, 503, "unhealthy: stalled loops: janitor, router\n"},
+		{"head", func() (bool, []string) { return true, nil }, http.MethodHead, 200, ""},
+		{"post", nil, http.MethodPost, 405, "method not allowed\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			healthHandler(tt.health).ServeHTTP(rec, httptest.NewRequest(tt.method, "/healthz", nil))
+			if rec.Code != tt.wantCode || (tt.method != http.MethodHead && rec.Body.String() != tt.wantBody) {
+				t.Fatalf("%d %q, want %d %q", rec.Code, rec.Body.String(), tt.wantCode, tt.wantBody)
+			}
+		})
+	}
 }

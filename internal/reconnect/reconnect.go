@@ -9,7 +9,6 @@ package reconnect
 
 import (
 	"math/rand/v2"
-	"net/http"
 	"strconv"
 	"time"
 )
@@ -111,13 +110,24 @@ func (b *Backoff) uniform(ceil time.Duration) time.Duration {
 	return time.Duration(b.rnd(int64(ceil)))
 }
 
-// RetryAfter reads a Retry-After header (delay-seconds or an HTTP date)
-// of a 503 or 429 answer; 0 when there is none or it cannot be read.
-func RetryAfter(code int, h http.Header, now time.Time) time.Duration {
-	if code != http.StatusServiceUnavailable && code != http.StatusTooManyRequests {
+// HTTP status codes that may carry a Retry-After. Spelled out here rather
+// than taken from net/http, which the slim device build does not link.
+const (
+	StatusTooManyRequests    = 429
+	StatusServiceUnavailable = 503
+)
+
+// httpDates are the forms of an HTTP date (RFC 9110 §5.6.7): the
+// preferred IMF-fixdate and the two obsolete ones a recipient must read.
+var httpDates = [...]string{"Mon, 02 Jan 2006 15:04:05 GMT", time.RFC850, time.ANSIC}
+
+// RetryAfter reads the value of a Retry-After header (delay-seconds or an
+// HTTP date) of a 503 or 429 answer; 0 when there is none or it cannot be
+// read.
+func RetryAfter(code int, v string, now time.Time) time.Duration {
+	if code != StatusServiceUnavailable && code != StatusTooManyRequests {
 		return 0
 	}
-	v := h.Get("Retry-After")
 	if v == "" {
 		return 0
 	}
@@ -130,8 +140,13 @@ func RetryAfter(code int, h http.Header, now time.Time) time.Duration {
 		}
 		return time.Duration(s) * time.Second
 	}
-	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return t.Sub(now)
+	for _, layout := range httpDates {
+		if t, err := time.Parse(layout, v); err == nil {
+			if t.After(now) {
+				return t.Sub(now)
+			}
+			return 0
+		}
 	}
 	return 0
 }

@@ -121,17 +121,24 @@ func TestRetryAfterHeader(t *testing.T) {
 		{"negative", http.StatusServiceUnavailable, "-4", 0},
 		{"absent", http.StatusServiceUnavailable, "", 0},
 		{"huge is bounded", http.StatusServiceUnavailable, "99999999999", 24 * time.Hour},
+		{"obsolete RFC 850 date", http.StatusServiceUnavailable, now.Add(time.Hour).Format("Monday, 02-Jan-06 15:04:05 GMT"), time.Hour},
+		{"obsolete asctime date", http.StatusTooManyRequests, now.Add(2 * time.Minute).Format(time.ANSIC), 2 * time.Minute},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := http.Header{}
-			if tt.value != "" {
-				h.Set("Retry-After", tt.value)
-			}
-			if got := RetryAfter(tt.code, h, now); got != tt.want {
+			if got := RetryAfter(tt.code, tt.value, now); got != tt.want {
 				t.Fatalf("RetryAfter = %v, want %v", got, tt.want)
 			}
+			// The same as net/http reads it.
+			if tt.value != "" && tt.code == http.StatusServiceUnavailable {
+				if d, err := http.ParseTime(tt.value); err == nil && d.After(now) && d.Sub(now) != tt.want {
+					t.Fatalf("net/http reads %q as %v", tt.value, d.Sub(now))
+				}
+			}
 		})
+	}
+	if StatusServiceUnavailable != http.StatusServiceUnavailable || StatusTooManyRequests != http.StatusTooManyRequests {
+		t.Fatal("the status constants differ from net/http's")
 	}
 }
 
