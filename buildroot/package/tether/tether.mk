@@ -18,7 +18,6 @@ TETHER_LICENSE = Apache-2.0, \
 	Apache-2.0 (github.com/coreos/go-systemd/v22), \
 	MIT (github.com/creack/pty), \
 	BSD-2-Clause (github.com/godbus/dbus/v5), \
-	BSD-2-Clause (github.com/gorilla/websocket), \
 	BSD-3-Clause (github.com/munnerz/goautoneg), \
 	Apache-2.0 (github.com/prometheus/client_golang), \
 	Apache-2.0 (github.com/prometheus/client_model), \
@@ -35,7 +34,6 @@ TETHER_LICENSE_FILES = LICENSE \
 	vendor/github.com/coreos/go-systemd/v22/LICENSE \
 	vendor/github.com/creack/pty/LICENSE \
 	vendor/github.com/godbus/dbus/v5/LICENSE \
-	vendor/github.com/gorilla/websocket/LICENSE \
 	vendor/github.com/munnerz/goautoneg/LICENSE \
 	vendor/github.com/prometheus/client_golang/LICENSE \
 	vendor/github.com/prometheus/client_model/LICENSE \
