@@ -134,11 +134,10 @@ type Conn struct {
 	// Write side, under wmu: a one-slot semaphore rather than a mutex,
 	// so that WriteControl can give up at its deadline when a long write
 	// holds the connection.
-	wmu           chan struct{}
-	wbuf          []byte
-	cbuf          [maxFrameHeader + maxControlPayload]byte
-	writeErr      error // sticky: a failed write leaves the stream broken
-	writeDeadline time.Time
+	wmu      chan struct{}
+	wbuf     []byte
+	cbuf     [maxFrameHeader + maxControlPayload]byte
+	writeErr error // sticky: a failed write leaves the stream broken
 	// Mask keys need not be secret from the device, only unpredictable
 	// to whatever script a browser could have run (RFC 6455 §10.3): a
 	// ChaCha8 stream seeded from crypto/rand is that, without a system
@@ -165,14 +164,6 @@ func (c *Conn) Close() error { return c.conn.Close() }
 
 // SetReadDeadline bounds the reads from the connection.
 func (c *Conn) SetReadDeadline(t time.Time) error { return c.conn.SetReadDeadline(t) }
-
-// SetWriteDeadline bounds WriteMessage; zero (the default) leaves it to
-// the connection.
-func (c *Conn) SetWriteDeadline(t time.Time) {
-	c.wmu <- struct{}{}
-	c.writeDeadline = t
-	<-c.wmu
-}
 
 // SetReadLimit is the largest message NextReader takes, in bytes; a larger
 // one closes the connection with CloseMessageTooBig. 0 means no limit.
@@ -507,7 +498,9 @@ func (c *Conn) WriteMessage(messageType int, data []byte) error {
 	if c.writeErr != nil {
 		return c.writeErr
 	}
-	if err := c.conn.SetWriteDeadline(c.writeDeadline); err != nil {
+	// Clear the deadline a WriteControl may have left: data frames are
+	// bounded by the connection itself (the link's progress timeout).
+	if err := c.conn.SetWriteDeadline(time.Time{}); err != nil {
 		return c.writeFail(err)
 	}
 	h, key := c.header(c.wbuf, messageType, len(data))
